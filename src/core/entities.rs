@@ -1,0 +1,162 @@
+//! The scheduler's records: tasks, workers, clients, task groups and prefixes.
+//! Python payloads (keys, run_specs, exceptions, ...) are the opaque `P`.
+
+use crate::core::ordered::OrderedMap;
+use crate::core::pyset::PySet;
+use crate::core::types::*;
+
+pub type TaskSet = PySet<TaskId>;
+pub type WorkerSet = PySet<WorkerId>;
+pub type ClientSet = PySet<ClientId>;
+
+#[derive(Clone, Debug)]
+pub struct Task<P> {
+    pub key: P,
+    /// `hash(key)`: drives the iteration order of every set holding this task.
+    pub hash: i64,
+    pub run_spec: Option<P>,
+    /// `run_spec.data_producer`
+    pub data_producer: bool,
+    pub priority: Option<Priority>,
+    pub state: TaskStateState,
+    pub dependencies: TaskSet,
+    pub dependents: TaskSet,
+    pub has_lost_dependencies: bool,
+    pub waiting_on: Option<TaskSet>,
+    pub waiters: Option<TaskSet>,
+    pub who_wants: Option<ClientSet>,
+    pub who_has: Option<WorkerSet>,
+    pub processing_on: Option<WorkerId>,
+    pub retries: i64,
+    pub nbytes: i64,
+    pub type_: Option<String>,
+    pub exception: Option<P>,
+    pub traceback: Option<P>,
+    pub exception_text: Option<P>,
+    pub traceback_text: Option<P>,
+    pub exception_blame: Option<TaskId>,
+    pub erred_on: Option<Vec<String>>,
+    pub suspicious: i64,
+    pub host_restrictions: Option<Vec<String>>,
+    pub worker_restrictions: Option<Vec<String>>,
+    pub resource_restrictions: Option<Vec<(String, f64)>>,
+    pub loose_restrictions: bool,
+    pub actor: bool,
+    pub group: GroupId,
+    pub prefix: PrefixId,
+    pub metadata: Option<P>,
+    pub annotations: Option<P>,
+    pub run_id: Option<i64>,
+    pub queueable: bool,
+}
+
+pub const DEFAULT_DATA_SIZE: i64 = 1000;
+
+impl<P> Task<P> {
+    #[inline]
+    pub fn get_nbytes(&self) -> i64 {
+        if self.nbytes >= 0 {
+            self.nbytes
+        } else {
+            DEFAULT_DATA_SIZE
+        }
+    }
+
+    pub fn has_who_has(&self) -> bool {
+        self.who_has.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    pub fn has_waiters(&self) -> bool {
+        self.waiters.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    pub fn has_who_wants(&self) -> bool {
+        self.who_wants.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    pub fn has_waiting_on(&self) -> bool {
+        self.waiting_on.as_ref().is_some_and(|s| !s.is_empty())
+    }
+
+    pub fn has_restrictions(&self) -> bool {
+        self.resource_restrictions
+            .as_ref()
+            .is_some_and(|r| !r.is_empty())
+            || self.worker_restrictions.as_ref().is_some_and(|r| !r.is_empty())
+            || self.host_restrictions.as_ref().is_some_and(|r| !r.is_empty())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Worker {
+    pub address: String,
+    /// `hash(server_id)`
+    pub hash: i64,
+    /// `hash(address)`: orders the sets of addresses in `valid_workers`.
+    pub addr_hash: i64,
+    pub host: String,
+    pub nthreads: i64,
+    pub memory_limit: i64,
+    pub status: WorkerStatus,
+    pub nbytes: i64,
+    pub actors: TaskSet,
+    pub has_what: OrderedMap<TaskId, ()>,
+    pub processing: TaskSet,
+    pub long_running: TaskSet,
+    pub resources: OrderedMap<u32, f64>,
+    pub used_resources: OrderedMap<u32, f64>,
+    pub task_prefix_count: OrderedMap<PrefixId, i64>,
+    pub needs_what: OrderedMap<TaskId, i64>,
+    pub network_occ: i64,
+    /// False once removed from the scheduler (the record stays for stale references).
+    pub alive: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Client<P> {
+    pub client_key: P,
+    pub hash: i64,
+    pub wants_what: TaskSet,
+    pub alive: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Durations {
+    pub all_durations_us: OrderedMap<u32, i64>,
+    pub duration_us: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct TaskGroup<P> {
+    pub name: String,
+    pub prefix: PrefixId,
+    pub states: [i64; 8],
+    pub size: i64,
+    pub nbytes_total: i64,
+    pub durations: Durations,
+    pub types: OrderedMap<u32, i64>,
+    /// `tg.dependencies`: groups this group's tasks depend on (identity-hashed in Python,
+    /// only counted here).
+    pub dependencies: hashbrown::HashSet<GroupId>,
+    pub start: f64,
+    pub stop: f64,
+    pub last_worker: Option<WorkerId>,
+    pub last_worker_tasks_left: i64,
+    pub span_id: Option<P>,
+    pub alive: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct TaskPrefix {
+    pub name: String,
+    pub states: [i64; 8],
+    pub state_counts: [i64; 8],
+    pub size: i64,
+    pub nbytes_total: i64,
+    pub durations: Durations,
+    pub types: OrderedMap<u32, i64>,
+    pub duration_average: f64,
+    pub max_exec_time: f64,
+    pub suspicious: i64,
+    pub groups: OrderedMap<GroupId, ()>,
+}

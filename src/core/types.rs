@@ -1,0 +1,216 @@
+//! Identifiers, task states, priorities and worker statuses shared by the core.
+
+use std::cmp::Ordering;
+
+macro_rules! id_type {
+    ($name:ident) => {
+        #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+        impl $name {
+            #[inline]
+            pub fn idx(self) -> usize {
+                self.0 as usize
+            }
+        }
+    };
+}
+id_type!(TaskId);
+id_type!(WorkerId);
+id_type!(ClientId);
+id_type!(GroupId);
+id_type!(PrefixId);
+
+/// `TaskStateState` of distributed.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TaskStateState {
+    Released,
+    Waiting,
+    NoWorker,
+    Queued,
+    Processing,
+    Memory,
+    Erred,
+    Forgotten,
+}
+
+/// distributed's `ALL_TASK_STATES` order is used for the per-group counters.
+pub const ALL_TASK_STATES: [TaskStateState; 8] = [
+    TaskStateState::Released,
+    TaskStateState::Waiting,
+    TaskStateState::NoWorker,
+    TaskStateState::Queued,
+    TaskStateState::Processing,
+    TaskStateState::Memory,
+    TaskStateState::Erred,
+    TaskStateState::Forgotten,
+];
+
+impl TaskStateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Released => "released",
+            Self::Waiting => "waiting",
+            Self::NoWorker => "no-worker",
+            Self::Queued => "queued",
+            Self::Processing => "processing",
+            Self::Memory => "memory",
+            Self::Erred => "erred",
+            Self::Forgotten => "forgotten",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "released" => Self::Released,
+            "waiting" => Self::Waiting,
+            "no-worker" => Self::NoWorker,
+            "queued" => Self::Queued,
+            "processing" => Self::Processing,
+            "memory" => Self::Memory,
+            "erred" => Self::Erred,
+            "forgotten" => Self::Forgotten,
+            _ => return None,
+        })
+    }
+
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A Python number inside a priority tuple: ints stay ints so the tuple handed back to
+/// Python has the same types as distributed's.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl Num {
+    #[inline]
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+
+    fn cmp_num(self, other: Num) -> Ordering {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a.cmp(&b),
+            (a, b) => a
+                .as_f64()
+                .partial_cmp(&b.as_f64())
+                .unwrap_or(Ordering::Equal),
+        }
+    }
+}
+
+/// `ts.priority`: `(-user_priority, generation, internal_priority)`, compared like a tuple.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub struct Priority(pub [Num; 3]);
+
+impl Priority {
+    pub fn cmp_prio(&self, other: &Priority) -> Ordering {
+        for i in 0..3 {
+            match self.0[i].cmp_num(other.0[i]) {
+                Ordering::Equal => continue,
+                o => return o,
+            }
+        }
+        Ordering::Equal
+    }
+}
+
+/// `distributed.core.Status`, as far as the scheduler's state looks at it.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WorkerStatus {
+    Undefined,
+    Created,
+    Init,
+    Starting,
+    Running,
+    Paused,
+    Stopping,
+    Stopped,
+    Closing,
+    ClosingGracefully,
+    Closed,
+    Failed,
+    DontReply,
+}
+
+impl WorkerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Undefined => "undefined",
+            Self::Created => "created",
+            Self::Init => "init",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Closing => "closing",
+            Self::ClosingGracefully => "closing_gracefully",
+            Self::Closed => "closed",
+            Self::Failed => "failed",
+            Self::DontReply => "dont_reply",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "undefined" => Self::Undefined,
+            "created" => Self::Created,
+            "init" => Self::Init,
+            "starting" => Self::Starting,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            "closing" => Self::Closing,
+            "closing_gracefully" => Self::ClosingGracefully,
+            "closed" => Self::Closed,
+            "failed" => Self::Failed,
+            "dont_reply" => Self::DontReply,
+            _ => return None,
+        })
+    }
+}
+
+/// Errors raised by the core; converted to Python exceptions once, at the boundary.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CoreError {
+    UnknownKey(String),
+    UnknownWorker(String),
+    UnknownClient(String),
+    WorkerExists(String),
+    ImpossibleTransition {
+        key: String,
+        start: &'static str,
+        finish: &'static str,
+    },
+    Invalid(String),
+    Validation(String),
+}
+
+impl std::fmt::Display for CoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CoreError::UnknownKey(k) => write!(f, "{k}"),
+            CoreError::UnknownWorker(w) => write!(f, "{w}"),
+            CoreError::UnknownClient(c) => write!(f, "{c}"),
+            CoreError::WorkerExists(w) => write!(f, "Worker already exists {w}"),
+            CoreError::ImpossibleTransition { key, start, finish } => {
+                write!(f, "Impossible transition from {start} to {finish} for {key}")
+            }
+            CoreError::Invalid(m) | CoreError::Validation(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for CoreError {}
+
+pub type CoreResult<T> = Result<T, CoreError>;

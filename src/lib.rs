@@ -1,0 +1,8 @@
+//! dask-rsched: the Dask distributed scheduler's state and transitions in Rust.
+//!
+//! `core` is plain Rust (arenas addressed by ids); `bindings` is the thin PyO3 layer.
+
+pub mod core;
+
+#[cfg(feature = "python")]
+mod bindings;
