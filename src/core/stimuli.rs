@@ -563,7 +563,9 @@ impl<P: Clone> SchedulerState<P> {
             self.stimulus_queue_slots_maybe_opened(out, stimulus_id)?;
         } else {
             self.running.remove(w, wh);
-            self.check_idle_saturated(w);
+            self.idle_remove(w);
+            self.idle_task_count.remove(w, wh);
+            self.saturated.remove(w, wh);
         }
         Ok(())
     }

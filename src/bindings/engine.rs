@@ -1,0 +1,731 @@
+//! `Engine`: the scheduler state owned by Rust, driven by stimuli named like distributed's
+//! `SchedulerState`/`Scheduler` methods. Every stimulus returns `(client_msgs, worker_msgs)`.
+
+use super::messages::{outbox_to_py, priority_to_py};
+use crate::core::state::{Config, Outbox, SchedulerState, StartStop};
+use crate::core::stimuli::{GraphTask, KeyRef, NewWorker, StaleReply};
+use crate::core::transitions::TransitionArgs;
+use crate::core::types::*;
+use pyo3::exceptions::{PyAssertionError, PyKeyError, PyRuntimeError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+type State = SchedulerState<Py<PyAny>>;
+
+fn to_pyerr(e: CoreError) -> PyErr {
+    match e {
+        CoreError::UnknownKey(k) => PyKeyError::new_err(k),
+        CoreError::UnknownWorker(w) => PyKeyError::new_err(w),
+        CoreError::UnknownClient(c) => PyKeyError::new_err(c),
+        CoreError::WorkerExists(_) | CoreError::Invalid(_) => PyValueError::new_err(e.to_string()),
+        CoreError::ImpossibleTransition { .. } => PyRuntimeError::new_err(e.to_string()),
+        CoreError::Validation(m) => PyAssertionError::new_err(m),
+    }
+}
+
+static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+fn key_splitters(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
+    KEY_SPLIT.get_or_try_init(py, || -> PyResult<_> {
+        let ks = py.import("dask.utils")?.getattr("key_split")?.unbind();
+        let ksg = py.import("distributed.utils")?.getattr("key_split_group")?.unbind();
+        Ok((ks, ksg))
+    })
+}
+
+fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
+    if let Ok(i) = v.extract::<i64>() {
+        Ok(Num::Int(i))
+    } else {
+        Ok(Num::Float(v.extract::<f64>()?))
+    }
+}
+
+#[pyclass(unsendable, module = "dask_rsched._core")]
+pub struct Engine {
+    state: State,
+    /// key -> task id (the live tasks, like `SchedulerState.tasks`)
+    keys: Py<PyDict>,
+    clients: Py<PyDict>,
+}
+
+impl Engine {
+    fn tid(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
+        Ok(match self.keys.bind(py).get_item(key)? {
+            Some(v) => Some(TaskId(v.extract()?)),
+            None => None,
+        })
+    }
+
+    fn tid_required(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<TaskId> {
+        self.tid(py, key)?
+            .ok_or_else(|| PyKeyError::new_err(key.clone().unbind()))
+    }
+
+    fn client_id(&mut self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<ClientId> {
+        if let Some(v) = self.clients.bind(py).get_item(client)? {
+            return Ok(ClientId(v.extract()?));
+        }
+        let c = self.state.add_client(client.clone().unbind(), client.hash()? as i64);
+        self.clients.bind(py).set_item(client, c.0)?;
+        Ok(c)
+    }
+
+    fn worker(&self, address: &str) -> PyResult<WorkerId> {
+        self.state
+            .worker_id(address)
+            .ok_or_else(|| PyKeyError::new_err(address.to_owned()))
+    }
+
+    /// Ends a batch: registers new tasks, drops forgotten ones, converts the messages.
+    fn finish<'py>(&mut self, py: Python<'py>, out: Outbox<Py<PyAny>>) -> PyResult<Bound<'py, PyTuple>> {
+        let msgs = outbox_to_py(py, &self.state, &out)?;
+        let keys = self.keys.bind(py);
+        for t in &self.state.pending_free {
+            keys.del_item(self.state.ts(*t).key.bind(py))?;
+        }
+        self.state.flush();
+        Ok(msgs)
+    }
+
+    fn register(&self, py: Python<'_>, t: TaskId) -> PyResult<()> {
+        self.keys.bind(py).set_item(self.state.ts(t).key.bind(py), t.0)
+    }
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (*, validate = false))]
+    fn new(py: Python<'_>, validate: bool) -> PyResult<Self> {
+        // distributed's defaults are registered with dask.config on import.
+        py.import("distributed")?;
+        let dask_config = py.import("dask.config")?;
+        let get = |k: &str| dask_config.call_method1(intern!(py, "get"), (k,));
+        let utils = py.import("dask.utils")?;
+        let parse_bytes = utils.getattr("parse_bytes")?;
+        let parse_timedelta = utils.getattr("parse_timedelta")?;
+        let mut config = Config {
+            bandwidth: parse_bytes
+                .call1((get("distributed.scheduler.bandwidth")?,))?
+                .extract::<f64>()?,
+            unknown_task_duration: parse_timedelta
+                .call1((get("distributed.scheduler.unknown-task-duration")?,))?
+                .extract()?,
+            rootish_tg_threshold: get("distributed.scheduler.rootish-taskgroup")?.extract()?,
+            rootish_tg_dependencies_threshold: get(
+                "distributed.scheduler.rootish-taskgroup-dependencies",
+            )?
+            .extract()?,
+            allowed_failures: get("distributed.scheduler.allowed-failures")?.extract()?,
+            validate,
+            transition_log_maxlen: get("distributed.admin.low-level-log-length")?.extract()?,
+            erred_tasks_maxlen: get("distributed.diagnostics.erred-tasks.max-history")?
+                .extract()?,
+            memory_terminate: get("distributed.worker.memory.terminate")?.is_truthy()?,
+            ..Config::default()
+        };
+        let sat = get("distributed.scheduler.worker-saturation")?;
+        config.worker_saturation = if sat.extract::<String>().is_ok_and(|s| s == "inf") {
+            f64::INFINITY
+        } else {
+            let v: f64 = sat.extract()?;
+            if v <= 0.0 {
+                return Err(PyValueError::new_err(
+                    "`distributed.scheduler.worker-saturation` must be a float > 0",
+                ));
+            }
+            v
+        };
+        let durations = get("distributed.scheduler.default-task-durations")?;
+        for (k, v) in durations.cast::<PyDict>()?.iter() {
+            config
+                .default_task_durations
+                .insert(k.extract()?, parse_timedelta.call1((v,))?.extract()?);
+        }
+        let ff = intern!(py, "fire-and-forget");
+        let mut state = State::new(config, ff.clone().into_any().unbind(), ff.hash()? as i64);
+        let serialize = py.import("distributed.protocol.serialize")?;
+        let lost = py
+            .import("builtins")?
+            .getattr("RuntimeError")?
+            .call1(("Worker holding Actor was lost",))?;
+        let ser = serialize.getattr("serialize")?.call1((lost,))?;
+        state.actor_lost_exception = Some(
+            serialize
+                .getattr("Serialized")?
+                .call1(ser.cast::<PyTuple>()?)?
+                .unbind(),
+        );
+        state.memory_error = Some(Box::new(|key, ndep, addr, limit, has_dependents| {
+            Python::attach(|py| {
+                let mut msg = format!(
+                    "Task {} has {ndep} bytes worth of input dependencies, but worker {addr} \
+                     has memory_limit set to {limit} bytes.",
+                    key.bind(py).repr().map(|r| r.to_string()).unwrap_or_default()
+                );
+                if !has_dependents {
+                    msg.push_str(
+                        " It seems like you called client.compute() on a huge collection. \
+                         Consider writing to distributed storage or slicing/reducing first.",
+                    );
+                }
+                let err = pyo3::exceptions::PyMemoryError::new_err(msg);
+                py.import("pickle")
+                    .and_then(|p| p.getattr("dumps"))
+                    .and_then(|d| d.call1((err.value(py),)))
+                    .map(|b| b.unbind())
+                    .unwrap_or_else(|_| py.None())
+            })
+        }));
+        let clients = PyDict::new(py);
+        clients.set_item(ff, 0u32)?;
+        Ok(Self {
+            state,
+            keys: PyDict::new(py).unbind(),
+            clients: clients.unbind(),
+        })
+    }
+
+    /// `Scheduler.add_worker`'s state changes, unrunnable rescheduling and queue slots.
+    #[pyo3(signature = (address, *, server_id, nthreads, memory_limit = 0, name = None,
+                        status = "running", resources = None, stimulus_id = "add-worker"))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_worker<'py>(
+        &mut self,
+        py: Python<'py>,
+        address: &Bound<'py, PyAny>,
+        server_id: &Bound<'py, PyAny>,
+        nthreads: i64,
+        memory_limit: i64,
+        name: Option<&Bound<'py, PyAny>>,
+        status: &str,
+        resources: Option<&Bound<'py, PyDict>>,
+        stimulus_id: &str,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let addr: String = address.extract()?;
+        let host = py
+            .import("distributed.comm.addressing")?
+            .getattr("get_address_host")?
+            .call1((address,))?
+            .extract()?;
+        let status = WorkerStatus::parse(status)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown worker status {status:?}")))?;
+        let mut res = Vec::new();
+        if let Some(r) = resources {
+            for (k, v) in r.iter() {
+                res.push((k.extract::<String>()?, v.extract::<f64>()?));
+            }
+        }
+        let name = match name {
+            Some(n) => n.str()?.to_string(),
+            None => addr.clone(),
+        };
+        let w = self
+            .state
+            .add_worker(NewWorker {
+                address: addr,
+                hash: server_id.hash()? as i64,
+                addr_hash: address.hash()? as i64,
+                host,
+                name,
+                nthreads,
+                memory_limit,
+                status,
+                resources: res,
+            })
+            .map_err(to_pyerr)?;
+        let mut out = Outbox::default();
+        if status == WorkerStatus::Running {
+            let sid = stimulus_id.into_pyobject(py)?.into_any().unbind();
+            let recs = self.state.bulk_schedule_unrunnable_after_adding_worker(w);
+            self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+            self.state
+                .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+                .map_err(to_pyerr)?;
+        }
+        self.finish(py, out)
+    }
+
+    /// `_create_taskstate_from_graph`'s state part. `dsk` maps key -> dask Task (or None),
+    /// `ordered` is dask.order's result.
+    #[pyo3(signature = (*, dsk, keys, ordered, client, stimulus_id, user_priority = None,
+                        fifo_timeout = 0.0, start = 0.0, submitting_task = None, actors = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn update_graph<'py>(
+        &mut self,
+        py: Python<'py>,
+        dsk: &Bound<'py, PyDict>,
+        keys: &Bound<'py, PyAny>,
+        ordered: &Bound<'py, PyDict>,
+        client: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        user_priority: Option<&Bound<'py, PyAny>>,
+        fifo_timeout: f64,
+        start: f64,
+        submitting_task: Option<&Bound<'py, PyAny>>,
+        actors: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (key_split, key_split_group) = key_splitters(py)?;
+        let index = PyDict::new(py);
+        for (i, k) in dsk.keys().iter().enumerate() {
+            index.set_item(k, i)?;
+        }
+        let resolve = |k: &Bound<'py, PyAny>| -> PyResult<Option<KeyRef>> {
+            if let Some(i) = index.get_item(k)? {
+                return Ok(Some(KeyRef::Graph(i.extract()?)));
+            }
+            Ok(self.tid(py, k)?.map(KeyRef::Existing))
+        };
+        let mut graph = Vec::with_capacity(dsk.len());
+        for (k, spec) in dsk.iter() {
+            let (run_spec, deps, producer) = if spec.is_none() {
+                (None, Vec::new(), false)
+            } else {
+                let mut deps = Vec::new();
+                for d in spec.getattr(intern!(py, "dependencies"))?.try_iter()? {
+                    let d = d?;
+                    deps.push(resolve(&d)?.ok_or_else(|| PyKeyError::new_err(d.unbind()))?);
+                }
+                let producer = spec
+                    .getattr(intern!(py, "data_producer"))
+                    .and_then(|v| v.is_truthy())
+                    .unwrap_or(false);
+                (Some(spec.clone().unbind()), deps, producer)
+            };
+            graph.push(GraphTask {
+                hash: k.hash()? as i64,
+                group: key_split_group.bind(py).call1((&k,))?.extract()?,
+                prefix: key_split.bind(py).call1((&k,))?.extract()?,
+                run_spec,
+                data_producer: producer,
+                dependencies: deps,
+                existing: self.tid(py, &k)?,
+                key: k.unbind(),
+            });
+        }
+        let keys_set = py.import("builtins")?.getattr("set")?.call1((keys,))?;
+        let mut key_refs = Vec::new();
+        for k in keys_set.try_iter()? {
+            let k = k?;
+            key_refs.push(resolve(&k)?.ok_or_else(|| PyKeyError::new_err(k.unbind()))?);
+        }
+        let generated = self.state.generate_taskstates(&key_refs, &graph);
+        for t in &generated.new {
+            self.register(py, *t)?;
+        }
+        // priorities
+        let mut prios = Vec::with_capacity(generated.touched.len());
+        for t in &generated.touched {
+            let key = self.state.ts(*t).key.bind(py).clone();
+            let user = match user_priority {
+                Some(up) if up.is_instance_of::<PyDict>() => match up.get_item(&key) {
+                    Ok(v) => py_num(&v)?,
+                    Err(_) => Num::Int(0),
+                },
+                Some(up) if !up.is_none() => py_num(up)?,
+                _ => Num::Int(0),
+            };
+            let internal = match ordered.get_item(&key)? {
+                Some(v) => Some(v.extract::<i64>()?),
+                None => None,
+            };
+            prios.push((user, internal));
+        }
+        let submitting = match submitting_task {
+            Some(k) if k.is_truthy()? => Some(self.tid(py, k)?),
+            _ => None,
+        };
+        self.state.set_priorities(
+            &generated.touched,
+            &prios,
+            submitting.flatten(),
+            submitting.is_some(),
+            fifo_timeout,
+            start,
+        );
+        let c = self.client_id(py, client)?;
+        let key_ids: Vec<TaskId> = key_refs
+            .iter()
+            .map(|r| match r {
+                KeyRef::Graph(i) => generated.graph_ids[*i].expect("created"),
+                KeyRef::Existing(t) => *t,
+            })
+            .collect();
+        self.state.client_desires_keys(&key_ids, c);
+        if let Some(a) = actors {
+            let list: Vec<TaskId> = if a.is_truthy()? && a.extract::<bool>().is_ok() {
+                key_ids.clone()
+            } else if a.is_none() || a.extract::<bool>().is_ok() {
+                Vec::new()
+            } else {
+                a.try_iter()?
+                    .map(|k| self.tid_required(py, &k?))
+                    .collect::<PyResult<_>>()?
+            };
+            for t in list {
+                self.state.ts_mut(t).actor = true;
+            }
+        }
+        let recs = self.state.graph_recommendations(&key_ids, &generated.touched);
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.handle_task_finished`
+    #[pyo3(signature = (key, worker, stimulus_id, *, run_id, nbytes = -1, r#type = None,
+                        typename = None, startstops = None, metadata = None, **_kwargs))]
+    #[allow(clippy::too_many_arguments)]
+    fn handle_task_finished<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        worker: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+        run_id: i64,
+        nbytes: i64,
+        r#type: Option<&Bound<'py, PyAny>>,
+        typename: Option<String>,
+        startstops: Option<&Bound<'py, PyAny>>,
+        metadata: Option<&Bound<'py, PyAny>>,
+        _kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut out = Outbox::default();
+        if self.state.worker_id(worker).is_none() {
+            return self.finish(py, out);
+        }
+        let t = self.tid(py, key)?;
+        let mut ss = Vec::new();
+        if let Some(s) = startstops {
+            for item in s.try_iter()? {
+                let item = item?;
+                ss.push(StartStop {
+                    action: item.get_item(intern!(py, "action"))?.extract()?,
+                    start: item.get_item(intern!(py, "start"))?.extract()?,
+                    stop: item.get_item(intern!(py, "stop"))?.extract()?,
+                });
+            }
+        }
+        if let (Some(t), Some(m)) = (t, metadata) {
+            if m.is_truthy()? && self.state.task(t).is_some() {
+                let ts = self.state.ts_mut(t);
+                let md = ts.metadata.get_or_insert_with(|| PyDict::new(py).into_any().unbind());
+                md.bind(py).call_method1(intern!(py, "update"), (m,))?;
+            }
+        }
+        let args = TransitionArgs::Finished {
+            worker: worker.to_owned(),
+            nbytes,
+            type_: r#type.map(|t| t.clone().unbind()),
+            typename: typename.unwrap_or_default(),
+            startstops: ss,
+        };
+        let sid = stimulus_id.clone().unbind();
+        let (recs, reply) = self
+            .state
+            .stimulus_task_finished(t, worker, run_id, args, &mut out, &sid, None)
+            .map_err(to_pyerr)?;
+        let w = self.worker(worker)?;
+        match reply {
+            StaleReply::None => {}
+            StaleReply::FreeKeys(_) => {
+                // free-keys to the worker for a key it computed that we don't need
+                let msg = PyDict::new(py);
+                msg.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
+                msg.set_item(intern!(py, "keys"), PyList::new(py, [key])?)?;
+                msg.set_item(intern!(py, "stimulus_id"), stimulus_id)?;
+                self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+                self.state
+                    .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+                    .map_err(to_pyerr)?;
+                let res = self.finish(py, out)?;
+                let wm = res.get_item(1)?;
+                let wm = wm.cast::<PyDict>()?;
+                let first = PyList::new(py, [msg])?;
+                // distributed puts this message first in worker_msgs
+                let merged = PyDict::new(py);
+                merged.set_item(worker, &first)?;
+                for (k, v) in wm.iter() {
+                    if k.extract::<String>()? == worker {
+                        first.call_method1(intern!(py, "extend"), (v,))?;
+                    } else {
+                        merged.set_item(k, v)?;
+                    }
+                }
+                return PyTuple::new(py, [res.get_item(0)?, merged.into_any()]);
+            }
+            StaleReply::AddKeys => {
+                if let Some(t) = t {
+                    self.state.add_keys(w, &[Some(t)]);
+                }
+            }
+        }
+        self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+        self.state
+            .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.handle_task_erred`
+    #[pyo3(signature = (key, stimulus_id, *, worker, run_id, exception = None, traceback = None,
+                        exception_text = None, traceback_text = None, **_kwargs))]
+    #[allow(clippy::too_many_arguments)]
+    fn handle_task_erred<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        worker: &str,
+        run_id: i64,
+        exception: Option<&Bound<'py, PyAny>>,
+        traceback: Option<&Bound<'py, PyAny>>,
+        exception_text: Option<&Bound<'py, PyAny>>,
+        traceback_text: Option<&Bound<'py, PyAny>>,
+        _kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let t = self.tid(py, key)?;
+        let un = |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
+        let args = TransitionArgs::Erred {
+            worker: Some(worker.to_owned()),
+            cause: t,
+            exception: un(exception),
+            traceback: un(traceback),
+            exception_text: un(exception_text),
+            traceback_text: un(traceback_text),
+        };
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        let recs = self
+            .state
+            .stimulus_task_erred(t, worker, run_id, args, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+        self.state
+            .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.remove_worker`'s state changes and transitions.
+    #[pyo3(signature = (address, *, stimulus_id, expected = false))]
+    fn remove_worker<'py>(
+        &mut self,
+        py: Python<'py>,
+        address: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+        expected: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut out = Outbox::default();
+        let Some(w) = self.state.worker_id(address) else {
+            return self.finish(py, out);
+        };
+        let sid = stimulus_id.clone().unbind();
+        let addr = address.to_owned();
+        let killed = |key: &Py<PyAny>, allowed: i64| -> Py<PyAny> {
+            Python::attach(|py| {
+                (|| -> PyResult<Py<PyAny>> {
+                    let kw = py.import("distributed.scheduler")?.getattr("KilledWorker")?;
+                    let e = kw.call1((key.bind(py), addr.as_str(), allowed))?;
+                    Ok(py.import("pickle")?.getattr("dumps")?.call1((e,))?.unbind())
+                })()
+                .unwrap_or_else(|_| py.None())
+            })
+        };
+        self.state
+            .remove_worker(w, expected, &killed, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.handle_worker_status_change`
+    fn handle_worker_status_change<'py>(
+        &mut self,
+        py: Python<'py>,
+        status: &str,
+        worker: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut out = Outbox::default();
+        let Some(w) = self.state.worker_id(worker) else {
+            return self.finish(py, out);
+        };
+        let status = WorkerStatus::parse(status)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown worker status {status:?}")))?;
+        let sid = stimulus_id.clone().unbind();
+        self.state
+            .worker_status_change(w, status, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.client_releases_keys`
+    #[pyo3(signature = (keys, client, stimulus_id))]
+    fn client_releases_keys<'py>(
+        &mut self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        client: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let c = match self.clients.bind(py).get_item(client)? {
+            Some(v) => ClientId(v.extract()?),
+            None => return Err(PyKeyError::new_err(client.clone().unbind())),
+        };
+        let mut ids = Vec::new();
+        for k in keys.try_iter()? {
+            if let Some(t) = self.tid(py, &k?)? {
+                ids.push(t);
+            }
+        }
+        let mut recs = crate::core::state::Recs::new();
+        self.state.client_releases_keys_inner(&ids, c, &mut recs);
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+        self.state
+            .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `SchedulerState.validate_state`, natively.
+    fn validate_state(&self) -> PyResult<()> {
+        self.state.validate_state().map_err(to_pyerr)
+    }
+
+    #[getter]
+    fn transition_counter(&self) -> i64 {
+        self.state.transition_counter
+    }
+
+    #[getter]
+    fn n_tasks(&self) -> usize {
+        self.state.n_live_tasks
+    }
+
+    fn __len__(&self) -> usize {
+        self.state.n_live_tasks
+    }
+
+    /// The state string of a task, or "forgotten" for unknown keys.
+    fn task_state(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+        Ok(match self.tid(py, key)? {
+            Some(t) => self.state.ts(t).state.as_str(),
+            None => "forgotten",
+        })
+    }
+
+    /// Per-task comparable state: key -> dict of distributed's attribute names.
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.state;
+        let out = PyDict::new(py);
+        let keyset = |set: &Option<crate::core::entities::TaskSet>| -> PyResult<Bound<'py, PyAny>> {
+            match set {
+                None => Ok(py.None().into_bound(py)),
+                Some(set) => Ok(PyList::new(py, set.iter().map(|d| s.ts(d).key.bind(py)))?.into_any()),
+            }
+        };
+        for (k, v) in self.keys.bind(py).iter() {
+            let t = TaskId(v.extract()?);
+            let ts = s.ts(t);
+            let d = PyDict::new(py);
+            d.set_item("state", ts.state.as_str())?;
+            d.set_item(
+                "processing_on",
+                ts.processing_on.map(|w| s.ws(w).address.clone()),
+            )?;
+            d.set_item(
+                "who_has",
+                ts.who_has
+                    .as_ref()
+                    .map(|h| h.iter().map(|w| s.ws(w).address.clone()).collect::<Vec<_>>()),
+            )?;
+            d.set_item("waiting_on", keyset(&ts.waiting_on)?)?;
+            d.set_item("waiters", keyset(&ts.waiters)?)?;
+            d.set_item("dependencies", keyset(&Some(ts.dependencies.clone()))?)?;
+            d.set_item("dependents", keyset(&Some(ts.dependents.clone()))?)?;
+            d.set_item(
+                "priority",
+                match &ts.priority {
+                    Some(p) => priority_to_py(py, p)?.into_any(),
+                    None => py.None().into_bound(py),
+                },
+            )?;
+            d.set_item("retries", ts.retries)?;
+            d.set_item("nbytes", ts.nbytes)?;
+            d.set_item("suspicious", ts.suspicious)?;
+            d.set_item(
+                "exception_blame",
+                ts.exception_blame.map(|b| s.ts(b).key.clone_ref(py)),
+            )?;
+            d.set_item(
+                "who_wants",
+                ts.who_wants.as_ref().map(|c| {
+                    c.iter()
+                        .map(|c| s.clients[c.idx()].client_key.clone_ref(py))
+                        .collect::<Vec<_>>()
+                }),
+            )?;
+            out.set_item(k, d)?;
+        }
+        Ok(out)
+    }
+
+    /// Per-worker comparable state.
+    fn worker_snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.state;
+        let out = PyDict::new(py);
+        for &w in &s.workers_sorted {
+            let ws = s.ws(w);
+            let d = PyDict::new(py);
+            d.set_item(
+                "processing",
+                PyList::new(py, ws.processing.iter().map(|t| s.ts(t).key.bind(py)))?,
+            )?;
+            d.set_item(
+                "has_what",
+                PyList::new(py, ws.has_what.keys().map(|t| s.ts(t).key.bind(py)))?,
+            )?;
+            d.set_item("nbytes", ws.nbytes)?;
+            d.set_item("occupancy", s.occupancy(w))?;
+            d.set_item("status", ws.status.as_str())?;
+            out.set_item(ws.address.as_str(), d)?;
+        }
+        Ok(out)
+    }
+
+    /// Scheduler-wide containers, as lists of keys / addresses in iteration order.
+    fn containers<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.state;
+        let d = PyDict::new(py);
+        let addr = |w: WorkerId| s.ws(w).address.clone();
+        d.set_item("idle", s.idle.iter().map(|w| addr(*w)).collect::<Vec<_>>())?;
+        d.set_item("running", s.running.iter().map(addr).collect::<Vec<_>>())?;
+        d.set_item("saturated", s.saturated.iter().map(addr).collect::<Vec<_>>())?;
+        d.set_item(
+            "idle_task_count",
+            s.idle_task_count.iter().map(addr).collect::<Vec<_>>(),
+        )?;
+        d.set_item(
+            "queued",
+            PyList::new(py, s.queued.sorted().into_iter().map(|t| s.ts(t).key.bind(py)))?,
+        )?;
+        d.set_item(
+            "unrunnable",
+            PyList::new(py, s.unrunnable.keys().map(|t| s.ts(t).key.bind(py)))?,
+        )?;
+        d.set_item(
+            "replicated_tasks",
+            PyList::new(py, s.replicated_tasks.iter().map(|t| s.ts(t).key.bind(py)))?,
+        )?;
+        d.set_item("total_nthreads", s.total_nthreads)?;
+        d.set_item("n_tasks", s.n_tasks)?;
+        d.set_item("total_occupancy", s.total_occupancy())?;
+        Ok(d)
+    }
+}

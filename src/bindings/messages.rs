@@ -1,0 +1,190 @@
+//! Core messages -> distributed's message dicts.
+
+use crate::core::state::{ClientMsg, Outbox, SchedulerState, WorkerMsg};
+use crate::core::types::{Num, Priority};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::{intern, IntoPyObjectExt};
+
+type State = SchedulerState<Py<PyAny>>;
+
+static TO_PICKLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn to_pickle(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    Ok(TO_PICKLE
+        .get_or_try_init(py, || -> PyResult<_> {
+            Ok(py
+                .import("distributed.protocol.serialize")?
+                .getattr("ToPickle")?
+                .unbind())
+        })?
+        .bind(py))
+}
+
+pub fn num_to_py(py: Python<'_>, n: Num) -> PyResult<Bound<'_, PyAny>> {
+    match n {
+        Num::Int(i) => i.into_bound_py_any(py),
+        Num::Float(f) => f.into_bound_py_any(py),
+    }
+}
+
+pub fn priority_to_py<'py>(py: Python<'py>, p: &Priority) -> PyResult<Bound<'py, PyTuple>> {
+    PyTuple::new(
+        py,
+        [
+            num_to_py(py, p.0[0])?,
+            num_to_py(py, p.0[1])?,
+            num_to_py(py, p.0[2])?,
+        ],
+    )
+}
+
+fn opt<'py>(py: Python<'py>, v: &Option<Py<PyAny>>) -> Bound<'py, PyAny> {
+    match v {
+        Some(o) => o.bind(py).clone(),
+        None => py.None().into_bound(py),
+    }
+}
+
+pub fn worker_msg<'py>(
+    py: Python<'py>,
+    s: &State,
+    m: &WorkerMsg<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    match m {
+        WorkerMsg::ComputeTask {
+            task,
+            run_id,
+            priority,
+            stimulus_time,
+            who_has,
+            nbytes,
+        } => {
+            let ts = s.ts(*task);
+            d.set_item(intern!(py, "op"), intern!(py, "compute-task"))?;
+            d.set_item(intern!(py, "key"), ts.key.bind(py))?;
+            d.set_item(intern!(py, "run_id"), *run_id)?;
+            d.set_item(intern!(py, "priority"), priority_to_py(py, priority)?)?;
+            d.set_item(
+                intern!(py, "stimulus_id"),
+                format!("compute-task-{stimulus_time}"),
+            )?;
+            let wh = PyDict::new(py);
+            for (dep, workers) in who_has {
+                let addrs = PyTuple::new(py, workers.iter().map(|w| s.ws(*w).address.as_str()))?;
+                wh.set_item(s.ts(*dep).key.bind(py), addrs)?;
+            }
+            d.set_item(intern!(py, "who_has"), wh)?;
+            let nb = PyDict::new(py);
+            for (dep, n) in nbytes {
+                nb.set_item(s.ts(*dep).key.bind(py), *n)?;
+            }
+            d.set_item(intern!(py, "nbytes"), nb)?;
+            d.set_item(
+                intern!(py, "run_spec"),
+                to_pickle(py)?.call1((opt(py, &ts.run_spec),))?,
+            )?;
+            match &ts.resource_restrictions {
+                Some(rr) => {
+                    let r = PyDict::new(py);
+                    for (k, v) in rr {
+                        r.set_item(k, *v)?;
+                    }
+                    d.set_item(intern!(py, "resource_restrictions"), r)?;
+                }
+                None => d.set_item(intern!(py, "resource_restrictions"), py.None())?,
+            }
+            d.set_item(intern!(py, "actor"), ts.actor)?;
+            match &ts.annotations {
+                Some(a) if a.bind(py).is_truthy()? => d.set_item(intern!(py, "annotations"), a.bind(py))?,
+                _ => d.set_item(intern!(py, "annotations"), PyDict::new(py))?,
+            }
+            d.set_item(
+                intern!(py, "span_id"),
+                opt(py, &s.groups[ts.group.idx()].span_id),
+            )?;
+        }
+        WorkerMsg::FreeKeys { key, stimulus_id } => {
+            d.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
+            d.set_item(intern!(py, "keys"), PyList::new(py, [s.ts(*key).key.bind(py)])?)?;
+            d.set_item(intern!(py, "stimulus_id"), stimulus_id.bind(py))?;
+        }
+        WorkerMsg::RemoveReplicas { keys, stimulus_id } => {
+            d.set_item(intern!(py, "op"), intern!(py, "remove-replicas"))?;
+            d.set_item(intern!(py, "keys"), PyList::new(py, keys.iter().map(|k| k.bind(py)))?)?;
+            d.set_item(intern!(py, "stimulus_id"), stimulus_id.bind(py))?;
+        }
+    }
+    Ok(d)
+}
+
+pub fn client_msg<'py>(
+    py: Python<'py>,
+    s: &State,
+    m: &ClientMsg<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    match m {
+        ClientMsg::KeyInMemory { key, type_ } => {
+            d.set_item(intern!(py, "op"), intern!(py, "key-in-memory"))?;
+            d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
+            d.set_item(intern!(py, "type"), opt(py, type_))?;
+        }
+        ClientMsg::LostData { key } => {
+            d.set_item(intern!(py, "op"), intern!(py, "lost-data"))?;
+            d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
+        }
+        ClientMsg::TaskErred {
+            key,
+            exception,
+            traceback,
+        } => {
+            d.set_item(intern!(py, "op"), intern!(py, "task-erred"))?;
+            d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
+            d.set_item(intern!(py, "exception"), opt(py, exception))?;
+            d.set_item(intern!(py, "traceback"), opt(py, traceback))?;
+        }
+        ClientMsg::TaskRetried { key } => {
+            d.set_item(intern!(py, "op"), intern!(py, "task-retried"))?;
+            d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
+        }
+        ClientMsg::CancelledKeys { keys, reason } => {
+            d.set_item(intern!(py, "op"), intern!(py, "cancelled-keys"))?;
+            d.set_item(
+                intern!(py, "keys"),
+                PyList::new(py, keys.iter().map(|k| s.ts(*k).key.bind(py)))?,
+            )?;
+            if let Some(r) = reason {
+                d.set_item(intern!(py, "reason"), *r)?;
+            }
+        }
+    }
+    Ok(d)
+}
+
+/// `(client_msgs, worker_msgs)` as distributed's `Msgs` dicts.
+pub fn outbox_to_py<'py>(
+    py: Python<'py>,
+    s: &State,
+    out: &Outbox<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let cm = PyDict::new(py);
+    for (c, msgs) in out.client_msgs.iter() {
+        let l = PyList::empty(py);
+        for m in msgs {
+            l.append(client_msg(py, s, m)?)?;
+        }
+        cm.set_item(s.clients[c.idx()].client_key.bind(py), l)?;
+    }
+    let wm = PyDict::new(py);
+    for (w, msgs) in out.worker_msgs.iter() {
+        let l = PyList::empty(py);
+        for m in msgs {
+            l.append(worker_msg(py, s, m)?)?;
+        }
+        wm.set_item(s.ws(*w).address.as_str(), l)?;
+    }
+    PyTuple::new(py, [cm.into_any(), wm.into_any()])
+}

@@ -1,0 +1,14 @@
+//! The PyO3 layer: converts Python stimuli into core calls and core messages into the
+//! dicts distributed sends. Python payloads travel through the core as `Py<PyAny>`.
+
+mod engine;
+mod messages;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<engine::Engine>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
