@@ -1,0 +1,302 @@
+"""Drive distributed's pure-Python scheduler and the Rust engine with the same stimuli.
+
+`PythonSide` is a real `distributed.Scheduler` (never started: no comms, no periodic
+callbacks) whose workers and clients are in-process collectors; its stimuli go through
+the same `SchedulerState`/`Scheduler` methods the comm handlers call. `RustSide` is
+`dask_rsched.Engine`. Both return per-stimulus messages per destination, normalised so
+they compare equal when the engines behave the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import dask
+from distributed import Scheduler
+from distributed.core import Status
+from distributed.scheduler import ClientState, WorkerState
+
+import dask_rsched
+
+IGNORED_OPS = {"close", "remove-worker"}
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.msgs: list[dict] = []
+
+    def send(self, *msgs: dict) -> None:
+        self.msgs.extend(msgs)
+
+    def abort(self) -> None:
+        pass
+
+    def closed(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
+
+
+def assign_run_ids(batches: list[list[dict]], run_ids: dict) -> None:
+    """Number new run ids in increasing order: run ids grow with emission order, so equal
+    numbers mean the same emission order across destinations."""
+    new = sorted(
+        m["run_id"] for ms in batches for m in ms
+        if m.get("op") == "compute-task" and m["run_id"] not in run_ids
+    )
+    for r in new:
+        run_ids[r] = len(run_ids)
+
+
+def normalise(msg: dict, run_ids: dict) -> dict:
+    """Drop what legitimately differs (timestamps) and map objects to identities."""
+    msg = dict(msg)
+    if msg.get("op") == "compute-task":
+        msg.pop("stimulus_id")
+        msg["run_id"] = run_ids.setdefault(msg["run_id"], len(run_ids))
+        msg["run_spec"] = id(msg["run_spec"].data)
+        # span ids come from the spans extension, which the bare engine does not run
+        msg.pop("span_id")
+    for k in ("exception", "traceback"):
+        if k in msg:
+            msg[k] = id(msg[k])
+    return msg
+
+
+def _config() -> Any:
+    return dask.config.set({"distributed.scheduler.work-stealing": False})
+
+
+class _Side:
+    run_ids: dict
+
+    def real_run_id(self, normalised: int) -> int:
+        for real, n in self.run_ids.items():
+            if n == normalised:
+                return real
+        raise KeyError(normalised)
+
+
+class PythonSide(_Side):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+        async def make() -> Scheduler:
+            with _config():
+                return Scheduler(dashboard=False, validate=True)
+
+        self.s = loop.run_until_complete(make())
+        self.run_ids: dict = {}
+
+    def _collect(self) -> tuple[dict, dict]:
+        assign_run_ids([c.msgs for c in self.s.stream_comms.values()], self.run_ids)
+        cm = {}
+        for c, comm in self.s.client_comms.items():
+            if comm.msgs:
+                cm[c] = [normalise(m, self.run_ids) for m in comm.msgs]
+                comm.msgs.clear()
+        wm = {}
+        for w, comm in self.s.stream_comms.items():
+            msgs = [normalise(m, self.run_ids) for m in comm.msgs if m.get("op") not in IGNORED_OPS]
+            comm.msgs.clear()
+            if msgs:
+                wm[w] = msgs
+        return cm, wm
+
+    def add_client(self, client: str) -> None:
+        self.s.clients[client] = ClientState(client)
+        self.s.client_comms[client] = Collector()
+
+    def add_worker(self, addr: str, server_id: str, nthreads: int, sid: str) -> tuple:
+        s = self.s
+        ws = WorkerState(
+            address=addr, status=Status.running, pid=0, nthreads=nthreads,
+            memory_limit=2**32, name=addr, local_directory="/tmp", services={},
+            versions={}, nanny=None, extra={}, server_id=server_id, scheduler=s,
+        )
+        s.workers[addr] = ws
+        s.running.add(ws)
+        host = ws.host
+        dh = s.host_info.setdefault(host, {})
+        dh.setdefault("addresses", set()).add(addr)
+        dh["nthreads"] = dh.get("nthreads", 0) + nthreads
+        s.total_memory += ws.memory_limit
+        s.total_nthreads += nthreads
+        s.aliases[addr] = addr
+        s.check_idle_saturated(ws)
+        s.stream_comms[addr] = Collector()
+        s.transitions(s.bulk_schedule_unrunnable_after_adding_worker(ws), sid)
+        s.stimulus_queue_slots_maybe_opened(stimulus_id=sid)
+        return self._collect()
+
+    def remove_worker(self, addr: str, expected: bool, sid: str) -> tuple:
+        collector = self.s.stream_comms[addr]
+        self.loop.run_until_complete(
+            self.s.remove_worker(addr, stimulus_id=sid, expected=expected, close=False)
+        )
+        # remove_worker deletes the comm; messages already sent to it are dropped
+        collector.msgs.clear()
+        return self._collect()
+
+    def worker_status(self, addr: str, status: str, sid: str) -> tuple:
+        self.s.handle_worker_status_change(status, addr, stimulus_id=sid)
+        return self._collect()
+
+    def update_graph(self, dsk: dict, keys: set, ordered: dict, client: str, sid: str) -> tuple:
+        self.s._create_taskstate_from_graph(
+            start=0.0, dsk=dsk, keys=set(keys), ordered=ordered, client=client,
+            annotations_by_type={}, global_annotations=None, stimulus_id=sid,
+            submitting_task=None, span_metadata={"collections": []},
+        )
+        return self._collect()
+
+    def task_finished(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
+        self.s.handle_task_finished(
+            key=key, worker=worker, stimulus_id=sid, run_id=run_id, nbytes=28,
+            type=b"int", typename="int", metadata={}, thread=0,
+            startstops=[{"action": "compute", "start": 1.0, "stop": 1.5}],
+        )
+        return self._collect()
+
+    def task_erred(self, key: Any, worker: str, run_id: int, exc: Any, sid: str) -> tuple:
+        self.s.handle_task_erred(
+            key=key, worker=worker, stimulus_id=sid, run_id=run_id, exception=exc,
+            traceback=None, exception_text="boom", traceback_text="", thread=0,
+            startstops=[],
+        )
+        return self._collect()
+
+    def release(self, keys: list, client: str, sid: str) -> tuple:
+        self.s.client_releases_keys(keys=keys, client=client, stimulus_id=sid)
+        return self._collect()
+
+    def snapshot(self) -> dict:
+        out = {}
+        keys = lambda s: None if s is None else [d.key for d in s]  # noqa: E731
+        for k, ts in self.s.tasks.items():
+            out[k] = {
+                "state": ts.state,
+                "processing_on": ts.processing_on.address if ts.processing_on else None,
+                "who_has": None if ts.who_has is None else [w.address for w in ts.who_has],
+                "waiting_on": keys(ts.waiting_on),
+                "waiters": keys(ts.waiters),
+                "dependencies": keys(ts.dependencies),
+                "dependents": keys(ts.dependents),
+                "priority": ts.priority,
+                "retries": ts.retries,
+                "nbytes": ts.nbytes,
+                "suspicious": ts.suspicious,
+                "exception_blame": ts.exception_blame.key if ts.exception_blame else None,
+                "who_wants": None if ts.who_wants is None else [c.client_key for c in ts.who_wants],
+            }
+        return out
+
+    def worker_snapshot(self) -> dict:
+        out = {}
+        for addr, ws in self.s.workers.items():
+            out[addr] = {
+                "processing": [ts.key for ts in ws.processing],
+                "has_what": [ts.key for ts in ws.has_what],
+                "nbytes": ws.nbytes,
+                "occupancy": ws.occupancy,
+                "status": ws.status.name,
+            }
+        return out
+
+    def containers(self) -> dict:
+        s = self.s
+        return {
+            "idle": list(s.idle),
+            "running": [ws.address for ws in s.running],
+            "saturated": [ws.address for ws in s.saturated],
+            "idle_task_count": [ws.address for ws in s.idle_task_count],
+            "queued": [ts.key for ts in s.queued.sorted()],
+            "unrunnable": [ts.key for ts in s.unrunnable],
+            "replicated_tasks": [ts.key for ts in s.replicated_tasks],
+            "total_nthreads": s.total_nthreads,
+            "n_tasks": s.n_tasks,
+            "total_occupancy": s.total_occupancy,
+        }
+
+    def validate(self) -> None:
+        self.s.validate_state()
+
+    def close(self) -> None:
+        # never started: nothing to stop; drop the references
+        self.s.stream_comms.clear()
+        self.s.client_comms.clear()
+
+
+class RustSide(_Side):
+    def __init__(self) -> None:
+        with _config():
+            self.e = dask_rsched.Engine(validate=True)
+        self.run_ids: dict = {}
+
+    def _norm(self, res: tuple) -> tuple:
+        cm, wm = res
+        assign_run_ids(list(wm.values()), self.run_ids)
+        return (
+            {c: [normalise(m, self.run_ids) for m in ms] for c, ms in cm.items()},
+            {w: [normalise(m, self.run_ids) for m in ms] for w, ms in wm.items()},
+        )
+
+    def add_client(self, client: str) -> None:
+        pass
+
+    def add_worker(self, addr: str, server_id: str, nthreads: int, sid: str) -> tuple:
+        return self._norm(
+            self.e.add_worker(addr, server_id=server_id, nthreads=nthreads,
+                              memory_limit=2**32, name=addr, stimulus_id=sid)
+        )
+
+    def remove_worker(self, addr: str, expected: bool, sid: str) -> tuple:
+        cm, wm = self.e.remove_worker(addr, stimulus_id=sid, expected=expected)
+        wm.pop(addr, None)
+        return self._norm((cm, wm))
+
+    def worker_status(self, addr: str, status: str, sid: str) -> tuple:
+        return self._norm(self.e.handle_worker_status_change(status, addr, sid))
+
+    def update_graph(self, dsk: dict, keys: set, ordered: dict, client: str, sid: str) -> tuple:
+        return self._norm(
+            self.e.update_graph(dsk=dsk, keys=keys, ordered=ordered, client=client,
+                                stimulus_id=sid)
+        )
+
+    def task_finished(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
+        return self._norm(
+            self.e.handle_task_finished(
+                key, worker, sid, run_id=run_id, nbytes=28, type=b"int", typename="int",
+                metadata={}, thread=0,
+                startstops=[{"action": "compute", "start": 1.0, "stop": 1.5}],
+            )
+        )
+
+    def task_erred(self, key: Any, worker: str, run_id: int, exc: Any, sid: str) -> tuple:
+        return self._norm(
+            self.e.handle_task_erred(
+                key, sid, worker=worker, run_id=run_id, exception=exc, traceback=None,
+                exception_text="boom", traceback_text="",
+            )
+        )
+
+    def release(self, keys: list, client: str, sid: str) -> tuple:
+        return self._norm(self.e.client_releases_keys(keys, client, sid))
+
+    def snapshot(self) -> dict:
+        return self.e.snapshot()
+
+    def worker_snapshot(self) -> dict:
+        return self.e.worker_snapshot()
+
+    def containers(self) -> dict:
+        return self.e.containers()
+
+    def validate(self) -> None:
+        self.e.validate_state()
+
+    def close(self) -> None:
+        pass

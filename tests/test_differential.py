@@ -1,0 +1,203 @@
+"""Differential test: random stimulus sequences into distributed's pure-Python scheduler and
+the Rust engine; after every stimulus, every task's state, the workers, the scheduler-wide
+containers and every emitted message must be identical (including set iteration orders).
+
+DIFF_EXAMPLES sets the number of sequences (CI default 2000; `DIFF_EXAMPLES=20000` for a
+long run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import itertools
+
+import dask
+import pytest
+from dask._task_spec import Task, TaskRef
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from differential import PythonSide, RustSide
+
+EXAMPLES = int(os.environ.get("DIFF_EXAMPLES", "2000"))
+_counter = itertools.count()
+EXC = RuntimeError("boom")
+
+
+def inc(*args: int) -> int:
+    return sum(args) + 1
+
+
+def assert_same(a: object, b: object, what: str) -> None:
+    assert a == b, f"{what} differs:\npython={a!r}\nrust  ={b!r}"
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> tuple[dict, set]:
+    """A random DAG: some wide groups (tuple keys) and string-keyed tasks."""
+    token = next(_counter)
+    n_groups = draw(st.integers(1, 3))
+    dsk: dict = {}
+    all_keys: list = []
+    for g in range(n_groups):
+        width = draw(st.integers(1, 12))
+        name = f"g{g}-{token}"
+        layer_keys = []
+        for i in range(width):
+            key = (name, i) if width > 1 else f"{name}"
+            deps = []
+            if all_keys:
+                deps = draw(st.lists(st.sampled_from(all_keys), max_size=3, unique=True))
+            dsk[key] = Task(key, inc, *[TaskRef(d) for d in deps])
+            layer_keys.append(key)
+        all_keys.extend(layer_keys)
+    keys = set(draw(st.lists(st.sampled_from(all_keys), min_size=1, max_size=4, unique=True)))
+    return dsk, keys
+
+
+class Differential(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.py = PythonSide(self.loop)
+        self.rs = RustSide()
+        self.workers: list[str] = []
+        self.n_workers = 0
+        self.step = 0
+        self.compute: list[tuple[str, object, int]] = []  # (worker, key, normalised run id)
+        self.client_keys: dict[str, set] = {"c1": set(), "c2": set()}
+        for c in self.client_keys:
+            self.py.add_client(c)
+            self.rs.add_client(c)
+
+    def teardown(self) -> None:
+        self.py.close()
+        self.loop.close()
+
+    def sid(self, what: str) -> str:
+        self.step += 1
+        return f"{what}-{self.step}"
+
+    def both(self, name: str, *args: object) -> None:
+        a = getattr(self.py, name)(*args)
+        b = getattr(self.rs, name)(*args)
+        assert_same(a, b, f"messages of {name}{args!r}")
+        for w, msgs in a[1].items():
+            for m in msgs:
+                if m["op"] == "compute-task":
+                    self.compute.append((w, m["key"], m["run_id"]))
+
+    @initialize(n=st.integers(0, 3), nthreads=st.integers(1, 3))
+    def start(self, n: int, nthreads: int) -> None:
+        for _ in range(n):
+            self.add_worker(nthreads)
+
+    @rule(nthreads=st.integers(1, 4))
+    def add_worker(self, nthreads: int) -> None:
+        self.n_workers += 1
+        addr = f"tcp://10.0.0.{self.n_workers}:1234"
+        self.workers.append(addr)
+        self.both("add_worker", addr, f"Worker-{self.n_workers}-id", nthreads, self.sid("add-worker"))
+
+    @precondition(lambda self: self.workers)
+    @rule(data=st.data(), expected=st.booleans())
+    def remove_worker(self, data: st.DataObject, expected: bool) -> None:
+        addr = data.draw(st.sampled_from(self.workers))
+        self.workers.remove(addr)
+        self.both("remove_worker", addr, expected, self.sid("remove-worker"))
+
+    @precondition(lambda self: self.workers)
+    @rule(data=st.data(), status=st.sampled_from(["paused", "running"]))
+    def worker_status(self, data: st.DataObject, status: str) -> None:
+        addr = data.draw(st.sampled_from(self.workers))
+        self.both("worker_status", addr, status, self.sid("status"))
+
+    @rule(g=graphs(), client=st.sampled_from(["c1", "c2"]))
+    def submit(self, g: tuple[dict, set], client: str) -> None:
+        dsk, keys = g
+        ordered = dask.order.order(dsk)
+        self.client_keys[client] |= keys
+        self.both("update_graph", dsk, keys, ordered, client, self.sid("update-graph"))
+
+    @precondition(lambda self: self.compute)
+    @rule(data=st.data(), outcome=st.sampled_from(["finished", "finished", "finished", "erred", "stale"]))
+    def finish(self, data: st.DataObject, outcome: str) -> None:
+        i = data.draw(st.integers(0, len(self.compute) - 1))
+        worker, key, nrun = self.compute.pop(i)
+        if worker not in self.workers:
+            return
+        rp, rr = self.py.real_run_id(nrun), self.rs.real_run_id(nrun)
+        sid = self.sid("task-" + outcome)
+        if outcome == "stale":
+            rp, rr = rp - 10_000_000, rr - 10_000_000
+            outcome = "finished"
+        if outcome == "finished":
+            a = self.py.task_finished(key, worker, rp, sid)
+            b = self.rs.task_finished(key, worker, rr, sid)
+        else:
+            a = self.py.task_erred(key, worker, rp, EXC, sid)
+            b = self.rs.task_erred(key, worker, rr, EXC, sid)
+        assert_same(a, b, f"messages of task {outcome} {key!r}")
+        for w, msgs in a[1].items():
+            for m in msgs:
+                if m["op"] == "compute-task":
+                    self.compute.append((w, m["key"], m["run_id"]))
+
+    @precondition(lambda self: any(self.client_keys.values()))
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        client = data.draw(st.sampled_from([c for c, k in self.client_keys.items() if k]))
+        keys = data.draw(st.lists(st.sampled_from(sorted(self.client_keys[client], key=repr)),
+                                  min_size=1, max_size=3, unique=True))
+        self.client_keys[client] -= set(keys)
+        self.both("release", keys, client, self.sid("release"))
+
+    @invariant()
+    def same_state(self) -> None:
+        assert_same(self.py.snapshot(), self.rs.snapshot(), "tasks")
+        assert_same(self.py.worker_snapshot(), self.rs.worker_snapshot(), "workers")
+        assert_same(self.py.containers(), self.rs.containers(), "containers")
+        self.py.validate()
+        self.rs.validate()
+
+
+TestDifferential = Differential.TestCase
+TestDifferential.settings = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=bool(os.environ.get("CI")),
+)
+
+
+def test_smoke_tree_reduction() -> None:
+    """A full tree reduction finishes with the same messages on both engines."""
+    m = Differential()
+    try:
+        m.add_worker(2)
+        m.add_worker(1)
+        dsk = {("leaf", i): Task(("leaf", i), inc, i) for i in range(16)}
+        for j in range(4):
+            dsk[("mid", j)] = Task(("mid", j), inc, *[TaskRef(("leaf", 4 * j + i)) for i in range(4)])
+        dsk["root"] = Task("root", inc, *[TaskRef(("mid", j)) for j in range(4)])
+        m.both("update_graph", dsk, {"root"}, dask.order.order(dsk), "c1", m.sid("ug"))
+        m.same_state()
+        while m.compute:
+            worker, key, nrun = m.compute.pop(0)
+            sid = m.sid("tf")
+            a = m.py.task_finished(key, worker, m.py.real_run_id(nrun), sid)
+            b = m.rs.task_finished(key, worker, m.rs.real_run_id(nrun), sid)
+            assert_same(a, b, f"task-finished {key!r}")
+            for w, msgs in a[1].items():
+                m.compute.extend((w, x["key"], x["run_id"]) for x in msgs if x["op"] == "compute-task")
+            m.same_state()
+        assert m.rs.e.task_state("root") == "memory"
+    finally:
+        m.teardown()
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "-x", "-q"])
