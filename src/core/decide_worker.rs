@@ -161,14 +161,17 @@ impl<P: Clone> SchedulerState<P> {
         if self.running.is_empty() {
             return None;
         }
-        let mut valid = self.valid_workers(t);
-        let n_workers = self.workers_sorted.len();
-        if valid.is_none() && self.running.len() < n_workers {
-            valid = Some(self.running.copy());
-        }
-        if !self.ts(t).dependencies.is_empty() || valid.is_some() {
-            let running = self.running.copy();
-            self.decide_worker(t, &running, valid.as_ref())
+        let valid = self.valid_workers(t);
+        // `valid_workers = self.running`: the set itself, not a copy (a copy of a table
+        // with dummies iterates in another order).
+        let running_is_valid = valid.is_none() && self.running.len() < self.workers_sorted.len();
+        if !self.ts(t).dependencies.is_empty() || valid.is_some() || running_is_valid {
+            let v = if running_is_valid {
+                Some(&self.running)
+            } else {
+                valid.as_ref()
+            };
+            self.decide_worker(t, &self.running, v)
         } else {
             let pool: &[WorkerId] = if !self.idle.is_empty() {
                 &self.idle
