@@ -1,0 +1,784 @@
+//! `PySet<T>`: a hash set whose iteration order is exactly CPython 3.11's
+//! `set` order for elements with the same Python hashes, after the same
+//! sequence of operations.
+//!
+//! The scheduler's tie-breaking and message order depend on the order in
+//! which Python iterates its sets, so this mirrors `Objects/setobject.c`
+//! (3.11) table layout: open addressing with `LINEAR_PROBES` consecutive
+//! slots then perturbed probing, dummy (deleted) slots, the `fill`/`used`
+//! growth rule, `set_merge`'s copy shortcuts, and `set_pop`'s finger.
+//!
+//! Elements are small `Copy + Eq` values (ids); the caller supplies each
+//! element's Python `hash()` (never -1) and must always pass the same hash
+//! for the same element.
+//!
+//! In-place operations cannot alias in Rust; CPython's `s |= s` is a no-op
+//! and `s -= s` is `s.clear()`.
+//!
+//! Memory: `size_of::<PySet<u32>>() == 32`. An empty set owns no heap
+//! memory; otherwise the table is `mask + 1` entries of 16 bytes (for
+//! `T = u32`), minimum 8 entries, exactly as many slots as CPython uses.
+
+use std::fmt;
+use std::iter::FusedIterator;
+
+const LINEAR_PROBES: usize = 9;
+const PERTURB_SHIFT: u32 = 5;
+const MINSIZE: usize = 8;
+/// Hash stored in deleted slots; no live element has it (CPython maps -1 to -2).
+const DUMMY_HASH: i64 = -1;
+
+/// One table slot. `key == None` is empty (hash 0) or a dummy (hash -1).
+#[derive(Clone, Copy)]
+struct Entry<T> {
+    hash: i64,
+    key: Option<T>,
+}
+
+impl<T: Copy> Entry<T> {
+    const EMPTY: Self = Entry { hash: 0, key: None };
+    const DUMMY: Self = Entry {
+        hash: DUMMY_HASH,
+        key: None,
+    };
+}
+
+/// Set with CPython 3.11 `set` iteration order. See the module docs.
+#[derive(Clone)]
+pub struct PySet<T> {
+    /// `None` stands for CPython's all-empty 8-slot smalltable.
+    table: Option<Box<[Entry<T>]>>,
+    /// Active + dummy slots.
+    fill: u32,
+    /// Active slots (the length).
+    used: u32,
+    /// `set_pop` search start; like CPython, survives resizes and `clear`.
+    finger: u32,
+}
+
+impl<T> Default for PySet<T> {
+    fn default() -> Self {
+        PySet {
+            table: None,
+            fill: 0,
+            used: 0,
+            finger: 0,
+        }
+    }
+}
+
+#[inline]
+fn new_table<T: Copy>(size: usize) -> Box<[Entry<T>]> {
+    vec![Entry::EMPTY; size].into_boxed_slice()
+}
+
+/// Next probe start after a run of linear probes (`size_t` arithmetic).
+#[inline]
+fn next_probe(i: usize, perturb: &mut usize, mask: usize) -> usize {
+    *perturb >>= PERTURB_SHIFT;
+    i.wrapping_mul(5).wrapping_add(1).wrapping_add(*perturb) & mask
+}
+
+/// `set_insert_clean`: place a key known to be absent into a dummy-free table.
+fn insert_clean<T: Copy>(table: &mut [Entry<T>], key: T, hash: i64) {
+    let mask = table.len() - 1;
+    let mut perturb = hash as usize;
+    let mut i = hash as usize & mask;
+    loop {
+        let end = if i + LINEAR_PROBES <= mask {
+            i + LINEAR_PROBES
+        } else {
+            i
+        };
+        for e in &mut table[i..=end] {
+            if e.key.is_none() {
+                *e = Entry {
+                    hash,
+                    key: Some(key),
+                };
+                return;
+            }
+        }
+        i = next_probe(i, &mut perturb, mask);
+    }
+}
+
+/// Growth/shrink target used by `set_add_entry` and `set_difference_update`.
+#[inline]
+fn grow_target(used: usize) -> usize {
+    if used > 50000 {
+        used * 2
+    } else {
+        used * 4
+    }
+}
+
+impl<T: Copy + Eq> PySet<T> {
+    /// Empty set (no allocation), like `set()`.
+    #[inline]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of elements.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.used as usize
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.used == 0
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.table.as_ref().map_or(MINSIZE - 1, |t| t.len() - 1)
+    }
+
+    /// `set_lookkey`: index of the active slot holding `item`, if any.
+    #[inline]
+    fn find(&self, item: T, hash: i64) -> Option<usize> {
+        let table = self.table.as_deref()?;
+        let mask = table.len() - 1;
+        let mut perturb = hash as usize;
+        let mut i = hash as usize & mask;
+        loop {
+            let end = if i + LINEAR_PROBES <= mask {
+                i + LINEAR_PROBES
+            } else {
+                i
+            };
+            for (j, e) in table[i..=end].iter().enumerate() {
+                match e.key {
+                    Some(k) if e.hash == hash && k == item => return Some(i + j),
+                    Some(_) => {}
+                    None if e.hash != DUMMY_HASH => return None,
+                    None => {}
+                }
+            }
+            i = next_probe(i, &mut perturb, mask);
+        }
+    }
+
+    /// Membership test (`item in s`).
+    #[inline]
+    pub fn contains(&self, item: T, hash: i64) -> bool {
+        self.find(item, hash).is_some()
+    }
+
+    /// `s.add(item)` (`set_add_entry`). Returns true if newly inserted.
+    pub fn insert(&mut self, item: T, hash: i64) -> bool {
+        let table = self.table.get_or_insert_with(|| new_table(MINSIZE));
+        let mask = table.len() - 1;
+        let mut perturb = hash as usize;
+        let mut i = hash as usize & mask;
+        // 3.11 reuses the LAST dummy on the probe path (it overwrites
+        // `freeslot` at every dummy), not the first one.
+        let mut freeslot: Option<usize> = None;
+        let slot = 'probe: loop {
+            let end = if i + LINEAR_PROBES <= mask {
+                i + LINEAR_PROBES
+            } else {
+                i
+            };
+            for (j, e) in table[i..=end].iter().enumerate() {
+                match e.key {
+                    Some(k) if e.hash == hash && k == item => return false,
+                    Some(_) => {}
+                    None if e.hash != DUMMY_HASH => break 'probe i + j,
+                    None => freeslot = Some(i + j),
+                }
+            }
+            i = next_probe(i, &mut perturb, mask);
+        };
+        self.used += 1;
+        if let Some(f) = freeslot {
+            table[f] = Entry {
+                hash,
+                key: Some(item),
+            };
+            return true;
+        }
+        table[slot] = Entry {
+            hash,
+            key: Some(item),
+        };
+        self.fill += 1;
+        if (self.fill as usize) * 5 >= mask * 3 {
+            self.resize(grow_target(self.used as usize));
+        }
+        true
+    }
+
+    /// `s.discard(item)` (`set_discard_entry`): leaves a dummy, never
+    /// resizes. Returns true if the item was present.
+    pub fn remove(&mut self, item: T, hash: i64) -> bool {
+        match self.find(item, hash) {
+            Some(idx) => {
+                self.kill(idx);
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[inline]
+    fn kill(&mut self, idx: usize) {
+        let table = self.table.as_deref_mut().expect("active slot");
+        table[idx] = Entry::DUMMY;
+        self.used -= 1;
+    }
+
+    /// `s.clear()`: back to the empty 8-slot table; the pop finger is kept.
+    pub fn clear(&mut self) {
+        self.table = None;
+        self.fill = 0;
+        self.used = 0;
+    }
+
+    /// `s.pop()`: scans from the finger for the first active slot.
+    pub fn pop(&mut self) -> Option<T> {
+        if self.used == 0 {
+            return None;
+        }
+        let table = self.table.as_deref_mut().expect("non-empty set");
+        let mask = table.len() - 1;
+        let mut i = self.finger as usize & mask;
+        while table[i].key.is_none() {
+            i = if i == mask { 0 } else { i + 1 };
+        }
+        let key = table[i].key;
+        table[i] = Entry::DUMMY;
+        self.used -= 1;
+        self.finger = (i + 1) as u32;
+        key
+    }
+
+    /// `set_table_resize`: rebuild into the smallest power-of-two table
+    /// (>= 8) larger than `minused`, dropping dummies.
+    fn resize(&mut self, minused: usize) {
+        let mut newsize = MINSIZE;
+        while newsize <= minused {
+            newsize <<= 1;
+        }
+        // Staying in the smalltable with no dummies is a no-op in CPython.
+        if newsize == MINSIZE && self.mask() == MINSIZE - 1 && self.fill == self.used {
+            return;
+        }
+        let old = self.table.take();
+        self.fill = self.used;
+        if newsize == MINSIZE && self.used == 0 {
+            return; // the empty smalltable needs no allocation
+        }
+        let mut table = new_table(newsize);
+        for e in old.as_deref().unwrap_or(&[]) {
+            if let Some(k) = e.key {
+                insert_clean(&mut table, k, e.hash);
+            }
+        }
+        self.table = Some(table);
+    }
+
+    /// `set_merge`: `self |= other` for a distinct set.
+    fn merge(&mut self, other: &Self) {
+        if other.used == 0 {
+            return;
+        }
+        let Some(otable) = other.table.as_deref() else {
+            return;
+        };
+        let (fill, oused) = (self.fill as usize, other.used as usize);
+        if (fill + oused) * 5 >= self.mask() * 3 {
+            self.resize((self.used as usize + oused) * 2);
+        }
+        if self.fill == 0 {
+            if self.mask() == other.mask() && other.fill == other.used {
+                // Same size, no dummies: CPython copies the layout verbatim.
+                match self.table.as_deref_mut() {
+                    Some(t) => t.copy_from_slice(otable),
+                    None => self.table = Some(otable.into()),
+                }
+            } else {
+                let size = self.mask() + 1;
+                let table = self.table.get_or_insert_with(|| new_table(size));
+                for e in otable {
+                    if let Some(k) = e.key {
+                        insert_clean(table, k, e.hash);
+                    }
+                }
+            }
+            self.fill = other.used;
+            self.used = other.used;
+            return;
+        }
+        for e in otable {
+            if let Some(k) = e.key {
+                self.insert(k, e.hash);
+            }
+        }
+    }
+
+    /// `s.copy()` / `set(s)` / `frozenset(s)`.
+    pub fn copy(&self) -> Self {
+        let mut r = Self::new();
+        r.merge(self);
+        r
+    }
+
+    /// `{x for x in items}` / `set(list_of_items)`: inserts in order.
+    pub fn from_iter_hashed<I: IntoIterator<Item = (T, i64)>>(items: I) -> Self {
+        let mut r = Self::new();
+        r.extend_hashed(items);
+        r
+    }
+
+    /// `s.update(non_set_iterable)`: inserts in order.
+    pub fn extend_hashed<I: IntoIterator<Item = (T, i64)>>(&mut self, items: I) {
+        for (k, h) in items {
+            self.insert(k, h);
+        }
+    }
+
+    /// `s | t` / `s.union(t)`.
+    pub fn union(&self, other: &Self) -> Self {
+        let mut r = self.copy();
+        if !std::ptr::eq(self, other) {
+            r.merge(other);
+        }
+        r
+    }
+
+    /// `s |= t` / `s.update(t)`.
+    pub fn update(&mut self, other: &Self) {
+        self.merge(other);
+    }
+
+    /// `s & t` / `s.intersection(t)`: iterates the smaller set (`other` on
+    /// ties) and inserts its common elements into a fresh set.
+    pub fn intersection(&self, other: &Self) -> Self {
+        if std::ptr::eq(self, other) {
+            return self.copy();
+        }
+        let (probe, scan) = if other.used > self.used {
+            (other, self)
+        } else {
+            (self, other)
+        };
+        let mut r = Self::new();
+        for (k, h) in scan.iter_hashed() {
+            if probe.contains(k, h) {
+                r.insert(k, h);
+            }
+        }
+        r
+    }
+
+    /// `s &= t` / `s.intersection_update(t)`: takes the table of `s & t`
+    /// (`set_swap_bodies`), keeping this set's pop finger.
+    pub fn intersection_update(&mut self, other: &Self) {
+        let r = self.intersection(other);
+        self.table = r.table;
+        self.fill = r.fill;
+        self.used = r.used;
+    }
+
+    /// `s - t` / `s.difference(t)`.
+    pub fn difference(&self, other: &Self) -> Self {
+        if (self.used >> 2) > other.used {
+            // Much larger than `other`: copy, then discard (may shrink).
+            let mut r = self.copy();
+            r.difference_update(other);
+            return r;
+        }
+        let mut r = Self::new();
+        for (k, h) in self.iter_hashed() {
+            if !other.contains(k, h) {
+                r.insert(k, h);
+            }
+        }
+        r
+    }
+
+    /// `s -= t` / `s.difference_update(t)`: discards, then rebuilds if more
+    /// than a quarter of the slots are dummies.
+    pub fn difference_update(&mut self, other: &Self) {
+        if self.used != 0 && other.used != 0 {
+            if other.used > self.used {
+                // Discard order does not affect the layout, so scan the smaller.
+                let table = self.table.as_deref_mut().expect("non-empty set");
+                let mut removed = 0;
+                for e in table.iter_mut() {
+                    if let Some(k) = e.key {
+                        if other.contains(k, e.hash) {
+                            *e = Entry::DUMMY;
+                            removed += 1;
+                        }
+                    }
+                }
+                self.used -= removed;
+            } else {
+                for (k, h) in other.iter_hashed() {
+                    self.remove(k, h);
+                }
+            }
+        }
+        if ((self.fill - self.used) as usize) > self.mask() / 4 {
+            self.resize(grow_target(self.used as usize));
+        }
+    }
+
+    /// Elements in CPython iteration order.
+    #[inline]
+    pub fn iter(&self) -> Iter<'_, T> {
+        Iter {
+            inner: self.iter_hashed(),
+        }
+    }
+
+    /// `(element, hash)` pairs in CPython iteration order.
+    #[inline]
+    pub fn iter_hashed(&self) -> IterHashed<'_, T> {
+        IterHashed {
+            slots: self.table.as_deref().unwrap_or(&[]).iter(),
+            left: self.used as usize,
+        }
+    }
+}
+
+/// Iterator over `(element, hash)` in CPython order.
+#[derive(Clone)]
+pub struct IterHashed<'a, T> {
+    slots: std::slice::Iter<'a, Entry<T>>,
+    left: usize,
+}
+
+impl<T: Copy> Iterator for IterHashed<'_, T> {
+    type Item = (T, i64);
+
+    #[inline]
+    fn next(&mut self) -> Option<(T, i64)> {
+        if self.left == 0 {
+            return None;
+        }
+        for e in self.slots.by_ref() {
+            if let Some(k) = e.key {
+                self.left -= 1;
+                return Some((k, e.hash));
+            }
+        }
+        None
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left, Some(self.left))
+    }
+}
+
+impl<T: Copy> ExactSizeIterator for IterHashed<'_, T> {}
+impl<T: Copy> FusedIterator for IterHashed<'_, T> {}
+
+/// Iterator over elements in CPython order.
+#[derive(Clone)]
+pub struct Iter<'a, T> {
+    inner: IterHashed<'a, T>,
+}
+
+impl<T: Copy> Iterator for Iter<'_, T> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Option<T> {
+        self.inner.next().map(|(k, _)| k)
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.inner.size_hint()
+    }
+}
+
+impl<T: Copy> ExactSizeIterator for Iter<'_, T> {}
+impl<T: Copy> FusedIterator for Iter<'_, T> {}
+
+impl<'a, T: Copy + Eq> IntoIterator for &'a PySet<T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+
+    #[inline]
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+impl<T: Copy + Eq + fmt::Debug> fmt::Debug for PySet<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written by `tests/oracles/gen_pyset_cases.py` under CPython 3.11.
+    const CASES: &str = include_str!("../../tests/oracles/pyset_cases.json");
+
+    /// Minimal JSON value: the oracle file only holds integers, strings,
+    /// arrays and objects.
+    #[derive(Debug)]
+    enum J {
+        Num(i64),
+        Str(String),
+        Arr(Vec<J>),
+        Obj(Vec<(String, J)>),
+    }
+
+    impl J {
+        fn num(&self) -> i64 {
+            match self {
+                J::Num(n) => *n,
+                other => panic!("expected number, got {other:?}"),
+            }
+        }
+        fn id(&self) -> u32 {
+            u32::try_from(self.num()).expect("element id")
+        }
+        fn idx(&self) -> usize {
+            usize::try_from(self.num()).expect("index")
+        }
+        fn str(&self) -> &str {
+            match self {
+                J::Str(s) => s,
+                other => panic!("expected string, got {other:?}"),
+            }
+        }
+        fn arr(&self) -> &[J] {
+            match self {
+                J::Arr(a) => a,
+                other => panic!("expected array, got {other:?}"),
+            }
+        }
+        fn get(&self, key: &str) -> &J {
+            match self {
+                J::Obj(kv) => &kv.iter().find(|(k, _)| k == key).expect(key).1,
+                other => panic!("expected object, got {other:?}"),
+            }
+        }
+    }
+
+    struct Parser<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl Parser<'_> {
+        fn ws(&mut self) {
+            while self.s[self.i].is_ascii_whitespace() {
+                self.i += 1;
+            }
+        }
+        fn eat(&mut self, c: u8) -> bool {
+            self.ws();
+            let hit = self.s[self.i] == c;
+            if hit {
+                self.i += 1;
+            }
+            hit
+        }
+        fn list<R>(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> R) -> Vec<R> {
+            let mut out = Vec::new();
+            if self.eat(close) {
+                return out;
+            }
+            loop {
+                out.push(item(self));
+                if self.eat(close) {
+                    return out;
+                }
+                assert!(self.eat(b','), "expected ',' at byte {}", self.i);
+            }
+        }
+        fn string(&mut self) -> String {
+            assert!(self.eat(b'"'));
+            let start = self.i;
+            while self.s[self.i] != b'"' {
+                assert_ne!(self.s[self.i], b'\\', "escapes unsupported");
+                self.i += 1;
+            }
+            self.i += 1;
+            String::from_utf8(self.s[start..self.i - 1].to_vec()).unwrap()
+        }
+        fn value(&mut self) -> J {
+            self.ws();
+            match self.s[self.i] {
+                b'[' => {
+                    self.i += 1;
+                    J::Arr(self.list(b']', Self::value))
+                }
+                b'{' => {
+                    self.i += 1;
+                    J::Obj(self.list(b'}', |p| {
+                        let k = p.string();
+                        assert!(p.eat(b':'));
+                        (k, p.value())
+                    }))
+                }
+                b'"' => J::Str(self.string()),
+                _ => {
+                    let start = self.i;
+                    self.i += 1;
+                    while self.s[self.i].is_ascii_digit() {
+                        self.i += 1;
+                    }
+                    let txt = std::str::from_utf8(&self.s[start..self.i]).unwrap();
+                    J::Num(txt.parse().unwrap_or_else(|_| panic!("bad number {txt}")))
+                }
+            }
+        }
+    }
+
+    fn parse(text: &str) -> J {
+        Parser {
+            s: text.as_bytes(),
+            i: 0,
+        }
+        .value()
+    }
+
+    /// Same as `fingerprint` in gen_pyset_cases.py.
+    fn fingerprint(set: &PySet<u32>) -> i64 {
+        const PRIME: u64 = 0x100000001b3;
+        let mut h: u64 = 0xcbf29ce484222325;
+        for x in set.iter().chain([set.len() as u32]) {
+            h = (h ^ u64::from(x)).wrapping_mul(PRIME);
+        }
+        (((h >> 32) ^ h) & 0xff_ffff) as i64
+    }
+
+    fn replay(case: &J) -> usize {
+        let name = case.get("name").str();
+        let hashes: Vec<i64> = case.get("hashes").arr().iter().map(J::num).collect();
+        let hashed = |xs: &J| -> Vec<(u32, i64)> {
+            xs.arr().iter().map(|x| (x.id(), hashes[x.idx()])).collect()
+        };
+        let mut sets: Vec<PySet<u32>> =
+            (0..case.get("nsets").idx()).map(|_| PySet::new()).collect();
+        let ops = case.get("ops").arr();
+        for (n, op) in ops.iter().enumerate() {
+            let a = op.arr();
+            let arg = |k: usize| a[k].idx();
+            let (target, expect) = match a[0].str() {
+                "add" => {
+                    sets[arg(1)].insert(a[2].id(), hashes[arg(2)]);
+                    (arg(1), a[3].num())
+                }
+                "dis" => {
+                    sets[arg(1)].remove(a[2].id(), hashes[arg(2)]);
+                    (arg(1), a[3].num())
+                }
+                "pop" => {
+                    let got = sets[arg(1)].pop();
+                    assert_eq!(got, Some(a[2].id()), "{name} op #{n} {a:?}: popped");
+                    (arg(1), a[3].num())
+                }
+                "clr" => {
+                    sets[arg(1)].clear();
+                    (arg(1), a[2].num())
+                }
+                "has" => {
+                    let got = sets[arg(1)].contains(a[2].id(), hashes[arg(2)]);
+                    assert_eq!(got, a[3].num() == 1, "{name} op #{n} {a:?}");
+                    continue;
+                }
+                "cpy" => {
+                    sets[arg(1)] = sets[arg(2)].copy();
+                    (arg(1), a[3].num())
+                }
+                "cmp" => {
+                    sets[arg(1)] = PySet::from_iter_hashed(hashed(&a[2]));
+                    (arg(1), a[3].num())
+                }
+                "upd" => {
+                    sets[arg(1)].extend_hashed(hashed(&a[2]));
+                    (arg(1), a[3].num())
+                }
+                code @ ("or" | "and" | "sub") => {
+                    let (x, y) = (&sets[arg(2)], &sets[arg(3)]);
+                    let r = match code {
+                        "or" => x.union(y),
+                        "and" => x.intersection(y),
+                        _ => x.difference(y),
+                    };
+                    sets[arg(1)] = r;
+                    (arg(1), a[4].num())
+                }
+                code @ ("ior" | "iand" | "isub") => {
+                    let other = sets[arg(2)].clone();
+                    let s = &mut sets[arg(1)];
+                    match code {
+                        "ior" => s.update(&other),
+                        "iand" => s.intersection_update(&other),
+                        _ => s.difference_update(&other),
+                    }
+                    (arg(1), a[3].num())
+                }
+                code => panic!("unknown op {code}"),
+            };
+            let s = &sets[target];
+            assert_eq!(
+                fingerprint(s),
+                expect,
+                "{name} op #{n} {a:?}: order {:?}",
+                s.iter().collect::<Vec<_>>()
+            );
+        }
+        for (k, want) in case.get("final").arr().iter().enumerate() {
+            let want: Vec<u32> = want.arr().iter().map(J::id).collect();
+            let got: Vec<u32> = sets[k].iter().collect();
+            assert_eq!(got, want, "{name}: final order of set {k}");
+            let pairs: Vec<(u32, i64)> = sets[k].iter_hashed().collect();
+            assert!(pairs.iter().all(|&(x, h)| hashes[x as usize] == h));
+        }
+        ops.len()
+    }
+
+    #[test]
+    fn matches_cpython_oracle() {
+        let root = parse(CASES);
+        let cases = root.get("cases").arr();
+        assert!(cases.len() >= 10);
+        let total: usize = cases.iter().map(replay).sum();
+        assert!(total > 5000, "only {total} ops replayed");
+    }
+
+    #[test]
+    fn layout_and_basics() {
+        if cfg!(target_pointer_width = "64") {
+            assert_eq!(std::mem::size_of::<PySet<u32>>(), 32);
+        }
+        let mut s: PySet<u32> = PySet::default();
+        assert!(s.table.is_none() && s.is_empty() && s.pop().is_none());
+        // {8, 1, 16}: 8 and 16 both start at slot 0; 16 probes on to slot 3.
+        for x in [8, 1, 16] {
+            assert!(s.insert(x, i64::from(x)));
+        }
+        assert!(!s.insert(1, 1));
+        assert_eq!(s.iter().collect::<Vec<_>>(), [8, 1, 16]);
+        assert_eq!(format!("{s:?}"), "{8, 1, 16}");
+        assert!(s.contains(16, 16) && !s.contains(2, 2));
+        assert!(s.remove(8, 8) && !s.remove(8, 8));
+        assert_eq!((s.len(), s.fill), (2, 3));
+        assert_eq!(s.pop(), Some(1));
+        s.clear();
+        assert!(s.table.is_none() && s.is_empty());
+        assert_eq!(s.finger, 2, "clear keeps the pop finger");
+        let c = PySet::from_iter_hashed([(7u32, -7), (9, i64::MIN), (3, i64::MAX)]);
+        assert_eq!(
+            c.clone().iter().collect::<Vec<_>>(),
+            c.iter().collect::<Vec<_>>()
+        );
+        assert_eq!((&c).into_iter().len(), 3);
+    }
+}
