@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import itertools
 
 import dask
 import pytest
@@ -22,7 +21,6 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from differential import PythonSide, RustSide
 
 EXAMPLES = int(os.environ.get("DIFF_EXAMPLES", "2000"))
-_counter = itertools.count()
 EXC = RuntimeError("boom")
 
 
@@ -35,9 +33,8 @@ def assert_same(a: object, b: object, what: str) -> None:
 
 
 @st.composite
-def graphs(draw: st.DrawFn) -> tuple[dict, set]:
+def graphs(draw: st.DrawFn, token: int) -> tuple[dict, set]:
     """A random DAG: some wide groups (tuple keys) and string-keyed tasks."""
-    token = next(_counter)
     n_groups = draw(st.integers(1, 3))
     dsk: dict = {}
     all_keys: list = []
@@ -65,6 +62,7 @@ class Differential(RuleBasedStateMachine):
         self.rs = RustSide()
         self.workers: list[str] = []
         self.n_workers = 0
+        self.n_graphs = 0
         self.step = 0
         self.compute: list[tuple[str, object, int]] = []  # (worker, key, normalised run id)
         self.client_keys: dict[str, set] = {"c1": set(), "c2": set()}
@@ -114,9 +112,11 @@ class Differential(RuleBasedStateMachine):
         addr = data.draw(st.sampled_from(self.workers))
         self.both("worker_status", addr, status, self.sid("status"))
 
-    @rule(g=graphs(), client=st.sampled_from(["c1", "c2"]))
-    def submit(self, g: tuple[dict, set], client: str) -> None:
-        dsk, keys = g
+    @rule(data=st.data(), client=st.sampled_from(["c1", "c2"]))
+    def submit(self, data: st.DataObject, client: str) -> None:
+        # keys are unique per example and identical across runs of the same example
+        self.n_graphs += 1
+        dsk, keys = data.draw(graphs(self.n_graphs))
         ordered = dask.order.order(dsk)
         self.client_keys[client] |= keys
         self.both("update_graph", dsk, keys, ordered, client, self.sid("update-graph"))

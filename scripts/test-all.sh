@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything the project needs and runs every check and test.
+# Quick mode by default (CI); DIFF_EXAMPLES / BENCH_MODE select the long modes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python -m pip install --quiet --upgrade pip
+python -m pip install --quiet ".[test]" ./compat
+
+echo "== cargo fmt / clippy"
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+
+echo "== cargo test (core, no Python)"
+cargo test --no-default-features --quiet
+
+echo "== ruff"
+ruff check python tests benches compat
+ruff format --check python tests benches compat
+
+echo "== stubtest"
+python -m mypy.stubtest dask_rsched._core --ignore-missing-stub
+
+echo "== pytest"
+export DIFF_EXAMPLES="${DIFF_EXAMPLES:-2000}"
+python -m pytest -q -p no:cacheprovider tests
+
+echo "== benchmark harness (quick)"
+python benches/scheduler_only.py --quick
