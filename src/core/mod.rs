@@ -10,3 +10,5 @@ pub mod stimuli;
 pub mod transitions;
 pub mod types;
 pub mod validate;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,195 @@
+//! Core invariants without Python: payloads are `String`s.
+
+use crate::core::state::{Config, Outbox, SchedulerState, WorkerMsg};
+use crate::core::stimuli::{GraphTask, KeyRef, NewWorker};
+use crate::core::transitions::TransitionArgs;
+use crate::core::types::TaskStateState as S;
+use crate::core::types::*;
+
+type St = SchedulerState<String>;
+
+fn fnv(s: &str) -> i64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    (h >> 1) as i64
+}
+
+fn worker(s: &mut St, i: usize, nthreads: i64) -> WorkerId {
+    let addr = format!("tcp://10.0.0.{i}:1234");
+    s.add_worker(NewWorker {
+        hash: fnv(&format!("id-{i}")),
+        addr_hash: fnv(&addr),
+        host: format!("10.0.0.{i}"),
+        name: addr.clone(),
+        address: addr,
+        nthreads,
+        memory_limit: 0,
+        status: WorkerStatus::Running,
+        resources: vec![],
+    })
+    .unwrap()
+}
+
+/// A tree reduction: `n` leaves, fan-in 4, submitted as one graph.
+fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
+    let mut dsk = Vec::new();
+    let mut layer: Vec<usize> = Vec::new();
+    for i in 0..n {
+        let key = format!("leaf-{i}");
+        dsk.push(GraphTask {
+            hash: fnv(&key),
+            group: "leaf".into(),
+            prefix: "leaf".into(),
+            run_spec: Some("spec".into()),
+            data_producer: false,
+            dependencies: vec![],
+            existing: None,
+            key,
+        });
+        layer.push(dsk.len() - 1);
+    }
+    let mut lvl = 0;
+    while layer.len() > 1 {
+        let mut next = Vec::new();
+        for (j, chunk) in layer.chunks(4).enumerate() {
+            let key = format!("sum-{lvl}-{j}");
+            dsk.push(GraphTask {
+                hash: fnv(&key),
+                group: format!("sum-{lvl}"),
+                prefix: "sum".into(),
+                run_spec: Some("spec".into()),
+                data_producer: false,
+                dependencies: chunk.iter().map(|i| KeyRef::Graph(*i)).collect(),
+                existing: None,
+                key,
+            });
+            next.push(dsk.len() - 1);
+        }
+        layer = next;
+        lvl += 1;
+    }
+    let root = KeyRef::Graph(layer[0]);
+    let g = s.generate_taskstates(&[root], &dsk);
+    let prios: Vec<(Num, Option<i64>)> = (0..g.touched.len())
+        .map(|i| (Num::Int(0), Some(i as i64)))
+        .collect();
+    s.set_priorities(&g.touched, &prios, None, false, 0.0, 1.0);
+    let root_id = g.graph_ids[layer[0]].unwrap();
+    let c = s.add_client("client".into(), fnv("client"));
+    s.client_desires_keys(&[root_id], c);
+    let recs = s.graph_recommendations(&[root_id], &g.touched);
+    let mut out = Outbox::default();
+    s.transitions_loop(recs, &mut out, &"ug".to_string()).unwrap();
+    s.validate_state().unwrap();
+    (root_id, out)
+}
+
+fn drain_compute(out: &Outbox<String>) -> Vec<(WorkerId, TaskId, i64)> {
+    let mut v = Vec::new();
+    for (w, msgs) in out.worker_msgs.iter() {
+        for m in msgs {
+            if let WorkerMsg::ComputeTask { task, run_id, .. } = m {
+                v.push((*w, *task, *run_id));
+            }
+        }
+    }
+    v
+}
+
+fn finished(s: &St, w: WorkerId) -> TransitionArgs<String> {
+    TransitionArgs::Finished {
+        worker: s.ws(w).address.clone(),
+        nbytes: 8,
+        type_: None,
+        typename: "int".into(),
+        startstops: vec![],
+    }
+}
+
+fn run_to_completion(s: &mut St, mut pending: Vec<(WorkerId, TaskId, i64)>) {
+    let sid = "tf".to_string();
+    while let Some((w, t, run_id)) = pending.pop() {
+        let mut out = Outbox::default();
+        let addr = s.ws(w).address.clone();
+        let args = finished(s, w);
+        let (recs, _) = s
+            .stimulus_task_finished(Some(t), &addr, run_id, args, &mut out, &sid, None)
+            .unwrap();
+        s.transitions_loop(recs, &mut out, &sid).unwrap();
+        s.stimulus_queue_slots_maybe_opened(&mut out, &sid).unwrap();
+        s.flush();
+        s.validate_state().unwrap();
+        pending.extend(drain_compute(&out));
+    }
+}
+
+#[test]
+fn tree_reduction_completes_and_validates() {
+    let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
+    worker(&mut s, 1, 2);
+    worker(&mut s, 2, 2);
+    let (root, out) = submit_tree(&mut s, 64);
+    let first = drain_compute(&out);
+    // queuing: root-ish leaves fill ceil(1.1 * 2) slots per worker
+    assert_eq!(first.len(), 6);
+    assert!(s.queued.len() > 0);
+    run_to_completion(&mut s, first);
+    assert_eq!(s.ts(root).state, S::Memory);
+    // everything but the root was released once no longer needed (kept, as distributed
+    // does, because they still have dependents)
+    let in_memory = s
+        .live_task_ids()
+        .filter(|t| s.ts(*t).state == S::Memory)
+        .count();
+    assert_eq!(in_memory, 1);
+    assert!(s.transition_counter > 0);
+}
+
+#[test]
+fn removing_a_worker_recomputes_lost_results() {
+    let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
+    let w1 = worker(&mut s, 1, 1);
+    worker(&mut s, 2, 1);
+    let (root, out) = submit_tree(&mut s, 8);
+    let first = drain_compute(&out);
+    let mut out = Outbox::default();
+    let killed = |k: &String, _| format!("killed {k}");
+    s.remove_worker(w1, false, &killed, &mut out, &"rw".to_string())
+        .unwrap();
+    s.flush();
+    s.validate_state().unwrap();
+    assert!(!s.ws(w1).alive);
+    let mut pending: Vec<_> = first.into_iter().filter(|(w, _, _)| *w != w1).collect();
+    pending.extend(drain_compute(&out));
+    run_to_completion(&mut s, pending);
+    assert_eq!(s.ts(root).state, S::Memory);
+}
+
+#[test]
+fn erred_task_blames_dependents() {
+    let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
+    let w = worker(&mut s, 1, 4);
+    let (root, out) = submit_tree(&mut s, 4);
+    let (_, t, run_id) = drain_compute(&out)[0];
+    let mut out = Outbox::default();
+    let sid = "te".to_string();
+    let args = TransitionArgs::Erred {
+        worker: None,
+        cause: None,
+        exception: Some("boom".into()),
+        traceback: None,
+        exception_text: None,
+        traceback_text: None,
+    };
+    let addr = s.ws(w).address.clone();
+    let recs = s
+        .stimulus_task_erred(Some(t), &addr, run_id, args, &mut out, &sid)
+        .unwrap();
+    s.transitions_loop(recs, &mut out, &sid).unwrap();
+    s.validate_state().unwrap();
+    assert_eq!(s.ts(root).state, S::Erred);
+    assert_eq!(s.ts(root).exception_blame, Some(t));
+}
