@@ -24,7 +24,7 @@ import dask
 from dask._task_spec import Task, TaskRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from differential import PythonSide, RustSide  # noqa: E402
+from differential import PythonSide, RustSide
 
 
 def inc(x: int) -> int:

@@ -4,7 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python -m pip install --quiet --upgrade pip
 python -m pip install --quiet ".[test]" ./compat
 
 echo "== cargo fmt / clippy"

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from typing import Any
+from typing import Any, ClassVar
 
 import dask
+import dask_rsched
 from distributed import Scheduler
 from distributed.core import Status
 from distributed.scheduler import ClientState, WorkerState
-
-import dask_rsched
 
 IGNORED_OPS = {"close", "remove-worker"}
 
@@ -44,7 +43,9 @@ def assign_run_ids(batches: list[list[dict]], run_ids: dict) -> None:
     """Number new run ids in increasing order: run ids grow with emission order, so equal
     numbers mean the same emission order across destinations."""
     new = sorted(
-        m["run_id"] for ms in batches for m in ms
+        m["run_id"]
+        for ms in batches
+        for m in ms
         if m.get("op") == "compute-task" and m["run_id"] not in run_ids
     )
     for r in new:
@@ -94,7 +95,7 @@ class _Side:
             self._inverse = {n: r for r, n in self.run_ids.items()}
         return self._inverse[normalised]
 
-    _inverse: dict = {}
+    _inverse: ClassVar[dict] = {}
 
 
 class PythonSide(_Side):
@@ -138,9 +139,19 @@ class PythonSide(_Side):
     def add_worker(self, addr: str, server_id: str, nthreads: int, sid: str) -> tuple:
         s = self.s
         ws = WorkerState(
-            address=addr, status=Status.running, pid=0, nthreads=nthreads,
-            memory_limit=2**32, name=addr, local_directory="/tmp", services={},
-            versions={}, nanny=None, extra={}, server_id=server_id, scheduler=s,
+            address=addr,
+            status=Status.running,
+            pid=0,
+            nthreads=nthreads,
+            memory_limit=2**32,
+            name=addr,
+            local_directory="/tmp",
+            services={},
+            versions={},
+            nanny=None,
+            extra={},
+            server_id=server_id,
+            scheduler=s,
         )
         s.workers[addr] = ws
         s.running.add(ws)
@@ -172,24 +183,45 @@ class PythonSide(_Side):
 
     def update_graph(self, dsk: dict, keys: set, ordered: dict, client: str, sid: str) -> tuple:
         self.s._create_taskstate_from_graph(
-            start=0.0, dsk=dsk, keys=set(keys), ordered=ordered, client=client,
-            annotations_by_type={}, global_annotations=None, stimulus_id=sid,
-            submitting_task=None, span_metadata={"collections": []},
+            start=0.0,
+            dsk=dsk,
+            keys=set(keys),
+            ordered=ordered,
+            client=client,
+            annotations_by_type={},
+            global_annotations=None,
+            stimulus_id=sid,
+            submitting_task=None,
+            span_metadata={"collections": []},
         )
         return self._collect()
 
     def task_finished(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
         self.s.handle_task_finished(
-            key=key, worker=worker, stimulus_id=sid, run_id=run_id, nbytes=28,
-            type=b"int", typename="int", metadata={}, thread=0,
+            key=key,
+            worker=worker,
+            stimulus_id=sid,
+            run_id=run_id,
+            nbytes=28,
+            type=b"int",
+            typename="int",
+            metadata={},
+            thread=0,
             startstops=[{"action": "compute", "start": 1.0, "stop": 1.5}],
         )
         return self._collect()
 
     def task_erred(self, key: Any, worker: str, run_id: int, exc: Any, sid: str) -> tuple:
         self.s.handle_task_erred(
-            key=key, worker=worker, stimulus_id=sid, run_id=run_id, exception=exc,
-            traceback=None, exception_text="boom", traceback_text="", thread=0,
+            key=key,
+            worker=worker,
+            stimulus_id=sid,
+            run_id=run_id,
+            exception=exc,
+            traceback=None,
+            exception_text="boom",
+            traceback_text="",
+            thread=0,
             startstops=[],
         )
         return self._collect()
@@ -200,7 +232,10 @@ class PythonSide(_Side):
 
     def snapshot(self) -> dict:
         out = {}
-        keys = lambda s: None if s is None else [d.key for d in s]  # noqa: E731
+
+        def keys(tasks: Any) -> list | None:
+            return None if tasks is None else [d.key for d in tasks]
+
         for k, ts in self.s.tasks.items():
             out[k] = {
                 "state": ts.state,
@@ -280,8 +315,14 @@ class RustSide(_Side):
     def add_worker(self, addr: str, server_id: str, nthreads: int, sid: str) -> tuple:
         self.live.add(addr)
         return self._norm(
-            self.e.add_worker(addr, server_id=server_id, nthreads=nthreads,
-                              memory_limit=2**32, name=addr, stimulus_id=sid)
+            self.e.add_worker(
+                addr,
+                server_id=server_id,
+                nthreads=nthreads,
+                memory_limit=2**32,
+                name=addr,
+                stimulus_id=sid,
+            )
         )
 
     def remove_worker(self, addr: str, expected: bool, sid: str) -> tuple:
@@ -293,15 +334,21 @@ class RustSide(_Side):
 
     def update_graph(self, dsk: dict, keys: set, ordered: dict, client: str, sid: str) -> tuple:
         return self._norm(
-            self.e.update_graph(dsk=dsk, keys=keys, ordered=ordered, client=client,
-                                stimulus_id=sid)
+            self.e.update_graph(dsk=dsk, keys=keys, ordered=ordered, client=client, stimulus_id=sid)
         )
 
     def task_finished(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
         return self._norm(
             self.e.handle_task_finished(
-                key, worker, sid, run_id=run_id, nbytes=28, type=b"int", typename="int",
-                metadata={}, thread=0,
+                key,
+                worker,
+                sid,
+                run_id=run_id,
+                nbytes=28,
+                type=b"int",
+                typename="int",
+                metadata={},
+                thread=0,
                 startstops=[{"action": "compute", "start": 1.0, "stop": 1.5}],
             )
         )
@@ -309,8 +356,14 @@ class RustSide(_Side):
     def task_erred(self, key: Any, worker: str, run_id: int, exc: Any, sid: str) -> tuple:
         return self._norm(
             self.e.handle_task_erred(
-                key, sid, worker=worker, run_id=run_id, exception=exc, traceback=None,
-                exception_text="boom", traceback_text="",
+                key,
+                sid,
+                worker=worker,
+                run_id=run_id,
+                exception=exc,
+                traceback=None,
+                exception_text="boom",
+                traceback_text="",
             )
         )
 

@@ -14,11 +14,10 @@ import os
 import dask
 import pytest
 from dask._task_spec import Task, TaskRef
+from differential import PythonSide, RustSide
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-
-from differential import PythonSide, RustSide
 
 EXAMPLES = int(os.environ.get("DIFF_EXAMPLES", "2000"))
 EXC = RuntimeError("boom")
@@ -97,7 +96,9 @@ class Differential(RuleBasedStateMachine):
         self.n_workers += 1
         addr = f"tcp://10.0.0.{self.n_workers}:1234"
         self.workers.append(addr)
-        self.both("add_worker", addr, f"Worker-{self.n_workers}-id", nthreads, self.sid("add-worker"))
+        self.both(
+            "add_worker", addr, f"Worker-{self.n_workers}-id", nthreads, self.sid("add-worker")
+        )
 
     @precondition(lambda self: self.workers)
     @rule(data=st.data(), expected=st.booleans())
@@ -122,7 +123,10 @@ class Differential(RuleBasedStateMachine):
         self.both("update_graph", dsk, keys, ordered, client, self.sid("update-graph"))
 
     @precondition(lambda self: self.compute)
-    @rule(data=st.data(), outcome=st.sampled_from(["finished", "finished", "finished", "erred", "stale"]))
+    @rule(
+        data=st.data(),
+        outcome=st.sampled_from(["finished", "finished", "finished", "erred", "stale"]),
+    )
     def finish(self, data: st.DataObject, outcome: str) -> None:
         i = data.draw(st.integers(0, len(self.compute) - 1))
         worker, key, nrun = self.compute.pop(i)
@@ -149,8 +153,14 @@ class Differential(RuleBasedStateMachine):
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
         client = data.draw(st.sampled_from([c for c, k in self.client_keys.items() if k]))
-        keys = data.draw(st.lists(st.sampled_from(sorted(self.client_keys[client], key=repr)),
-                                  min_size=1, max_size=3, unique=True))
+        keys = data.draw(
+            st.lists(
+                st.sampled_from(sorted(self.client_keys[client], key=repr)),
+                min_size=1,
+                max_size=3,
+                unique=True,
+            )
+        )
         self.client_keys[client] -= set(keys)
         self.both("release", keys, client, self.sid("release"))
 
@@ -181,7 +191,9 @@ def test_smoke_tree_reduction() -> None:
         m.add_worker(1)
         dsk = {("leaf", i): Task(("leaf", i), inc, i) for i in range(16)}
         for j in range(4):
-            dsk[("mid", j)] = Task(("mid", j), inc, *[TaskRef(("leaf", 4 * j + i)) for i in range(4)])
+            dsk[("mid", j)] = Task(
+                ("mid", j), inc, *[TaskRef(("leaf", 4 * j + i)) for i in range(4)]
+            )
         dsk["root"] = Task("root", inc, *[TaskRef(("mid", j)) for j in range(4)])
         m.both("update_graph", dsk, {"root"}, dask.order.order(dsk), "c1", m.sid("ug"))
         m.same_state()
@@ -192,7 +204,9 @@ def test_smoke_tree_reduction() -> None:
             b = m.rs.task_finished(key, worker, m.rs.real_run_id(nrun), sid)
             assert_same(a, b, f"task-finished {key!r}")
             for w, msgs in a[1].items():
-                m.compute.extend((w, x["key"], x["run_id"]) for x in msgs if x["op"] == "compute-task")
+                m.compute.extend(
+                    (w, x["key"], x["run_id"]) for x in msgs if x["op"] == "compute-task"
+                )
             m.same_state()
         assert m.rs.e.task_state("root") == "memory"
     finally:

@@ -1,11 +1,15 @@
-from typing import Any, Hashable, Mapping
+from collections.abc import Hashable, Mapping
+from typing import Any, TypeAlias, final
 
 __version__: str
 
-Msgs = dict[Any, list[dict[str, Any]]]
+_Msgs: TypeAlias = dict[Any, list[dict[str, Any]]]
 
+@final
 class Engine:
-    def __init__(self, *, validate: bool = False) -> None: ...
+    """The scheduler state in Rust; stimuli return ``(client_msgs, worker_msgs)``."""
+
+    def __new__(cls, *, validate: bool = False) -> Engine: ...
     def add_worker(
         self,
         address: str,
@@ -17,7 +21,7 @@ class Engine:
         status: str = "running",
         resources: Mapping[str, float] | None = None,
         stimulus_id: str = "add-worker",
-    ) -> tuple[Msgs, Msgs]: ...
+    ) -> tuple[_Msgs, _Msgs]: ...
     def update_graph(
         self,
         *,
@@ -26,12 +30,12 @@ class Engine:
         ordered: dict[Hashable, int],
         client: str,
         stimulus_id: str,
-        user_priority: int | float | dict[Hashable, int] | None = None,
+        user_priority: float | dict[Hashable, int] | None = None,
         fifo_timeout: float = 0.0,
         start: float = 0.0,
         submitting_task: Hashable | None = None,
         actors: bool | list[Hashable] | None = None,
-    ) -> tuple[Msgs, Msgs]: ...
+    ) -> tuple[_Msgs, _Msgs]: ...
     def handle_task_finished(
         self,
         key: Hashable,
@@ -39,13 +43,13 @@ class Engine:
         stimulus_id: str,
         *,
         run_id: int,
-        nbytes: int = -1,
+        nbytes: int = ...,
         type: bytes | None = None,
         typename: str | None = None,
         startstops: list[dict[str, Any]] | None = None,
         metadata: dict[str, Any] | None = None,
         **_kwargs: Any,
-    ) -> tuple[Msgs, Msgs]: ...
+    ) -> tuple[_Msgs, _Msgs]: ...
     def handle_task_erred(
         self,
         key: Hashable,
@@ -58,16 +62,16 @@ class Engine:
         exception_text: str | None = None,
         traceback_text: str | None = None,
         **_kwargs: Any,
-    ) -> tuple[Msgs, Msgs]: ...
+    ) -> tuple[_Msgs, _Msgs]: ...
     def remove_worker(
         self, address: str, *, stimulus_id: str, expected: bool = False
-    ) -> tuple[Msgs, Msgs]: ...
+    ) -> tuple[_Msgs, _Msgs]: ...
     def handle_worker_status_change(
         self, status: str, worker: str, stimulus_id: str
-    ) -> tuple[Msgs, Msgs]: ...
+    ) -> tuple[_Msgs, _Msgs]: ...
     def client_releases_keys(
         self, keys: Any, client: str, stimulus_id: str
-    ) -> tuple[Msgs, Msgs]: ...
+    ) -> tuple[_Msgs, _Msgs]: ...
     def validate_state(self) -> None: ...
     @property
     def transition_counter(self) -> int: ...

@@ -30,7 +30,10 @@ static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
 fn key_splitters(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
     KEY_SPLIT.get_or_try_init(py, || -> PyResult<_> {
         let ks = py.import("dask.utils")?.getattr("key_split")?.unbind();
-        let ksg = py.import("distributed.utils")?.getattr("key_split_group")?.unbind();
+        let ksg = py
+            .import("distributed.utils")?
+            .getattr("key_split_group")?
+            .unbind();
         Ok((ks, ksg))
     })
 }
@@ -68,7 +71,9 @@ impl Engine {
         if let Some(v) = self.clients.bind(py).get_item(client)? {
             return Ok(ClientId(v.extract()?));
         }
-        let c = self.state.add_client(client.clone().unbind(), client.hash()? as i64);
+        let c = self
+            .state
+            .add_client(client.clone().unbind(), client.hash()? as i64);
         self.clients.bind(py).set_item(client, c.0)?;
         Ok(c)
     }
@@ -80,7 +85,11 @@ impl Engine {
     }
 
     /// Ends a batch: registers new tasks, drops forgotten ones, converts the messages.
-    fn finish<'py>(&mut self, py: Python<'py>, out: Outbox<Py<PyAny>>) -> PyResult<Bound<'py, PyTuple>> {
+    fn finish<'py>(
+        &mut self,
+        py: Python<'py>,
+        out: Outbox<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         let msgs = outbox_to_py(py, &self.state, &out)?;
         let keys = self.keys.bind(py);
         for t in &self.state.pending_free {
@@ -91,7 +100,9 @@ impl Engine {
     }
 
     fn register(&self, py: Python<'_>, t: TaskId) -> PyResult<()> {
-        self.keys.bind(py).set_item(self.state.ts(t).key.bind(py), t.0)
+        self.keys
+            .bind(py)
+            .set_item(self.state.ts(t).key.bind(py), t.0)
     }
 }
 
@@ -159,27 +170,29 @@ impl Engine {
                 .call1(ser.cast::<PyTuple>()?)?
                 .unbind(),
         );
-        state.memory_error = Some(Box::new(|key, ndep, addr, limit, has_dependents| {
-            Python::attach(|py| {
-                let mut msg = format!(
+        state.memory_error =
+            Some(Box::new(|key, ndep, addr, limit, has_dependents| {
+                Python::attach(|py| {
+                    let mut msg =
+                        format!(
                     "Task {} has {ndep} bytes worth of input dependencies, but worker {addr} \
                      has memory_limit set to {limit} bytes.",
                     key.bind(py).repr().map(|r| r.to_string()).unwrap_or_default()
                 );
-                if !has_dependents {
-                    msg.push_str(
-                        " It seems like you called client.compute() on a huge collection. \
+                    if !has_dependents {
+                        msg.push_str(
+                            " It seems like you called client.compute() on a huge collection. \
                          Consider writing to distributed storage or slicing/reducing first.",
-                    );
-                }
-                let err = pyo3::exceptions::PyMemoryError::new_err(msg);
-                py.import("pickle")
-                    .and_then(|p| p.getattr("dumps"))
-                    .and_then(|d| d.call1((err.value(py),)))
-                    .map(|b| b.unbind())
-                    .unwrap_or_else(|_| py.None())
-            })
-        }));
+                        );
+                    }
+                    let err = pyo3::exceptions::PyMemoryError::new_err(msg);
+                    py.import("pickle")
+                        .and_then(|p| p.getattr("dumps"))
+                        .and_then(|d| d.call1((err.value(py),)))
+                        .map(|b| b.unbind())
+                        .unwrap_or_else(|_| py.None())
+                })
+            }));
         let clients = PyDict::new(py);
         clients.set_item(ff, 0u32)?;
         Ok(Self {
@@ -241,7 +254,9 @@ impl Engine {
         if status == WorkerStatus::Running {
             let sid = stimulus_id.into_pyobject(py)?.into_any().unbind();
             let recs = self.state.bulk_schedule_unrunnable_after_adding_worker(w);
-            self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+            self.state
+                .transitions_loop(recs, &mut out, &sid)
+                .map_err(to_pyerr)?;
             self.state
                 .stimulus_queue_slots_maybe_opened(&mut out, &sid)
                 .map_err(to_pyerr)?;
@@ -369,10 +384,14 @@ impl Engine {
                 self.state.ts_mut(t).actor = true;
             }
         }
-        let recs = self.state.graph_recommendations(&key_ids, &generated.touched);
+        let recs = self
+            .state
+            .graph_recommendations(&key_ids, &generated.touched);
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+        self.state
+            .transitions_loop(recs, &mut out, &sid)
+            .map_err(to_pyerr)?;
         self.finish(py, out)
     }
 
@@ -413,7 +432,9 @@ impl Engine {
         if let (Some(t), Some(m)) = (t, metadata) {
             if m.is_truthy()? && self.state.task(t).is_some() {
                 let ts = self.state.ts_mut(t);
-                let md = ts.metadata.get_or_insert_with(|| PyDict::new(py).into_any().unbind());
+                let md = ts
+                    .metadata
+                    .get_or_insert_with(|| PyDict::new(py).into_any().unbind());
                 md.bind(py).call_method1(intern!(py, "update"), (m,))?;
             }
         }
@@ -438,7 +459,9 @@ impl Engine {
                 msg.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
                 msg.set_item(intern!(py, "keys"), PyList::new(py, [key])?)?;
                 msg.set_item(intern!(py, "stimulus_id"), stimulus_id)?;
-                self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+                self.state
+                    .transitions_loop(recs, &mut out, &sid)
+                    .map_err(to_pyerr)?;
                 self.state
                     .stimulus_queue_slots_maybe_opened(&mut out, &sid)
                     .map_err(to_pyerr)?;
@@ -464,7 +487,9 @@ impl Engine {
                 }
             }
         }
-        self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+        self.state
+            .transitions_loop(recs, &mut out, &sid)
+            .map_err(to_pyerr)?;
         self.state
             .stimulus_queue_slots_maybe_opened(&mut out, &sid)
             .map_err(to_pyerr)?;
@@ -489,7 +514,8 @@ impl Engine {
         _kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let t = self.tid(py, key)?;
-        let un = |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
+        let un =
+            |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
         let args = TransitionArgs::Erred {
             worker: Some(worker.to_owned()),
             cause: t,
@@ -504,7 +530,9 @@ impl Engine {
             .state
             .stimulus_task_erred(t, worker, run_id, args, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+        self.state
+            .transitions_loop(recs, &mut out, &sid)
+            .map_err(to_pyerr)?;
         self.state
             .stimulus_queue_slots_maybe_opened(&mut out, &sid)
             .map_err(to_pyerr)?;
@@ -529,7 +557,9 @@ impl Engine {
         let killed = |key: &Py<PyAny>, allowed: i64| -> Py<PyAny> {
             Python::attach(|py| {
                 (|| -> PyResult<Py<PyAny>> {
-                    let kw = py.import("distributed.scheduler")?.getattr("KilledWorker")?;
+                    let kw = py
+                        .import("distributed.scheduler")?
+                        .getattr("KilledWorker")?;
                     let e = kw.call1((key.bind(py), addr.as_str(), allowed))?;
                     Ok(py.import("pickle")?.getattr("dumps")?.call1((e,))?.unbind())
                 })()
@@ -586,7 +616,9 @@ impl Engine {
         self.state.client_releases_keys_inner(&ids, c, &mut recs);
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        self.state.transitions_loop(recs, &mut out, &sid).map_err(to_pyerr)?;
+        self.state
+            .transitions_loop(recs, &mut out, &sid)
+            .map_err(to_pyerr)?;
         self.state
             .stimulus_queue_slots_maybe_opened(&mut out, &sid)
             .map_err(to_pyerr)?;
@@ -627,7 +659,9 @@ impl Engine {
         let keyset = |set: &Option<crate::core::entities::TaskSet>| -> PyResult<Bound<'py, PyAny>> {
             match set {
                 None => Ok(py.None().into_bound(py)),
-                Some(set) => Ok(PyList::new(py, set.iter().map(|d| s.ts(d).key.bind(py)))?.into_any()),
+                Some(set) => {
+                    Ok(PyList::new(py, set.iter().map(|d| s.ts(d).key.bind(py)))?.into_any())
+                }
             }
         };
         for (k, v) in self.keys.bind(py).iter() {
@@ -641,9 +675,11 @@ impl Engine {
             )?;
             d.set_item(
                 "who_has",
-                ts.who_has
-                    .as_ref()
-                    .map(|h| h.iter().map(|w| s.ws(w).address.clone()).collect::<Vec<_>>()),
+                ts.who_has.as_ref().map(|h| {
+                    h.iter()
+                        .map(|w| s.ws(w).address.clone())
+                        .collect::<Vec<_>>()
+                }),
             )?;
             d.set_item("waiting_on", keyset(&ts.waiting_on)?)?;
             d.set_item("waiters", keyset(&ts.waiters)?)?;
@@ -706,14 +742,20 @@ impl Engine {
         let addr = |w: WorkerId| s.ws(w).address.clone();
         d.set_item("idle", s.idle.iter().map(|w| addr(*w)).collect::<Vec<_>>())?;
         d.set_item("running", s.running.iter().map(addr).collect::<Vec<_>>())?;
-        d.set_item("saturated", s.saturated.iter().map(addr).collect::<Vec<_>>())?;
+        d.set_item(
+            "saturated",
+            s.saturated.iter().map(addr).collect::<Vec<_>>(),
+        )?;
         d.set_item(
             "idle_task_count",
             s.idle_task_count.iter().map(addr).collect::<Vec<_>>(),
         )?;
         d.set_item(
             "queued",
-            PyList::new(py, s.queued.sorted().into_iter().map(|t| s.ts(t).key.bind(py)))?,
+            PyList::new(
+                py,
+                s.queued.sorted().into_iter().map(|t| s.ts(t).key.bind(py)),
+            )?,
         )?;
         d.set_item(
             "unrunnable",

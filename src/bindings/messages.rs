@@ -98,7 +98,9 @@ pub fn worker_msg<'py>(
             }
             d.set_item(intern!(py, "actor"), ts.actor)?;
             match &ts.annotations {
-                Some(a) if a.bind(py).is_truthy()? => d.set_item(intern!(py, "annotations"), a.bind(py))?,
+                Some(a) if a.bind(py).is_truthy()? => {
+                    d.set_item(intern!(py, "annotations"), a.bind(py))?
+                }
                 _ => d.set_item(intern!(py, "annotations"), PyDict::new(py))?,
             }
             d.set_item(
@@ -108,12 +110,18 @@ pub fn worker_msg<'py>(
         }
         WorkerMsg::FreeKeys { key, stimulus_id } => {
             d.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
-            d.set_item(intern!(py, "keys"), PyList::new(py, [s.ts(*key).key.bind(py)])?)?;
+            d.set_item(
+                intern!(py, "keys"),
+                PyList::new(py, [s.ts(*key).key.bind(py)])?,
+            )?;
             d.set_item(intern!(py, "stimulus_id"), stimulus_id.bind(py))?;
         }
         WorkerMsg::RemoveReplicas { keys, stimulus_id } => {
             d.set_item(intern!(py, "op"), intern!(py, "remove-replicas"))?;
-            d.set_item(intern!(py, "keys"), PyList::new(py, keys.iter().map(|k| k.bind(py)))?)?;
+            d.set_item(
+                intern!(py, "keys"),
+                PyList::new(py, keys.iter().map(|k| k.bind(py)))?,
+            )?;
             d.set_item(intern!(py, "stimulus_id"), stimulus_id.bind(py))?;
         }
     }

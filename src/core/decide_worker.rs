@@ -31,7 +31,11 @@ impl Objective {
 }
 
 /// Python's `min(iterable, key=...)`: the first minimal element.
-fn min_by_key<I, K>(iter: I, mut key: impl FnMut(WorkerId) -> K, less: impl Fn(&K, &K) -> bool) -> Option<WorkerId>
+fn min_by_key<I, K>(
+    iter: I,
+    mut key: impl FnMut(WorkerId) -> K,
+    less: impl Fn(&K, &K) -> bool,
+) -> Option<WorkerId>
 where
     I: IntoIterator<Item = WorkerId>,
 {
@@ -92,7 +96,11 @@ impl<P: Clone> SchedulerState<P> {
         }
     }
 
-    fn min_objective(&self, t: TaskId, pool: impl IntoIterator<Item = WorkerId>) -> Option<WorkerId> {
+    fn min_objective(
+        &self,
+        t: TaskId,
+        pool: impl IntoIterator<Item = WorkerId>,
+    ) -> Option<WorkerId> {
         min_by_key(
             pool,
             |w| self.worker_objective(t, w),
@@ -124,7 +132,8 @@ impl<P: Clone> SchedulerState<P> {
                 let ws = self.min_objective(t, pool).expect("non-empty pool");
                 let tg_len = self.groups[g.idx()].size as f64;
                 self.groups[g.idx()].last_worker_tasks_left =
-                    ((tg_len / self.total_nthreads as f64) * self.ws(ws).nthreads as f64).floor() as i64;
+                    ((tg_len / self.total_nthreads as f64) * self.ws(ws).nthreads as f64).floor()
+                        as i64;
                 ws
             }
         };

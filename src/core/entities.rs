@@ -82,8 +82,14 @@ impl<P> Task<P> {
         self.resource_restrictions
             .as_ref()
             .is_some_and(|r| !r.is_empty())
-            || self.worker_restrictions.as_ref().is_some_and(|r| !r.is_empty())
-            || self.host_restrictions.as_ref().is_some_and(|r| !r.is_empty())
+            || self
+                .worker_restrictions
+                .as_ref()
+                .is_some_and(|r| !r.is_empty())
+            || self
+                .host_restrictions
+                .as_ref()
+                .is_some_and(|r| !r.is_empty())
     }
 }
 

@@ -7,8 +7,8 @@ pub mod ordered;
 pub mod pyset;
 pub mod state;
 pub mod stimuli;
+#[cfg(test)]
+mod tests;
 pub mod transitions;
 pub mod types;
 pub mod validate;
-#[cfg(test)]
-mod tests;

@@ -78,11 +78,7 @@ impl<K: Copy + Eq + Hash, V> OrderedMap<K, V> {
     }
 
     pub fn first(&self) -> Option<(&K, &V)> {
-        self.entries
-            .iter()
-            .flatten()
-            .next()
-            .map(|(k, v)| (k, v))
+        self.entries.iter().flatten().next().map(|(k, v)| (k, v))
     }
 
     pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&K, &V)> + '_ {

@@ -442,6 +442,7 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// `SchedulerState.new_task`: a task in `state`, added to its group.
+    #[allow(clippy::too_many_arguments)]
     pub fn new_task(
         &mut self,
         key: P,

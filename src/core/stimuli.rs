@@ -59,13 +59,12 @@ pub struct NewWorker {
 impl<P: Clone> SchedulerState<P> {
     /// `Scheduler._generate_taskstates`. `keys` in `set(keys)` iteration order;
     /// `deps_equal(ts, entry)` answers the run_spec collision check for existing tasks.
-    pub fn generate_taskstates(
-        &mut self,
-        keys: &[KeyRef],
-        dsk: &[GraphTask<P>],
-    ) -> GeneratedTasks {
+    pub fn generate_taskstates(&mut self, keys: &[KeyRef], dsk: &[GraphTask<P>]) -> GeneratedTasks {
         let mut out = GeneratedTasks {
-            graph_ids: dsk.iter().map(|g| g.existing.filter(|t| self.task(*t).is_some())).collect(),
+            graph_ids: dsk
+                .iter()
+                .map(|g| g.existing.filter(|t| self.task(*t).is_some()))
+                .collect(),
             ..Default::default()
         };
         let mut touched_graph = vec![false; dsk.len()];
@@ -162,7 +161,10 @@ impl<P: Clone> SchedulerState<P> {
         start: f64,
     ) {
         let generation: Num = if submitting_known || submitting_task.is_some() {
-            match submitting_task.and_then(|t| self.task(t)).and_then(|ts| ts.priority) {
+            match submitting_task
+                .and_then(|t| self.task(t))
+                .and_then(|ts| ts.priority)
+            {
                 Some(p) => Num::Float(p.0[0].as_f64() - 0.01),
                 None => Num::Int(self.generation),
             }
@@ -309,7 +311,11 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// `stimulus_queue_slots_maybe_opened`
-    pub fn stimulus_queue_slots_maybe_opened(&mut self, out: &mut Outbox<P>, stimulus_id: &P) -> CoreResult<()> {
+    pub fn stimulus_queue_slots_maybe_opened(
+        &mut self,
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+    ) -> CoreResult<()> {
         if self.queued.is_empty() {
             return Ok(());
         }
@@ -342,7 +348,12 @@ impl<P: Clone> SchedulerState<P> {
         let wh = self.whash(w);
         let (address, host, nthreads, memory_limit) = {
             let ws = self.ws(w);
-            (ws.address.clone(), ws.host.clone(), ws.nthreads, ws.memory_limit)
+            (
+                ws.address.clone(),
+                ws.host.clone(),
+                ws.nthreads,
+                ws.memory_limit,
+            )
         };
         // remove_resources
         let res: Vec<u32> = self.ws(w).resources.keys().collect();
@@ -381,7 +392,8 @@ impl<P: Clone> SchedulerState<P> {
                 self.prefixes[p.idx()].suspicious += 1;
                 if self.ts(t).suspicious > self.config.allowed_failures {
                     recs.remove(&t);
-                    let exc = killed_worker_exception(&self.ts(t).key, self.config.allowed_failures);
+                    let exc =
+                        killed_worker_exception(&self.ts(t).key, self.config.allowed_failures);
                     let r = self.transition(
                         t,
                         S::Erred,
@@ -521,7 +533,12 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// `Scheduler.stimulus_retry`: returns the keys seen.
-    pub fn stimulus_retry(&mut self, keys: &[TaskId], out: &mut Outbox<P>, stimulus_id: &P) -> CoreResult<Vec<TaskId>> {
+    pub fn stimulus_retry(
+        &mut self,
+        keys: &[TaskId],
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+    ) -> CoreResult<Vec<TaskId>> {
         let mut stack: Vec<TaskId> = keys.to_vec();
         let mut seen = Vec::new();
         let mut roots = Vec::new();
@@ -548,7 +565,13 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// `handle_worker_status_change` (state part) for running <-> paused.
-    pub fn worker_status_change(&mut self, w: WorkerId, status: WorkerStatus, out: &mut Outbox<P>, stimulus_id: &P) -> CoreResult<()> {
+    pub fn worker_status_change(
+        &mut self,
+        w: WorkerId,
+        status: WorkerStatus,
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+    ) -> CoreResult<()> {
         let prev = self.ws(w).status;
         if prev == status {
             return Ok(());

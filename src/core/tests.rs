@@ -82,7 +82,8 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
     s.client_desires_keys(&[root_id], c);
     let recs = s.graph_recommendations(&[root_id], &g.touched);
     let mut out = Outbox::default();
-    s.transitions_loop(recs, &mut out, &"ug".to_string()).unwrap();
+    s.transitions_loop(recs, &mut out, &"ug".to_string())
+        .unwrap();
     s.validate_state().unwrap();
     (root_id, out)
 }
@@ -135,7 +136,7 @@ fn tree_reduction_completes_and_validates() {
     let first = drain_compute(&out);
     // queuing: root-ish leaves fill ceil(1.1 * 2) slots per worker
     assert_eq!(first.len(), 6);
-    assert!(s.queued.len() > 0);
+    assert!(!s.queued.is_empty());
     run_to_completion(&mut s, first);
     assert_eq!(s.ts(root).state, S::Memory);
     // everything but the root was released once no longer needed (kept, as distributed

@@ -626,7 +626,13 @@ impl<P: Clone> SchedulerState<P> {
         }
     }
 
-    fn t_memory_erred(&mut self, t: TaskId, args: TransitionArgs<P>, recs: &mut Recs, out: &mut Outbox<P>) {
+    fn t_memory_erred(
+        &mut self,
+        t: TaskId,
+        args: TransitionArgs<P>,
+        recs: &mut Recs,
+        out: &mut Outbox<P>,
+    ) {
         // distributed builds free-keys and task-erred messages here and then returns only
         // `_propagate_erred`'s result, so those first messages are never sent; same here.
         let _ = args;
@@ -724,7 +730,13 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// `_propagate_forgotten`
-    fn propagate_forgotten(&mut self, t: TaskId, stimulus_id: &P, recs: &mut Recs, out: &mut Outbox<P>) {
+    fn propagate_forgotten(
+        &mut self,
+        t: TaskId,
+        stimulus_id: &P,
+        recs: &mut Recs,
+        out: &mut Outbox<P>,
+    ) {
         self.set_state(t, S::Forgotten);
         let th = self.thash(t);
         let dependents: SmallVec<[TaskId; 8]> = self.ts(t).dependents.iter().collect();
@@ -799,10 +811,15 @@ impl<P: Clone> SchedulerState<P> {
             .sum();
         let memory_limit = self.ws(w).memory_limit;
         if memory_limit != 0 && ndep_bytes > memory_limit && self.config.memory_terminate {
-            let exception = self
-                .memory_error
-                .as_ref()
-                .map(|f| f(&self.ts(t).key, ndep_bytes, &self.ws(w).address, memory_limit, !self.ts(t).dependents.is_empty()));
+            let exception = self.memory_error.as_ref().map(|f| {
+                f(
+                    &self.ts(t).key,
+                    ndep_bytes,
+                    &self.ws(w).address,
+                    memory_limit,
+                    !self.ts(t).dependents.is_empty(),
+                )
+            });
             let new = self.transition(
                 t,
                 S::Erred,

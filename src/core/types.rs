@@ -204,7 +204,10 @@ impl std::fmt::Display for CoreError {
             CoreError::UnknownClient(c) => write!(f, "{c}"),
             CoreError::WorkerExists(w) => write!(f, "Worker already exists {w}"),
             CoreError::ImpossibleTransition { key, start, finish } => {
-                write!(f, "Impossible transition from {start} to {finish} for {key}")
+                write!(
+                    f,
+                    "Impossible transition from {start} to {finish} for {key}"
+                )
             }
             CoreError::Invalid(m) | CoreError::Validation(m) => f.write_str(m),
         }

@@ -6,7 +6,9 @@ use crate::core::types::*;
 
 macro_rules! check {
     ($cond:expr, $($msg:tt)*) => {
-        if !$cond {
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        let ok = $cond;
+        if !ok {
             return Err(CoreError::Validation(format!($($msg)*)));
         }
     };
@@ -19,7 +21,10 @@ impl<P: Clone> SchedulerState<P> {
         }
         let mut prev = f64::NEG_INFINITY;
         for (t, since) in self.unrunnable.iter() {
-            check!(self.ts(*t).state == S::NoWorker, "unrunnable task {t:?} not no-worker");
+            check!(
+                self.ts(*t).state == S::NoWorker,
+                "unrunnable task {t:?} not no-worker"
+            );
             check!(prev <= *since, "unrunnable not monotonic");
             prev = *since;
         }
@@ -33,10 +38,17 @@ impl<P: Clone> SchedulerState<P> {
                 ws.address
             );
             if ws.processing.is_empty() && ws.status == WorkerStatus::Running {
-                check!(self.is_idle_worker(w), "idle worker {} not in idle", ws.address);
+                check!(
+                    self.is_idle_worker(w),
+                    "idle worker {} not in idle",
+                    ws.address
+                );
             }
             for t in ws.long_running.iter() {
-                check!(ws.processing.contains(t, self.thash(t)), "long_running not processing");
+                check!(
+                    ws.processing.contains(t, self.thash(t)),
+                    "long_running not processing"
+                );
             }
             for (t, _) in ws.has_what.iter() {
                 let ts = self.ts(*t);
@@ -46,13 +58,28 @@ impl<P: Clone> SchedulerState<P> {
                 );
             }
             let nbytes: i64 = ws.has_what.keys().map(|t| self.ts(t).get_nbytes()).sum();
-            check!(nbytes == ws.nbytes, "worker nbytes {} != {}", ws.nbytes, nbytes);
+            check!(
+                nbytes == ws.nbytes,
+                "worker nbytes {} != {}",
+                ws.nbytes,
+                nbytes
+            );
         }
-        for w in self.idle.iter().chain(self.saturated.iter().collect::<Vec<_>>().iter()) {
-            check!(self.running.contains(*w, self.whash(*w)), "idle/saturated worker not running");
+        for w in self
+            .idle
+            .iter()
+            .chain(self.saturated.iter().collect::<Vec<_>>().iter())
+        {
+            check!(
+                self.running.contains(*w, self.whash(*w)),
+                "idle/saturated worker not running"
+            );
         }
         for t in self.replicated_tasks.iter() {
-            check!(self.ts(t).state == S::Memory, "replicated task not in memory");
+            check!(
+                self.ts(t).state == S::Memory,
+                "replicated task not in memory"
+            );
         }
         Ok(())
     }
@@ -62,47 +89,83 @@ impl<P: Clone> SchedulerState<P> {
         let th = ts.hash;
         if let Some(w) = &ts.waiting_on {
             for d in w.iter() {
-                check!(ts.dependencies.contains(d, self.thash(d)), "waiting_on not subset of dependencies");
+                check!(
+                    ts.dependencies.contains(d, self.thash(d)),
+                    "waiting_on not subset of dependencies"
+                );
                 check!(!self.ts(d).has_who_has(), "waiting on in-memory dep");
             }
         }
         if let Some(w) = &ts.waiters {
             for d in w.iter() {
-                check!(ts.dependents.contains(d, self.thash(d)), "waiters not subset of dependents");
                 check!(
-                    matches!(self.ts(d).state, S::Waiting | S::Queued | S::Processing | S::NoWorker),
+                    ts.dependents.contains(d, self.thash(d)),
+                    "waiters not subset of dependents"
+                );
+                check!(
+                    matches!(
+                        self.ts(d).state,
+                        S::Waiting | S::Queued | S::Processing | S::NoWorker
+                    ),
                     "waiter not in play"
                 );
             }
         }
         for d in ts.dependencies.iter() {
             let dts = self.ts(d);
-            check!(dts.dependents.contains(t, th), "not in dependency's dependents");
+            check!(
+                dts.dependents.contains(t, th),
+                "not in dependency's dependents"
+            );
             check!(dts.state != S::Forgotten, "forgotten dependency");
-            if matches!(ts.state, S::Waiting | S::Queued | S::Processing | S::NoWorker) {
-                let waiting = ts.waiting_on.as_ref().is_some_and(|s| s.contains(d, dts.hash));
+            if matches!(
+                ts.state,
+                S::Waiting | S::Queued | S::Processing | S::NoWorker
+            ) {
+                let waiting = ts
+                    .waiting_on
+                    .as_ref()
+                    .is_some_and(|s| s.contains(d, dts.hash));
                 check!(waiting || dts.has_who_has(), "dep missing");
             }
         }
         for d in ts.dependents.iter() {
-            check!(self.ts(d).dependencies.contains(t, th), "not in dependent's dependencies");
+            check!(
+                self.ts(d).dependencies.contains(t, th),
+                "not in dependent's dependencies"
+            );
         }
-        check!(ts.processing_on.is_some() == (ts.state == S::Processing), "processing_on vs state");
-        check!(ts.has_who_has() == (ts.state == S::Memory), "who_has vs state for {t:?}");
+        check!(
+            ts.processing_on.is_some() == (ts.state == S::Processing),
+            "processing_on vs state"
+        );
+        check!(
+            ts.has_who_has() == (ts.state == S::Memory),
+            "who_has vs state for {t:?}"
+        );
         if ts.state == S::Queued {
             check!(self.queued.contains(t), "queued task not in queued");
         }
         if ts.state == S::NoWorker {
-            check!(self.unrunnable.contains_key(&t), "no-worker task not in unrunnable");
+            check!(
+                self.unrunnable.contains_key(&t),
+                "no-worker task not in unrunnable"
+            );
         }
         if ts.state == S::Erred {
             check!(ts.exception_blame.is_some(), "erred without blame");
         }
         if ts.has_who_has() {
-            check!(ts.has_waiters() || ts.has_who_wants(), "unneeded task in memory");
+            check!(
+                ts.has_waiters() || ts.has_who_wants(),
+                "unneeded task in memory"
+            );
         }
         for c in ts.who_wants.iter().flat_map(|s| s.iter()) {
-            check!(self.clients[c.idx()].wants_what.contains(t, th), "who_wants/wants_what mismatch");
+            check!(
+                self.clients[c.idx()].wants_what.contains(t, th),
+                "who_wants/wants_what mismatch"
+            );
         }
         Ok(())
     }

@@ -41,7 +41,7 @@ def fingerprint(ids):
 class K:
     """Element with a chosen hash; equality is identity, like a distinct key."""
 
-    __slots__ = ("i", "h")
+    __slots__ = ("h", "i")
 
     def __init__(self, i, h):
         self.i = i
@@ -163,7 +163,7 @@ def h_rand64(rng, n):
 def h_mixed(rng, n):
     out = []
     special = [0, 1, -1, -2, 7, 8, -8, (1 << 63) - 1, -(1 << 63), 1 << 32, -(1 << 32)]
-    for i in range(n):
+    for _ in range(n):
         k = rng.randrange(8)
         if k == 0:
             out.append(rng.choice(special))
@@ -371,14 +371,21 @@ def main():
     for ci, case in enumerate(out["cases"]):
         lines.append(
             '{"name":%s,"nsets":%d,"hashes":%s,"ops":['
-            % (json.dumps(case["name"]), case["nsets"], json.dumps(case["hashes"], separators=(",", ":")))
+            % (
+                json.dumps(case["name"]),
+                case["nsets"],
+                json.dumps(case["hashes"], separators=(",", ":")),
+            )
         )
         ops = case["ops"]
         for oi, op in enumerate(ops):
             lines.append(json.dumps(op, separators=(",", ":")) + ("," if oi + 1 < len(ops) else ""))
         lines.append(
             '],"final":%s}%s'
-            % (json.dumps(case["final"], separators=(",", ":")), "," if ci + 1 < len(out["cases"]) else "")
+            % (
+                json.dumps(case["final"], separators=(",", ":")),
+                "," if ci + 1 < len(out["cases"]) else "",
+            )
         )
     lines.append("]}")
     sys.stdout.write("\n".join(lines) + "\n")
