@@ -65,6 +65,10 @@ def _exception_identity(exc: object) -> object:
 def normalise(msg: dict, run_ids: dict) -> dict:
     """Drop what legitimately differs (timestamps) and map objects to identities."""
     msg = dict(msg)
+    sid = msg.get("stimulus_id")
+    if isinstance(sid, str) and sid.startswith(("stimulus-retry", "cancel-key")):
+        # distributed appends time() to these
+        msg["stimulus_id"] = "stimulus-retry" if sid.startswith("stimulus-retry") else "cancel-key"
     if msg.get("op") == "compute-task":
         msg.pop("stimulus_id")
         msg["run_id"] = run_ids.setdefault(msg["run_id"], len(run_ids))
@@ -136,7 +140,9 @@ class PythonSide(_Side):
         self.s.clients[client] = ClientState(client)
         self.s.client_comms[client] = Collector()
 
-    def add_worker(self, addr: str, server_id: str, nthreads: int, sid: str) -> tuple:
+    def add_worker(
+        self, addr: str, server_id: str, nthreads: int, sid: str, resources: dict | None = None
+    ) -> tuple:
         s = self.s
         ws = WorkerState(
             address=addr,
@@ -162,6 +168,7 @@ class PythonSide(_Side):
         s.total_memory += ws.memory_limit
         s.total_nthreads += nthreads
         s.aliases[addr] = addr
+        s.add_resources(worker=addr, resources=resources or {})
         s.check_idle_saturated(ws)
         s.stream_comms[addr] = Collector()
         s.transitions(s.bulk_schedule_unrunnable_after_adding_worker(ws), sid)
@@ -181,19 +188,41 @@ class PythonSide(_Side):
         self.s.handle_worker_status_change(status, addr, stimulus_id=sid)
         return self._collect()
 
-    def update_graph(self, dsk: dict, keys: set, ordered: dict, client: str, sid: str) -> tuple:
+    def update_graph(
+        self,
+        dsk: dict,
+        keys: set,
+        ordered: dict,
+        client: str,
+        sid: str,
+        annotations: dict | None = None,
+    ) -> tuple:
         self.s._create_taskstate_from_graph(
             start=0.0,
             dsk=dsk,
             keys=set(keys),
             ordered=ordered,
             client=client,
-            annotations_by_type={},
+            annotations_by_type=annotations or {},
             global_annotations=None,
             stimulus_id=sid,
             submitting_task=None,
             span_metadata={"collections": []},
         )
+        return self._collect()
+
+    def long_running(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
+        self.s.handle_long_running(
+            key=key, worker=worker, run_id=run_id, compute_duration=0.25, stimulus_id=sid
+        )
+        return self._collect()
+
+    def cancel(self, keys: list, client: str, force: bool, sid: str) -> tuple:
+        self.s.stimulus_cancel(keys, client, force=force, reason="test", msg="m")
+        return self._collect()
+
+    def retry(self, keys: list, client: str, sid: str) -> tuple:
+        self.s.stimulus_retry(keys, client)
         return self._collect()
 
     def task_finished(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
@@ -247,6 +276,16 @@ class PythonSide(_Side):
                 "dependents": keys(ts.dependents),
                 "priority": ts.priority,
                 "retries": ts.retries,
+                "host_restrictions": None
+                if ts.host_restrictions is None
+                else list(ts.host_restrictions),
+                "worker_restrictions": None
+                if ts.worker_restrictions is None
+                else list(ts.worker_restrictions),
+                "resource_restrictions": None
+                if ts.resource_restrictions is None
+                else [(k, float(v)) for k, v in ts.resource_restrictions.items()],
+                "loose_restrictions": bool(ts.loose_restrictions),
                 "nbytes": ts.nbytes,
                 "suspicious": ts.suspicious,
                 "exception_blame": ts.exception_blame.key if ts.exception_blame else None,
@@ -310,13 +349,16 @@ class RustSide(_Side):
         )
 
     def add_client(self, client: str) -> None:
-        pass
+        self.e.add_client(client)
 
-    def add_worker(self, addr: str, server_id: str, nthreads: int, sid: str) -> tuple:
+    def add_worker(
+        self, addr: str, server_id: str, nthreads: int, sid: str, resources: dict | None = None
+    ) -> tuple:
         self.live.add(addr)
         return self._norm(
             self.e.add_worker(
                 addr,
+                resources=resources,
                 server_id=server_id,
                 nthreads=nthreads,
                 memory_limit=2**32,
@@ -332,9 +374,24 @@ class RustSide(_Side):
     def worker_status(self, addr: str, status: str, sid: str) -> tuple:
         return self._norm(self.e.handle_worker_status_change(status, addr, sid))
 
-    def update_graph(self, dsk: dict, keys: set, ordered: dict, client: str, sid: str) -> tuple:
+    def update_graph(
+        self,
+        dsk: dict,
+        keys: set,
+        ordered: dict,
+        client: str,
+        sid: str,
+        annotations: dict | None = None,
+    ) -> tuple:
         return self._norm(
-            self.e.update_graph(dsk=dsk, keys=keys, ordered=ordered, client=client, stimulus_id=sid)
+            self.e.update_graph(
+                annotations_by_type=annotations,
+                dsk=dsk,
+                keys=keys,
+                ordered=ordered,
+                client=client,
+                stimulus_id=sid,
+            )
         )
 
     def task_finished(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
@@ -369,6 +426,16 @@ class RustSide(_Side):
 
     def release(self, keys: list, client: str, sid: str) -> tuple:
         return self._norm(self.e.client_releases_keys(keys, client, sid))
+
+    def long_running(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
+        return self._norm(self.e.handle_long_running(key, worker, run_id, 0.25, sid))
+
+    def cancel(self, keys: list, client: str, force: bool, sid: str) -> tuple:
+        return self._norm(self.e.stimulus_cancel(keys, client, force, "test", "m", "cancel-key"))
+
+    def retry(self, keys: list, client: str, sid: str) -> tuple:
+        _, cm, wm = self.e.stimulus_retry(keys, "stimulus-retry")
+        return self._norm((cm, wm))
 
     def snapshot(self) -> dict:
         return self.e.snapshot()

@@ -31,6 +31,34 @@ def assert_same(a: object, b: object, what: str) -> None:
     assert a == b, f"{what} differs:\npython={a!r}\nrust  ={b!r}"
 
 
+RESOURCES = ["GPU", "MEM"]
+
+
+@st.composite
+def annotations_for(draw: st.DrawFn, keys: list, workers: list[str]) -> dict:
+    """Layer annotations as distributed receives them: annotation -> {key: value}."""
+    out: dict = {}
+    for key in keys:
+        if draw(st.integers(0, 4)):
+            continue
+        kind = draw(st.sampled_from(["resources", "workers", "retries", "priority", "loose"]))
+        if kind == "resources":
+            r = draw(st.sampled_from(RESOURCES))
+            out.setdefault("resources", {})[key] = {r: draw(st.sampled_from([1, 2]))}
+        elif kind == "workers":
+            hosts = [w.split("//")[1].split(":")[0] for w in workers]
+            choice = draw(st.lists(st.sampled_from(workers + hosts + ["10.9.9.9"]), max_size=2))
+            if choice:
+                out.setdefault("workers", {})[key] = choice
+                if draw(st.booleans()):
+                    out.setdefault("allow_other_workers", {})[key] = True
+        elif kind == "retries":
+            out.setdefault("retries", {})[key] = draw(st.integers(1, 2))
+        elif kind == "priority":
+            out.setdefault("priority", {})[key] = draw(st.integers(-2, 2))
+    return out
+
+
 @st.composite
 def graphs(draw: st.DrawFn, token: int) -> tuple[dict, set]:
     """A random DAG: some wide groups (tuple keys) and string-keyed tasks."""
@@ -62,6 +90,9 @@ class Differential(RuleBasedStateMachine):
         self.workers: list[str] = []
         self.n_workers = 0
         self.n_graphs = 0
+        self.known_workers: list[str] = []
+        self.broken = False
+        self.seceded: set = set()
         self.step = 0
         self.compute: list[tuple[str, object, int]] = []  # (worker, key, normalised run id)
         self.client_keys: dict[str, set] = {"c1": set(), "c2": set()}
@@ -78,7 +109,19 @@ class Differential(RuleBasedStateMachine):
         return f"{what}-{self.step}"
 
     def both(self, name: str, *args: object) -> None:
-        a = getattr(self.py, name)(*args)
+        if self.broken:
+            return
+        try:
+            a = getattr(self.py, name)(*args)
+        except AssertionError as exc:
+            # distributed's own assertion (e.g. cancelling a dependent nobody wants):
+            # the engine must refuse too; the state after that is not comparable.
+            try:
+                getattr(self.rs, name)(*args)
+            except AssertionError:
+                self.broken = True
+                return
+            raise AssertionError(f"{name}{args!r}: distributed raised, the engine did not") from exc
         b = getattr(self.rs, name)(*args)
         assert_same(a, b, f"messages of {name}{args!r}")
         for w, msgs in a[1].items():
@@ -91,13 +134,22 @@ class Differential(RuleBasedStateMachine):
         for _ in range(n):
             self.add_worker(nthreads)
 
-    @rule(nthreads=st.integers(1, 4))
-    def add_worker(self, nthreads: int) -> None:
+    @rule(
+        nthreads=st.integers(1, 4),
+        resources=st.dictionaries(st.sampled_from(RESOURCES), st.sampled_from([1, 2, 3])),
+    )
+    def add_worker(self, nthreads: int, resources: dict | None = None) -> None:
         self.n_workers += 1
         addr = f"tcp://10.0.0.{self.n_workers}:1234"
         self.workers.append(addr)
+        self.known_workers.append(addr)
         self.both(
-            "add_worker", addr, f"Worker-{self.n_workers}-id", nthreads, self.sid("add-worker")
+            "add_worker",
+            addr,
+            f"Worker-{self.n_workers}-id",
+            nthreads,
+            self.sid("add-worker"),
+            resources or {},
         )
 
     @precondition(lambda self: self.workers)
@@ -118,9 +170,13 @@ class Differential(RuleBasedStateMachine):
         # keys are unique per example and identical across runs of the same example
         self.n_graphs += 1
         dsk, keys = data.draw(graphs(self.n_graphs))
+        annotations = {}
+        if data.draw(st.booleans()):
+            workers = [*self.known_workers, "tcp://10.0.0.99:1234"]
+            annotations = data.draw(annotations_for(list(dsk), workers))
         ordered = dask.order.order(dsk)
         self.client_keys[client] |= keys
-        self.both("update_graph", dsk, keys, ordered, client, self.sid("update-graph"))
+        self.both("update_graph", dsk, keys, ordered, client, self.sid("update-graph"), annotations)
 
     @precondition(lambda self: self.compute)
     @rule(
@@ -130,7 +186,7 @@ class Differential(RuleBasedStateMachine):
     def finish(self, data: st.DataObject, outcome: str) -> None:
         i = data.draw(st.integers(0, len(self.compute) - 1))
         worker, key, nrun = self.compute.pop(i)
-        if worker not in self.workers:
+        if worker not in self.workers or self.broken:
             return
         rp, rr = self.py.real_run_id(nrun), self.rs.real_run_id(nrun)
         sid = self.sid("task-" + outcome)
@@ -146,6 +202,48 @@ class Differential(RuleBasedStateMachine):
         assert_same(a, b, f"messages of task {outcome} {key!r}")
         for w, msgs in a[1].items():
             for m in msgs:
+                if m["op"] == "compute-task":
+                    self.compute.append((w, m["key"], m["run_id"]))
+
+    @precondition(lambda self: self.compute)
+    @rule(data=st.data())
+    def long_running(self, data: st.DataObject) -> None:
+        worker, key, nrun = self.compute[data.draw(st.integers(0, len(self.compute) - 1))]
+        if worker not in self.workers or (key, nrun) in self.seceded or self.broken:
+            return
+        self.seceded.add((key, nrun))
+        sid = self.sid("long-running")
+        a = self.py.long_running(key, worker, self.py.real_run_id(nrun), sid)
+        b = self.rs.long_running(key, worker, self.rs.real_run_id(nrun), sid)
+        assert_same(a, b, f"messages of long-running {key!r}")
+        self.record_compute(a)
+
+    @precondition(lambda self: any(self.client_keys.values()))
+    @rule(data=st.data(), force=st.booleans())
+    def cancel(self, data: st.DataObject, force: bool) -> None:
+        client = data.draw(st.sampled_from([c for c, k in self.client_keys.items() if k]))
+        keys = data.draw(
+            st.lists(
+                st.sampled_from(sorted(self.client_keys[client], key=repr)),
+                min_size=1,
+                max_size=2,
+                unique=True,
+            )
+        )
+        self.both("cancel", keys, client, force, self.sid("cancel"))
+        for c in self.client_keys:
+            self.client_keys[c] = {k for k in self.client_keys[c] if self.py.s.tasks.get(k)}
+
+    @precondition(lambda self: any(ts.state == "erred" for ts in self.py.s.tasks.values()))
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        erred = sorted((k for k, ts in self.py.s.tasks.items() if ts.state == "erred"), key=repr)
+        keys = data.draw(st.lists(st.sampled_from(erred), min_size=1, max_size=2, unique=True))
+        self.both("retry", keys, "c1", self.sid("retry"))
+
+    def record_compute(self, msgs: tuple) -> None:
+        for w, ms in msgs[1].items():
+            for m in ms:
                 if m["op"] == "compute-task":
                     self.compute.append((w, m["key"], m["run_id"]))
 
@@ -166,6 +264,8 @@ class Differential(RuleBasedStateMachine):
 
     @invariant()
     def same_state(self) -> None:
+        if self.broken:
+            return
         assert_same(self.py.snapshot(), self.rs.snapshot(), "tasks")
         assert_same(self.py.worker_snapshot(), self.rs.worker_snapshot(), "workers")
         assert_same(self.py.containers(), self.rs.containers(), "containers")

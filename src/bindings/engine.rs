@@ -99,6 +99,256 @@ impl Engine {
         Ok(msgs)
     }
 
+    /// `Scheduler._apply_annotations`
+    fn apply_annotations(
+        &mut self,
+        py: Python<'_>,
+        tasks: &[TaskId],
+        by_type: Option<&Bound<'_, PyDict>>,
+        global: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let by_type = by_type.filter(|d| !d.is_empty());
+        let global = global.filter(|d| !d.is_empty());
+        if by_type.is_none() && global.is_none() {
+            return Ok(());
+        }
+        let addressing = py.import("distributed.comm.addressing")?;
+        let resolve = addressing.getattr("resolve_address")?;
+        let unparse = addressing.getattr("unparse_host_port")?;
+        let set_type = py.import("builtins")?.getattr("set")?;
+        for &t in tasks {
+            let key = self.state.ts(t).key.clone_ref(py);
+            let key = key.bind(py);
+            let ann = PyDict::new(py);
+            if let Some(g) = global {
+                for (a, v) in g.iter() {
+                    let v = if v.is_callable() { v.call1((key,))? } else { v };
+                    ann.set_item(a, v)?;
+                }
+            }
+            if let Some(bt) = by_type {
+                for (a, kv) in bt.iter() {
+                    if let Ok(v) = kv.get_item(key) {
+                        if !v.is_none() {
+                            ann.set_item(a, v)?;
+                        }
+                    }
+                }
+            }
+            if ann.is_empty() {
+                continue;
+            }
+            for (a, value) in ann.iter() {
+                let a: String = match a.extract() {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                };
+                match a.as_str() {
+                    "restrictions" | "workers" => {
+                        let values = if value.is_instance_of::<PyList>()
+                            || value.is_instance_of::<PyTuple>()
+                            || value.is_instance_of::<pyo3::types::PySet>()
+                        {
+                            value.clone()
+                        } else {
+                            PyList::new(py, [&value])?.into_any()
+                        };
+                        let hosts = set_type.call0()?;
+                        let workers = set_type.call0()?;
+                        for w in values.try_iter()? {
+                            let w = w?;
+                            // Scheduler.coerce_address
+                            let mut addr = w.clone();
+                            if let Ok(name) = addr.str() {
+                                if let Some(a) = self.state.aliases.get(&name.to_string()) {
+                                    if w.is_instance_of::<pyo3::types::PyString>() {
+                                        addr = a.into_pyobject(py)?.into_any();
+                                    }
+                                }
+                            }
+                            if addr.is_instance_of::<PyTuple>() {
+                                addr = unparse.call1(addr.cast::<PyTuple>()?)?;
+                            }
+                            if !addr.is_instance_of::<pyo3::types::PyString>() {
+                                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                                    "addresses should be strings or tuples, got {}",
+                                    addr.repr()?
+                                )));
+                            }
+                            match resolve.call1((&addr,)) {
+                                Ok(resolved) => {
+                                    workers.call_method1(intern!(py, "add"), (resolved,))?
+                                }
+                                Err(e) if e.is_instance_of::<PyValueError>(py) => {
+                                    hosts.call_method1(intern!(py, "add"), (&w,))?
+                                }
+                                Err(e) => return Err(e),
+                            };
+                        }
+                        let as_vec = |s: &Bound<'_, PyAny>| -> PyResult<Option<Vec<String>>> {
+                            if !s.is_truthy()? {
+                                return Ok(None);
+                            }
+                            Ok(Some(
+                                s.try_iter()?
+                                    .map(|x| x?.extract::<String>())
+                                    .collect::<PyResult<_>>()?,
+                            ))
+                        };
+                        let ts = self.state.ts_mut(t);
+                        if let Some(h) = as_vec(&hosts)? {
+                            ts.host_restrictions = Some(h);
+                        }
+                        if let Some(w) = as_vec(&workers)? {
+                            ts.worker_restrictions = Some(w);
+                        }
+                    }
+                    "loose_restrictions" | "allow_other_workers" => {
+                        self.state.ts_mut(t).loose_restrictions = value.is_truthy()?;
+                    }
+                    "resources" => {
+                        let d = value.cast::<PyDict>()?;
+                        let mut rr = Vec::new();
+                        for (r, q) in d.iter() {
+                            rr.push((r.extract::<String>()?, q.extract::<f64>()?));
+                        }
+                        self.state.ts_mut(t).resource_restrictions = Some(rr);
+                    }
+                    "retries" => {
+                        self.state.ts_mut(t).retries = value.extract()?;
+                    }
+                    _ => {}
+                }
+            }
+            self.state.ts_mut(t).annotations = Some(ann.into_any().unbind());
+        }
+        Ok(())
+    }
+
+    /// Appends `(client_msgs, worker_msgs)` of a batch to accumulating dicts.
+    fn merge_into(
+        msgs: &Bound<'_, PyTuple>,
+        cm: &Bound<'_, PyDict>,
+        wm: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        for (src, dst) in [(msgs.get_item(0)?, cm), (msgs.get_item(1)?, wm)] {
+            for (k, v) in src.cast::<PyDict>()?.iter() {
+                match dst.get_item(&k)? {
+                    Some(l) => {
+                        l.call_method1(intern!(k.py(), "extend"), (v,))?;
+                    }
+                    None => dst.set_item(k, v)?,
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn cancel_inner<'py>(
+        &mut self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        client: &Bound<'py, PyAny>,
+        force: bool,
+        reason: &Bound<'py, PyAny>,
+        msg: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        cm: &Bound<'py, PyDict>,
+        wm: &Bound<'py, PyDict>,
+    ) -> PyResult<()> {
+        let Some(c) = self.clients.bind(py).get_item(client)? else {
+            return Ok(());
+        };
+        let cs = ClientId(c.extract()?);
+        let cancelled = PyList::empty(py);
+        let mut clients: Vec<ClientId> = Vec::new();
+        for key in keys.try_iter()? {
+            let key = key?;
+            let Some(t) = self.tid(py, &key)? else {
+                continue;
+            };
+            let wanters = self.state.wanters(t);
+            if force || (wanters.len() == 1 && wanters[0] == cs) {
+                if !self.state.ts(t).dependents.is_empty() {
+                    let deps = PyList::new(
+                        py,
+                        self.state
+                            .ts(t)
+                            .dependents
+                            .iter()
+                            .map(|d| self.state.ts(d).key.clone_ref(py)),
+                    )?;
+                    self.cancel_inner(
+                        py,
+                        deps.as_any(),
+                        client,
+                        force,
+                        reason,
+                        msg,
+                        stimulus_id,
+                        cm,
+                        wm,
+                    )?;
+                }
+                cancelled.append(&key)?;
+            }
+            if self.state.task(t).is_none() {
+                return Err(PyAssertionError::new_err("cancelled task was forgotten"));
+            }
+            let wanters = self.state.wanters(t);
+            if wanters.is_empty() {
+                return Err(PyAssertionError::new_err("cancelled task has no who_wants"));
+            }
+            if force {
+                clients.extend(wanters);
+            } else {
+                clients.push(cs);
+            }
+        }
+        let ids: Vec<TaskId> = cancelled
+            .iter()
+            .filter_map(|k| self.tid(py, &k).ok().flatten())
+            .collect();
+        for c in clients {
+            let mut recs = crate::core::state::Recs::new();
+            let live: Vec<TaskId> = ids
+                .iter()
+                .copied()
+                .filter(|t| self.state.task(*t).is_some())
+                .collect();
+            self.state.client_releases_keys_inner(&live, c, &mut recs);
+            let mut out = Outbox::default();
+            let sid = stimulus_id.clone().unbind();
+            self.state
+                .transitions_loop(recs, &mut out, &sid)
+                .map_err(to_pyerr)?;
+            self.state
+                .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+                .map_err(to_pyerr)?;
+            let msgs = self.finish(py, out)?;
+            Self::merge_into(&msgs, cm, wm)?;
+        }
+        let report = PyDict::new(py);
+        report.set_item(intern!(py, "op"), intern!(py, "cancelled-keys"))?;
+        report.set_item(intern!(py, "keys"), cancelled)?;
+        report.set_item(intern!(py, "reason"), reason)?;
+        report.set_item(intern!(py, "msg"), msg)?;
+        for (k, _) in self.clients.bind(py).iter() {
+            if k.eq(intern!(py, "fire-and-forget"))? {
+                continue;
+            }
+            let one = PyDict::new(py);
+            one.set_item(&k, PyList::new(py, [&report])?)?;
+            Self::merge_into(
+                &PyTuple::new(py, [one.into_any(), PyDict::new(py).into_any()])?,
+                cm,
+                wm,
+            )?;
+        }
+        Ok(())
+    }
+
     fn register(&self, py: Python<'_>, t: TaskId) -> PyResult<()> {
         self.keys
             .bind(py)
@@ -267,7 +517,8 @@ impl Engine {
     /// `_create_taskstate_from_graph`'s state part. `dsk` maps key -> dask Task (or None),
     /// `ordered` is dask.order's result.
     #[pyo3(signature = (*, dsk, keys, ordered, client, stimulus_id, user_priority = None,
-                        fifo_timeout = 0.0, start = 0.0, submitting_task = None, actors = None))]
+                        fifo_timeout = 0.0, start = 0.0, submitting_task = None, actors = None,
+                        annotations_by_type = None, global_annotations = None))]
     #[allow(clippy::too_many_arguments)]
     fn update_graph<'py>(
         &mut self,
@@ -282,6 +533,8 @@ impl Engine {
         start: f64,
         submitting_task: Option<&Bound<'py, PyAny>>,
         actors: Option<&Bound<'py, PyAny>>,
+        annotations_by_type: Option<&Bound<'py, PyDict>>,
+        global_annotations: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let (key_split, key_split_group) = key_splitters(py)?;
         let index = PyDict::new(py);
@@ -331,6 +584,7 @@ impl Engine {
         for t in &generated.new {
             self.register(py, *t)?;
         }
+        self.apply_annotations(py, &generated.new, annotations_by_type, global_annotations)?;
         // priorities
         let mut prios = Vec::with_capacity(generated.touched.len());
         for t in &generated.touched {
@@ -342,6 +596,13 @@ impl Engine {
                 },
                 Some(up) if !up.is_none() => py_num(up)?,
                 _ => Num::Int(0),
+            };
+            let user = match &self.state.ts(*t).annotations {
+                Some(a) => match a.bind(py).get_item(intern!(py, "priority")) {
+                    Ok(v) => py_num(&v)?,
+                    Err(_) => user,
+                },
+                None => user,
             };
             let internal = match ordered.get_item(&key)? {
                 Some(v) => Some(v.extract::<i64>()?),
@@ -625,6 +886,73 @@ impl Engine {
         self.finish(py, out)
     }
 
+    /// Registers a client (as `Scheduler.add_client` does for the state).
+    fn add_client(&mut self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.client_id(py, client)?;
+        Ok(())
+    }
+
+    /// `Scheduler.handle_long_running`
+    #[pyo3(signature = (key, worker, run_id, compute_duration, stimulus_id))]
+    fn handle_long_running<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        worker: &str,
+        run_id: i64,
+        compute_duration: Option<f64>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let t = self.tid(py, key)?;
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        self.state
+            .handle_long_running(t, worker, run_id, compute_duration, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.stimulus_retry`: returns `(seen keys, client_msgs, worker_msgs)`.
+    fn stimulus_retry<'py>(
+        &mut self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let ids = keys
+            .try_iter()?
+            .map(|k| self.tid_required(py, &k?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        let seen = self
+            .state
+            .stimulus_retry(&ids, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        let seen = PyTuple::new(py, seen.iter().map(|t| self.state.ts(*t).key.bind(py)))?;
+        let msgs = self.finish(py, out)?;
+        PyTuple::new(py, [seen.into_any(), msgs.get_item(0)?, msgs.get_item(1)?])
+    }
+
+    /// `Scheduler.stimulus_cancel`: returns `(client_msgs, worker_msgs)`, including the
+    /// `cancelled-keys` report to every client.
+    #[allow(clippy::too_many_arguments)]
+    fn stimulus_cancel<'py>(
+        &mut self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        client: &Bound<'py, PyAny>,
+        force: bool,
+        reason: &Bound<'py, PyAny>,
+        msg: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let cm = PyDict::new(py);
+        let wm = PyDict::new(py);
+        self.cancel_inner(py, keys, client, force, reason, msg, stimulus_id, &cm, &wm)?;
+        PyTuple::new(py, [cm.into_any(), wm.into_any()])
+    }
+
     /// `SchedulerState.validate_state`, natively.
     fn validate_state(&self) -> PyResult<()> {
         self.state.validate_state().map_err(to_pyerr)
@@ -693,6 +1021,13 @@ impl Engine {
                 },
             )?;
             d.set_item("retries", ts.retries)?;
+            d.set_item("host_restrictions", ts.host_restrictions.clone())?;
+            d.set_item("worker_restrictions", ts.worker_restrictions.clone())?;
+            d.set_item(
+                "resource_restrictions",
+                ts.resource_restrictions.as_ref().map(|r| r.to_vec()),
+            )?;
+            d.set_item("loose_restrictions", ts.loose_restrictions)?;
             d.set_item("nbytes", ts.nbytes)?;
             d.set_item("suspicious", ts.suspicious)?;
             d.set_item(

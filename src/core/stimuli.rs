@@ -603,3 +603,41 @@ pub enum StaleReply<P> {
     /// the task is already in memory: `add_keys(worker, [key])`
     AddKeys,
 }
+
+impl<P: Clone> SchedulerState<P> {
+    /// `Scheduler.handle_long_running` (state part; stealing is notified by the caller).
+    pub fn handle_long_running(
+        &mut self,
+        t: Option<TaskId>,
+        worker: &str,
+        run_id: i64,
+        compute_duration: Option<f64>,
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+    ) -> CoreResult<()> {
+        if self.worker_id(worker).is_none() {
+            return Ok(());
+        }
+        let Some(t) = t.filter(|t| self.task(*t).is_some()) else {
+            return Ok(());
+        };
+        let Some(w) = self.ts(t).processing_on else {
+            return Ok(());
+        };
+        if self.ws(w).address != worker || self.ts(t).run_id != Some(run_id) {
+            return Ok(());
+        }
+        if let Some(d) = compute_duration {
+            let p = self.ts(t).prefix;
+            let tp = &mut self.prefixes[p.idx()];
+            tp.duration_average = if tp.duration_average < 0.0 {
+                d
+            } else {
+                (tp.duration_average + d) / 2.0
+            };
+        }
+        self.ws_add_to_long_running(w, t);
+        self.check_idle_saturated(w);
+        self.stimulus_queue_slots_maybe_opened(out, stimulus_id)
+    }
+}
