@@ -194,8 +194,9 @@ class Differential(RuleBasedStateMachine):
             rp, rr = rp - 10_000_000, rr - 10_000_000
             outcome = "finished"
         if outcome == "finished":
-            a = self.py.task_finished(key, worker, rp, sid)
-            b = self.rs.task_finished(key, worker, rr, sid)
+            nbytes = data.draw(st.sampled_from([28, 0, 5_000_000]))
+            a = self.py.task_finished(key, worker, rp, sid, nbytes)
+            b = self.rs.task_finished(key, worker, rr, sid, nbytes)
         else:
             a = self.py.task_erred(key, worker, rp, EXC, sid)
             b = self.rs.task_erred(key, worker, rr, EXC, sid)

@@ -1,16 +1,20 @@
 //! `Engine`: the scheduler state owned by Rust, driven by stimuli named like distributed's
 //! `SchedulerState`/`Scheduler` methods. Every stimulus returns `(client_msgs, worker_msgs)`.
 
+use super::handles::{self, ClientStateHandle, TaskStateHandle, WorkerStateHandle};
 use super::messages::{outbox_to_py, priority_to_py};
 use crate::core::state::{Config, Outbox, SchedulerState, StartStop};
 use crate::core::stimuli::{GraphTask, KeyRef, NewWorker, StaleReply};
 use crate::core::transitions::TransitionArgs;
 use crate::core::types::*;
+use hashbrown::HashMap;
 use pyo3::exceptions::{PyAssertionError, PyKeyError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
+use std::cell::RefCell;
 
 type State = SchedulerState<Py<PyAny>>;
 
@@ -48,13 +52,29 @@ fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
 
 #[pyclass(unsendable, module = "dask_rsched._core")]
 pub struct Engine {
-    state: State,
+    pub(crate) state: State,
     /// key -> task id (the live tasks, like `SchedulerState.tasks`)
     keys: Py<PyDict>,
     clients: Py<PyDict>,
+    pub(crate) task_handles: RefCell<HashMap<TaskId, Py<TaskStateHandle>>>,
+    pub(crate) worker_handles: RefCell<HashMap<WorkerId, Py<WorkerStateHandle>>>,
+    pub(crate) client_handles: RefCell<HashMap<ClientId, Py<ClientStateHandle>>>,
 }
 
 impl Engine {
+    /// The task `id` if `key` still names it (a handle of a forgotten task reads dead).
+    pub(crate) fn live_task(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        id: TaskId,
+    ) -> PyResult<Option<&crate::core::entities::Task<Py<PyAny>>>> {
+        Ok(match self.tid(py, key)? {
+            Some(t) if t == id => self.state.task(t),
+            _ => None,
+        })
+    }
+
     fn tid(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
         Ok(match self.keys.bind(py).get_item(key)? {
             Some(v) => Some(TaskId(v.extract()?)),
@@ -92,9 +112,12 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let msgs = outbox_to_py(py, &self.state, &out)?;
         let keys = self.keys.bind(py);
+        let mut handles = self.task_handles.borrow_mut();
         for t in &self.state.pending_free {
             keys.del_item(self.state.ts(*t).key.bind(py))?;
+            handles.remove(t);
         }
+        drop(handles);
         self.state.flush();
         Ok(msgs)
     }
@@ -362,7 +385,11 @@ impl Engine {
     #[pyo3(signature = (*, validate = false))]
     fn new(py: Python<'_>, validate: bool) -> PyResult<Self> {
         // distributed's defaults are registered with dask.config on import.
-        py.import("distributed")?;
+        let scheduler_module = py.import("distributed.scheduler")?;
+        crate::core::entities::DEFAULT_DATA_SIZE.store(
+            scheduler_module.getattr("DEFAULT_DATA_SIZE")?.extract()?,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let dask_config = py.import("dask.config")?;
         let get = |k: &str| dask_config.call_method1(intern!(py, "get"), (k,));
         let utils = py.import("dask.utils")?;
@@ -449,6 +476,9 @@ impl Engine {
             state,
             keys: PyDict::new(py).unbind(),
             clients: clients.unbind(),
+            task_handles: RefCell::default(),
+            worker_handles: RefCell::default(),
+            client_handles: RefCell::default(),
         })
     }
 
@@ -884,6 +914,108 @@ impl Engine {
             .stimulus_queue_slots_maybe_opened(&mut out, &sid)
             .map_err(to_pyerr)?;
         self.finish(py, out)
+    }
+
+    /// The `TaskState` of `key`, or `None` (as `SchedulerState.tasks.get(key)`).
+    fn get_task(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        match e.tid(py, key)? {
+            Some(t) => handles::task_handle(py, &slf.clone().unbind(), &e, t),
+            None => Ok(py.None()),
+        }
+    }
+
+    /// The `WorkerState` of `address`, or `None`.
+    fn get_worker(slf: &Bound<'_, Self>, address: &str) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        match e.state.worker_id(address) {
+            Some(w) => handles::worker_handle(py, &slf.clone().unbind(), &e, w),
+            None => Ok(py.None()),
+        }
+    }
+
+    /// The `ClientState` of `client`, or `None`.
+    fn get_client(slf: &Bound<'_, Self>, client: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        match e.clients.bind(py).get_item(client)? {
+            Some(c) => {
+                handles::client_handle(py, &slf.clone().unbind(), &e, ClientId(c.extract()?))
+            }
+            None => Ok(py.None()),
+        }
+    }
+
+    /// The keys of the live tasks, in creation order (like `SchedulerState.tasks`).
+    fn task_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.keys
+            .bind(py)
+            .keys()
+            .into_any()
+            .cast_into::<PyList>()
+            .map_err(Into::into)
+    }
+
+    /// `transition_log` as distributed's `Transition` tuples.
+    #[getter]
+    fn transition_log<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let transition = py.import("distributed.scheduler")?.getattr("Transition")?;
+        let out = PyList::empty(py);
+        for entry in &self.state.transition_log {
+            let recs = PyDict::new(py);
+            for (k, v) in &entry.recommendations {
+                recs.set_item(k.bind(py), v.as_str())?;
+            }
+            out.append(transition.call1((
+                entry.key.bind(py),
+                entry.start.as_str(),
+                entry.finish.as_str(),
+                recs,
+                entry.stimulus_id.bind(py),
+                entry.timestamp,
+            ))?)?;
+        }
+        Ok(out)
+    }
+
+    /// `SchedulerState.story(*keys_or_tasks_or_stimuli)`
+    #[pyo3(signature = (*keys_or_tasks_or_stimuli))]
+    fn story<'py>(
+        &self,
+        py: Python<'py>,
+        keys_or_tasks_or_stimuli: &Bound<'py, PyTuple>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let set = pyo3::types::PySet::empty(py)?;
+        for k in keys_or_tasks_or_stimuli.iter() {
+            match k.cast::<TaskStateHandle>() {
+                Ok(h) => set.add(h.get().key.bind(py))?,
+                Err(_) => set.add(k)?,
+            }
+        }
+        py.import("distributed._stories")?
+            .getattr("scheduler_story")?
+            .call1((set, self.transition_log(py)?))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        for h in self.task_handles.borrow().values() {
+            visit.call(h)?;
+        }
+        for h in self.worker_handles.borrow().values() {
+            visit.call(h)?;
+        }
+        for h in self.client_handles.borrow().values() {
+            visit.call(h)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.task_handles.borrow_mut().clear();
+        self.worker_handles.borrow_mut().clear();
+        self.client_handles.borrow_mut().clear();
     }
 
     /// Registers a client (as `Scheduler.add_client` does for the state).

@@ -4,6 +4,7 @@
 use crate::core::ordered::OrderedMap;
 use crate::core::pyset::PySet;
 use crate::core::types::*;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 pub type TaskSet = PySet<TaskId>;
 pub type WorkerSet = PySet<WorkerId>;
@@ -50,7 +51,13 @@ pub struct Task<P> {
     pub queueable: bool,
 }
 
-pub const DEFAULT_DATA_SIZE: i64 = 1000;
+/// `distributed.scheduler.DEFAULT_DATA_SIZE`: a module constant read from
+/// `distributed.scheduler.default-data-size` at import; the binding sets it the same way.
+pub static DEFAULT_DATA_SIZE: AtomicI64 = AtomicI64::new(1024);
+
+pub fn default_data_size() -> i64 {
+    DEFAULT_DATA_SIZE.load(Ordering::Relaxed)
+}
 
 impl<P> Task<P> {
     #[inline]
@@ -58,7 +65,7 @@ impl<P> Task<P> {
         if self.nbytes >= 0 {
             self.nbytes
         } else {
-            DEFAULT_DATA_SIZE
+            default_data_size()
         }
     }
 

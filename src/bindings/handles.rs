@@ -1,0 +1,811 @@
+//! Python handles with distributed's class names and attributes: `TaskState`,
+//! `WorkerState`, `ClientState`, `TaskGroup`, `TaskPrefix`. A handle is (engine, id); the
+//! engine caches one handle per live task/worker/client so `is`, hashing and sets behave
+//! as with distributed's objects. A handle of a forgotten task reads as `forgotten`.
+
+use super::engine::Engine;
+use super::messages::priority_to_py;
+use crate::core::entities::Task;
+use crate::core::types::*;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PySet, PyString};
+
+fn none(py: Python<'_>) -> Py<PyAny> {
+    py.None()
+}
+
+fn opt_obj(py: Python<'_>, o: &Option<Py<PyAny>>) -> Py<PyAny> {
+    o.as_ref().map_or_else(|| none(py), |o| o.clone_ref(py))
+}
+
+#[pyclass(frozen, module = "dask_rsched._core", name = "TaskState")]
+pub struct TaskStateHandle {
+    pub engine: Py<Engine>,
+    pub id: TaskId,
+    pub key: Py<PyAny>,
+    pub hash: isize,
+}
+
+impl TaskStateHandle {
+    /// Runs `f` on the live task, or returns `dead` if it was forgotten.
+    fn with<R>(
+        &self,
+        py: Python<'_>,
+        dead: impl FnOnce() -> R,
+        f: impl FnOnce(&Engine, &Task<Py<PyAny>>) -> PyResult<R>,
+    ) -> PyResult<R> {
+        let e = self.engine.bind(py).borrow();
+        match e.live_task(py, self.key.bind(py), self.id)? {
+            Some(ts) => f(&e, ts),
+            None => Ok(dead()),
+        }
+    }
+}
+
+#[pymethods]
+impl TaskStateHandle {
+    #[getter]
+    fn key(&self, py: Python<'_>) -> Py<PyAny> {
+        self.key.clone_ref(py)
+    }
+
+    #[getter]
+    fn state(&self, py: Python<'_>) -> PyResult<&'static str> {
+        self.with(py, || "forgotten", |_, ts| Ok(ts.state.as_str()))
+    }
+
+    #[getter]
+    fn priority(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |_, ts| match &ts.priority {
+                Some(p) => Ok(priority_to_py(py, p)?.into_any().unbind()),
+                None => Ok(none(py)),
+            },
+        )
+    }
+
+    #[getter]
+    fn dependencies(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || {
+                PySet::empty(py)
+                    .map(|s| s.into_any().unbind())
+                    .unwrap_or(none(py))
+            },
+            |e, ts| task_set(py, &self.engine, e, Some(&ts.dependencies)),
+        )
+    }
+
+    #[getter]
+    fn dependents(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || {
+                PySet::empty(py)
+                    .map(|s| s.into_any().unbind())
+                    .unwrap_or(none(py))
+            },
+            |e, ts| task_set(py, &self.engine, e, Some(&ts.dependents)),
+        )
+    }
+
+    #[getter]
+    fn waiting_on(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |e, ts| task_set(py, &self.engine, e, ts.waiting_on.as_ref()),
+        )
+    }
+
+    #[getter]
+    fn waiters(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |e, ts| task_set(py, &self.engine, e, ts.waiters.as_ref()),
+        )
+    }
+
+    #[getter]
+    fn who_has(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |e, ts| worker_set(py, &self.engine, e, ts.who_has.as_ref()),
+        )
+    }
+
+    #[getter]
+    fn who_wants(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |e, ts| client_set(py, &self.engine, e, ts.who_wants.as_ref()),
+        )
+    }
+
+    #[getter]
+    fn processing_on(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |e, ts| match ts.processing_on {
+                Some(w) => worker_handle(py, &self.engine, e, w),
+                None => Ok(none(py)),
+            },
+        )
+    }
+
+    #[getter]
+    fn exception_blame(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |e, ts| match ts.exception_blame {
+                Some(t) => task_handle(py, &self.engine, e, t),
+                None => Ok(none(py)),
+            },
+        )
+    }
+
+    #[getter]
+    fn run_spec(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.run_spec)))
+    }
+
+    #[getter]
+    fn exception(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.exception)))
+    }
+
+    #[getter]
+    fn traceback(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.traceback)))
+    }
+
+    #[getter]
+    fn exception_text(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.exception_text)))
+    }
+
+    #[getter]
+    fn traceback_text(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.traceback_text)))
+    }
+
+    #[getter]
+    fn annotations(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.annotations)))
+    }
+
+    #[getter]
+    fn metadata(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.metadata)))
+    }
+
+    #[getter]
+    fn retries(&self, py: Python<'_>) -> PyResult<i64> {
+        self.with(py, || 0, |_, ts| Ok(ts.retries))
+    }
+
+    #[getter]
+    fn nbytes(&self, py: Python<'_>) -> PyResult<i64> {
+        self.with(py, || -1, |_, ts| Ok(ts.nbytes))
+    }
+
+    /// `get_nbytes()`: a getter named `nbytes` and a method named `get_nbytes` would clash
+    /// in PyO3's generated names, so the method is served here.
+    fn __getattr__(slf: &Bound<'_, Self>, name: &str) -> PyResult<Py<PyAny>> {
+        if name == "get_nbytes" {
+            let handle = slf.clone().unbind();
+            let f = pyo3::types::PyCFunction::new_closure(
+                slf.py(),
+                Some(c"get_nbytes"),
+                None,
+                move |args, _kwargs| -> PyResult<i64> {
+                    let py = args.py();
+                    let h = handle.get();
+                    h.with(
+                        py,
+                        || crate::core::entities::default_data_size(),
+                        |_, ts| Ok(ts.get_nbytes()),
+                    )
+                },
+            )?;
+            return Ok(f.into_any().unbind());
+        }
+        Err(pyo3::exceptions::PyAttributeError::new_err(format!(
+            "'TaskState' object has no attribute '{name}'"
+        )))
+    }
+
+    #[getter]
+    fn suspicious(&self, py: Python<'_>) -> PyResult<i64> {
+        self.with(py, || 0, |_, ts| Ok(ts.suspicious))
+    }
+
+    #[getter]
+    fn run_id(&self, py: Python<'_>) -> PyResult<Option<i64>> {
+        self.with(py, || None, |_, ts| Ok(ts.run_id))
+    }
+
+    #[getter]
+    fn actor(&self, py: Python<'_>) -> PyResult<bool> {
+        self.with(py, || false, |_, ts| Ok(ts.actor))
+    }
+
+    #[getter]
+    fn loose_restrictions(&self, py: Python<'_>) -> PyResult<bool> {
+        self.with(py, || false, |_, ts| Ok(ts.loose_restrictions))
+    }
+
+    #[getter]
+    fn has_lost_dependencies(&self, py: Python<'_>) -> PyResult<bool> {
+        self.with(py, || false, |_, ts| Ok(ts.has_lost_dependencies))
+    }
+
+    #[getter(r#type)]
+    fn type_(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.with(py, || None, |_, ts| Ok(ts.type_.clone()))
+    }
+
+    #[getter]
+    fn host_restrictions(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |_, ts| str_set(py, ts.host_restrictions.as_deref()),
+        )
+    }
+
+    #[getter]
+    fn worker_restrictions(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |_, ts| str_set(py, ts.worker_restrictions.as_deref()),
+        )
+    }
+
+    #[getter]
+    fn erred_on(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, || none(py), |_, ts| str_set(py, ts.erred_on.as_deref()))
+    }
+
+    #[getter]
+    fn resource_restrictions(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |_, ts| match &ts.resource_restrictions {
+                None => Ok(none(py)),
+                Some(rr) => {
+                    let d = PyDict::new(py);
+                    for (k, v) in rr {
+                        d.set_item(k, *v)?;
+                    }
+                    Ok(d.into_any().unbind())
+                }
+            },
+        )
+    }
+
+    #[getter]
+    fn group_key(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.with(
+            py,
+            || None,
+            |e, ts| Ok(Some(e.state.groups[ts.group.idx()].name.clone())),
+        )
+    }
+
+    #[getter]
+    fn group(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |_, ts| {
+                Ok(Py::new(
+                    py,
+                    TaskGroupHandle {
+                        engine: self.engine.clone_ref(py),
+                        id: ts.group,
+                    },
+                )?
+                .into_any())
+            },
+        )
+    }
+
+    #[getter]
+    fn prefix(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(
+            py,
+            || none(py),
+            |_, ts| {
+                Ok(Py::new(
+                    py,
+                    TaskPrefixHandle {
+                        engine: self.engine.clone_ref(py),
+                        id: ts.prefix,
+                    },
+                )?
+                .into_any())
+            },
+        )
+    }
+
+    fn __hash__(&self) -> isize {
+        self.hash
+    }
+
+    fn __eq__(&self, py: Python<'_>, other: &Bound<'_, PyAny>) -> PyResult<bool> {
+        match other.cast::<TaskStateHandle>() {
+            Ok(o) => self.key.bind(py).eq(o.get().key.bind(py)),
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "<TaskState {} {}>",
+            self.key.bind(py).repr()?,
+            self.state(py)?
+        ))
+    }
+}
+
+fn str_set(py: Python<'_>, v: Option<&[String]>) -> PyResult<Py<PyAny>> {
+    match v {
+        None => Ok(none(py)),
+        Some(v) => Ok(PySet::new(py, v.iter().map(|s| PyString::new(py, s)))?
+            .into_any()
+            .unbind()),
+    }
+}
+
+#[pyclass(frozen, module = "dask_rsched._core", name = "WorkerState")]
+pub struct WorkerStateHandle {
+    pub engine: Py<Engine>,
+    pub id: WorkerId,
+    pub hash: isize,
+}
+
+impl WorkerStateHandle {
+    fn with<R>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&Engine, &crate::core::entities::Worker) -> PyResult<R>,
+    ) -> PyResult<R> {
+        let e = self.engine.bind(py).borrow();
+        f(&e, e.state.ws(self.id))
+    }
+}
+
+#[pymethods]
+impl WorkerStateHandle {
+    #[getter]
+    fn address(&self, py: Python<'_>) -> PyResult<String> {
+        self.with(py, |_, ws| Ok(ws.address.clone()))
+    }
+
+    #[getter]
+    fn host(&self, py: Python<'_>) -> PyResult<String> {
+        self.with(py, |_, ws| Ok(ws.host.clone()))
+    }
+
+    #[getter]
+    fn nthreads(&self, py: Python<'_>) -> PyResult<i64> {
+        self.with(py, |_, ws| Ok(ws.nthreads))
+    }
+
+    #[getter]
+    fn memory_limit(&self, py: Python<'_>) -> PyResult<i64> {
+        self.with(py, |_, ws| Ok(ws.memory_limit))
+    }
+
+    #[getter]
+    fn nbytes(&self, py: Python<'_>) -> PyResult<i64> {
+        self.with(py, |_, ws| Ok(ws.nbytes))
+    }
+
+    #[getter]
+    fn status(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let name = self.with(py, |_, ws| Ok(ws.status.as_str()))?;
+        Ok(py
+            .import("distributed.core")?
+            .getattr("Status")?
+            .get_item(name)?
+            .unbind())
+    }
+
+    #[getter]
+    fn occupancy(&self, py: Python<'_>) -> PyResult<f64> {
+        self.with(py, |e, _| Ok(e.state.occupancy(self.id)))
+    }
+
+    #[getter]
+    fn processing(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, |e, ws| {
+            task_set(py, &self.engine, e, Some(&ws.processing))
+        })
+    }
+
+    #[getter]
+    fn long_running(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, |e, ws| {
+            task_set(py, &self.engine, e, Some(&ws.long_running))
+        })
+    }
+
+    #[getter]
+    fn actors(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, |e, ws| task_set(py, &self.engine, e, Some(&ws.actors)))
+    }
+
+    /// `ws.has_what`: insertion-ordered, like the dict keys view distributed returns.
+    #[getter]
+    fn has_what(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, |e, ws| {
+            let d = PyDict::new(py);
+            for t in ws.has_what.keys() {
+                d.set_item(task_handle(py, &self.engine, e, t)?, py.None())?;
+            }
+            Ok(d.call_method0("keys")?.unbind())
+        })
+    }
+
+    #[getter]
+    fn resources(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, |e, ws| {
+            let d = PyDict::new(py);
+            for (r, v) in ws.resources.iter() {
+                d.set_item(e.state.strings.name(*r), *v)?;
+            }
+            Ok(d.into_any().unbind())
+        })
+    }
+
+    #[getter]
+    fn used_resources(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, |e, ws| {
+            let d = PyDict::new(py);
+            for (r, v) in ws.used_resources.iter() {
+                d.set_item(e.state.strings.name(*r), *v)?;
+            }
+            Ok(d.into_any().unbind())
+        })
+    }
+
+    fn __hash__(&self) -> isize {
+        self.hash
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        self.with(py, |_, ws| {
+            Ok(format!(
+                "<WorkerState '{}', status: {}, memory: {}, processing: {}>",
+                ws.address,
+                ws.status.as_str(),
+                ws.has_what.len(),
+                ws.processing.len()
+            ))
+        })
+    }
+}
+
+#[pyclass(frozen, module = "dask_rsched._core", name = "ClientState")]
+pub struct ClientStateHandle {
+    pub engine: Py<Engine>,
+    pub id: ClientId,
+    pub hash: isize,
+}
+
+#[pymethods]
+impl ClientStateHandle {
+    #[getter]
+    fn client_key(&self, py: Python<'_>) -> Py<PyAny> {
+        let e = self.engine.bind(py).borrow();
+        e.state.clients[self.id.idx()].client_key.clone_ref(py)
+    }
+
+    #[getter]
+    fn wants_what(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        task_set(
+            py,
+            &self.engine,
+            &e,
+            Some(&e.state.clients[self.id.idx()].wants_what),
+        )
+    }
+
+    fn __hash__(&self) -> isize {
+        self.hash
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("<Client {}>", self.client_key(py).bind(py).repr()?))
+    }
+}
+
+fn states_dict<'py>(py: Python<'py>, states: &[i64; 8]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for s in ALL_TASK_STATES {
+        d.set_item(s.as_str(), states[s.index()])?;
+    }
+    Ok(d)
+}
+
+#[pyclass(frozen, module = "dask_rsched._core", name = "TaskGroup")]
+pub struct TaskGroupHandle {
+    pub engine: Py<Engine>,
+    pub id: GroupId,
+}
+
+#[pymethods]
+impl TaskGroupHandle {
+    #[getter]
+    fn name(&self, py: Python<'_>) -> String {
+        self.engine.bind(py).borrow().state.groups[self.id.idx()]
+            .name
+            .clone()
+    }
+
+    #[getter]
+    fn states<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        states_dict(
+            py,
+            &self.engine.bind(py).borrow().state.groups[self.id.idx()].states,
+        )
+    }
+
+    #[getter]
+    fn nbytes_total(&self, py: Python<'_>) -> i64 {
+        self.engine.bind(py).borrow().state.groups[self.id.idx()].nbytes_total
+    }
+
+    #[getter]
+    fn duration(&self, py: Python<'_>) -> f64 {
+        self.engine.bind(py).borrow().state.groups[self.id.idx()]
+            .durations
+            .duration_us as f64
+            / 1e6
+    }
+
+    #[getter]
+    fn start(&self, py: Python<'_>) -> f64 {
+        self.engine.bind(py).borrow().state.groups[self.id.idx()].start
+    }
+
+    #[getter]
+    fn stop(&self, py: Python<'_>) -> f64 {
+        self.engine.bind(py).borrow().state.groups[self.id.idx()].stop
+    }
+
+    #[getter]
+    fn prefix(&self, py: Python<'_>) -> PyResult<TaskPrefixHandle> {
+        let p = self.engine.bind(py).borrow().state.groups[self.id.idx()].prefix;
+        Ok(TaskPrefixHandle {
+            engine: self.engine.clone_ref(py),
+            id: p,
+        })
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.engine.bind(py).borrow().state.groups[self.id.idx()].size as usize
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<TaskGroupHandle>()
+            .is_ok_and(|o| o.get().id == self.id && o.get().engine.is(&self.engine))
+    }
+
+    fn __hash__(&self) -> isize {
+        self.id.0 as isize
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "<{}: {}>",
+            self.name(py),
+            counts(&self.states(py)?)?
+        ))
+    }
+}
+
+fn counts(d: &Bound<'_, PyDict>) -> PyResult<String> {
+    let mut items: Vec<(String, i64)> = d
+        .iter()
+        .map(|(k, v)| Ok((k.extract::<String>()?, v.extract::<i64>()?)))
+        .collect::<PyResult<_>>()?;
+    items.sort();
+    Ok(items
+        .into_iter()
+        .filter(|(_, v)| *v != 0)
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
+#[pyclass(frozen, module = "dask_rsched._core", name = "TaskPrefix")]
+pub struct TaskPrefixHandle {
+    pub engine: Py<Engine>,
+    pub id: PrefixId,
+}
+
+#[pymethods]
+impl TaskPrefixHandle {
+    #[getter]
+    fn name(&self, py: Python<'_>) -> String {
+        self.engine.bind(py).borrow().state.prefixes[self.id.idx()]
+            .name
+            .clone()
+    }
+
+    #[getter]
+    fn states<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        states_dict(
+            py,
+            &self.engine.bind(py).borrow().state.prefixes[self.id.idx()].states,
+        )
+    }
+
+    #[getter]
+    fn duration_average(&self, py: Python<'_>) -> f64 {
+        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].duration_average
+    }
+
+    #[getter]
+    fn max_exec_time(&self, py: Python<'_>) -> f64 {
+        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].max_exec_time
+    }
+
+    #[getter]
+    fn suspicious(&self, py: Python<'_>) -> i64 {
+        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].suspicious
+    }
+
+    #[getter]
+    fn nbytes_total(&self, py: Python<'_>) -> i64 {
+        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].nbytes_total
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].size as usize
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<TaskPrefixHandle>()
+            .is_ok_and(|o| o.get().id == self.id && o.get().engine.is(&self.engine))
+    }
+
+    fn __hash__(&self) -> isize {
+        self.id.0 as isize
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "<{}: {}>",
+            self.name(py),
+            counts(&self.states(py)?)?
+        ))
+    }
+}
+
+// ----- canonical handles ---------------------------------------------------------------
+
+/// The engine's handle for task `t` (created once, cached while the task lives).
+pub fn task_handle(
+    py: Python<'_>,
+    engine: &Py<Engine>,
+    e: &Engine,
+    t: TaskId,
+) -> PyResult<Py<PyAny>> {
+    if let Some(h) = e.task_handles.borrow().get(&t) {
+        return Ok(h.clone_ref(py).into_any());
+    }
+    let ts = e.state.ts(t);
+    let h = Py::new(
+        py,
+        TaskStateHandle {
+            engine: engine.clone_ref(py),
+            id: t,
+            key: ts.key.clone_ref(py),
+            hash: ts.hash as isize,
+        },
+    )?;
+    e.task_handles.borrow_mut().insert(t, h.clone_ref(py));
+    Ok(h.into_any())
+}
+
+pub fn worker_handle(
+    py: Python<'_>,
+    engine: &Py<Engine>,
+    e: &Engine,
+    w: WorkerId,
+) -> PyResult<Py<PyAny>> {
+    if let Some(h) = e.worker_handles.borrow().get(&w) {
+        return Ok(h.clone_ref(py).into_any());
+    }
+    let h = Py::new(
+        py,
+        WorkerStateHandle {
+            engine: engine.clone_ref(py),
+            id: w,
+            hash: e.state.ws(w).hash as isize,
+        },
+    )?;
+    e.worker_handles.borrow_mut().insert(w, h.clone_ref(py));
+    Ok(h.into_any())
+}
+
+pub fn client_handle(
+    py: Python<'_>,
+    engine: &Py<Engine>,
+    e: &Engine,
+    c: ClientId,
+) -> PyResult<Py<PyAny>> {
+    if let Some(h) = e.client_handles.borrow().get(&c) {
+        return Ok(h.clone_ref(py).into_any());
+    }
+    let h = Py::new(
+        py,
+        ClientStateHandle {
+            engine: engine.clone_ref(py),
+            id: c,
+            hash: e.state.clients[c.idx()].hash as isize,
+        },
+    )?;
+    e.client_handles.borrow_mut().insert(c, h.clone_ref(py));
+    Ok(h.into_any())
+}
+
+/// A Python `set` of task handles, filled in the engine's iteration order; `None` stays `None`.
+pub fn task_set(
+    py: Python<'_>,
+    engine: &Py<Engine>,
+    e: &Engine,
+    s: Option<&crate::core::entities::TaskSet>,
+) -> PyResult<Py<PyAny>> {
+    let Some(s) = s else { return Ok(none(py)) };
+    let out = PySet::empty(py)?;
+    for t in s.iter() {
+        out.add(task_handle(py, engine, e, t)?)?;
+    }
+    Ok(out.into_any().unbind())
+}
+
+pub fn worker_set(
+    py: Python<'_>,
+    engine: &Py<Engine>,
+    e: &Engine,
+    s: Option<&crate::core::entities::WorkerSet>,
+) -> PyResult<Py<PyAny>> {
+    let Some(s) = s else { return Ok(none(py)) };
+    let out = PySet::empty(py)?;
+    for w in s.iter() {
+        out.add(worker_handle(py, engine, e, w)?)?;
+    }
+    Ok(out.into_any().unbind())
+}
+
+pub fn client_set(
+    py: Python<'_>,
+    engine: &Py<Engine>,
+    e: &Engine,
+    s: Option<&crate::core::entities::ClientSet>,
+) -> PyResult<Py<PyAny>> {
+    let Some(s) = s else { return Ok(none(py)) };
+    let out = PySet::empty(py)?;
+    for c in s.iter() {
+        out.add(client_handle(py, engine, e, c)?)?;
+    }
+    Ok(out.into_any().unbind())
+}

@@ -1,0 +1,149 @@
+"""The engine's TaskState/WorkerState/ClientState/TaskGroup/TaskPrefix handles read like
+distributed's objects after the same stimuli, and are canonical."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+from dask._task_spec import Task, TaskRef
+from test_differential import EXC, Differential, inc
+
+
+@pytest.fixture
+def machine():
+    m = Differential()
+    yield m
+    m.teardown()
+
+
+def run_some(m: Differential) -> None:
+    m.add_worker(2, {"GPU": 1})
+    m.add_worker(1)
+    dsk = {("a", i): Task(("a", i), inc, i) for i in range(6)}
+    dsk["b"] = Task("b", inc, *[TaskRef(("a", i)) for i in range(6)])
+    dsk["c"] = Task("c", inc, TaskRef("b"))
+    ann = {"resources": {("a", 0): {"GPU": 1}}, "retries": {"c": 1}}
+    m.both("update_graph", dsk, {"c", ("a", 5)}, dask.order.order(dsk), "c1", "ug", ann)
+    # finish two tasks, fail one
+    for outcome in ("finished", "finished", "erred"):
+        worker, key, nrun = m.compute.pop(0)
+        if outcome == "finished":
+            a = m.py.task_finished(key, worker, m.py.real_run_id(nrun), f"tf-{key}")
+            m.rs.task_finished(key, worker, m.rs.real_run_id(nrun), f"tf-{key}")
+        else:
+            a = m.py.task_erred(key, worker, m.py.real_run_id(nrun), EXC, f"te-{key}")
+            m.rs.task_erred(key, worker, m.rs.real_run_id(nrun), EXC, f"te-{key}")
+        m.record_compute(a)
+    m.same_state()
+
+
+SCALAR = [
+    "key",
+    "state",
+    "priority",
+    "retries",
+    "nbytes",
+    "type",
+    "suspicious",
+    "actor",
+    "loose_restrictions",
+    "has_lost_dependencies",
+    "run_spec",
+    "exception",
+    "exception_text",
+    "traceback_text",
+    "host_restrictions",
+    "worker_restrictions",
+    "resource_restrictions",
+    "erred_on",
+    "group_key",
+    "run_id",
+]
+
+
+def keys(s):
+    return None if s is None else {x.key for x in s}
+
+
+def test_task_handles_match_distributed(machine: Differential) -> None:
+    run_some(machine)
+    e, s = machine.rs.e, machine.py.s
+    assert sorted(e.task_keys(), key=repr) == sorted(s.tasks, key=repr)
+    for k, ts in s.tasks.items():
+        h = e.get_task(k)
+        for attr in SCALAR:
+            if attr == "run_id":
+                assert (getattr(h, attr) is None) == (ts.run_id is None)
+                continue
+            assert getattr(h, attr) == getattr(ts, attr), (k, attr)
+        for attr in ("dependencies", "dependents", "waiting_on", "waiters"):
+            assert keys(getattr(h, attr)) == keys(getattr(ts, attr)), (k, attr)
+        assert (None if h.who_has is None else {w.address for w in h.who_has}) == (
+            None if ts.who_has is None else {w.address for w in ts.who_has}
+        )
+        assert (h.processing_on and h.processing_on.address) == (
+            ts.processing_on and ts.processing_on.address
+        )
+        assert (h.exception_blame and h.exception_blame.key) == (
+            ts.exception_blame and ts.exception_blame.key
+        )
+        assert h.get_nbytes() == ts.get_nbytes()
+        assert h.group.name == ts.group.name
+        assert h.group.states == ts.group.states
+        assert len(h.group) == len(ts.group)
+        assert h.prefix.name == ts.prefix.name
+        assert h.prefix.states == ts.prefix.states
+        assert h.prefix.duration_average == ts.prefix.duration_average
+        assert repr(h) == repr(ts)
+
+
+def test_worker_and_client_handles(machine: Differential) -> None:
+    run_some(machine)
+    e, s = machine.rs.e, machine.py.s
+    for addr, ws in s.workers.items():
+        h = e.get_worker(addr)
+        assert h.address == ws.address
+        assert h.nthreads == ws.nthreads
+        assert h.status == ws.status
+        assert h.nbytes == ws.nbytes
+        assert h.occupancy == ws.occupancy
+        assert keys(h.processing) == keys(ws.processing)
+        assert [t.key for t in h.has_what] == [t.key for t in ws.has_what]
+        assert h.resources == ws.resources
+        assert h.used_resources == ws.used_resources
+    for c, cs in s.clients.items():
+        h = e.get_client(c)
+        assert h.client_key == cs.client_key
+        assert keys(h.wants_what) == keys(cs.wants_what)
+
+
+def test_handles_are_canonical(machine: Differential) -> None:
+    run_some(machine)
+    e = machine.rs.e
+    b = e.get_task("b")
+    assert e.get_task("b") is b
+    assert all(b in d.dependents for d in b.dependencies)
+    assert hash(b) == hash("b")
+    assert e.get_task("missing") is None
+    assert e.get_worker(b.dependencies.pop().who_has.pop().address if False else "x") is None
+
+
+def test_forgotten_handle_reads_forgotten(machine: Differential) -> None:
+    run_some(machine)
+    e = machine.rs.e
+    h = e.get_task(("a", 5))
+    machine.both("release", [("a", 5)], "c1", "rel")
+    machine.both("cancel", ["c"], "c1", True, "cancel")
+    if e.get_task(("a", 5)) is None:
+        assert h.state == "forgotten"
+        assert h.who_has is None
+
+
+def test_story_and_transition_log(machine: Differential) -> None:
+    run_some(machine)
+    e, s = machine.rs.e, machine.py.s
+    ours = [(t.key, t.start, t.finish, t.recommendations, t.stimulus_id) for t in e.story("b")]
+    theirs = [(t.key, t.start, t.finish, t.recommendations, t.stimulus_id) for t in s.story("b")]
+    assert ours == theirs
+    assert len(e.transition_log) == len(s.transition_log)
+    assert e.transition_counter == s.transition_counter
