@@ -18,7 +18,7 @@ ruff check python tests benches compat
 ruff format --check python tests benches compat
 
 echo "== stubtest"
-python -m mypy.stubtest dask_rsched._core --ignore-missing-stub
+python -m mypy.stubtest dask_rsched._core --ignore-missing-stub --allowlist python/dask_rsched/stubtest-allowlist.txt
 
 echo "== pytest"
 export DIFF_EXAMPLES="${DIFF_EXAMPLES:-2000}"
