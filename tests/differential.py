@@ -199,8 +199,12 @@ class PythonSide(_Side):
         client: str,
         sid: str,
         annotations: dict | None = None,
+        user_priority: int = 0,
+        actors: list | None = None,
     ) -> tuple:
         self.s._create_taskstate_from_graph(
+            user_priority=user_priority,
+            actors=actors,
             start=0.0,
             dsk=dsk,
             keys=set(keys),
@@ -212,6 +216,10 @@ class PythonSide(_Side):
             submitting_task=None,
             span_metadata={"collections": []},
         )
+        return self._collect()
+
+    def scatter(self, who_has: dict, nbytes: dict, client: str) -> tuple:
+        self.s.update_data(who_has=who_has, nbytes=nbytes, client=client)
         return self._collect()
 
     def long_running(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
@@ -387,9 +395,13 @@ class RustSide(_Side):
         client: str,
         sid: str,
         annotations: dict | None = None,
+        user_priority: int = 0,
+        actors: list | None = None,
     ) -> tuple:
         return self._norm(
             self.e.update_graph(
+                user_priority=user_priority,
+                actors=actors,
                 annotations_by_type=annotations,
                 dsk=dsk,
                 keys=keys,
@@ -433,6 +445,9 @@ class RustSide(_Side):
 
     def release(self, keys: list, client: str, sid: str) -> tuple:
         return self._norm(self.e.client_releases_keys(keys, client, sid))
+
+    def scatter(self, who_has: dict, nbytes: dict, client: str) -> tuple:
+        return self._norm(self.e.update_data(who_has=who_has, nbytes=nbytes, client=client))
 
     def long_running(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
         return self._norm(self.e.handle_long_running(key, worker, run_id, 0.25, sid))

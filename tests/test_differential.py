@@ -60,8 +60,9 @@ def annotations_for(draw: st.DrawFn, keys: list, workers: list[str]) -> dict:
 
 
 @st.composite
-def graphs(draw: st.DrawFn, token: int) -> tuple[dict, set]:
-    """A random DAG: some wide groups (tuple keys) and string-keyed tasks."""
+def graphs(draw: st.DrawFn, token: int, external: list | None = None) -> tuple[dict, set]:
+    """A random DAG: some wide groups (tuple keys) and string-keyed tasks; may depend on
+    `external` keys the scheduler already holds (scattered data)."""
     n_groups = draw(st.integers(1, 3))
     dsk: dict = {}
     all_keys: list = []
@@ -72,8 +73,9 @@ def graphs(draw: st.DrawFn, token: int) -> tuple[dict, set]:
         for i in range(width):
             key = (name, i) if width > 1 else f"{name}"
             deps = []
-            if all_keys:
-                deps = draw(st.lists(st.sampled_from(all_keys), max_size=3, unique=True))
+            pool = all_keys + (external or [])
+            if pool:
+                deps = draw(st.lists(st.sampled_from(pool), max_size=3, unique=True))
             dsk[key] = Task(key, inc, *[TaskRef(d) for d in deps])
             layer_keys.append(key)
         all_keys.extend(layer_keys)
@@ -92,6 +94,8 @@ class Differential(RuleBasedStateMachine):
         self.n_graphs = 0
         self.known_workers: list[str] = []
         self.broken = False
+        self.graphs: list[tuple[dict, dict]] = []
+        self.scattered: list[str] = []
         self.seceded: set = set()
         self.step = 0
         self.compute: list[tuple[str, object, int]] = []  # (worker, key, normalised run id)
@@ -169,7 +173,12 @@ class Differential(RuleBasedStateMachine):
     def submit(self, data: st.DataObject, client: str) -> None:
         # keys are unique per example and identical across runs of the same example
         self.n_graphs += 1
-        dsk, keys = data.draw(graphs(self.n_graphs))
+        scattered = [
+            k
+            for k in self.scattered
+            if (ts := self.py.s.tasks.get(k)) is not None and ts.state == "memory"
+        ]
+        dsk, keys = data.draw(graphs(self.n_graphs, scattered))
         annotations = {}
         if data.draw(st.booleans()):
             workers = [*self.known_workers, "tcp://10.0.0.99:1234"]

@@ -660,7 +660,8 @@ impl Engine {
                 KeyRef::Existing(t) => *t,
             })
             .collect();
-        self.state.client_desires_keys(&key_ids, c);
+        let mut out = Outbox::default();
+        self.state.client_desires_keys(&key_ids, c, &mut out);
         if let Some(a) = actors {
             let list: Vec<TaskId> = if a.is_truthy()? && a.extract::<bool>().is_ok() {
                 key_ids.clone()
@@ -1083,6 +1084,48 @@ impl Engine {
         let wm = PyDict::new(py);
         self.cancel_inner(py, keys, client, force, reason, msg, stimulus_id, &cm, &wm)?;
         PyTuple::new(py, [cm.into_any(), wm.into_any()])
+    }
+
+    /// `Scheduler.update_data` (scatter): `who_has` maps key -> worker addresses.
+    #[pyo3(signature = (*, who_has, nbytes, client = None))]
+    fn update_data<'py>(
+        &mut self,
+        py: Python<'py>,
+        who_has: &Bound<'py, PyDict>,
+        nbytes: &Bound<'py, PyDict>,
+        client: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let (key_split, key_split_group) = key_splitters(py)?;
+        let mut items = Vec::with_capacity(who_has.len());
+        // resolve everything first: an unknown worker leaves the state untouched
+        for (k, workers) in who_has.iter() {
+            let workers = workers
+                .try_iter()?
+                .map(|w| self.worker(&w?.extract::<String>()?))
+                .collect::<PyResult<Vec<_>>>()?;
+            items.push(crate::core::stimuli::ScatteredKey {
+                existing: self.tid(py, &k)?,
+                hash: k.hash()? as i64,
+                group: key_split_group.bind(py).call1((&k,))?.extract()?,
+                prefix: key_split.bind(py).call1((&k,))?.extract()?,
+                workers,
+                nbytes: match nbytes.get_item(&k)? {
+                    Some(n) => n.extract()?,
+                    None => -1,
+                },
+                key: k.unbind(),
+            });
+        }
+        let c = match client {
+            Some(c) if !c.is_none() => Some(self.client_id(py, c)?),
+            _ => None,
+        };
+        let mut out = Outbox::default();
+        let ids = self.state.update_data(items, c, &mut out);
+        for t in ids {
+            self.register(py, t)?;
+        }
+        self.finish(py, out)
     }
 
     /// `SchedulerState.validate_state`, natively.

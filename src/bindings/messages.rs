@@ -135,10 +135,21 @@ pub fn client_msg<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     match m {
-        ClientMsg::KeyInMemory { key, type_ } => {
+        ClientMsg::KeyInMemory {
+            key,
+            type_,
+            with_type,
+        } => {
             d.set_item(intern!(py, "op"), intern!(py, "key-in-memory"))?;
             d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
-            d.set_item(intern!(py, "type"), opt(py, type_))?;
+            if *with_type {
+                d.set_item(intern!(py, "type"), opt(py, type_))?;
+            }
+        }
+        ClientMsg::KeyInMemoryWorkers { key, workers } => {
+            d.set_item(intern!(py, "op"), intern!(py, "key-in-memory"))?;
+            d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
+            d.set_item(intern!(py, "workers"), PyList::new(py, workers)?)?;
         }
         ClientMsg::LostData { key } => {
             d.set_item(intern!(py, "op"), intern!(py, "lost-data"))?;

@@ -49,6 +49,8 @@ pub struct Task<P> {
     pub annotations: Option<P>,
     pub run_id: Option<i64>,
     pub queueable: bool,
+    /// Creation counter: tells apart tasks that reuse an arena slot.
+    pub serial: u64,
 }
 
 /// `distributed.scheduler.DEFAULT_DATA_SIZE`: a module constant read from

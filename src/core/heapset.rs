@@ -1,5 +1,7 @@
-//! `distributed.collections.HeapSet` keyed by task priority: a set with O(1) membership
-//! and a lazily-cleaned min-heap; ties are broken by insertion order, as in Python.
+//! `distributed.collections.HeapSet` keyed by task priority: a set plus a lazily cleaned
+//! min-heap of `(priority, insertion counter, task)`. As in Python, a task discarded and
+//! added again keeps its older heap entry, which still counts while the task is a member,
+//! so ties and re-queued tasks order exactly as distributed orders them.
 
 use crate::core::types::{Priority, TaskId};
 use hashbrown::HashMap;
@@ -11,6 +13,8 @@ struct Entry {
     priority: Priority,
     inc: u64,
     task: TaskId,
+    /// Distinguishes tasks that reuse an arena slot (Python holds weak references).
+    serial: u64,
 }
 
 impl PartialEq for Entry {
@@ -37,7 +41,7 @@ impl Ord for Entry {
 #[derive(Clone, Debug, Default)]
 pub struct HeapSet {
     heap: BinaryHeap<Entry>,
-    /// task -> the `inc` of its live heap entry
+    /// member task -> its serial
     data: HashMap<TaskId, u64>,
     inc: u64,
 }
@@ -55,35 +59,37 @@ impl HeapSet {
         self.data.contains_key(&t)
     }
 
-    pub fn add(&mut self, t: TaskId, priority: Priority) {
+    fn live(&self, e: &Entry) -> bool {
+        self.data.get(&e.task) == Some(&e.serial)
+    }
+
+    pub fn add(&mut self, t: TaskId, serial: u64, priority: Priority) {
         if self.data.contains_key(&t) {
             return;
         }
-        let inc = self.inc;
-        self.inc += 1;
-        self.data.insert(t, inc);
         self.heap.push(Entry {
             priority,
-            inc,
+            inc: self.inc,
             task: t,
+            serial,
         });
-        if self.heap.len() > 64 && self.heap.len() > 4 * self.data.len() {
-            let data = &self.data;
-            self.heap.retain(|e| data.get(&e.task) == Some(&e.inc));
-        }
+        self.data.insert(t, serial);
+        self.inc += 1;
     }
 
-    pub fn discard(&mut self, t: TaskId) -> bool {
-        let removed = self.data.remove(&t).is_some();
+    pub fn discard(&mut self, t: TaskId) {
+        self.data.remove(&t);
         if self.data.is_empty() {
-            self.heap.clear();
+            self.clear();
         }
-        removed
     }
 
     pub fn peek(&mut self) -> Option<TaskId> {
+        if self.data.is_empty() {
+            return None;
+        }
         while let Some(top) = self.heap.peek() {
-            if self.data.get(&top.task) == Some(&top.inc) {
+            if self.live(top) {
                 return Some(top.task);
             }
             self.heap.pop();
@@ -91,17 +97,19 @@ impl HeapSet {
         None
     }
 
-    /// Members sorted by (priority, insertion), as `HeapSet.sorted()`.
+    /// Members from smallest to largest by (priority, first live insertion), as
+    /// `HeapSet.sorted()`.
     pub fn sorted(&self) -> Vec<TaskId> {
-        let mut v: Vec<&Entry> = self
-            .heap
-            .iter()
-            .filter(|e| self.data.get(&e.task) == Some(&e.inc))
-            .collect();
+        let mut v: Vec<&Entry> = self.heap.iter().filter(|e| self.live(e)).collect();
         v.sort_by(|a, b| b.cmp(a));
-        v.into_iter().map(|e| e.task).collect()
+        let mut seen = hashbrown::HashSet::new();
+        v.into_iter()
+            .filter(|e| seen.insert(e.task))
+            .map(|e| e.task)
+            .collect()
     }
 
+    /// `clear()` empties the heap but keeps the insertion counter, as distributed does.
     pub fn clear(&mut self) {
         self.heap.clear();
         self.data.clear();

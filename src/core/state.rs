@@ -79,9 +79,16 @@ pub enum ClientMsg<P> {
     KeyInMemory {
         key: TaskId,
         type_: Option<P>,
+        /// `_add_to_memory` sends the type; `report_on_key` does not.
+        with_type: bool,
     },
     LostData {
         key: TaskId,
+    },
+    /// `update_data`'s report: `{"op": "key-in-memory", "key": ..., "workers": [...]}`
+    KeyInMemoryWorkers {
+        key: TaskId,
+        workers: Vec<String>,
     },
     TaskErred {
         key: TaskId,
@@ -251,6 +258,7 @@ pub struct SchedulerState<P> {
     pub transition_log: VecDeque<TransitionLogEntry<P>>,
     pub erred_tasks: VecDeque<ErredTaskRecord<P>>,
     pub run_id_counter: i64,
+    task_serial: u64,
     /// Latest worker id for every address ever seen (messages may name removed workers).
     pub any_worker_by_address: HashMap<String, WorkerId>,
     /// `aliases`: worker name (as str) -> address
@@ -302,6 +310,7 @@ impl<P: Clone> SchedulerState<P> {
             transition_log: VecDeque::new(),
             erred_tasks: VecDeque::new(),
             run_id_counter: 0,
+            task_serial: 0,
             any_worker_by_address: HashMap::new(),
             aliases: HashMap::new(),
             actor_lost_exception: None,
@@ -491,7 +500,9 @@ impl<P: Clone> SchedulerState<P> {
             annotations: None,
             run_id: None,
             queueable: true,
+            serial: self.task_serial,
         };
+        self.task_serial += 1;
         let id = match self.free_tasks.pop() {
             Some(id) => {
                 self.tasks[id.idx()] = Some(ts);

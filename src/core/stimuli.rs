@@ -188,8 +188,8 @@ impl<P: Clone> SchedulerState<P> {
         }
     }
 
-    /// `SchedulerState.client_desires_keys` (without the report, done by the binding).
-    pub fn client_desires_keys(&mut self, keys: &[TaskId], c: ClientId) {
+    /// `Scheduler.client_desires_keys`, with its reports on keys already done.
+    pub fn client_desires_keys(&mut self, keys: &[TaskId], c: ClientId, out: &mut Outbox<P>) {
         let ch = self.chash(c);
         for &t in keys {
             if self.task(t).is_none() {
@@ -201,6 +201,46 @@ impl<P: Clone> SchedulerState<P> {
                 .get_or_insert_with(PySet::new)
                 .insert(c, ch);
             self.clients[c.idx()].wants_what.insert(t, th);
+            if matches!(self.ts(t).state, S::Memory | S::Erred) {
+                self.report_on_key(t, Some(c), out);
+            }
+        }
+    }
+
+    /// `Scheduler.report_on_key(ts=ts, client=client)`: `_task_to_report_msg` to the
+    /// clients wanting the key, then to `client`. The fire-and-forget client has no comm.
+    pub fn report_on_key(&mut self, t: TaskId, client: Option<ClientId>, out: &mut Outbox<P>) {
+        let ts = self.ts(t);
+        let msg = match ts.state {
+            S::Memory => ClientMsg::KeyInMemory {
+                key: t,
+                type_: None,
+                with_type: false,
+            },
+            S::Erred => {
+                let f = self.ts(ts.exception_blame.expect("erred task has a blame"));
+                ClientMsg::TaskErred {
+                    key: t,
+                    exception: f.exception.clone(),
+                    traceback: f.traceback.clone(),
+                }
+            }
+            S::Forgotten => ClientMsg::CancelledKeys {
+                keys: vec![t],
+                reason: Some("already forgotten"),
+            },
+            _ => return,
+        };
+        let mut targets: Vec<ClientId> = self
+            .wanters(t)
+            .into_iter()
+            .filter(|c| Some(*c) != client)
+            .collect();
+        targets.extend(client);
+        for c in targets {
+            if c != self.fire_and_forget {
+                out.to_client(c, msg.clone());
+            }
         }
     }
 
@@ -639,5 +679,72 @@ impl<P: Clone> SchedulerState<P> {
         self.ws_add_to_long_running(w, t);
         self.check_idle_saturated(w);
         self.stimulus_queue_slots_maybe_opened(out, stimulus_id)
+    }
+}
+
+/// One key of `Scheduler.update_data` (scattered data), resolved by the binding.
+pub struct ScatteredKey<P> {
+    pub existing: Option<TaskId>,
+    pub key: P,
+    pub hash: i64,
+    pub group: String,
+    pub prefix: String,
+    pub workers: Vec<WorkerId>,
+    pub nbytes: i64,
+}
+
+impl<P: Clone> SchedulerState<P> {
+    /// `Scheduler.update_data`: data entered the cluster from outside (scatter).
+    /// Returns the ids of the keys, in order.
+    pub fn update_data(
+        &mut self,
+        items: Vec<ScatteredKey<P>>,
+        client: Option<ClientId>,
+        out: &mut Outbox<P>,
+    ) -> Vec<TaskId> {
+        let mut ids = Vec::with_capacity(items.len());
+        for item in items {
+            let t = match item.existing.filter(|t| self.task(*t).is_some()) {
+                Some(t) => t,
+                None => self.new_task(
+                    item.key,
+                    item.hash,
+                    &item.group,
+                    &item.prefix,
+                    None,
+                    false,
+                    S::Memory,
+                ),
+            };
+            self.set_state(t, S::Memory);
+            if item.nbytes >= 0 {
+                self.set_nbytes(t, item.nbytes);
+            }
+            for &w in &item.workers {
+                self.add_replica(t, w);
+            }
+            // report({"op": "key-in-memory", "key": key, "workers": [...]})
+            let addrs: Vec<String> = item
+                .workers
+                .iter()
+                .map(|w| self.ws(*w).address.clone())
+                .collect();
+            for c in self.wanters(t) {
+                if c != self.fire_and_forget {
+                    out.to_client(
+                        c,
+                        ClientMsg::KeyInMemoryWorkers {
+                            key: t,
+                            workers: addrs.clone(),
+                        },
+                    );
+                }
+            }
+            ids.push(t);
+        }
+        if let Some(c) = client {
+            self.client_desires_keys(&ids, c, out);
+        }
+        ids
     }
 }

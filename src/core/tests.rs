@@ -79,9 +79,9 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
     s.set_priorities(&g.touched, &prios, None, false, 0.0, 1.0);
     let root_id = g.graph_ids[layer[0]].unwrap();
     let c = s.add_client("client".into(), fnv("client"));
-    s.client_desires_keys(&[root_id], c);
-    let recs = s.graph_recommendations(&[root_id], &g.touched);
     let mut out = Outbox::default();
+    s.client_desires_keys(&[root_id], c, &mut out);
+    let recs = s.graph_recommendations(&[root_id], &g.touched);
     s.transitions_loop(recs, &mut out, &"ug".to_string())
         .unwrap();
     s.validate_state().unwrap();

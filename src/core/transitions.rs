@@ -318,8 +318,9 @@ impl<P: Clone> SchedulerState<P> {
 
     fn t_waiting_queued(&mut self, t: TaskId) {
         self.set_state(t, S::Queued);
-        let prio = self.ts(t).priority.expect("queued task has a priority");
-        self.queued.add(t, prio);
+        let ts = self.ts(t);
+        let prio = ts.priority.expect("queued task has a priority");
+        self.queued.add(t, ts.serial, prio);
     }
 
     fn t_processing_memory(
@@ -937,6 +938,7 @@ impl<P: Clone> SchedulerState<P> {
                     ClientMsg::KeyInMemory {
                         key: t,
                         type_: type_.clone(),
+                        with_type: true,
                     },
                 );
             }
