@@ -209,11 +209,9 @@ impl TaskStateHandle {
                 move |args, _kwargs| -> PyResult<i64> {
                     let py = args.py();
                     let h = handle.get();
-                    h.with(
-                        py,
-                        || crate::core::entities::default_data_size(),
-                        |_, ts| Ok(ts.get_nbytes()),
-                    )
+                    h.with(py, crate::core::entities::default_data_size, |_, ts| {
+                        Ok(ts.get_nbytes())
+                    })
                 },
             )?;
             return Ok(f.into_any().unbind());
