@@ -20,9 +20,9 @@ ruff format --check python tests benches compat
 echo "== stubtest"
 python -m mypy.stubtest dask_rsched._core --ignore-missing-stub --allowlist python/dask_rsched/stubtest-allowlist.txt
 
-echo "== pytest"
-export DIFF_EXAMPLES="${DIFF_EXAMPLES:-2000}"
-python -m pytest -q -p no:cacheprovider tests
-
 echo "== benchmark harness (quick)"
 python benches/scheduler_only.py --quick
+
+echo "== pytest"
+export DIFF_EXAMPLES="${DIFF_EXAMPLES:-2000}"
+python -m pytest -q -p no:cacheprovider -p no:warnings tests

@@ -23,11 +23,17 @@ IGNORED_OPS = {"close", "remove-worker"}
 
 
 class Collector:
-    def __init__(self) -> None:
+    """A comm that records what is sent to it; it also tells `dirty` it has messages, so
+    collecting is O(messages), not O(workers)."""
+
+    def __init__(self, dest: str, dirty: dict) -> None:
         self.msgs: list[dict] = []
+        self.dest = dest
+        self.dirty = dirty
 
     def send(self, *msgs: dict) -> None:
         self.msgs.extend(msgs)
+        self.dirty[self.dest] = self
 
     def abort(self) -> None:
         pass
@@ -115,33 +121,38 @@ class PythonSide(_Side):
 
         self.s = loop.run_until_complete(make())
         self.run_ids: dict = {}
+        self.dirty_clients: dict = {}
+        self.dirty_workers: dict = {}
 
     def _collect(self) -> tuple[dict, dict]:
+        dirty_clients, dirty_workers = dict(self.dirty_clients), dict(self.dirty_workers)
+        self.dirty_clients.clear()
+        self.dirty_workers.clear()
+        # a removed worker's comm is gone from stream_comms: its messages are dropped
+        dirty_workers = {w: c for w, c in dirty_workers.items() if self.s.stream_comms.get(w) is c}
         if not self.normalise:
-            cm = {c: comm.msgs for c, comm in self.s.client_comms.items() if comm.msgs}
-            wm = {w: comm.msgs for w, comm in self.s.stream_comms.items() if comm.msgs}
-            for comm in self.s.client_comms.values():
-                comm.msgs = []
-            for comm in self.s.stream_comms.values():
-                comm.msgs = []
+            cm, wm = {}, {}
+            for c, comm in dirty_clients.items():
+                cm[c], comm.msgs = comm.msgs, []
+            for w, comm in dirty_workers.items():
+                wm[w], comm.msgs = comm.msgs, []
             return cm, wm
-        assign_run_ids([c.msgs for c in self.s.stream_comms.values()], self.run_ids)
+        assign_run_ids([c.msgs for c in dirty_workers.values()], self.run_ids)
         cm = {}
-        for c, comm in self.s.client_comms.items():
-            if comm.msgs:
-                cm[c] = [normalise(m, self.run_ids) for m in comm.msgs]
-                comm.msgs.clear()
+        for c, comm in dirty_clients.items():
+            cm[c] = [normalise(m, self.run_ids) for m in comm.msgs]
+            comm.msgs = []
         wm = {}
-        for w, comm in self.s.stream_comms.items():
+        for w, comm in dirty_workers.items():
             msgs = [normalise(m, self.run_ids) for m in comm.msgs if m.get("op") not in IGNORED_OPS]
-            comm.msgs.clear()
+            comm.msgs = []
             if msgs:
                 wm[w] = msgs
         return cm, wm
 
     def add_client(self, client: str) -> None:
         self.s.clients[client] = ClientState(client)
-        self.s.client_comms[client] = Collector()
+        self.s.client_comms[client] = Collector(client, self.dirty_clients)
 
     def add_worker(
         self, addr: str, server_id: str, nthreads: int, sid: str, resources: dict | None = None
@@ -173,7 +184,7 @@ class PythonSide(_Side):
         s.aliases[addr] = addr
         s.add_resources(worker=addr, resources=resources or {})
         s.check_idle_saturated(ws)
-        s.stream_comms[addr] = Collector()
+        s.stream_comms[addr] = Collector(addr, self.dirty_workers)
         s.transitions(s.bulk_schedule_unrunnable_after_adding_worker(ws), sid)
         s.stimulus_queue_slots_maybe_opened(stimulus_id=sid)
         return self._collect()
@@ -221,6 +232,15 @@ class PythonSide(_Side):
     def scatter(self, who_has: dict, nbytes: dict, client: str) -> tuple:
         self.s.update_data(who_has=who_has, nbytes=nbytes, client=client)
         return self._collect()
+
+    def release_worker_data(self, key: Any, worker: str, sid: str) -> tuple:
+        self.s.release_worker_data(key, worker, stimulus_id=sid)
+        return self._collect()
+
+    def add_keys(self, worker: str, keys: list, sid: str) -> tuple:
+        status = self.s.add_keys(worker=worker, keys=keys, stimulus_id=sid)
+        cm, wm = self._collect()
+        return status, cm, wm
 
     def long_running(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
         self.s.handle_long_running(
@@ -448,6 +468,14 @@ class RustSide(_Side):
 
     def scatter(self, who_has: dict, nbytes: dict, client: str) -> tuple:
         return self._norm(self.e.update_data(who_has=who_has, nbytes=nbytes, client=client))
+
+    def release_worker_data(self, key: Any, worker: str, sid: str) -> tuple:
+        return self._norm(self.e.release_worker_data(key, worker, sid))
+
+    def add_keys(self, worker: str, keys: list, sid: str) -> tuple:
+        status, wm = self.e.add_keys(worker, keys, sid)
+        cm, wm = self._norm(({}, wm))
+        return status, cm, wm
 
     def long_running(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
         return self._norm(self.e.handle_long_running(key, worker, run_id, 0.25, sid))

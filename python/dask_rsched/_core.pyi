@@ -102,6 +102,19 @@ class Engine:
         msg: Any,
         stimulus_id: str,
     ) -> tuple[_Msgs, _Msgs]: ...
+    def release_worker_data(
+        self, key: Hashable, worker: str, stimulus_id: str
+    ) -> tuple[_Msgs, _Msgs]: ...
+    def add_keys(
+        self, worker: str, keys: Any, stimulus_id: str | None = None
+    ) -> tuple[str, _Msgs]: ...
+    def update_data(
+        self,
+        *,
+        who_has: dict[Hashable, list[str]],
+        nbytes: dict[Hashable, int],
+        client: Hashable | None = None,
+    ) -> tuple[_Msgs, _Msgs]: ...
     def validate_state(self) -> None: ...
     @property
     def transition_counter(self) -> int: ...

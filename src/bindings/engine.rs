@@ -722,7 +722,18 @@ impl Engine {
             }
         }
         if let (Some(t), Some(m)) = (t, metadata) {
-            if m.is_truthy()? && self.state.task(t).is_some() {
+            // stimulus_task_finished merges metadata only on its way to `memory`
+            let will_transition = self.state.task(t).is_some_and(|ts| {
+                !matches!(
+                    ts.state,
+                    TaskStateState::Released
+                        | TaskStateState::Queued
+                        | TaskStateState::NoWorker
+                        | TaskStateState::Erred
+                        | TaskStateState::Memory
+                ) && ts.run_id == Some(run_id)
+            });
+            if m.is_truthy()? && will_transition {
                 let ts = self.state.ts_mut(t);
                 let md = ts
                     .metadata
@@ -1126,6 +1137,65 @@ impl Engine {
             self.register(py, t)?;
         }
         self.finish(py, out)
+    }
+
+    /// `Scheduler.release_worker_data`
+    fn release_worker_data<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        worker: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let t = self.tid(py, key)?;
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        self.state
+            .release_worker_data(t, worker, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.add_keys`: returns `(status, worker_msgs)`; keys the scheduler does not
+    /// hold in memory are answered with `remove-replicas`.
+    #[pyo3(signature = (worker, keys, stimulus_id = None))]
+    fn add_keys<'py>(
+        &mut self,
+        py: Python<'py>,
+        worker: &str,
+        keys: &Bound<'py, PyAny>,
+        stimulus_id: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let wm = PyDict::new(py);
+        let Some(w) = self.state.worker_id(worker) else {
+            return PyTuple::new(
+                py,
+                ["not found".into_pyobject(py)?.into_any(), wm.into_any()],
+            );
+        };
+        let keys: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
+        let ids = keys
+            .iter()
+            .map(|k| self.tid(py, k))
+            .collect::<PyResult<Vec<_>>>()?;
+        let redundant = self.state.add_keys(w, &ids);
+        if !redundant.is_empty() {
+            let msg = PyDict::new(py);
+            msg.set_item(intern!(py, "op"), intern!(py, "remove-replicas"))?;
+            msg.set_item(
+                intern!(py, "keys"),
+                PyList::new(py, redundant.iter().map(|i| &keys[*i]))?,
+            )?;
+            match stimulus_id {
+                Some(s) if !s.is_none() => msg.set_item(intern!(py, "stimulus_id"), s)?,
+                _ => msg.set_item(
+                    intern!(py, "stimulus_id"),
+                    format!("redundant-replicas-{}", crate::core::state::now()),
+                )?,
+            }
+            wm.set_item(worker, PyList::new(py, [msg])?)?;
+        }
+        PyTuple::new(py, ["OK".into_pyobject(py)?.into_any(), wm.into_any()])
     }
 
     /// `SchedulerState.validate_state`, natively.

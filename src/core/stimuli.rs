@@ -748,3 +748,37 @@ impl<P: Clone> SchedulerState<P> {
         ids
     }
 }
+
+impl<P: Clone> SchedulerState<P> {
+    /// `Scheduler.release_worker_data`: a worker dropped its replica of a key.
+    pub fn release_worker_data(
+        &mut self,
+        t: Option<TaskId>,
+        worker: &str,
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+    ) -> CoreResult<()> {
+        let (Some(t), Some(w)) = (
+            t.filter(|t| self.task(*t).is_some()),
+            self.worker_id(worker),
+        ) else {
+            return Ok(());
+        };
+        let wh = self.whash(w);
+        if !self
+            .ts(t)
+            .who_has
+            .as_ref()
+            .is_some_and(|s| s.contains(w, wh))
+        {
+            return Ok(());
+        }
+        self.remove_replica(t, w);
+        if !self.ts(t).has_who_has() {
+            let mut recs = Recs::new();
+            recs.insert(t, S::Released);
+            self.transitions_loop(recs, out, stimulus_id)?;
+        }
+        Ok(())
+    }
+}
