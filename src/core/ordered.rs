@@ -2,21 +2,29 @@
 //! position, deleting leaves the others in order, `pop_last` is `dict.popitem()`.
 //! The scheduler's behaviour depends on these orders (recommendations are processed LIFO,
 //! occupancy sums prefixes in insertion order), so they are reproduced exactly.
+//!
+//! Most of these maps hold a handful of entries (a transition's recommendations, a
+//! worker's prefix counts), so small maps are scanned linearly and only large ones get a
+//! hash index; deleted slots are compacted away so iteration stays proportional to `len`.
 
 use hashbrown::HashMap;
 use std::hash::Hash;
 
+const INDEX_THRESHOLD: usize = 16;
+
 #[derive(Clone, Debug)]
 pub struct OrderedMap<K, V> {
     entries: Vec<Option<(K, V)>>,
-    index: HashMap<K, usize>,
+    len: usize,
+    index: Option<HashMap<K, usize>>,
 }
 
 impl<K, V> Default for OrderedMap<K, V> {
     fn default() -> Self {
         Self {
             entries: Vec::new(),
-            index: HashMap::new(),
+            len: 0,
+            index: None,
         }
     }
 }
@@ -26,42 +34,68 @@ impl<K: Copy + Eq + Hash, V> OrderedMap<K, V> {
         Self::default()
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.len
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len == 0
+    }
+
+    #[inline]
+    fn position(&self, k: &K) -> Option<usize> {
+        match &self.index {
+            Some(index) => index.get(k).copied(),
+            None => self
+                .entries
+                .iter()
+                .position(|e| matches!(e, Some((ek, _)) if ek == k)),
+        }
     }
 
     pub fn contains_key(&self, k: &K) -> bool {
-        self.index.contains_key(k)
+        self.position(k).is_some()
     }
 
     pub fn get(&self, k: &K) -> Option<&V> {
-        let &i = self.index.get(k)?;
+        let i = self.position(k)?;
         self.entries[i].as_ref().map(|(_, v)| v)
     }
 
     pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
-        let &i = self.index.get(k)?;
+        let i = self.position(k)?;
         self.entries[i].as_mut().map(|(_, v)| v)
     }
 
     /// `d[k] = v`: a new key goes last, an existing one keeps its place.
     pub fn insert(&mut self, k: K, v: V) -> Option<V> {
-        if let Some(&i) = self.index.get(&k) {
+        if let Some(i) = self.position(&k) {
             let slot = self.entries[i].as_mut().expect("indexed entry");
             return Some(std::mem::replace(&mut slot.1, v));
         }
-        self.index.insert(k, self.entries.len());
+        if let Some(index) = self.index.as_mut() {
+            index.insert(k, self.entries.len());
+        }
         self.entries.push(Some((k, v)));
+        self.len += 1;
+        if self.index.is_none() && self.entries.len() > INDEX_THRESHOLD {
+            self.rebuild();
+        }
         None
     }
 
     pub fn remove(&mut self, k: &K) -> Option<V> {
-        let i = self.index.remove(k)?;
+        let i = self.position(k)?;
+        if let Some(index) = self.index.as_mut() {
+            index.remove(k);
+        }
         let (_, v) = self.entries[i].take().expect("indexed entry");
+        self.len -= 1;
+        if i + 1 == self.entries.len() {
+            self.entries.pop();
+        }
         self.maybe_compact();
         Some(v)
     }
@@ -70,7 +104,10 @@ impl<K: Copy + Eq + Hash, V> OrderedMap<K, V> {
     pub fn pop_last(&mut self) -> Option<(K, V)> {
         while let Some(slot) = self.entries.pop() {
             if let Some((k, v)) = slot {
-                self.index.remove(&k);
+                if let Some(index) = self.index.as_mut() {
+                    index.remove(&k);
+                }
+                self.len -= 1;
                 return Some((k, v));
             }
         }
@@ -91,19 +128,31 @@ impl<K: Copy + Eq + Hash, V> OrderedMap<K, V> {
 
     pub fn clear(&mut self) {
         self.entries.clear();
-        self.index.clear();
+        self.len = 0;
+        self.index = None;
     }
 
     fn maybe_compact(&mut self) {
-        if self.index.is_empty() {
-            self.entries.clear();
-        } else if self.entries.len() > 32 && self.entries.len() > 2 * self.index.len() {
+        if self.len == 0 {
+            self.clear();
+        } else if self.entries.len() >= 8 && self.entries.len() > 2 * self.len {
             self.entries.retain(Option::is_some);
-            for (i, slot) in self.entries.iter().enumerate() {
-                let (k, _) = slot.as_ref().expect("retained");
-                *self.index.get_mut(k).expect("indexed") = i;
+            if self.entries.len() <= INDEX_THRESHOLD {
+                self.index = None;
+            } else {
+                self.rebuild();
             }
         }
+    }
+
+    fn rebuild(&mut self) {
+        let mut index = HashMap::with_capacity(self.entries.len());
+        for (i, slot) in self.entries.iter().enumerate() {
+            if let Some((k, _)) = slot {
+                index.insert(*k, i);
+            }
+        }
+        self.index = Some(index);
     }
 }
 
@@ -134,5 +183,36 @@ mod tests {
         assert_eq!(m.len(), 11);
         assert_eq!(m.keys().next(), Some(1));
         assert_eq!(m.keys().last(), Some(109));
+        assert_eq!(m.get(&105), Some(&"x"));
+        assert!(!m.contains_key(&50));
+    }
+
+    #[test]
+    fn matches_a_reference_under_churn() {
+        // a Vec-of-pairs reference with Python dict semantics
+        let mut m = OrderedMap::new();
+        let mut r: Vec<(u32, u32)> = Vec::new();
+        let mut x: u64 = 12345;
+        for step in 0..20_000u32 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let k = ((x >> 33) % 40) as u32;
+            match (x >> 20) % 4 {
+                0 | 1 => {
+                    m.insert(k, step);
+                    match r.iter_mut().find(|e| e.0 == k) {
+                        Some(e) => e.1 = step,
+                        None => r.push((k, step)),
+                    }
+                }
+                2 => {
+                    let a = m.remove(&k);
+                    let b = r.iter().position(|e| e.0 == k).map(|i| r.remove(i).1);
+                    assert_eq!(a, b);
+                }
+                _ => assert_eq!(m.pop_last(), r.pop()),
+            }
+            assert_eq!(m.len(), r.len());
+            assert!(m.iter().map(|(k, v)| (*k, *v)).eq(r.iter().copied()));
+        }
     }
 }
