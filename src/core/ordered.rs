@@ -8,13 +8,15 @@
 //! hash index; deleted slots are compacted away so iteration stays proportional to `len`.
 
 use hashbrown::HashMap;
+use smallvec::SmallVec;
 use std::hash::Hash;
 
 const INDEX_THRESHOLD: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct OrderedMap<K, V> {
-    entries: Vec<Option<(K, V)>>,
+    /// Inline for the common tiny maps (a transition's recommendations).
+    entries: SmallVec<[Option<(K, V)>; 4]>,
     len: usize,
     index: Option<HashMap<K, usize>>,
 }
@@ -22,7 +24,7 @@ pub struct OrderedMap<K, V> {
 impl<K, V> Default for OrderedMap<K, V> {
     fn default() -> Self {
         Self {
-            entries: Vec::new(),
+            entries: SmallVec::new(),
             len: 0,
             index: None,
         }
@@ -136,7 +138,7 @@ impl<K: Copy + Eq + Hash, V> OrderedMap<K, V> {
         if self.len == 0 {
             self.clear();
         } else if self.entries.len() >= 8 && self.entries.len() > 2 * self.len {
-            self.entries.retain(Option::is_some);
+            self.entries.retain(|e| e.is_some());
             if self.entries.len() <= INDEX_THRESHOLD {
                 self.index = None;
             } else {
@@ -194,7 +196,9 @@ mod tests {
         let mut r: Vec<(u32, u32)> = Vec::new();
         let mut x: u64 = 12345;
         for step in 0..20_000u32 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let k = ((x >> 33) % 40) as u32;
             match (x >> 20) % 4 {
                 0 | 1 => {

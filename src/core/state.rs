@@ -151,7 +151,7 @@ pub struct TransitionLogEntry<P> {
     pub key: P,
     pub start: TaskStateState,
     pub finish: TaskStateState,
-    pub recommendations: Vec<(P, TaskStateState)>,
+    pub recommendations: SmallVec<[(P, TaskStateState); 2]>,
     pub stimulus_id: P,
     pub timestamp: f64,
 }
@@ -259,6 +259,8 @@ pub struct SchedulerState<P> {
     pub erred_tasks: VecDeque<ErredTaskRecord<P>>,
     pub run_id_counter: i64,
     task_serial: u64,
+    /// Sum of `_task_slots_available(ws)` over `idle_task_count`, kept incrementally.
+    pub idle_slots: i64,
     /// Latest worker id for every address ever seen (messages may name removed workers).
     pub any_worker_by_address: HashMap<String, WorkerId>,
     /// `aliases`: worker name (as str) -> address
@@ -311,6 +313,7 @@ impl<P: Clone> SchedulerState<P> {
             erred_tasks: VecDeque::new(),
             run_id_counter: 0,
             task_serial: 0,
+            idle_slots: 0,
             any_worker_by_address: HashMap::new(),
             aliases: HashMap::new(),
             actor_lost_exception: None,
@@ -684,6 +687,7 @@ impl<P: Clone> SchedulerState<P> {
         self.inc_task_prefix_count(w, p);
         let th = self.thash(t);
         self.ws_mut(w).processing.insert(t, th);
+        self.slots_changed(w, -1);
         let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
         let wh = self.whash(w);
         for d in deps {
@@ -732,6 +736,9 @@ impl<P: Clone> SchedulerState<P> {
             self.remove_from_task_prefix_count(w, p);
         }
         self.ws_mut(w).processing.remove(t, th);
+        if !was_long_running {
+            self.slots_changed(w, 1);
+        }
         let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
         for d in deps {
             if self.ws(w).needs_what.contains_key(&d) {
@@ -745,7 +752,9 @@ impl<P: Clone> SchedulerState<P> {
         let p = self.ts(t).prefix;
         self.remove_from_task_prefix_count(w, p);
         let th = self.thash(t);
-        self.ws_mut(w).long_running.insert(t, th);
+        if self.ws_mut(w).long_running.insert(t, th) {
+            self.slots_changed(w, 1);
+        }
     }
 
     // ----- occupancy ----------------------------------------------------------------
@@ -868,9 +877,35 @@ impl<P: Clone> SchedulerState<P> {
             }
         }
         if !self.worker_full(w) && status == WorkerStatus::Running {
-            self.idle_task_count.insert(w, wh);
+            self.idle_task_count_insert(w);
         } else {
-            self.idle_task_count.remove(w, wh);
+            self.idle_task_count_remove(w);
+        }
+    }
+
+    /// `idle_task_count.add(ws)`, keeping `idle_slots` (the sum of
+    /// `_task_slots_available` over `idle_task_count`) current.
+    pub fn idle_task_count_insert(&mut self, w: WorkerId) {
+        let wh = self.whash(w);
+        if self.idle_task_count.insert(w, wh) && !self.config.worker_saturation.is_infinite() {
+            self.idle_slots += self.task_slots_available(w);
+        }
+    }
+
+    /// `idle_task_count.discard(ws)`
+    pub fn idle_task_count_remove(&mut self, w: WorkerId) {
+        let wh = self.whash(w);
+        if self.idle_task_count.remove(w, wh) && !self.config.worker_saturation.is_infinite() {
+            self.idle_slots -= self.task_slots_available(w);
+        }
+    }
+
+    /// A worker's free slots changed by `delta`; mirrored in `idle_slots` if it counts.
+    fn slots_changed(&mut self, w: WorkerId, delta: i64) {
+        if !self.config.worker_saturation.is_infinite()
+            && self.idle_task_count.contains(w, self.whash(w))
+        {
+            self.idle_slots += delta;
         }
     }
 

@@ -359,11 +359,8 @@ impl<P: Clone> SchedulerState<P> {
         if self.queued.is_empty() {
             return Ok(());
         }
-        let slots: i64 = self
-            .idle_task_count
-            .iter()
-            .map(|w| self.task_slots_available(w))
-            .sum();
+        // sum(_task_slots_available(ws) for ws in idle_task_count), read once up front
+        let slots = self.idle_slots;
         for _ in 0..slots.max(0) {
             let Some(qts) = self.queued.peek() else {
                 return Ok(());
@@ -414,7 +411,7 @@ impl<P: Clone> SchedulerState<P> {
         self.total_nthreads -= nthreads;
         self.aliases.retain(|_, a| *a != address);
         self.idle_remove(w);
-        self.idle_task_count.remove(w, wh);
+        self.idle_task_count_remove(w);
         self.saturated.remove(w, wh);
         self.workers_sorted_remove(w);
         self.worker_by_address.remove(&address);
@@ -627,7 +624,7 @@ impl<P: Clone> SchedulerState<P> {
         } else {
             self.running.remove(w, wh);
             self.idle_remove(w);
-            self.idle_task_count.remove(w, wh);
+            self.idle_task_count_remove(w);
             self.saturated.remove(w, wh);
         }
         Ok(())

@@ -75,6 +75,19 @@ impl<P: Clone> SchedulerState<P> {
                 "idle/saturated worker not running"
             );
         }
+        if !self.config.worker_saturation.is_infinite() {
+            let slots: i64 = self
+                .idle_task_count
+                .iter()
+                .map(|w| self.task_slots_available(w))
+                .sum();
+            check!(
+                slots == self.idle_slots,
+                "idle_slots {} != {}",
+                self.idle_slots,
+                slots
+            );
+        }
         for t in self.replicated_tasks.iter() {
             check!(
                 self.ts(t).state == S::Memory,
