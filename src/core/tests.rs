@@ -194,3 +194,12 @@ fn erred_task_blames_dependents() {
     assert_eq!(s.ts(root).state, S::Erred);
     assert_eq!(s.ts(root).exception_blame, Some(t));
 }
+
+#[test]
+fn record_sizes() {
+    // keep an eye on the per-task footprint (docs/benchmarks.md)
+    let task = std::mem::size_of::<crate::core::entities::Task<String>>();
+    let set = std::mem::size_of::<crate::core::entities::TaskSet>();
+    println!("Task<String>: {task} bytes, PySet: {set} bytes");
+    assert!(task <= 680, "Task grew to {task} bytes");
+}
