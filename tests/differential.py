@@ -63,7 +63,10 @@ def _exception_identity(exc: object) -> object:
     the ones the test passed in by identity."""
     if isinstance(exc, bytes):
         e = pickle.loads(exc)
-        args = tuple(getattr(a, "address", a) for a in e.args)
+        args = tuple(
+            (type(a).__name__, a.address, a.status.name, a.nthreads) if hasattr(a, "address") else a
+            for a in e.args
+        )
         return (type(e).__name__, args)
     return id(exc)
 

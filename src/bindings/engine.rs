@@ -59,6 +59,8 @@ pub struct Engine {
     pub(crate) task_handles: RefCell<HashMap<TaskId, Py<TaskStateHandle>>>,
     pub(crate) worker_handles: RefCell<HashMap<WorkerId, Py<WorkerStateHandle>>>,
     pub(crate) client_handles: RefCell<HashMap<ClientId, Py<ClientStateHandle>>>,
+    /// (server_id, name) of every worker ever added, by id
+    worker_meta: Vec<(Py<PyAny>, Py<PyAny>)>,
 }
 
 impl Engine {
@@ -372,6 +374,35 @@ impl Engine {
         Ok(())
     }
 
+    /// `ws.clean()` of a worker being removed (distributed sets `Status.closed` first),
+    /// built from what the engine knows of `w`.
+    fn clean_worker_state(&self, py: Python<'_>, w: WorkerId) -> PyResult<Py<PyAny>> {
+        let ws = self.state.ws(w);
+        let (server_id, name) = &self.worker_meta[w.idx()];
+        let sched = py.import("distributed.scheduler")?;
+        let status = py
+            .import("distributed.core")?
+            .getattr("Status")?
+            .get_item("closed")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("address", ws.address.as_str())?;
+        kwargs.set_item("status", status)?;
+        kwargs.set_item("pid", 0)?;
+        kwargs.set_item("name", name.bind(py))?;
+        kwargs.set_item("nthreads", ws.nthreads)?;
+        kwargs.set_item("memory_limit", ws.memory_limit)?;
+        kwargs.set_item("local_directory", "")?;
+        kwargs.set_item("services", PyDict::new(py))?;
+        kwargs.set_item("nanny", py.None())?;
+        kwargs.set_item("extra", PyDict::new(py))?;
+        kwargs.set_item("server_id", server_id.bind(py))?;
+        let clean = sched
+            .getattr("WorkerState")?
+            .call((), Some(&kwargs))?;
+        clean.setattr("_occupancy_cache", self.state.occupancy(w))?;
+        Ok(clean.unbind())
+    }
+
     fn register(&self, py: Python<'_>, t: TaskId) -> PyResult<()> {
         self.keys
             .bind(py)
@@ -479,6 +510,7 @@ impl Engine {
             task_handles: RefCell::default(),
             worker_handles: RefCell::default(),
             client_handles: RefCell::default(),
+            worker_meta: Vec::new(),
         })
     }
 
@@ -512,10 +544,11 @@ impl Engine {
                 res.push((k.extract::<String>()?, v.extract::<f64>()?));
             }
         }
-        let name = match name {
-            Some(n) => n.str()?.to_string(),
-            None => addr.clone(),
+        let name_obj = match name {
+            Some(n) => n.clone().unbind(),
+            None => address.clone().unbind(),
         };
+        let name = name_obj.bind(py).str()?.to_string();
         let w = self
             .state
             .add_worker(NewWorker {
@@ -530,6 +563,8 @@ impl Engine {
                 resources: res,
             })
             .map_err(to_pyerr)?;
+        debug_assert_eq!(w.idx(), self.worker_meta.len());
+        self.worker_meta.push((server_id.clone().unbind(), name_obj));
         let mut out = Outbox::default();
         if status == WorkerStatus::Running {
             let sid = stimulus_id.into_pyobject(py)?.into_any().unbind();
@@ -857,18 +892,21 @@ impl Engine {
         };
         let sid = stimulus_id.clone().unbind();
         let addr = address.to_owned();
+        // KilledWorker(task, last_worker=ws.clean(), allowed_failures), pickled
+        let last_worker = self.clean_worker_state(py, w)?;
         let killed = |key: &Py<PyAny>, allowed: i64| -> Py<PyAny> {
             Python::attach(|py| {
                 (|| -> PyResult<Py<PyAny>> {
                     let kw = py
                         .import("distributed.scheduler")?
                         .getattr("KilledWorker")?;
-                    let e = kw.call1((key.bind(py), addr.as_str(), allowed))?;
+                    let e = kw.call1((key.bind(py), last_worker.bind(py), allowed))?;
                     Ok(py.import("pickle")?.getattr("dumps")?.call1((e,))?.unbind())
                 })()
                 .unwrap_or_else(|_| py.None())
             })
         };
+        let _ = &addr;
         self.state
             .remove_worker(w, expected, &killed, &mut out, &sid)
             .map_err(to_pyerr)?;
