@@ -110,8 +110,7 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
         let (recs, _) = s
             .stimulus_task_finished(Some(t), &worker, run_id, args, &mut out, &sid, None)
             .unwrap();
-        s.transitions_loop(recs, &mut out, &sid).unwrap();
-        s.stimulus_queue_slots_maybe_opened(&mut out, &sid).unwrap();
+        s.transitions_then_fill_queue(recs, &mut out, &sid).unwrap();
         finished += 1;
     }
     assert_eq!(s.ts(root_id).state, TaskStateState::Memory);

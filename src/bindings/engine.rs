@@ -346,10 +346,7 @@ impl Engine {
             let mut out = Outbox::default();
             let sid = stimulus_id.clone().unbind();
             self.state
-                .transitions_loop(recs, &mut out, &sid)
-                .map_err(to_pyerr)?;
-            self.state
-                .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+                .transitions_then_fill_queue(recs, &mut out, &sid)
                 .map_err(to_pyerr)?;
             let msgs = self.finish(py, out)?;
             Self::merge_into(&msgs, cm, wm)?;
@@ -396,9 +393,7 @@ impl Engine {
         kwargs.set_item("nanny", py.None())?;
         kwargs.set_item("extra", PyDict::new(py))?;
         kwargs.set_item("server_id", server_id.bind(py))?;
-        let clean = sched
-            .getattr("WorkerState")?
-            .call((), Some(&kwargs))?;
+        let clean = sched.getattr("WorkerState")?.call((), Some(&kwargs))?;
         clean.setattr("_occupancy_cache", self.state.occupancy(w))?;
         Ok(clean.unbind())
     }
@@ -564,16 +559,14 @@ impl Engine {
             })
             .map_err(to_pyerr)?;
         debug_assert_eq!(w.idx(), self.worker_meta.len());
-        self.worker_meta.push((server_id.clone().unbind(), name_obj));
+        self.worker_meta
+            .push((server_id.clone().unbind(), name_obj));
         let mut out = Outbox::default();
         if status == WorkerStatus::Running {
             let sid = stimulus_id.into_pyobject(py)?.into_any().unbind();
             let recs = self.state.bulk_schedule_unrunnable_after_adding_worker(w);
             self.state
-                .transitions_loop(recs, &mut out, &sid)
-                .map_err(to_pyerr)?;
-            self.state
-                .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+                .transitions_then_fill_queue(recs, &mut out, &sid)
                 .map_err(to_pyerr)?;
         }
         self.finish(py, out)
@@ -798,10 +791,7 @@ impl Engine {
                 msg.set_item(intern!(py, "keys"), PyList::new(py, [key])?)?;
                 msg.set_item(intern!(py, "stimulus_id"), stimulus_id)?;
                 self.state
-                    .transitions_loop(recs, &mut out, &sid)
-                    .map_err(to_pyerr)?;
-                self.state
-                    .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+                    .transitions_then_fill_queue(recs, &mut out, &sid)
                     .map_err(to_pyerr)?;
                 let res = self.finish(py, out)?;
                 let wm = res.get_item(1)?;
@@ -826,10 +816,7 @@ impl Engine {
             }
         }
         self.state
-            .transitions_loop(recs, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        self.state
-            .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+            .transitions_then_fill_queue(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
         self.finish(py, out)
     }
@@ -869,10 +856,7 @@ impl Engine {
             .stimulus_task_erred(t, worker, run_id, args, &mut out, &sid)
             .map_err(to_pyerr)?;
         self.state
-            .transitions_loop(recs, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        self.state
-            .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+            .transitions_then_fill_queue(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
         self.finish(py, out)
     }
@@ -958,10 +942,7 @@ impl Engine {
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
         self.state
-            .transitions_loop(recs, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        self.state
-            .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+            .transitions_then_fill_queue(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
         self.finish(py, out)
     }

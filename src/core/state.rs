@@ -919,18 +919,15 @@ impl<P: Clone> SchedulerState<P> {
     // ----- resources ----------------------------------------------------------------
 
     pub fn acquire_resources(&mut self, t: TaskId, w: WorkerId) {
-        let Some(rr) = self.ts(t).resource_restrictions.clone() else {
-            return;
-        };
-        for (r, required) in rr {
-            let rid = self.strings.intern(&r);
-            let ws = self.ws_mut(w);
-            let cur = ws.used_resources.get(&rid).copied().unwrap_or(0.0);
-            ws.used_resources.insert(rid, cur + required);
-        }
+        self.adjust_used_resources(t, w, 1.0);
     }
 
     pub fn release_resources(&mut self, t: TaskId, w: WorkerId) {
+        self.adjust_used_resources(t, w, -1.0);
+    }
+
+    /// `ws.used_resources[r] += sign * required` for each of the task's restrictions.
+    fn adjust_used_resources(&mut self, t: TaskId, w: WorkerId, sign: f64) {
         let Some(rr) = self.ts(t).resource_restrictions.clone() else {
             return;
         };
@@ -938,7 +935,7 @@ impl<P: Clone> SchedulerState<P> {
             let rid = self.strings.intern(&r);
             let ws = self.ws_mut(w);
             let cur = ws.used_resources.get(&rid).copied().unwrap_or(0.0);
-            ws.used_resources.insert(rid, cur - required);
+            ws.used_resources.insert(rid, cur + sign * required);
         }
     }
 

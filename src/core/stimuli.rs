@@ -350,6 +350,18 @@ impl<P: Clone> SchedulerState<P> {
         recs
     }
 
+    /// `_transitions(recommendations)` then `stimulus_queue_slots_maybe_opened`: how the
+    /// task-finished/erred, client-releases and worker-joins handlers end.
+    pub fn transitions_then_fill_queue(
+        &mut self,
+        recs: Recs,
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+    ) -> CoreResult<()> {
+        self.transitions_loop(recs, out, stimulus_id)?;
+        self.stimulus_queue_slots_maybe_opened(out, stimulus_id)
+    }
+
     /// `stimulus_queue_slots_maybe_opened`
     pub fn stimulus_queue_slots_maybe_opened(
         &mut self,
@@ -619,8 +631,7 @@ impl<P: Clone> SchedulerState<P> {
             self.running.insert(w, wh);
             self.check_idle_saturated(w);
             let recs = self.bulk_schedule_unrunnable_after_adding_worker(w);
-            self.transitions_loop(recs, out, stimulus_id)?;
-            self.stimulus_queue_slots_maybe_opened(out, stimulus_id)?;
+            self.transitions_then_fill_queue(recs, out, stimulus_id)?;
         } else {
             self.running.remove(w, wh);
             self.idle_remove(w);

@@ -119,8 +119,7 @@ fn run_to_completion(s: &mut St, mut pending: Vec<(WorkerId, TaskId, i64)>) {
         let (recs, _) = s
             .stimulus_task_finished(Some(t), &addr, run_id, args, &mut out, &sid, None)
             .unwrap();
-        s.transitions_loop(recs, &mut out, &sid).unwrap();
-        s.stimulus_queue_slots_maybe_opened(&mut out, &sid).unwrap();
+        s.transitions_then_fill_queue(recs, &mut out, &sid).unwrap();
         s.flush();
         s.validate_state().unwrap();
         pending.extend(drain_compute(&out));

@@ -437,20 +437,7 @@ impl<P: Clone> SchedulerState<P> {
                 recs.insert(d, S::Erred);
             }
         }
-        let (exception, traceback) = {
-            let f = self.ts(failing);
-            (f.exception.clone(), f.traceback.clone())
-        };
-        for c in self.wanters(t) {
-            out.to_client(
-                c,
-                ClientMsg::TaskErred {
-                    key: t,
-                    exception: exception.clone(),
-                    traceback: traceback.clone(),
-                },
-            );
-        }
+        self.report_erred(t, failing, out);
         self.set_state(t, S::Erred);
     }
 
@@ -607,20 +594,7 @@ impl<P: Clone> SchedulerState<P> {
             }
         }
         self.ts_mut(t).waiters = None;
-        let (exception, traceback) = {
-            let f = self.ts(failing);
-            (f.exception.clone(), f.traceback.clone())
-        };
-        for c in self.wanters(t) {
-            out.to_client(
-                c,
-                ClientMsg::TaskErred {
-                    key: t,
-                    exception: exception.clone(),
-                    traceback: traceback.clone(),
-                },
-            );
-        }
+        self.report_erred(t, failing, out);
         let ff = self.fire_and_forget;
         if self.clients[ff.idx()].wants_what.contains(t, th) {
             self.client_releases_keys_inner(&[t], ff, recs);
@@ -982,6 +956,22 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     // ----- small helpers ------------------------------------------------------------
+
+    /// `{"op": "task-erred", "key": key, "exception": ..., "traceback": ...}` with the
+    /// blamed task's exception, to every client wanting `t`.
+    fn report_erred(&self, t: TaskId, failing: TaskId, out: &mut Outbox<P>) {
+        let f = self.ts(failing);
+        for c in self.wanters(t) {
+            out.to_client(
+                c,
+                ClientMsg::TaskErred {
+                    key: t,
+                    exception: f.exception.clone(),
+                    traceback: f.traceback.clone(),
+                },
+            );
+        }
+    }
 
     /// `ts.who_has or ()` in iteration order.
     pub fn holders(&self, t: TaskId) -> SmallVec<[WorkerId; 2]> {
