@@ -29,6 +29,7 @@ fn graph(n: usize) -> (Vec<GraphTask<u64>>, usize) {
             data_producer: false,
             dependencies: vec![],
             existing: None,
+            in_dsk: true,
         });
         layer.push(i);
     }
@@ -46,6 +47,7 @@ fn graph(n: usize) -> (Vec<GraphTask<u64>>, usize) {
                 data_producer: false,
                 dependencies: chunk.iter().map(|i| KeyRef::Graph(*i)).collect(),
                 existing: None,
+                in_dsk: true,
             });
             next.push(dsk.len() - 1);
         }
@@ -63,7 +65,7 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
             hash: hash(1_000_000 + w as u64),
             addr_hash: hash(2_000_000 + w as u64),
             host: address[6..address.len() - 5].to_owned(),
-            name: address.clone(),
+            name: Some(address.clone()),
             address,
             nthreads: 2,
             memory_limit: 0,
@@ -72,7 +74,7 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
         })
         .unwrap();
     }
-    let g = s.generate_taskstates(&[KeyRef::Graph(root)], dsk);
+    let g = s.generate_taskstates(&[KeyRef::Graph(root)], dsk).unwrap();
     let prios: Vec<(Num, Option<i64>)> = (0..g.touched.len())
         .map(|i| (Num::Int(0), Some(i as i64)))
         .collect();

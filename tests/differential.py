@@ -17,6 +17,7 @@ import dask
 import dask_rsched
 from distributed import Scheduler
 from distributed.core import Status
+from distributed.protocol.serialize import Serialized, deserialize
 from distributed.scheduler import ClientState, WorkerState
 
 IGNORED_OPS = {"close", "remove-worker"}
@@ -59,8 +60,11 @@ def assign_run_ids(batches: list[list[dict]], run_ids: dict) -> None:
 
 
 def _exception_identity(exc: object) -> object:
-    """Exceptions made by the scheduler itself (pickled KilledWorker) compare by content;
-    the ones the test passed in by identity."""
+    """Exceptions made by the scheduler itself (pickled KilledWorker, the serialized
+    "Worker holding Actor was lost") compare by content; the test's own by identity."""
+    if isinstance(exc, Serialized):
+        e = deserialize(exc.header, exc.frames)
+        return (type(e).__name__, e.args)
     if isinstance(exc, bytes):
         e = pickle.loads(exc)
         args = tuple(

@@ -117,12 +117,13 @@ class Differential(RuleBasedStateMachine):
             return
         try:
             a = getattr(self.py, name)(*args)
-        except AssertionError as exc:
-            # distributed's own assertion (e.g. cancelling a dependent nobody wants):
-            # the engine must refuse too; the state after that is not comparable.
+        except Exception as exc:
+            # distributed fails on its own (an assertion such as cancelling a dependent
+            # nobody wants, or a TypeError on a task without priority): the engine must
+            # refuse too (an exception, never a panic); the states after are not comparable.
             try:
                 getattr(self.rs, name)(*args)
-            except AssertionError:
+            except Exception:
                 self.broken = True
                 return
             raise AssertionError(f"{name}{args!r}: distributed raised, the engine did not") from exc
@@ -184,8 +185,83 @@ class Differential(RuleBasedStateMachine):
             workers = [*self.known_workers, "tcp://10.0.0.99:1234"]
             annotations = data.draw(annotations_for(list(dsk), workers))
         ordered = dask.order.order(dsk)
+        if self.py.s._find_lost_dependencies(dsk, keys):
+            return
         self.client_keys[client] |= keys
-        self.both("update_graph", dsk, keys, ordered, client, self.sid("update-graph"), annotations)
+        user_priority = data.draw(st.sampled_from([0, 0, 1, -1]))
+        actors = None
+        if data.draw(st.integers(0, 9)) == 0:
+            actors = data.draw(st.lists(st.sampled_from(sorted(keys, key=repr)), max_size=1))
+        self.graphs.append((dsk, ordered))
+        self.both(
+            "update_graph",
+            dsk,
+            keys,
+            ordered,
+            client,
+            self.sid("update-graph"),
+            annotations,
+            user_priority,
+            actors,
+        )
+
+    @precondition(lambda self: self.graphs)
+    @rule(data=st.data(), client=st.sampled_from(["c1", "c2"]))
+    def resubmit(self, data: st.DataObject, client: str) -> None:
+        """Submit keys of an earlier graph again (existing tasks in any state, or
+        forgotten ones), like a client computing the same collection twice."""
+        dsk, ordered = data.draw(st.sampled_from(self.graphs))
+        keys = set(
+            data.draw(
+                st.lists(
+                    st.sampled_from(sorted(dsk, key=repr)), min_size=1, max_size=3, unique=True
+                )
+            )
+        )
+        if self.py.s._find_lost_dependencies(dsk, keys):
+            # Scheduler.update_graph cancels such a graph before it reaches the state
+            return
+        self.client_keys[client] |= keys
+        self.both("update_graph", dsk, keys, ordered, client, self.sid("resubmit"))
+
+    @precondition(lambda self: self.workers)
+    @rule(data=st.data(), client=st.sampled_from(["c1", "c2"]))
+    def scatter(self, data: st.DataObject, client: str) -> None:
+        n = data.draw(st.integers(1, 3))
+        who_has, nbytes = {}, {}
+        for _ in range(n):
+            key = f"scatter-{len(self.scattered)}"
+            self.scattered.append(key)
+            who_has[key] = data.draw(
+                st.lists(st.sampled_from(self.workers), min_size=1, max_size=2, unique=True)
+            )
+            nbytes[key] = data.draw(st.sampled_from([100, 2_000_000]))
+        self.client_keys[client] |= set(who_has)
+        self.both("scatter", who_has, nbytes, client)
+
+    def in_memory(self) -> list:
+        return sorted((k for k, ts in self.py.s.tasks.items() if ts.state == "memory"), key=repr)
+
+    @precondition(lambda self: self.workers)
+    @rule(data=st.data())
+    def release_worker_data(self, data: st.DataObject) -> None:
+        """A worker drops a replica (possibly one it does not hold)."""
+        keys = self.in_memory()
+        if not keys:
+            return
+        key = data.draw(st.sampled_from(keys))
+        worker = data.draw(st.sampled_from(self.workers))
+        self.both("release_worker_data", key, worker, self.sid("release-worker-data"))
+
+    @precondition(lambda self: self.workers and self.graphs)
+    @rule(data=st.data())
+    def add_keys(self, data: st.DataObject) -> None:
+        """A worker reports keys: replicas of keys in memory, or keys it should drop."""
+        dsk, _ = data.draw(st.sampled_from(self.graphs))
+        pool = sorted(set(self.in_memory()) | set(dsk), key=repr)
+        keys = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=3, unique=True))
+        worker = data.draw(st.sampled_from(self.workers))
+        self.both("add_keys", worker, keys, self.sid("add-keys"))
 
     @precondition(lambda self: self.compute)
     @rule(
@@ -279,7 +355,13 @@ class Differential(RuleBasedStateMachine):
         assert_same(self.py.snapshot(), self.rs.snapshot(), "tasks")
         assert_same(self.py.worker_snapshot(), self.rs.worker_snapshot(), "workers")
         assert_same(self.py.containers(), self.rs.containers(), "containers")
-        self.py.validate()
+        try:
+            self.py.validate()
+        except AssertionError:
+            # distributed itself reached a state its validate_state rejects (both engines
+            # agree on it, checked above); nothing after this is comparable
+            self.broken = True
+            return
         self.rs.validate()
 
 

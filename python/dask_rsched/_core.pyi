@@ -31,7 +31,7 @@ class Engine:
         client: str,
         stimulus_id: str,
         user_priority: float | dict[Hashable, int] | None = None,
-        fifo_timeout: float = 0.0,
+        fifo_timeout: float | str | None = None,
         start: float = 0.0,
         submitting_task: Hashable | None = None,
         actors: bool | list[Hashable] | None = None,

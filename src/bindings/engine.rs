@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyAssertionError, PyKeyError, PyRuntimeError, PyValueErro
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PySet, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 use std::cell::RefCell;
 
@@ -27,6 +27,42 @@ fn to_pyerr(e: CoreError) -> PyErr {
         CoreError::ImpossibleTransition { .. } => PyRuntimeError::new_err(e.to_string()),
         CoreError::Validation(m) => PyAssertionError::new_err(m),
     }
+}
+
+/// The pickled `MemoryError` of `_add_to_processing`'s safety check, worded as
+/// distributed words it.
+fn memory_error_payload(
+    key: &Py<PyAny>,
+    ndep_bytes: i64,
+    addr: &str,
+    memory_limit: i64,
+    has_dependents: bool,
+) -> Py<PyAny> {
+    Python::attach(|py| {
+        (|| -> PyResult<Py<PyAny>> {
+            let format_bytes = py.import("dask.utils")?.getattr("format_bytes")?;
+            let mut msg = format!(
+                "Task {} has {} worth of input dependencies, but worker {addr} has \
+                 memory_limit set to {}.",
+                key.bind(py).repr()?,
+                format_bytes.call1((ndep_bytes,))?,
+                format_bytes.call1((memory_limit,))?,
+            );
+            if !has_dependents {
+                msg.push_str(
+                    " It seems like you called client.compute() on a huge collection. \
+                     Consider writing to distributed storage or slicing/reducing first.",
+                );
+            }
+            let err = pyo3::exceptions::PyMemoryError::new_err(msg);
+            Ok(py
+                .import("pickle")?
+                .getattr("dumps")?
+                .call1((err.value(py),))?
+                .unbind())
+        })()
+        .unwrap_or_else(|_| py.None())
+    })
 }
 
 static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
@@ -61,6 +97,8 @@ pub struct Engine {
     pub(crate) client_handles: RefCell<HashMap<ClientId, Py<ClientStateHandle>>>,
     /// (server_id, name) of every worker ever added, by id
     worker_meta: Vec<(Py<PyAny>, Py<PyAny>)>,
+    /// `Scheduler.aliases`: worker name (any hashable) -> address
+    aliases: Py<PyDict>,
 }
 
 impl Engine {
@@ -124,6 +162,37 @@ impl Engine {
         Ok(msgs)
     }
 
+    /// The first key reachable from `keys` that is neither in `dsk` nor a known task.
+    fn first_lost_dependency<'py>(
+        &self,
+        py: Python<'py>,
+        dsk: &Bound<'py, PyDict>,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let seen = PySet::empty(py)?;
+        let mut work: Vec<Bound<'py, PyAny>> = keys.try_iter()?.collect::<PyResult<_>>()?;
+        while let Some(k) = work.pop() {
+            if seen.contains(&k)? {
+                continue;
+            }
+            seen.add(&k)?;
+            match dsk.get_item(&k)? {
+                Some(spec) if !spec.is_none() => {
+                    for d in spec.getattr(intern!(py, "dependencies"))?.try_iter()? {
+                        work.push(d?);
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    if self.tid(py, &k)?.is_none() {
+                        return Ok(Some(k));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// `Scheduler._apply_annotations`
     fn apply_annotations(
         &mut self,
@@ -184,12 +253,8 @@ impl Engine {
                             let w = w?;
                             // Scheduler.coerce_address
                             let mut addr = w.clone();
-                            if let Ok(name) = addr.str() {
-                                if let Some(a) = self.state.aliases.get(&name.to_string()) {
-                                    if w.is_instance_of::<pyo3::types::PyString>() {
-                                        addr = a.into_pyobject(py)?.into_any();
-                                    }
-                                }
+                            if let Ok(Some(a)) = self.aliases.bind(py).get_item(&w) {
+                                addr = a;
                             }
                             if addr.is_instance_of::<PyTuple>() {
                                 addr = unparse.call1(addr.cast::<PyTuple>()?)?;
@@ -473,29 +538,7 @@ impl Engine {
                 .call1(ser.cast::<PyTuple>()?)?
                 .unbind(),
         );
-        state.memory_error =
-            Some(Box::new(|key, ndep, addr, limit, has_dependents| {
-                Python::attach(|py| {
-                    let mut msg =
-                        format!(
-                    "Task {} has {ndep} bytes worth of input dependencies, but worker {addr} \
-                     has memory_limit set to {limit} bytes.",
-                    key.bind(py).repr().map(|r| r.to_string()).unwrap_or_default()
-                );
-                    if !has_dependents {
-                        msg.push_str(
-                            " It seems like you called client.compute() on a huge collection. \
-                         Consider writing to distributed storage or slicing/reducing first.",
-                        );
-                    }
-                    let err = pyo3::exceptions::PyMemoryError::new_err(msg);
-                    py.import("pickle")
-                        .and_then(|p| p.getattr("dumps"))
-                        .and_then(|d| d.call1((err.value(py),)))
-                        .map(|b| b.unbind())
-                        .unwrap_or_else(|_| py.None())
-                })
-            }));
+        state.memory_error = Some(Box::new(memory_error_payload));
         let clients = PyDict::new(py);
         clients.set_item(ff, 0u32)?;
         Ok(Self {
@@ -506,6 +549,7 @@ impl Engine {
             worker_handles: RefCell::default(),
             client_handles: RefCell::default(),
             worker_meta: Vec::new(),
+            aliases: PyDict::new(py).unbind(),
         })
     }
 
@@ -543,7 +587,8 @@ impl Engine {
             Some(n) => n.clone().unbind(),
             None => address.clone().unbind(),
         };
-        let name = name_obj.bind(py).str()?.to_string();
+        // the core resolves host restrictions through aliases, which only str names match
+        let name = name_obj.bind(py).extract::<String>().ok();
         let w = self
             .state
             .add_worker(NewWorker {
@@ -559,6 +604,7 @@ impl Engine {
             })
             .map_err(to_pyerr)?;
         debug_assert_eq!(w.idx(), self.worker_meta.len());
+        self.aliases.bind(py).set_item(&name_obj, address)?;
         self.worker_meta
             .push((server_id.clone().unbind(), name_obj));
         let mut out = Outbox::default();
@@ -575,7 +621,7 @@ impl Engine {
     /// `_create_taskstate_from_graph`'s state part. `dsk` maps key -> dask Task (or None),
     /// `ordered` is dask.order's result.
     #[pyo3(signature = (*, dsk, keys, ordered, client, stimulus_id, user_priority = None,
-                        fifo_timeout = 0.0, start = 0.0, submitting_task = None, actors = None,
+                        fifo_timeout = None, start = 0.0, submitting_task = None, actors = None,
                         annotations_by_type = None, global_annotations = None))]
     #[allow(clippy::too_many_arguments)]
     fn update_graph<'py>(
@@ -587,7 +633,7 @@ impl Engine {
         client: &Bound<'py, PyAny>,
         stimulus_id: &Bound<'py, PyAny>,
         user_priority: Option<&Bound<'py, PyAny>>,
-        fifo_timeout: f64,
+        fifo_timeout: Option<&Bound<'py, PyAny>>,
         start: f64,
         submitting_task: Option<&Bound<'py, PyAny>>,
         actors: Option<&Bound<'py, PyAny>>,
@@ -595,15 +641,29 @@ impl Engine {
         global_annotations: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let (key_split, key_split_group) = key_splitters(py)?;
+        // distributed cancels a graph whose keys depend on data it no longer has
+        // (`_find_lost_dependencies`); here that is a KeyError before any state changes
+        if let Some(lost) = self.first_lost_dependency(py, dsk, keys)? {
+            return Err(PyKeyError::new_err(lost.unbind()));
+        }
         let index = PyDict::new(py);
         for (i, k) in dsk.keys().iter().enumerate() {
             index.set_item(k, i)?;
         }
+        // keys neither in the graph nor known get an entry of their own (distributed
+        // creates a task without run_spec for them when the walk reaches them)
+        let extra = PyList::empty(py);
         let resolve = |k: &Bound<'py, PyAny>| -> PyResult<Option<KeyRef>> {
             if let Some(i) = index.get_item(k)? {
                 return Ok(Some(KeyRef::Graph(i.extract()?)));
             }
-            Ok(self.tid(py, k)?.map(KeyRef::Existing))
+            if let Some(t) = self.tid(py, k)? {
+                return Ok(Some(KeyRef::Existing(t)));
+            }
+            let i = dsk.len() + extra.len();
+            index.set_item(k, i)?;
+            extra.append(k)?;
+            Ok(Some(KeyRef::Graph(i)))
         };
         let mut graph = Vec::with_capacity(dsk.len());
         for (k, spec) in dsk.iter() {
@@ -629,6 +689,7 @@ impl Engine {
                 data_producer: producer,
                 dependencies: deps,
                 existing: self.tid(py, &k)?,
+                in_dsk: true,
                 key: k.unbind(),
             });
         }
@@ -638,7 +699,23 @@ impl Engine {
             let k = k?;
             key_refs.push(resolve(&k)?.ok_or_else(|| PyKeyError::new_err(k.unbind()))?);
         }
-        let generated = self.state.generate_taskstates(&key_refs, &graph);
+        for k in extra.iter() {
+            graph.push(GraphTask {
+                hash: k.hash()? as i64,
+                group: key_split_group.bind(py).call1((&k,))?.extract()?,
+                prefix: key_split.bind(py).call1((&k,))?.extract()?,
+                run_spec: None,
+                data_producer: false,
+                dependencies: Vec::new(),
+                existing: None,
+                in_dsk: false,
+                key: k.unbind(),
+            });
+        }
+        let generated = self
+            .state
+            .generate_taskstates(&key_refs, &graph)
+            .map_err(to_pyerr)?;
         for t in &generated.new {
             self.register(py, *t)?;
         }
@@ -672,12 +749,21 @@ impl Engine {
             Some(k) if k.is_truthy()? => Some(self.tid(py, k)?),
             _ => None,
         };
+        // fifo_timeout arrives as a number or a string ("100 ms")
+        let fifo_timeout_s: f64 = match fifo_timeout {
+            Some(f) if !f.is_none() => py
+                .import("dask.utils")?
+                .getattr("parse_timedelta")?
+                .call1((f,))?
+                .extract()?,
+            _ => 0.0,
+        };
         self.state.set_priorities(
             &generated.touched,
             &prios,
             submitting.flatten(),
             submitting.is_some(),
-            fifo_timeout,
+            fifo_timeout_s,
             start,
         );
         let c = self.client_id(py, client)?;
@@ -707,11 +793,17 @@ impl Engine {
         let recs = self
             .state
             .graph_recommendations(&key_ids, &generated.touched);
-        let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
         self.state
             .transitions_loop(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
+        for &t in &generated.touched {
+            if self.state.task(t).is_some_and(|ts| {
+                matches!(ts.state, TaskStateState::Memory | TaskStateState::Erred)
+            }) {
+                self.state.report_on_key(t, Some(c), &mut out);
+            }
+        }
         self.finish(py, out)
     }
 
@@ -876,6 +968,9 @@ impl Engine {
         };
         let sid = stimulus_id.clone().unbind();
         let addr = address.to_owned();
+        // del self.aliases[ws.name]
+        let name = self.worker_meta[w.idx()].1.clone_ref(py);
+        self.aliases.bind(py).del_item(name.bind(py)).ok();
         // KilledWorker(task, last_worker=ws.clean(), allowed_failures), pickled
         let last_worker = self.clean_worker_state(py, w)?;
         let killed = |key: &Py<PyAny>, allowed: i64| -> Py<PyAny> {

@@ -191,6 +191,10 @@ pub fn outbox_to_py<'py>(
 ) -> PyResult<Bound<'py, PyTuple>> {
     let cm = PyDict::new(py);
     for (c, msgs) in out.client_msgs.iter() {
+        // the fire-and-forget client has no comm: send_all drops these
+        if *c == s.fire_and_forget {
+            continue;
+        }
         let l = PyList::empty(py);
         for m in msgs {
             l.append(client_msg(py, s, m)?)?;

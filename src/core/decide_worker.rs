@@ -265,16 +265,23 @@ impl<P: Clone> SchedulerState<P> {
             s = Some(PySet::from_iter_hashed(items));
         }
         if let Some(hr) = ts.host_restrictions.as_ref().filter(|r| !r.is_empty()) {
-            let mut ss: Option<WorkerSet> = None;
+            // set.union(*sl): a copy of the first set, updated with the others, skipping
+            // arguments that are the first set itself
+            let mut ss: Option<(String, WorkerSet)> = None;
             for h in hr {
                 let host = self.coerce_hostname(h);
                 if let Some(dh) = self.host_info.get(&host) {
                     match ss.as_mut() {
-                        None => ss = Some(dh.addresses.copy()),
-                        Some(acc) => acc.update(&dh.addresses),
+                        None => ss = Some((host, dh.addresses.copy())),
+                        Some((first, acc)) => {
+                            if *first != host {
+                                acc.update(&dh.addresses)
+                            }
+                        }
                     }
                 }
             }
+            let ss = ss.map(|(_, s)| s);
             let ss = ss.unwrap_or_default();
             s = Some(match s {
                 None => ss,
@@ -297,8 +304,9 @@ impl<P: Clone> SchedulerState<P> {
                         .filter(|(_, supplied)| **supplied >= required)
                         .map(|(w, _)| (*w, self.ws(*w).addr_hash)),
                 );
+                // set.intersection(*dw.values()): a copy of the first, then intersections
                 ww = Some(match ww {
-                    None => sw,
+                    None => sw.copy(),
                     Some(acc) => acc.intersection(&sw),
                 });
             }

@@ -3,14 +3,15 @@
 //! added again keeps its older heap entry, which still counts while the task is a member,
 //! so ties and re-queued tasks order exactly as distributed orders them.
 
-use crate::core::types::{Priority, TaskId};
+use crate::core::types::{CoreError, CoreResult, Priority, TaskId};
 use hashbrown::HashMap;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 #[derive(Clone, Debug)]
 struct Entry {
-    priority: Priority,
+    /// `None` for a task without priority (scattered data that is recomputed).
+    priority: Option<Priority>,
     inc: u64,
     task: TaskId,
     /// Distinguishes tasks that reuse an arena slot (Python holds weak references).
@@ -31,9 +32,7 @@ impl PartialOrd for Entry {
 impl Ord for Entry {
     // Reversed: BinaryHeap is a max-heap and we want the smallest (priority, inc).
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .priority
-            .cmp_prio(&self.priority)
+        crate::core::transitions::cmp_opt_prio(&other.priority, &self.priority)
             .then(other.inc.cmp(&self.inc))
     }
 }
@@ -63,9 +62,18 @@ impl HeapSet {
         self.data.get(&e.task) == Some(&e.serial)
     }
 
-    pub fn add(&mut self, t: TaskId, serial: u64, priority: Priority) {
+    /// Python compares `None` with a tuple only when the heap holds another entry, and
+    /// then raises `TypeError`; that case is an error here too.
+    pub fn add(&mut self, t: TaskId, serial: u64, priority: Option<Priority>) -> CoreResult<()> {
         if self.data.contains_key(&t) {
-            return;
+            return Ok(());
+        }
+        if !self.heap.is_empty()
+            && (priority.is_none() || self.heap.iter().any(|e| e.priority.is_none()))
+        {
+            return Err(CoreError::Invalid(
+                "'<' not supported between a task without priority and a queued task".into(),
+            ));
         }
         self.heap.push(Entry {
             priority,
@@ -75,6 +83,7 @@ impl HeapSet {
         });
         self.data.insert(t, serial);
         self.inc += 1;
+        Ok(())
     }
 
     pub fn discard(&mut self, t: TaskId) {

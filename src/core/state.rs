@@ -947,7 +947,8 @@ impl<P: Clone> SchedulerState<P> {
 
     /// TaskGroup.add_duration (and the prefix's)
     pub fn add_duration(&mut self, g: GroupId, action: &str, start: f64, stop: f64) {
-        let duration_us = ((stop - start) * 1e6).round().max(0.0) as i64;
+        // Python's round(): halves to even
+        let duration_us = ((stop - start) * 1e6).round_ties_even().max(0.0) as i64;
         let aid = self.strings.intern(action);
         let tg = &mut self.groups[g.idx()];
         tg.durations.duration_us += duration_us;

@@ -33,6 +33,8 @@ pub struct GraphTask<P> {
     pub dependencies: Vec<KeyRef>,
     /// The scheduler's task for this key, if it already exists.
     pub existing: Option<TaskId>,
+    /// False for a key only named as a dependency (not a key of the submitted dict).
+    pub in_dsk: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -49,7 +51,8 @@ pub struct NewWorker {
     pub hash: i64,
     pub addr_hash: i64,
     pub host: String,
-    pub name: String,
+    /// The worker's name if it is a str (aliases of other names never match a host).
+    pub name: Option<String>,
     pub nthreads: i64,
     pub memory_limit: i64,
     pub status: WorkerStatus,
@@ -59,7 +62,11 @@ pub struct NewWorker {
 impl<P: Clone> SchedulerState<P> {
     /// `Scheduler._generate_taskstates`. `keys` in `set(keys)` iteration order;
     /// `deps_equal(ts, entry)` answers the run_spec collision check for existing tasks.
-    pub fn generate_taskstates(&mut self, keys: &[KeyRef], dsk: &[GraphTask<P>]) -> GeneratedTasks {
+    pub fn generate_taskstates(
+        &mut self,
+        keys: &[KeyRef],
+        dsk: &[GraphTask<P>],
+    ) -> CoreResult<GeneratedTasks> {
         let mut out = GeneratedTasks {
             graph_ids: dsk
                 .iter()
@@ -133,7 +140,7 @@ impl<P: Clone> SchedulerState<P> {
         }
         for (i, g) in dsk.iter().enumerate() {
             let Some(t) = out.graph_ids[i] else { continue };
-            if collisions[i] {
+            if collisions[i] || !g.in_dsk {
                 continue;
             }
             for d in &g.dependencies {
@@ -141,12 +148,12 @@ impl<P: Clone> SchedulerState<P> {
                     KeyRef::Existing(x) => Some(*x),
                     KeyRef::Graph(j) => out.graph_ids[*j],
                 };
-                if let Some(dt) = dt {
-                    self.add_dependency(t, dt);
-                }
+                // `self.tasks[dep]` raises KeyError for a dependency never created
+                let dt = dt.ok_or_else(|| CoreError::UnknownKey(format!("dependency {d:?}")))?;
+                self.add_dependency(t, dt);
             }
         }
-        out
+        Ok(out)
     }
 
     /// `Scheduler._set_priorities`. `prios[i]` is `(annotated user priority,
@@ -312,7 +319,9 @@ impl<P: Clone> SchedulerState<P> {
         dh.nthreads += nw.nthreads;
         self.total_memory += nw.memory_limit;
         self.total_nthreads += nw.nthreads;
-        self.aliases.insert(nw.name.clone(), nw.address.clone());
+        if let Some(name) = &nw.name {
+            self.aliases.insert(name.clone(), nw.address.clone());
+        }
         // heartbeat_worker(resources=...) -> set_resources
         for (r, v) in nw.resources {
             let rid = self.strings.intern(&r);

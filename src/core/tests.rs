@@ -23,7 +23,7 @@ fn worker(s: &mut St, i: usize, nthreads: i64) -> WorkerId {
         hash: fnv(&format!("id-{i}")),
         addr_hash: fnv(&addr),
         host: format!("10.0.0.{i}"),
-        name: addr.clone(),
+        name: Some(addr.clone()),
         address: addr,
         nthreads,
         memory_limit: 0,
@@ -47,6 +47,7 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
             data_producer: false,
             dependencies: vec![],
             existing: None,
+            in_dsk: true,
             key,
         });
         layer.push(dsk.len() - 1);
@@ -64,6 +65,7 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
                 data_producer: false,
                 dependencies: chunk.iter().map(|i| KeyRef::Graph(*i)).collect(),
                 existing: None,
+                in_dsk: true,
                 key,
             });
             next.push(dsk.len() - 1);
@@ -72,7 +74,7 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
         lvl += 1;
     }
     let root = KeyRef::Graph(layer[0]);
-    let g = s.generate_taskstates(&[root], &dsk);
+    let g = s.generate_taskstates(&[root], &dsk).unwrap();
     let prios: Vec<(Num, Option<i64>)> = (0..g.touched.len())
         .map(|i| (Num::Int(0), Some(i as i64)))
         .collect();

@@ -29,6 +29,14 @@ pub enum TransitionArgs<P> {
     },
 }
 
+/// distributed's `assert x` on a value the transition needs: an error (AssertionError in
+/// Python), never a panic.
+macro_rules! required {
+    ($opt:expr, $what:expr) => {
+        $opt.ok_or_else(|| CoreError::Validation(format!("assertion failed: {}", $what)))?
+    };
+}
+
 impl<P: Clone> SchedulerState<P> {
     /// `SchedulerState._transitions`: process recommendations until none are left.
     pub fn transitions_loop(
@@ -175,7 +183,7 @@ impl<P: Clone> SchedulerState<P> {
             (S::Waiting, S::Released) => self.t_waiting_released(t, recs),
             (S::Waiting, S::Processing) => self.t_waiting_processing(t, stimulus_id, recs, out)?,
             (S::Waiting, S::NoWorker) => self.t_waiting_no_worker(t),
-            (S::Waiting, S::Queued) => self.t_waiting_queued(t),
+            (S::Waiting, S::Queued) => self.t_waiting_queued(t)?,
             (S::Waiting, S::Memory) => {}
             (S::Queued, S::Released) => {
                 self.queued.discard(t);
@@ -189,10 +197,10 @@ impl<P: Clone> SchedulerState<P> {
             }
             (S::Queued, S::Erred) => {
                 self.queued.discard(t);
-                self.propagate_erred(t, args, recs, out);
+                self.propagate_erred(t, args, recs, out)?;
             }
             (S::Processing, S::Released) => {
-                if let Some(w) = self.exit_processing_common(t) {
+                if let Some(w) = self.exit_processing_common(t)? {
                     out.to_worker(
                         w,
                         WorkerMsg::FreeKeys {
@@ -206,12 +214,12 @@ impl<P: Clone> SchedulerState<P> {
             (S::Processing, S::Memory) => self.t_processing_memory(t, args, recs, out)?,
             (S::Processing, S::Erred) => {
                 if self.ts(t).actor {
-                    let w = self.ts(t).processing_on.expect("processing_on");
+                    let w = required!(self.ts(t).processing_on, "ts.processing_on");
                     let th = self.thash(t);
                     self.ws_mut(w).actors.remove(t, th);
                 }
-                self.exit_processing_common(t);
-                self.propagate_erred(t, args, recs, out);
+                self.exit_processing_common(t)?;
+                self.propagate_erred(t, args, recs, out)?;
             }
             (S::NoWorker, S::Released) => {
                 self.unrunnable.remove(&t);
@@ -225,15 +233,15 @@ impl<P: Clone> SchedulerState<P> {
             }
             (S::NoWorker, S::Erred) => {
                 self.unrunnable.remove(&t);
-                self.propagate_erred(t, args, recs, out);
+                self.propagate_erred(t, args, recs, out)?;
             }
             (S::Released, S::Forgotten) | (S::Memory, S::Forgotten) => {
                 self.t_to_forgotten(t, stimulus_id, recs, out)
             }
-            (S::Memory, S::Erred) => self.t_memory_erred(t, args, recs, out),
+            (S::Memory, S::Erred) => self.t_memory_erred(t, args, recs, out)?,
             (S::Erred, S::Released) => self.t_erred_released(t, stimulus_id, recs, out),
             (S::Memory, S::Released) => self.t_memory_released(t, stimulus_id, recs, out),
-            (S::Released, S::Erred) => self.t_released_erred(t, recs, out),
+            (S::Released, S::Erred) => self.t_released_erred(t, recs, out)?,
             _ => unreachable!("checked by has_transition"),
         }
         Ok(())
@@ -251,14 +259,13 @@ impl<P: Clone> SchedulerState<P> {
             let dh = self.thash(d);
             if !self.ts(d).has_who_has() {
                 let ts = self.ts_mut(t);
-                let w = ts.waiting_on.get_or_insert_with(PySet::new);
-                w.insert(d, dh);
+                fresh_if_empty(&mut ts.waiting_on).insert(d, dh);
             }
             if self.ts(d).state == S::Released {
                 recs.insert(d, S::Waiting);
             } else {
                 let dts = self.ts_mut(d);
-                dts.waiters.get_or_insert_with(PySet::new).insert(t, th);
+                fresh_if_empty(&mut dts.waiters).insert(t, th);
             }
         }
         let waiters: Vec<(TaskId, i64)> = self
@@ -316,11 +323,10 @@ impl<P: Clone> SchedulerState<P> {
         self.unrunnable.insert(t, monotonic());
     }
 
-    fn t_waiting_queued(&mut self, t: TaskId) {
+    fn t_waiting_queued(&mut self, t: TaskId) -> CoreResult<()> {
         self.set_state(t, S::Queued);
         let ts = self.ts(t);
-        let prio = ts.priority.expect("queued task has a priority");
-        self.queued.add(t, ts.serial, prio);
+        self.queued.add(t, ts.serial, ts.priority)
     }
 
     fn t_processing_memory(
@@ -357,7 +363,7 @@ impl<P: Clone> SchedulerState<P> {
             self.add_duration(g, &ss.action, ss.start, ss.stop);
         }
         self.set_nbytes(t, nbytes);
-        self.exit_processing_common(t);
+        self.exit_processing_common(t)?;
         self.add_to_memory(t, w, recs, out, type_, &typename);
         Ok(())
     }
@@ -418,18 +424,20 @@ impl<P: Clone> SchedulerState<P> {
                     recs.insert(d, S::Waiting);
                 }
                 S::Waiting => {
-                    self.ts_mut(d)
-                        .waiting_on
-                        .get_or_insert_with(PySet::new)
-                        .insert(t, th);
+                    fresh_if_empty(&mut self.ts_mut(d).waiting_on).insert(t, th);
                 }
                 _ => {}
             }
         }
     }
 
-    fn t_released_erred(&mut self, t: TaskId, recs: &mut Recs, out: &mut Outbox<P>) {
-        let failing = self.ts(t).exception_blame.expect("exception_blame");
+    fn t_released_erred(
+        &mut self,
+        t: TaskId,
+        recs: &mut Recs,
+        out: &mut Outbox<P>,
+    ) -> CoreResult<()> {
+        let failing = required!(self.ts(t).exception_blame, "ts.exception_blame");
         let dependents: SmallVec<[TaskId; 8]> = self.ts(t).dependents.iter().collect();
         for d in dependents {
             if !self.ts(d).has_who_has() {
@@ -439,6 +447,7 @@ impl<P: Clone> SchedulerState<P> {
         }
         self.report_erred(t, failing, out);
         self.set_state(t, S::Erred);
+        Ok(())
     }
 
     fn t_erred_released(
@@ -512,7 +521,7 @@ impl<P: Clone> SchedulerState<P> {
         args: TransitionArgs<P>,
         recs: &mut Recs,
         out: &mut Outbox<P>,
-    ) {
+    ) -> CoreResult<()> {
         let (worker, cause, exception, traceback, exception_text, traceback_text) = match args {
             TransitionArgs::Erred {
                 worker,
@@ -554,7 +563,7 @@ impl<P: Clone> SchedulerState<P> {
                 self.ts_mut(t).exception_blame = Some(c);
                 c
             }
-            None => self.ts(t).exception_blame.expect("exception_blame"),
+            None => required!(self.ts(t).exception_blame, "ts.exception_blame is not None"),
         };
         if self.config.erred_tasks_maxlen > 0 {
             let ts = self.ts(t);
@@ -599,6 +608,7 @@ impl<P: Clone> SchedulerState<P> {
         if self.clients[ff.idx()].wants_what.contains(t, th) {
             self.client_releases_keys_inner(&[t], ff, recs);
         }
+        Ok(())
     }
 
     fn t_memory_erred(
@@ -607,7 +617,7 @@ impl<P: Clone> SchedulerState<P> {
         args: TransitionArgs<P>,
         recs: &mut Recs,
         out: &mut Outbox<P>,
-    ) {
+    ) -> CoreResult<()> {
         // distributed builds free-keys and task-erred messages here and then returns only
         // `_propagate_erred`'s result, so those first messages are never sent; same here.
         let _ = args;
@@ -615,8 +625,8 @@ impl<P: Clone> SchedulerState<P> {
         let dependents: SmallVec<[TaskId; 8]> = self.ts(t).dependents.iter().collect();
         for d in dependents {
             if !self.ts(d).has_who_has() {
+                // distributed recommends `erred` here into a dict it then discards
                 self.ts_mut(d).exception_blame = Some(t);
-                recs.insert(d, S::Erred);
             }
         }
         self.set_state(t, S::Erred);
@@ -633,7 +643,7 @@ impl<P: Clone> SchedulerState<P> {
             },
             recs,
             out,
-        );
+        )
     }
 
     fn t_to_forgotten(&mut self, t: TaskId, stimulus_id: &P, recs: &mut Recs, out: &mut Outbox<P>) {
@@ -814,13 +824,13 @@ impl<P: Clone> SchedulerState<P> {
             }
             return Ok(());
         }
-        let msg = self.task_to_msg(t);
+        let msg = self.task_to_msg(t)?;
         out.to_worker(w, msg);
         Ok(())
     }
 
     /// `_task_to_msg` (the payload fields are read by the binding when it builds the dict)
-    fn task_to_msg(&mut self, t: TaskId) -> WorkerMsg<P> {
+    fn task_to_msg(&mut self, t: TaskId) -> CoreResult<WorkerMsg<P>> {
         let run_id = self.run_id_counter;
         self.run_id_counter += 1;
         self.ts_mut(t).run_id = Some(run_id);
@@ -835,26 +845,26 @@ impl<P: Clone> SchedulerState<P> {
             .iter()
             .map(|d| (d, self.ts(d).nbytes))
             .collect();
-        WorkerMsg::ComputeTask {
+        Ok(WorkerMsg::ComputeTask {
             task: t,
             run_id,
-            priority: ts.priority.expect("task sent to a worker has a priority"),
+            priority: required!(ts.priority, "ts.priority"),
             stimulus_time: now(),
             who_has,
             nbytes,
-        }
+        })
     }
 
     /// `_exit_processing_common`
-    pub(crate) fn exit_processing_common(&mut self, t: TaskId) -> Option<WorkerId> {
-        let w = self.ts_mut(t).processing_on.take().expect("processing_on");
+    pub(crate) fn exit_processing_common(&mut self, t: TaskId) -> CoreResult<Option<WorkerId>> {
+        let w = required!(self.ts_mut(t).processing_on.take(), "ws");
         self.ws_remove_from_processing(w, t);
         if !self.is_current_worker(w) {
-            return None;
+            return Ok(None);
         }
         self.check_idle_saturated(w);
         self.release_resources(t, w);
-        Some(w)
+        Ok(Some(w))
     }
 
     /// `_add_to_memory`
@@ -990,6 +1000,15 @@ impl<P: Clone> SchedulerState<P> {
             .map(|s| s.iter().collect())
             .unwrap_or_default()
     }
+}
+
+/// `if not s: s = set()`: an empty set (even an emptied one, whose table has grown) is
+/// replaced by a fresh one, which iterates differently.
+fn fresh_if_empty<T: Copy + Eq>(s: &mut Option<PySet<T>>) -> &mut PySet<T> {
+    if s.as_ref().is_none_or(|x| x.is_empty()) {
+        *s = Some(PySet::new());
+    }
+    s.as_mut().expect("just set")
 }
 
 pub fn cmp_opt_prio(a: &Option<Priority>, b: &Option<Priority>) -> std::cmp::Ordering {
