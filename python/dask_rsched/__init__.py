@@ -1,4 +1,18 @@
-"""dask-rsched: the Dask distributed scheduler's state and transitions in Rust."""
+"""dask-rsched: the Dask distributed scheduler's state and transitions in Rust.
+
+Switch it on with any of:
+
+* ``dask scheduler --preload dask_rsched`` (or the Dask config
+  ``distributed.scheduler.preload: [dask_rsched]``,
+  ``DASK_DISTRIBUTED__SCHEDULER__PRELOAD=dask_rsched``);
+* ``dask_rsched.install()`` in-process (``uninstall()`` switches it off again);
+* ``pytest -p dask_rsched.testing``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
 
 from dask_rsched._core import (
     ClientState,
@@ -11,6 +25,7 @@ from dask_rsched._core import (
 )
 
 __all__ = [
+    "SUPPORTED_DISTRIBUTED",
     "ClientState",
     "Engine",
     "TaskGroup",
@@ -18,4 +33,89 @@ __all__ = [
     "TaskState",
     "WorkerState",
     "__version__",
+    "activate",
+    "dask_setup",
+    "install",
+    "is_installed",
+    "supported",
+    "uninstall",
 ]
+
+#: The distributed releases whose scheduler.py the engine reproduces.
+SUPPORTED_DISTRIBUTED = ("2026.8.0",)
+
+logger = logging.getLogger("dask_rsched")
+_warned = False
+_original_init: Any = None
+
+
+def supported() -> bool:
+    """True if the installed distributed is one the engine reproduces; otherwise logs
+    one warning (once per process) and the scheduler stays pure Python."""
+    global _warned
+    import distributed
+
+    if distributed.__version__ in SUPPORTED_DISTRIBUTED:
+        return True
+    if not _warned:
+        _warned = True
+        logger.warning(
+            "dask-rsched supports distributed %s, found %s: the scheduler keeps running "
+            "on the pure-Python engine",
+            ", ".join(SUPPORTED_DISTRIBUTED),
+            distributed.__version__,
+        )
+    return False
+
+
+def activate(scheduler: Any) -> bool:
+    """Moves one Scheduler (with no workers or tasks yet) onto the engine."""
+    if not supported():
+        return False
+    from dask_rsched._scheduler import activate as _activate
+
+    return _activate(scheduler)
+
+
+def dask_setup(server: Any) -> None:
+    """Preload hook: ``dask scheduler --preload dask_rsched``."""
+    from distributed import Scheduler
+
+    if isinstance(server, Scheduler):
+        activate(server)
+
+
+def install() -> bool:
+    """Every ``distributed.Scheduler`` created from now on runs on the engine."""
+    global _original_init
+    if _original_init is not None:
+        return True
+    if not supported():
+        return False
+    from distributed import Scheduler
+
+    original = Scheduler.__init__
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        activate(self)
+
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    _original_init = original
+    Scheduler.__init__ = __init__  # type: ignore[method-assign]
+    return True
+
+
+def uninstall() -> None:
+    """Schedulers created from now on are pure Python again."""
+    global _original_init
+    if _original_init is None:
+        return
+    from distributed import Scheduler
+
+    Scheduler.__init__ = _original_init  # type: ignore[method-assign]
+    _original_init = None
+
+
+def is_installed() -> bool:
+    return _original_init is not None

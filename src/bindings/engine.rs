@@ -99,6 +99,16 @@ pub struct Engine {
     worker_meta: Vec<(Py<PyAny>, Py<PyAny>)>,
     /// `Scheduler.aliases`: worker name (any hashable) -> address
     aliases: Py<PyDict>,
+    /// A graph submission whose transitions wait for `update_graph_commit`
+    pending_graph: Option<PendingGraph>,
+}
+
+struct PendingGraph {
+    recs: crate::core::state::Recs,
+    out: Outbox<Py<PyAny>>,
+    stimulus_id: Py<PyAny>,
+    touched: Vec<TaskId>,
+    client: ClientId,
 }
 
 impl Engine {
@@ -160,6 +170,31 @@ impl Engine {
         drop(handles);
         self.state.flush();
         Ok(msgs)
+    }
+
+    fn commit_graph<'py>(
+        &mut self,
+        py: Python<'py>,
+        pending: PendingGraph,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let PendingGraph {
+            recs,
+            mut out,
+            stimulus_id,
+            touched,
+            client,
+        } = pending;
+        self.state
+            .transitions_loop(recs, &mut out, &stimulus_id)
+            .map_err(to_pyerr)?;
+        for &t in &touched {
+            if self.state.task(t).is_some_and(|ts| {
+                matches!(ts.state, TaskStateState::Memory | TaskStateState::Erred)
+            }) {
+                self.state.report_on_key(t, Some(client), &mut out);
+            }
+        }
+        self.finish(py, out)
     }
 
     /// The first key reachable from `keys` that is neither in `dsk` nor a known task.
@@ -550,6 +585,7 @@ impl Engine {
             client_handles: RefCell::default(),
             worker_meta: Vec::new(),
             aliases: PyDict::new(py).unbind(),
+            pending_graph: None,
         })
     }
 
@@ -622,7 +658,8 @@ impl Engine {
     /// `ordered` is dask.order's result.
     #[pyo3(signature = (*, dsk, keys, ordered, client, stimulus_id, user_priority = None,
                         fifo_timeout = None, start = 0.0, submitting_task = None, actors = None,
-                        annotations_by_type = None, global_annotations = None))]
+                        annotations_by_type = None, global_annotations = None,
+                        defer_transitions = false))]
     #[allow(clippy::too_many_arguments)]
     fn update_graph<'py>(
         &mut self,
@@ -639,7 +676,13 @@ impl Engine {
         actors: Option<&Bound<'py, PyAny>>,
         annotations_by_type: Option<&Bound<'py, PyDict>>,
         global_annotations: Option<&Bound<'py, PyDict>>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+        defer_transitions: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if self.pending_graph.is_some() {
+            return Err(PyValueError::new_err(
+                "a graph submission is pending: call update_graph_commit() first",
+            ));
+        }
         let (key_split, key_split_group) = key_splitters(py)?;
         // distributed cancels a graph whose keys depend on data it no longer has
         // (`_find_lost_dependencies`); here that is a KeyError before any state changes
@@ -793,18 +836,36 @@ impl Engine {
         let recs = self
             .state
             .graph_recommendations(&key_ids, &generated.touched);
-        let sid = stimulus_id.clone().unbind();
-        self.state
-            .transitions_loop(recs, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        for &t in &generated.touched {
-            if self.state.task(t).is_some_and(|ts| {
-                matches!(ts.state, TaskStateState::Memory | TaskStateState::Erred)
-            }) {
-                self.state.report_on_key(t, Some(c), &mut out);
-            }
+        let pending = PendingGraph {
+            recs,
+            out,
+            stimulus_id: stimulus_id.clone().unbind(),
+            touched: generated.touched,
+            client: c,
+        };
+        if defer_transitions {
+            let touched = PyList::new(
+                py,
+                pending
+                    .touched
+                    .iter()
+                    .map(|t| self.state.ts(*t).key.bind(py)),
+            )?;
+            self.pending_graph = Some(pending);
+            return Ok(touched.into_any());
         }
-        self.finish(py, out)
+        Ok(self.commit_graph(py, pending)?.into_any())
+    }
+
+    /// Runs the transitions of a graph submitted with `defer_transitions=True` (after
+    /// the spans extension and `update_graph` plugins saw the new tasks, as distributed
+    /// orders it). Returns `(client_msgs, worker_msgs)`.
+    fn update_graph_commit<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let pending = self
+            .pending_graph
+            .take()
+            .ok_or_else(|| PyValueError::new_err("no graph submission is pending"))?;
+        self.commit_graph(py, pending)
     }
 
     /// `Scheduler.handle_task_finished`
@@ -1072,6 +1133,116 @@ impl Engine {
             }
             None => Ok(py.None()),
         }
+    }
+
+    /// `SchedulerState.transitions`: runs `recommendations` (key -> state name) to
+    /// completion. Unknown keys are ignored as distributed ignores them.
+    fn transitions<'py>(
+        &mut self,
+        py: Python<'py>,
+        recommendations: &Bound<'py, PyDict>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut recs = crate::core::state::Recs::new();
+        for (k, v) in recommendations.iter() {
+            let finish: String = v.extract()?;
+            let finish = TaskStateState::parse(&finish)
+                .ok_or_else(|| PyValueError::new_err(format!("unknown task state {finish:?}")))?;
+            if let Some(t) = self.tid(py, &k)? {
+                recs.insert(t, finish);
+            }
+        }
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        self.state
+            .transitions_loop(recs, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.stimulus_queue_slots_maybe_opened`
+    fn stimulus_queue_slots_maybe_opened<'py>(
+        &mut self,
+        py: Python<'py>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        self.state
+            .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
+    /// `Scheduler.client_desires_keys` (unknown keys are skipped); reports keys already in
+    /// memory or erred.
+    fn client_desires_keys<'py>(
+        &mut self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        client: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let c = self.client_id(py, client)?;
+        let mut ids = Vec::new();
+        for k in keys.try_iter()? {
+            if let Some(t) = self.tid(py, &k?)? {
+                ids.push(t);
+            }
+        }
+        let mut out = Outbox::default();
+        self.state.client_desires_keys(&ids, c, &mut out);
+        self.finish(py, out)
+    }
+
+    /// The transitions after the first `counter` ones (bounded by the log's length), as
+    /// `(key, start, finish, stimulus_id)`: what `SchedulerPlugin.transition` receives.
+    fn transitions_since<'py>(
+        &self,
+        py: Python<'py>,
+        counter: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let log = &self.state.transition_log;
+        let n = (self.state.transition_counter - counter).clamp(0, log.len() as i64) as usize;
+        let out = PyList::empty(py);
+        for e in log.iter().skip(log.len() - n) {
+            out.append((
+                e.key.bind(py),
+                e.start.as_str(),
+                e.finish.as_str(),
+                e.stimulus_id.bind(py),
+            ))?;
+        }
+        Ok(out)
+    }
+
+    /// `SchedulerState.remove_replica` (the Active Memory Manager drops extra copies).
+    fn remove_replica(
+        &mut self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        worker: &str,
+    ) -> PyResult<()> {
+        let t = self.tid_required(py, key)?;
+        let w = self.worker(worker)?;
+        if self
+            .state
+            .ts(t)
+            .who_has
+            .as_ref()
+            .is_some_and(|h| h.contains(w, self.state.whash(w)))
+        {
+            self.state.remove_replica(t, w);
+        }
+        Ok(())
+    }
+
+    /// Addresses of the workers in `Scheduler.workers` order (sorted).
+    fn worker_addresses(&self) -> Vec<String> {
+        self.state
+            .workers_sorted
+            .iter()
+            .map(|w| self.state.ws(*w).address.clone())
+            .collect()
     }
 
     /// The keys of the live tasks, in creation order (like `SchedulerState.tasks`).

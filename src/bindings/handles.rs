@@ -7,8 +7,44 @@ use super::engine::Engine;
 use super::messages::priority_to_py;
 use crate::core::entities::Task;
 use crate::core::types::*;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PySet, PyString};
+
+/// Methods and properties of distributed's own class (`WorkerState.memory`, `clean()`,
+/// `TaskPrefix.add_exec_time`, ...) bound to the handle: they only read attributes the
+/// handle serves, so distributed's code is the implementation. Slot members and dunders
+/// are not borrowed.
+fn distributed_fallback(
+    obj: &Bound<'_, PyAny>,
+    class: &'static str,
+    name: &str,
+) -> PyResult<Py<PyAny>> {
+    let py = obj.py();
+    let missing = || {
+        pyo3::exceptions::PyAttributeError::new_err(format!(
+            "'{class}' object has no attribute '{name}'"
+        ))
+    };
+    if name.starts_with("__") {
+        return Err(missing());
+    }
+    let cls = py.import("distributed.scheduler")?.getattr(class)?;
+    let Ok(attr) = cls.getattr(name) else {
+        return Err(missing());
+    };
+    if attr.is_instance(&py.import("functools")?.getattr("cached_property")?)? {
+        return Ok(attr.getattr("func")?.call1((obj,))?.unbind());
+    }
+    let borrowable = attr.is_instance(&py.import("builtins")?.getattr("property")?)?
+        || attr.is_instance(&py.import("types")?.getattr("FunctionType")?)?;
+    if !borrowable {
+        return Err(missing());
+    }
+    Ok(attr
+        .call_method1(intern!(py, "__get__"), (obj, &cls))?
+        .unbind())
+}
 
 fn none(py: Python<'_>) -> Py<PyAny> {
     py.None()
@@ -18,7 +54,7 @@ fn opt_obj(py: Python<'_>, o: &Option<Py<PyAny>>) -> Py<PyAny> {
     o.as_ref().map_or_else(|| none(py), |o| o.clone_ref(py))
 }
 
-#[pyclass(frozen, module = "dask_rsched._core", name = "TaskState")]
+#[pyclass(frozen, dict, module = "dask_rsched._core", name = "TaskState")]
 pub struct TaskStateHandle {
     pub engine: Py<Engine>,
     pub id: TaskId,
@@ -182,6 +218,17 @@ impl TaskStateHandle {
         self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.annotations)))
     }
 
+    /// Extensions (spans) replace a task's annotations dict; the engine reads it only
+    /// when the task is submitted.
+    #[setter]
+    fn set_annotations(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
+        let mut e = self.engine.bind(py).borrow_mut();
+        if e.live_task(py, self.key.bind(py), self.id)?.is_some() {
+            e.state.ts_mut(self.id).annotations = value.filter(|v| !v.is_none(py));
+        }
+        Ok(())
+    }
+
     #[getter]
     fn metadata(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.metadata)))
@@ -216,9 +263,7 @@ impl TaskStateHandle {
             )?;
             return Ok(f.into_any().unbind());
         }
-        Err(pyo3::exceptions::PyAttributeError::new_err(format!(
-            "'TaskState' object has no attribute '{name}'"
-        )))
+        distributed_fallback(slf.as_any(), "TaskState", name)
     }
 
     #[getter]
@@ -366,7 +411,7 @@ fn str_set(py: Python<'_>, v: Option<&[String]>) -> PyResult<Py<PyAny>> {
     }
 }
 
-#[pyclass(frozen, module = "dask_rsched._core", name = "WorkerState")]
+#[pyclass(frozen, dict, module = "dask_rsched._core", name = "WorkerState")]
 pub struct WorkerStateHandle {
     pub engine: Py<Engine>,
     pub id: WorkerId,
@@ -386,6 +431,10 @@ impl WorkerStateHandle {
 
 #[pymethods]
 impl WorkerStateHandle {
+    fn __getattr__(slf: &Bound<'_, Self>, name: &str) -> PyResult<Py<PyAny>> {
+        distributed_fallback(slf.as_any(), "WorkerState", name)
+    }
+
     #[getter]
     fn address(&self, py: Python<'_>) -> PyResult<String> {
         self.with(py, |_, ws| Ok(ws.address.clone()))
@@ -496,7 +545,7 @@ impl WorkerStateHandle {
     }
 }
 
-#[pyclass(frozen, module = "dask_rsched._core", name = "ClientState")]
+#[pyclass(frozen, dict, module = "dask_rsched._core", name = "ClientState")]
 pub struct ClientStateHandle {
     pub engine: Py<Engine>,
     pub id: ClientId,
@@ -505,6 +554,10 @@ pub struct ClientStateHandle {
 
 #[pymethods]
 impl ClientStateHandle {
+    fn __getattr__(slf: &Bound<'_, Self>, name: &str) -> PyResult<Py<PyAny>> {
+        distributed_fallback(slf.as_any(), "ClientState", name)
+    }
+
     #[getter]
     fn client_key(&self, py: Python<'_>) -> Py<PyAny> {
         let e = self.engine.bind(py).borrow();
@@ -539,7 +592,7 @@ fn states_dict<'py>(py: Python<'py>, states: &[i64; 8]) -> PyResult<Bound<'py, P
     Ok(d)
 }
 
-#[pyclass(frozen, module = "dask_rsched._core", name = "TaskGroup")]
+#[pyclass(frozen, dict, module = "dask_rsched._core", name = "TaskGroup")]
 pub struct TaskGroupHandle {
     pub engine: Py<Engine>,
     pub id: GroupId,
@@ -547,6 +600,24 @@ pub struct TaskGroupHandle {
 
 #[pymethods]
 impl TaskGroupHandle {
+    /// The span the group belongs to (set by the spans extension on submission; sent to
+    /// workers with `compute-task`).
+    #[getter]
+    fn span_id(&self, py: Python<'_>) -> Py<PyAny> {
+        let e = self.engine.bind(py).borrow();
+        opt_obj(py, &e.state.groups[self.id.idx()].span_id)
+    }
+
+    #[setter]
+    fn set_span_id(&self, py: Python<'_>, value: Option<Py<PyAny>>) {
+        let mut e = self.engine.bind(py).borrow_mut();
+        e.state.groups[self.id.idx()].span_id = value.filter(|v| !v.is_none(py));
+    }
+
+    fn __getattr__(slf: &Bound<'_, Self>, name: &str) -> PyResult<Py<PyAny>> {
+        distributed_fallback(slf.as_any(), "TaskGroup", name)
+    }
+
     #[getter]
     fn name(&self, py: Python<'_>) -> String {
         self.engine.bind(py).borrow().state.groups[self.id.idx()]
@@ -631,7 +702,7 @@ fn counts(d: &Bound<'_, PyDict>) -> PyResult<String> {
         .join(", "))
 }
 
-#[pyclass(frozen, module = "dask_rsched._core", name = "TaskPrefix")]
+#[pyclass(frozen, dict, module = "dask_rsched._core", name = "TaskPrefix")]
 pub struct TaskPrefixHandle {
     pub engine: Py<Engine>,
     pub id: PrefixId,
@@ -639,6 +710,10 @@ pub struct TaskPrefixHandle {
 
 #[pymethods]
 impl TaskPrefixHandle {
+    fn __getattr__(slf: &Bound<'_, Self>, name: &str) -> PyResult<Py<PyAny>> {
+        distributed_fallback(slf.as_any(), "TaskPrefix", name)
+    }
+
     #[getter]
     fn name(&self, py: Python<'_>) -> String {
         self.engine.bind(py).borrow().state.prefixes[self.id.idx()]

@@ -1,0 +1,855 @@
+"""A `distributed.Scheduler` whose task, worker and client state lives in the engine.
+
+`activate(scheduler)` swaps a freshly constructed (or just-started, not yet used)
+Scheduler's class for a subclass that overrides the methods which change state: they call
+the engine, which runs the transitions in Rust and returns the messages, and hand those
+to `send_all`. Everything else (comms, heartbeats, extensions, plugins, diagnostics) is
+distributed's own code, reading state through the engine's handles and views.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import weakref
+from collections.abc import Callable, Collection
+from contextlib import suppress
+from time import time
+from typing import Any
+
+import dask
+from dask.utils import parse_timedelta
+from distributed import scheduler as _dsched
+from distributed.batched import BatchedSend
+from distributed.comm.addressing import get_address_host
+from distributed.core import Status
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.metrics import monotonic
+from distributed.scheduler import Computation
+from distributed.utils import log_errors
+
+from dask_rsched import _views
+from dask_rsched._core import Engine, __version__
+
+logger = logging.getLogger("dask_rsched")
+
+ENGINE_NAME = f"dask-rsched {__version__} (Rust)"
+
+# Instance attributes of SchedulerState that the engine owns; the subclass serves them
+# as properties (data descriptors win over the instance dict).
+_ENGINE_ATTRIBUTES = (
+    "tasks",
+    "workers",
+    "idle",
+    "idle_task_count",
+    "saturated",
+    "running",
+    "queued",
+    "unrunnable",
+    "replicated_tasks",
+    "task_groups",
+    "task_prefixes",
+    "n_tasks",
+    "transition_log",
+    "transition_counter",
+)
+
+_base_transition = SchedulerPlugin.transition
+_base_update_graph = SchedulerPlugin.update_graph
+
+
+def _status_name(status: Any) -> str:
+    return status.name if isinstance(status, Status) else str(status)
+
+
+class EngineSchedulerMixin:
+    """Overrides of `distributed.Scheduler`'s state-changing methods."""
+
+    _rsched_engine: Engine
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def tasks(self) -> _views.TasksView:
+        return self._rsched_tasks
+
+    @property
+    def workers(self) -> _views.WorkersView:
+        return self._rsched_workers
+
+    def _rsched_containers(self) -> dict[str, Any]:
+        return _views.containers(self._rsched_engine)
+
+    @property
+    def idle(self) -> Any:
+        return self._rsched_containers()["idle"]
+
+    @property
+    def idle_task_count(self) -> set:
+        return self._rsched_containers()["idle_task_count"]
+
+    @property
+    def saturated(self) -> set:
+        return self._rsched_containers()["saturated"]
+
+    @property
+    def running(self) -> set:
+        return self._rsched_containers()["running"]
+
+    @property
+    def queued(self) -> _views.QueuedView:
+        return self._rsched_containers()["queued"]
+
+    @property
+    def unrunnable(self) -> dict:
+        return self._rsched_containers()["unrunnable"]
+
+    @property
+    def replicated_tasks(self) -> set:
+        return self._rsched_containers()["replicated_tasks"]
+
+    @property
+    def n_tasks(self) -> int:
+        return self._rsched_engine.n_tasks
+
+    @property
+    def total_occupancy(self) -> float:
+        return self._rsched_containers()["total_occupancy"]
+
+    @property
+    def task_groups(self) -> dict:
+        groups: dict = {}
+        for ts in self.tasks.values():
+            tg = ts.group
+            groups.setdefault(tg.name, tg)
+        return groups
+
+    @property
+    def task_prefixes(self) -> dict:
+        prefixes: dict = {}
+        for ts in self.tasks.values():
+            tp = ts.prefix
+            prefixes.setdefault(tp.name, tp)
+        return prefixes
+
+    @property
+    def transition_log(self) -> list:
+        return self._rsched_engine.transition_log
+
+    @property
+    def transition_counter(self) -> int:
+        return self._rsched_engine.transition_counter
+
+    def _clear_task_state(self) -> None:
+        for collection in (self.erred_tasks, self.computations, self.task_metadata):
+            collection.clear()
+
+    # ------------------------------------------------------------- plumbing
+
+    def _rsched_transition_plugins(self) -> list:
+        return [
+            p
+            for p in self.plugins.values()
+            if getattr(type(p), "transition", _base_transition) is not _base_transition
+        ]
+
+    def _rsched_apply(
+        self,
+        msgs: tuple[dict, dict],
+        counter: int,
+        first: tuple[Any, dict] | None = None,
+    ) -> None:
+        """Tells plugins about the transitions since `counter`, then sends `msgs`.
+
+        `first` is (key, kwargs) of the stimulus: the first transition of that key gets
+        the stimulus' fields as distributed passes them to `SchedulerPlugin.transition`.
+        """
+        plugins = self._rsched_transition_plugins()
+        if plugins:
+            pending = first
+            for key, start, finish, stimulus_id in self._rsched_engine.transitions_since(counter):
+                kwargs: dict = {}
+                if pending is not None and pending[0] == key:
+                    kwargs = pending[1]
+                    pending = None
+                for plugin in plugins:
+                    try:
+                        plugin.transition(key, start, finish, stimulus_id=stimulus_id, **kwargs)
+                    except Exception:
+                        logger.info("Plugin failed with exception", exc_info=True)
+        client_msgs, worker_msgs = msgs
+        if client_msgs or worker_msgs:
+            self.send_all(client_msgs, worker_msgs)
+
+    def _rsched_run(self, call: Callable[[], tuple[dict, dict]], first: Any = None) -> None:
+        counter = self._rsched_engine.transition_counter
+        self._rsched_apply(call(), counter, first)
+
+    # ------------------------------------------------------------ identity
+
+    def identity(self, n_workers: int = -1) -> dict[str, Any]:
+        d = super().identity(n_workers)  # type: ignore[misc]
+        d["scheduler-engine"] = ENGINE_NAME
+        return d
+
+    # --------------------------------------------------------- transitions
+
+    def transitions(self, recommendations: dict, stimulus_id: str) -> None:
+        engine = self._rsched_engine
+        self._rsched_run(lambda: engine.transitions(dict(recommendations), stimulus_id))
+
+    def transition(
+        self, key: Any, finish: str, stimulus_id: str, **kwargs: Any
+    ) -> dict:  # the returned recommendations are already carried out
+        self.transitions({key: finish}, stimulus_id)
+        return {}
+
+    def stimulus_queue_slots_maybe_opened(self, *, stimulus_id: str) -> None:
+        engine = self._rsched_engine
+        self._rsched_run(lambda: engine.stimulus_queue_slots_maybe_opened(stimulus_id))
+
+    def check_idle_saturated(self, ws: Any, occ: float = -1.0) -> None:
+        """The engine keeps idle/saturated current after every change."""
+
+    # --------------------------------------------------------------- graphs
+
+    def _create_taskstate_from_graph(
+        self,
+        *,
+        start: float,
+        dsk: dict,
+        keys: set,
+        ordered: dict,
+        client: str,
+        annotations_by_type: dict,
+        global_annotations: dict | None,
+        stimulus_id: str,
+        submitting_task: Any,
+        span_metadata: Any,
+        user_priority: int | dict = 0,
+        actors: bool | list | None = None,
+        fifo_timeout: float = 0.0,
+        code: tuple = (),
+    ) -> dict[str, float]:
+        if not self.is_idle and self.computations:
+            computation = self.computations[-1]
+        else:
+            computation = Computation()
+            self.computations.append(computation)
+        if code:
+            computation.code.add(code)
+        if global_annotations:
+            computation.annotations.update(global_annotations)
+
+        engine = self._rsched_engine
+        before = len(engine)
+        known = sum(1 for k in dsk if engine.get_task(k) is not None)
+        counter = engine.transition_counter
+        touched_keys = engine.update_graph(
+            dsk=dsk,
+            keys=keys,
+            ordered=ordered,
+            client=client,
+            stimulus_id=stimulus_id,
+            user_priority=user_priority,
+            fifo_timeout=fifo_timeout,
+            start=start,
+            submitting_task=submitting_task,
+            actors=actors,
+            annotations_by_type=annotations_by_type,
+            global_annotations=global_annotations,
+            defer_transitions=True,
+        )
+        try:
+            self._rsched_observe_graph(
+                touched_keys, keys, client, stimulus_id, span_metadata, code, computation
+            )
+        finally:
+            msgs = engine.update_graph_commit()
+        self._rsched_apply(msgs, counter)
+        return {
+            "tasks": len(dsk),
+            "new_tasks": len(engine) - before,
+            "key_collisions": known,
+        }
+
+    def _rsched_observe_graph(
+        self,
+        touched_keys: list,
+        keys: Collection,
+        client: str,
+        stimulus_id: str,
+        span_metadata: Any,
+        code: tuple,
+        computation: Any,
+    ) -> None:
+        """The spans extension and `update_graph` plugins see the submitted tasks
+        before their transitions run, as in `_create_taskstate_from_graph`."""
+        touched = [self.tasks[k] for k in touched_keys]
+        computation.groups.update({ts.group for ts in touched})
+        annotations: dict[str, dict] = {}
+        graph_plugins = [
+            p
+            for p in self.plugins.values()
+            if getattr(type(p), "update_graph", _base_update_graph) is not _base_update_graph
+        ]
+        if graph_plugins:
+            for ts in touched:
+                for name, value in (ts.annotations or {}).items():
+                    annotations.setdefault(name, {})[ts.key] = value
+        spans_ext = self.extensions.get("spans")
+        if spans_ext:
+            span_annotations = spans_ext.observe_tasks(
+                touched, span_metadata=span_metadata, code=code
+            )
+            if span_annotations:
+                annotations["span"] = span_annotations
+            else:
+                annotations.pop("span", None)
+        if not graph_plugins:
+            return
+        tasks_for_plugin = [ts.key for ts in touched]
+        priorities = {ts.key: ts.priority for ts in touched}
+        for plugin in graph_plugins:
+            try:
+                plugin.update_graph(
+                    self,
+                    client=client,
+                    tasks=tasks_for_plugin,
+                    keys=keys,
+                    annotations=annotations,
+                    priority=priorities,
+                    stimulus_id=stimulus_id,
+                )
+            except Exception as e:
+                logger.exception(e)
+
+    # -------------------------------------------------------------- workers
+
+    @log_errors
+    async def add_worker(
+        self,
+        comm: Any,
+        *,
+        address: str,
+        status: str,
+        server_id: str,
+        nthreads: int,
+        name: str,
+        resolve_address: bool = True,
+        now: float,
+        resources: dict[str, float],
+        host_info: None = None,
+        memory_limit: int | None,
+        metrics: dict[str, Any],
+        pid: int = 0,
+        services: dict[str, int],
+        local_directory: str,
+        versions: dict[str, Any],
+        nanny: str,
+        extra: dict,
+        stimulus_id: str,
+    ) -> None:
+        from collections import deque
+
+        from distributed import versions as version_module
+        from distributed.comm.addressing import normalize_address
+
+        address = self.coerce_address(address, resolve_address)
+        address = normalize_address(address)
+        host = get_address_host(address)
+
+        if address in self.workers:
+            raise ValueError(f"Worker already exists {address}")
+
+        if name in self.aliases:
+            logger.warning("Worker tried to connect with a duplicate name: %s", name)
+            await comm.write({"status": "error", "message": f"name taken, {name}", "time": time()})
+            return
+
+        self.log_event(address, {"action": "add-worker"})
+        self.log_event("all", {"action": "add-worker", "worker": address})
+
+        engine = self._rsched_engine
+        status_name = _status_name(_dsched.Status.lookup[status])  # type: ignore[attr-defined]
+        counter = engine.transition_counter
+        # the engine also reschedules unrunnable tasks and fills queue slots; the messages
+        # go out after the plugins ran, as distributed orders it
+        msgs = engine.add_worker(
+            address,
+            server_id=server_id,
+            nthreads=nthreads,
+            memory_limit=memory_limit or 0,
+            name=name,
+            status=status_name,
+            resources=resources or None,
+            stimulus_id=stimulus_id,
+        )
+        ws = self.workers[address]
+        # distributed's WorkerState attributes that only Python reads
+        ws.name = name
+        ws.pid = pid
+        ws.scheduler_ref = weakref.ref(self)
+        ws.local_directory = local_directory
+        ws.services = services
+        ws.versions = versions
+        ws.nanny = nanny
+        ws.extra = extra
+        ws.server_id = server_id
+        ws.metrics = {}
+        ws.last_seen = 0.0
+        ws.time_delay = 0.0
+        ws.bandwidth = self.bandwidth
+        ws.executing = {}
+        ws._memory_unmanaged_old = 0
+        ws._memory_unmanaged_history = deque()
+        ws._hash = hash(server_id)
+
+        self._workers_added_total += 1
+        if status_name == "running":
+            self._refresh_no_workers_since()
+
+        dh = self.host_info.get(host)
+        if dh is None:
+            self.host_info[host] = dh = {}
+        dh_addresses = dh.get("addresses")
+        if dh_addresses is None:
+            dh["addresses"] = dh_addresses = set()
+            dh["nthreads"] = 0
+        dh_addresses.add(address)
+        dh["nthreads"] += nthreads
+
+        self.total_memory += ws.memory_limit
+        self.total_nthreads += nthreads
+        self.total_nthreads_history.append((time(), self.total_nthreads))
+        self.aliases[name] = address
+        for resource, quantity in (resources or {}).items():
+            self.resources.setdefault(resource, {})[address] = quantity
+
+        self.heartbeat_worker(
+            address=address,
+            resolve_address=resolve_address,
+            now=now,
+            host_info=host_info,
+            metrics=metrics,
+        )
+
+        self.stream_comms[address] = BatchedSend(interval="5ms", loop=self.loop)
+
+        awaitables = []
+        for plugin in list(self.plugins.values()):
+            try:
+                result = plugin.add_worker(scheduler=self, worker=address)
+                if result is not None and inspect.isawaitable(result):
+                    awaitables.append(result)
+            except Exception as e:
+                logger.exception(e)
+        plugin_msgs = await asyncio.gather(*awaitables, return_exceptions=True)
+        for exc in plugin_msgs:
+            if isinstance(exc, Exception):
+                logger.exception(exc, exc_info=exc)
+
+        self._rsched_apply(msgs, counter)
+
+        logger.info("Register worker addr: %s name: %s", ws.address, ws.name)
+
+        msg = {
+            "status": "OK",
+            "time": time(),
+            "heartbeat-interval": _dsched.heartbeat_interval(len(self.workers)),
+            "worker-plugins": self.worker_plugins,
+        }
+        msg.update(
+            version_module.error_message(
+                version_module.get_versions(),
+                {w: ws.versions for w, ws in self.workers.items()},
+                versions,
+                source_name=str(server_id),
+            )
+        )
+        await comm.write(msg)
+        await self.handle_worker(comm, address)
+
+    def heartbeat_worker(
+        self,
+        *,
+        address: str,
+        resolve_address: bool = True,
+        now: float | None = None,
+        resources: dict[str, float] | None = None,
+        host_info: dict | None = None,
+        metrics: dict,
+        executing: dict | None = None,
+        extensions: dict | None = None,
+    ) -> dict[str, Any]:
+        # executing durations feed the prefixes' max_exec_time, which only work stealing
+        # reads; the engine does not take them yet
+        result = super().heartbeat_worker(  # type: ignore[misc]
+            address=address,
+            resolve_address=resolve_address,
+            now=now,
+            resources=resources,
+            host_info=host_info,
+            metrics=metrics,
+            executing=None,
+            extensions=extensions,
+        )
+        if executing is not None and result.get("status") == "OK":
+            ws = self.workers.get(self.coerce_address(address, resolve_address))
+            if ws is not None:
+                ws.executing = {self.tasks[k]: d for k, d in executing.items() if k in self.tasks}
+        return result
+
+    def add_resources(self, worker: str, resources: dict | None = None) -> str:
+        # worker resources are fixed when the worker registers
+        ws = self.workers[worker]
+        for resource, quantity in ws.resources.items():
+            self.resources.setdefault(resource, {})[worker] = quantity
+        return "OK"
+
+    def remove_resources(self, worker: str) -> None:
+        for dr in self.resources.values():
+            dr.pop(worker, None)
+
+    @log_errors
+    async def remove_worker(
+        self,
+        address: str,
+        *,
+        stimulus_id: str,
+        expected: bool = False,
+        close: bool = True,
+    ) -> str:
+        from distributed.comm import CommClosedError
+
+        if self.status == Status.closed:
+            return "already-removed"
+        address = self.coerce_address(address)
+        if address not in self.workers:
+            return "already-removed"
+        host = get_address_host(address)
+        ws = self.workers[address]
+        logger.info(f"Remove worker addr: {ws.address} name: {ws.name} ({stimulus_id=})")
+        if close:
+            with suppress(AttributeError, CommClosedError):
+                self.stream_comms[address].send(
+                    {"op": "close", "reason": "scheduler-remove-worker"}
+                )
+        self.remove_resources(address)
+
+        dh = self.host_info[host]
+        dh_addresses: set = dh["addresses"]
+        dh_addresses.remove(address)
+        dh["nthreads"] -= ws.nthreads
+        self.total_memory -= ws.memory_limit
+        self.total_nthreads -= ws.nthreads
+        self.total_nthreads_history.append((time(), self.total_nthreads))
+        if not dh_addresses:
+            del self.host_info[host]
+
+        self.rpc.remove(address)
+        del self.stream_comms[address]
+        name = ws.name
+        self.aliases.pop(name, None)
+        self._workers_removed_total += 1
+
+        timestamp = monotonic()
+        processing_keys = {ts.key for ts in ws.processing}
+        recompute_keys = set()
+        lost_keys = set()
+        for ts in ws.has_what:
+            if ts.who_has == {ws} and ts not in ws.actors:
+                (recompute_keys if ts.run_spec else lost_keys).add(ts.key)
+
+        engine = self._rsched_engine
+        counter = engine.transition_counter
+        msgs = engine.remove_worker(address, stimulus_id=stimulus_id, expected=expected)
+
+        if recompute_keys:
+            logger.warning(
+                f"Removing worker {address!r} caused the cluster to lose "
+                "already computed task(s), which will be recomputed elsewhere: "
+                f"{recompute_keys} ({stimulus_id=})"
+            )
+        if lost_keys:
+            logger.error(
+                f"Removing worker {address!r} caused the cluster to lose scattered "
+                f"data, which can't be recovered: {lost_keys} ({stimulus_id=})"
+            )
+        event_msg = {
+            "action": "remove-worker",
+            "processing-tasks": processing_keys,
+            "lost-computed-tasks": recompute_keys,
+            "lost-scattered-tasks": lost_keys,
+            "stimulus_id": stimulus_id,
+            "expected": expected,
+        }
+        self.log_event(address, event_msg.copy())
+        event_msg["worker"] = address
+        self.log_event("all", event_msg)
+
+        self._rsched_apply(msgs, counter)
+        self._refresh_no_workers_since(timestamp=timestamp)
+
+        awaitables = []
+        for plugin in list(self.plugins.values()):
+            try:
+                result = plugin.remove_worker(
+                    scheduler=self, worker=address, stimulus_id=stimulus_id
+                )
+                if inspect.isawaitable(result):
+                    awaitables.append(result)
+            except Exception as e:
+                logger.exception(e)
+        plugin_msgs = await asyncio.gather(*awaitables, return_exceptions=True)
+        for exc in plugin_msgs:
+            if isinstance(exc, Exception):
+                logger.exception(exc, exc_info=exc)
+
+        if not self.workers:
+            logger.info("Lost all workers")
+        for w in self.workers:
+            self.bandwidth_workers.pop((address, w), None)
+            self.bandwidth_workers.pop((w, address), None)
+
+        async def remove_worker_from_events() -> None:
+            if address not in self.workers:
+                self._broker.truncate(address)
+
+        cleanup_delay = parse_timedelta(
+            dask.config.get("distributed.scheduler.events-cleanup-delay")
+        )
+        self._ongoing_background_tasks.call_later(cleanup_delay, remove_worker_from_events)
+        for w in self.workers:
+            self.worker_send(
+                w, {"op": "remove-worker", "worker": address, "stimulus_id": stimulus_id}
+            )
+        return "OK"
+
+    def handle_worker_status_change(self, status: Any, worker: Any, stimulus_id: str) -> None:
+        ws = self.workers.get(worker) if isinstance(worker, str) else worker
+        if not ws:
+            return
+        prev_status = ws.status
+        new_status = Status[status] if isinstance(status, str) else status
+        if new_status == prev_status:
+            return
+        self.log_event(
+            ws.address,
+            {
+                "action": "worker-status-change",
+                "prev-status": prev_status.name,
+                "status": new_status.name,
+                "stimulus_id": stimulus_id,
+            },
+        )
+        engine = self._rsched_engine
+        self._rsched_run(
+            lambda: engine.handle_worker_status_change(new_status.name, ws.address, stimulus_id)
+        )
+        self._refresh_no_workers_since()
+
+    # ---------------------------------------------------------- task events
+
+    def handle_task_finished(self, key: Any, worker: str, stimulus_id: str, **msg: Any) -> None:
+        if worker not in self.workers:
+            return
+        engine = self._rsched_engine
+        kwargs = {k: v for k, v in msg.items() if k != "run_id"}
+        kwargs["worker"] = worker
+        self._rsched_run(
+            lambda: engine.handle_task_finished(key, worker, stimulus_id, **msg),
+            (key, kwargs),
+        )
+
+    def handle_task_erred(self, key: Any, stimulus_id: str, **msg: Any) -> None:
+        engine = self._rsched_engine
+        kwargs = {k: v for k, v in msg.items() if k != "run_id"}
+        kwargs["cause"] = key
+        self._rsched_run(lambda: engine.handle_task_erred(key, stimulus_id, **msg), (key, kwargs))
+
+    def handle_long_running(
+        self,
+        key: Any,
+        worker: str,
+        run_id: int,
+        compute_duration: float | None,
+        stimulus_id: str,
+    ) -> None:
+        engine = self._rsched_engine
+        self._rsched_run(
+            lambda: engine.handle_long_running(key, worker, run_id, compute_duration, stimulus_id)
+        )
+
+    def release_worker_data(self, key: Any, worker: str, stimulus_id: str) -> None:
+        engine = self._rsched_engine
+        self._rsched_run(lambda: engine.release_worker_data(key, worker, stimulus_id))
+
+    def add_keys(self, worker: str, keys: Collection = (), stimulus_id: str | None = None) -> str:
+        status, worker_msgs = self._rsched_engine.add_keys(worker, list(keys), stimulus_id)
+        if worker_msgs:
+            self.send_all({}, worker_msgs)
+        return status
+
+    def remove_replica(self, ts: Any, ws: Any) -> None:
+        self._rsched_engine.remove_replica(ts.key, ws.address)
+
+    @log_errors
+    def update_data(self, *, who_has: dict, nbytes: dict, client: str | None = None) -> None:
+        who_has = {k: [self.coerce_address(vv) for vv in v] for k, v in who_has.items()}
+        engine = self._rsched_engine
+        self._rsched_run(lambda: engine.update_data(who_has=who_has, nbytes=nbytes, client=client))
+
+    # -------------------------------------------------------------- clients
+
+    async def add_client(self, comm: Any, client: str, versions: dict[str, Any]) -> None:
+        # distributed's add_client with the ClientState coming from the engine
+        self._rsched_engine.add_client(client)
+        cs = self._rsched_engine.get_client(client)
+        cs.versions = versions
+        cs.last_seen = time()
+        self._rsched_clients_pending[client] = cs
+        await super().add_client(comm, client, versions)  # type: ignore[misc]
+
+    def client_desires_keys(self, keys: Collection, client: str) -> None:
+        engine = self._rsched_engine
+        self._rsched_register_client(client)
+        self._rsched_run(lambda: engine.client_desires_keys(list(keys), client))
+
+    def _rsched_register_client(self, client: str) -> None:
+        if client not in self.clients:
+            self._rsched_engine.add_client(client)
+            cs = self._rsched_engine.get_client(client)
+            cs.versions = {}
+            cs.last_seen = time()
+            self.clients[client] = cs
+
+    def client_releases_keys(
+        self, keys: Collection, client: str, stimulus_id: str | None = None
+    ) -> None:
+        stimulus_id = stimulus_id or f"client-releases-keys-{time()}"
+        engine = self._rsched_engine
+        self._rsched_run(lambda: engine.client_releases_keys(list(keys), client, stimulus_id))
+
+    def stimulus_cancel(
+        self, keys: Collection, client: str, force: bool, reason: str, msg: str
+    ) -> None:
+        logger.info("Client %s requests to cancel %d keys", client, len(keys))
+        self.log_event(client, {"action": "cancel", "count": len(keys), "force": force})
+        if client not in self.clients:
+            return
+        engine = self._rsched_engine
+        self._rsched_run(
+            lambda: engine.stimulus_cancel(
+                list(keys), client, force, reason, msg, f"cancel-key-{time()}"
+            )
+        )
+
+    def stimulus_retry(self, keys: Collection, client: str | None = None) -> tuple:
+        logger.info("Client %s requests to retry %d keys", client, len(keys))
+        if client:
+            self.log_event(client, {"action": "retry", "count": len(keys)})
+        engine = self._rsched_engine
+        counter = engine.transition_counter
+        seen, client_msgs, worker_msgs = engine.stimulus_retry(
+            list(keys), f"stimulus-retry-{time()}"
+        )
+        self._rsched_apply((client_msgs, worker_msgs), counter)
+        return seen
+
+
+def _rebind_handlers(scheduler: Any) -> None:
+    """Handlers were bound at construction; point them at the overriding methods."""
+    for table in (scheduler.handlers, scheduler.stream_handlers):
+        for op, handler in list(table.items()):
+            if inspect.ismethod(handler) and handler.__self__ is scheduler:
+                table[op] = getattr(scheduler, handler.__func__.__name__)
+
+
+_engine_classes: dict[type, type] = {}
+
+
+def engine_class(cls: type) -> type:
+    """The engine-backed subclass of a Scheduler class (cached)."""
+    sub = _engine_classes.get(cls)
+    if sub is None:
+        sub = type(cls.__name__, (EngineSchedulerMixin, cls), {"__module__": cls.__module__})
+        _engine_classes[cls] = sub
+    return sub
+
+
+def is_active(scheduler: Any) -> bool:
+    return isinstance(scheduler, EngineSchedulerMixin)
+
+
+def activate(scheduler: Any) -> bool:
+    """Moves a Scheduler that holds no workers or tasks yet onto the engine.
+
+    Returns False (and leaves the scheduler untouched) if it already holds state.
+    """
+    if is_active(scheduler):
+        return True
+    if scheduler.tasks or scheduler.workers:
+        logger.warning(
+            "dask-rsched: the scheduler already holds tasks or workers; "
+            "it keeps running on the pure-Python engine"
+        )
+        return False
+    engine = Engine(validate=bool(scheduler.validate))
+
+    # Work stealing moves tasks by editing state directly; the engine does not steal yet.
+    steal = scheduler.extensions.pop("stealing", None)
+    if steal is not None:
+        for name, plugin in list(scheduler.plugins.items()):
+            if plugin is steal:
+                del scheduler.plugins[name]
+        scheduler.stream_handlers.pop("steal-response", None)
+        pc = scheduler.periodic_callbacks.pop("stealing", None)
+        if pc is not None:
+            pc.stop()
+
+    for attr in _ENGINE_ATTRIBUTES:
+        scheduler.__dict__.pop(attr, None)
+    scheduler._rsched_engine = engine
+    scheduler._rsched_tasks = _views.TasksView(engine)
+    scheduler._rsched_workers = _views.WorkersView(engine)
+    scheduler._rsched_clients_pending = {}
+    scheduler.__class__ = engine_class(type(scheduler))
+
+    # ClientState objects come from the engine; the dict stays a plain dict
+    for client in list(scheduler.clients):
+        engine.add_client(client)
+        cs = engine.get_client(client)
+        cs.versions = getattr(scheduler.clients[client], "versions", {})
+        cs.last_seen = time()
+        scheduler.clients[client] = cs
+    scheduler.clients = _ClientsDict(scheduler.clients, scheduler)
+    _rebind_handlers(scheduler)
+    logger.info("Scheduler engine: %s", ENGINE_NAME)
+    return True
+
+
+class _ClientsDict(dict):
+    """`Scheduler.clients`: distributed's `add_client` stores a pure-Python ClientState;
+    the engine's handle (registered just before) takes its place."""
+
+    def __init__(self, data: dict, scheduler: Any) -> None:
+        super().__init__(data)
+        self._pending = scheduler._rsched_clients_pending
+        self._engine = scheduler._rsched_engine
+
+    def __setitem__(self, client: str, cs: Any) -> None:
+        handle = self._pending.pop(client, None)
+        if handle is None and not isinstance(cs, _core_client_state()):
+            self._engine.add_client(client)
+            handle = self._engine.get_client(client)
+            handle.versions = getattr(cs, "versions", {})
+            handle.last_seen = getattr(cs, "last_seen", time())
+        super().__setitem__(client, handle if handle is not None else cs)
+
+
+def _core_client_state() -> type:
+    from dask_rsched._core import ClientState
+
+    return ClientState

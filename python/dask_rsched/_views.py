@@ -1,0 +1,130 @@
+"""Read-only views of the engine's containers with the types distributed's code expects.
+
+`Scheduler.tasks` and `Scheduler.workers` are live mappings over the engine; the smaller
+scheduler-wide containers (`idle`, `running`, `queued`, ...) are rebuilt on each access,
+which only periodic callbacks, diagnostics and extensions do (the hot path never does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from sortedcontainers import SortedDict
+
+from dask_rsched._core import Engine
+
+
+class TasksView(Mapping):
+    """`SchedulerState.tasks`: key -> TaskState, in creation order."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getitem__(self, key: Any) -> Any:
+        ts = self._engine.get_task(key)
+        if ts is None:
+            raise KeyError(key)
+        return ts
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        ts = self._engine.get_task(key)
+        return default if ts is None else ts
+
+    def __contains__(self, key: object) -> bool:
+        return self._engine.get_task(key) is not None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._engine.task_keys())
+
+    def __len__(self) -> int:
+        return len(self._engine)
+
+    def __repr__(self) -> str:
+        return f"<TasksView: {len(self)} tasks>"
+
+
+class WorkersView(Mapping):
+    """`SchedulerState.workers`: address -> WorkerState, sorted by address."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __getitem__(self, address: Any) -> Any:
+        ws = self._engine.get_worker(address) if isinstance(address, str) else None
+        if ws is None:
+            raise KeyError(address)
+        return ws
+
+    def get(self, address: Any, default: Any = None) -> Any:
+        ws = self._engine.get_worker(address) if isinstance(address, str) else None
+        return default if ws is None else ws
+
+    def __contains__(self, address: object) -> bool:
+        return isinstance(address, str) and self._engine.get_worker(address) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._engine.worker_addresses())
+
+    def __len__(self) -> int:
+        return len(self._engine.worker_addresses())
+
+    def __repr__(self) -> str:
+        return f"<WorkersView: {len(self)} workers>"
+
+
+class QueuedView:
+    """`SchedulerState.queued` (a HeapSet ordered by priority), read-only."""
+
+    __slots__ = ("_tasks",)
+
+    def __init__(self, tasks: list[Any]) -> None:
+        self._tasks = tasks
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def __bool__(self) -> bool:
+        return bool(self._tasks)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._tasks)
+
+    def __contains__(self, ts: object) -> bool:
+        return ts in set(self._tasks)
+
+    def peek(self) -> Any:
+        if not self._tasks:
+            raise KeyError("peek into empty heap")
+        return self._tasks[0]
+
+    def peekn(self, n: int) -> Iterator[Any]:
+        return iter(self._tasks[:n])
+
+    def sorted(self) -> Iterator[Any]:
+        return iter(self._tasks)
+
+    def __repr__(self) -> str:
+        return f"<QueuedView: {len(self)} items>"
+
+
+def containers(engine: Engine) -> dict[str, Any]:
+    """The scheduler-wide containers as distributed's types, holding engine handles."""
+    raw = engine.containers()
+    worker = engine.get_worker
+    task = engine.get_task
+    return {
+        "idle": SortedDict((a, worker(a)) for a in raw["idle"]),
+        "running": {worker(a) for a in raw["running"]},
+        "saturated": {worker(a) for a in raw["saturated"]},
+        "idle_task_count": {worker(a) for a in raw["idle_task_count"]},
+        "queued": QueuedView([task(k) for k in raw["queued"]]),
+        "unrunnable": {task(k): 0.0 for k in raw["unrunnable"]},
+        "replicated_tasks": {task(k) for k in raw["replicated_tasks"]},
+        "total_occupancy": raw["total_occupancy"],
+        "n_tasks": raw["n_tasks"],
+    }
