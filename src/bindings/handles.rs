@@ -314,6 +314,31 @@ impl TaskStateHandle {
         )
     }
 
+    /// `Scheduler.set_restrictions` (P2P shuffle pins output tasks to workers).
+    #[setter]
+    fn set_worker_restrictions(
+        &self,
+        py: Python<'_>,
+        value: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let restrictions = match value.filter(|v| !v.is_none()) {
+            Some(v) => {
+                let set = PySet::new(py, v.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
+                Some(
+                    set.iter()
+                        .map(|a| a.extract::<String>())
+                        .collect::<PyResult<Vec<_>>>()?,
+                )
+            }
+            None => None,
+        };
+        let mut e = self.engine.bind(py).borrow_mut();
+        if e.live_task(py, self.key.bind(py), self.id)?.is_some() {
+            e.state.ts_mut(self.id).worker_restrictions = restrictions;
+        }
+        Ok(())
+    }
+
     #[getter]
     fn erred_on(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(py, || none(py), |_, ts| str_set(py, ts.erred_on.as_deref()))
