@@ -826,7 +826,8 @@ def activate(scheduler: Any) -> bool:
         scheduler.clients[client] = cs
     scheduler.clients = _ClientsDict(scheduler.clients, scheduler)
     _rebind_handlers(scheduler)
-    logger.info("Scheduler engine: %s", ENGINE_NAME)
+    # on distributed's scheduler logger, which `dask scheduler` shows at INFO
+    logging.getLogger("distributed.scheduler").info("Scheduler engine: %s", ENGINE_NAME)
     return True
 
 

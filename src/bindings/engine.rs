@@ -14,7 +14,6 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyList, PySet, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
-use std::cell::RefCell;
 
 type State = SchedulerState<Py<PyAny>>;
 
@@ -86,21 +85,45 @@ fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
     }
 }
 
-#[pyclass(unsendable, module = "dask_rsched._core")]
+#[pyclass(module = "dask_rsched._core")]
 pub struct Engine {
     pub(crate) state: State,
     /// key -> task id (the live tasks, like `SchedulerState.tasks`)
     keys: Py<PyDict>,
     clients: Py<PyDict>,
-    pub(crate) task_handles: RefCell<HashMap<TaskId, Py<TaskStateHandle>>>,
-    pub(crate) worker_handles: RefCell<HashMap<WorkerId, Py<WorkerStateHandle>>>,
-    pub(crate) client_handles: RefCell<HashMap<ClientId, Py<ClientStateHandle>>>,
+    pub(crate) task_handles: HandleCache<TaskId, Py<TaskStateHandle>>,
+    pub(crate) worker_handles: HandleCache<WorkerId, Py<WorkerStateHandle>>,
+    pub(crate) client_handles: HandleCache<ClientId, Py<ClientStateHandle>>,
     /// (server_id, name) of every worker ever added, by id
     worker_meta: Vec<(Py<PyAny>, Py<PyAny>)>,
     /// `Scheduler.aliases`: worker name (any hashable) -> address
     aliases: Py<PyDict>,
     /// A graph submission whose transitions wait for `update_graph_commit`
     pending_graph: Option<PendingGraph>,
+}
+
+/// The canonical handle per live entity. Only touched with the GIL held (a Mutex makes
+/// the engine `Sync`, so Python threads may read the scheduler as they do distributed's).
+pub(crate) struct HandleCache<K, V>(std::sync::Mutex<HashMap<K, V>>);
+
+impl<K, V> Default for HandleCache<K, V> {
+    fn default() -> Self {
+        Self(std::sync::Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K, V> HandleCache<K, V> {
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, HashMap<K, V>>> {
+        match self.0.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
 }
 
 struct PendingGraph {
@@ -162,12 +185,18 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let msgs = outbox_to_py(py, &self.state, &out)?;
         let keys = self.keys.bind(py);
-        let mut handles = self.task_handles.borrow_mut();
+        let mut dropped = Vec::with_capacity(self.state.pending_free.len());
+        {
+            let mut handles = self.task_handles.lock();
+            for t in &self.state.pending_free {
+                dropped.extend(handles.remove(t));
+            }
+        }
+        // handles (and their attribute dicts) are released outside the lock
+        drop(dropped);
         for t in &self.state.pending_free {
             keys.del_item(self.state.ts(*t).key.bind(py))?;
-            handles.remove(t);
         }
-        drop(handles);
         self.state.flush();
         Ok(msgs)
     }
@@ -580,9 +609,9 @@ impl Engine {
             state,
             keys: PyDict::new(py).unbind(),
             clients: clients.unbind(),
-            task_handles: RefCell::default(),
-            worker_handles: RefCell::default(),
-            client_handles: RefCell::default(),
+            task_handles: HandleCache::default(),
+            worker_handles: HandleCache::default(),
+            client_handles: HandleCache::default(),
             worker_meta: Vec::new(),
             aliases: PyDict::new(py).unbind(),
             pending_graph: None,
@@ -1297,22 +1326,29 @@ impl Engine {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        for h in self.task_handles.borrow().values() {
-            visit.call(h)?;
+        // try_lock: a collection triggered while a cache is locked must not deadlock
+        if let Some(c) = self.task_handles.try_lock() {
+            for h in c.values() {
+                visit.call(h)?;
+            }
         }
-        for h in self.worker_handles.borrow().values() {
-            visit.call(h)?;
+        if let Some(c) = self.worker_handles.try_lock() {
+            for h in c.values() {
+                visit.call(h)?;
+            }
         }
-        for h in self.client_handles.borrow().values() {
-            visit.call(h)?;
+        if let Some(c) = self.client_handles.try_lock() {
+            for h in c.values() {
+                visit.call(h)?;
+            }
         }
         Ok(())
     }
 
     fn __clear__(&mut self) {
-        self.task_handles.borrow_mut().clear();
-        self.worker_handles.borrow_mut().clear();
-        self.client_handles.borrow_mut().clear();
+        self.task_handles.lock().clear();
+        self.worker_handles.lock().clear();
+        self.client_handles.lock().clear();
     }
 
     /// Registers a client (as `Scheduler.add_client` does for the state).

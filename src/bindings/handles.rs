@@ -806,7 +806,7 @@ pub fn task_handle(
     e: &Engine,
     t: TaskId,
 ) -> PyResult<Py<PyAny>> {
-    if let Some(h) = e.task_handles.borrow().get(&t) {
+    if let Some(h) = e.task_handles.lock().get(&t) {
         return Ok(h.clone_ref(py).into_any());
     }
     let ts = e.state.ts(t);
@@ -819,7 +819,7 @@ pub fn task_handle(
             hash: ts.hash as isize,
         },
     )?;
-    e.task_handles.borrow_mut().insert(t, h.clone_ref(py));
+    e.task_handles.lock().insert(t, h.clone_ref(py));
     Ok(h.into_any())
 }
 
@@ -829,7 +829,7 @@ pub fn worker_handle(
     e: &Engine,
     w: WorkerId,
 ) -> PyResult<Py<PyAny>> {
-    if let Some(h) = e.worker_handles.borrow().get(&w) {
+    if let Some(h) = e.worker_handles.lock().get(&w) {
         return Ok(h.clone_ref(py).into_any());
     }
     let h = Py::new(
@@ -840,7 +840,7 @@ pub fn worker_handle(
             hash: e.state.ws(w).hash as isize,
         },
     )?;
-    e.worker_handles.borrow_mut().insert(w, h.clone_ref(py));
+    e.worker_handles.lock().insert(w, h.clone_ref(py));
     Ok(h.into_any())
 }
 
@@ -850,7 +850,7 @@ pub fn client_handle(
     e: &Engine,
     c: ClientId,
 ) -> PyResult<Py<PyAny>> {
-    if let Some(h) = e.client_handles.borrow().get(&c) {
+    if let Some(h) = e.client_handles.lock().get(&c) {
         return Ok(h.clone_ref(py).into_any());
     }
     let h = Py::new(
@@ -861,7 +861,7 @@ pub fn client_handle(
             hash: e.state.clients[c.idx()].hash as isize,
         },
     )?;
-    e.client_handles.borrow_mut().insert(c, h.clone_ref(py));
+    e.client_handles.lock().insert(c, h.clone_ref(py));
     Ok(h.into_any())
 }
 

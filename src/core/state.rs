@@ -272,7 +272,7 @@ pub struct SchedulerState<P> {
     pub memory_error: Option<MemoryErrorFactory<P>>,
 }
 
-pub type MemoryErrorFactory<P> = Box<dyn Fn(&P, i64, &str, i64, bool) -> P>;
+pub type MemoryErrorFactory<P> = Box<dyn Fn(&P, i64, &str, i64, bool) -> P + Send + Sync>;
 
 impl<P: Clone> SchedulerState<P> {
     pub fn new(config: Config, fire_and_forget_key: P, fire_and_forget_hash: i64) -> Self {
