@@ -17,13 +17,12 @@ from pathlib import Path
 import dask
 import dask.array as da
 import dask.dataframe as dd
+import dask_rsched
 import pandas as pd
 import pytest
+from dask_rsched._scheduler import is_active
 from distributed import Client, LocalCluster, Scheduler, rejoin, secede, worker_client
 from distributed.diagnostics.plugin import SchedulerPlugin
-
-import dask_rsched
-from dask_rsched._scheduler import is_active
 
 ENGINE = dask_rsched.__version__ and "dask-rsched"
 
@@ -169,7 +168,7 @@ def test_resources_and_restrictions(client):
     workers = sorted(client.scheduler_info()["workers"])
     pinned = client.submit(slow, 5, workers=[workers[0]], pure=False)
     assert pinned.result() == 5
-    assert list(client.who_has(pinned).values())[0] == (workers[0],)
+    assert next(iter(client.who_has(pinned).values())) == (workers[0],)
     loose = client.submit(slow, 6, workers=["tcp://10.255.0.1:1"], allow_other_workers=True)
     assert loose.result() == 6
 
