@@ -74,7 +74,12 @@ def activate(scheduler: Any) -> bool:
         return False
     from dask_rsched._scheduler import activate as _activate
 
-    return _activate(scheduler)
+    try:
+        return _activate(scheduler)
+    except Exception:
+        # the engine is set up before the scheduler is touched, so this leaves it whole
+        logger.exception("dask-rsched could not start; the scheduler stays pure Python")
+        return False
 
 
 def dask_setup(server: Any) -> None:

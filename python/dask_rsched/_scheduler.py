@@ -141,6 +141,11 @@ class EngineSchedulerMixin:
     def transition_counter(self) -> int:
         return self._rsched_engine.transition_counter
 
+    def validate_state(self, allow_overlap: bool = False) -> None:
+        self._rsched_engine.validate_state()
+        if set(self.workers) != set(self.stream_comms):
+            raise ValueError("Workers not the same in all collections")
+
     def _clear_task_state(self) -> None:
         for collection in (self.erred_tasks, self.computations, self.task_metadata):
             collection.clear()
@@ -691,6 +696,9 @@ class EngineSchedulerMixin:
         if worker_msgs:
             self.send_all({}, worker_msgs)
         return status
+
+    def add_replica(self, ts: Any, ws: Any) -> None:
+        self._rsched_engine.add_replica(ts.key, ws.address)
 
     def remove_replica(self, ts: Any, ws: Any) -> None:
         self._rsched_engine.remove_replica(ts.key, ws.address)

@@ -564,7 +564,10 @@ impl Engine {
             .extract()?,
             allowed_failures: get("distributed.scheduler.allowed-failures")?.extract()?,
             validate,
-            transition_log_maxlen: get("distributed.admin.low-level-log-length")?.extract()?,
+            // deque(maxlen=None) is unbounded (distributed's test config uses it)
+            transition_log_maxlen: get("distributed.admin.low-level-log-length")?
+                .extract::<Option<usize>>()?
+                .unwrap_or(usize::MAX),
             erred_tasks_maxlen: get("distributed.diagnostics.erred-tasks.max-history")?
                 .extract()?,
             memory_terminate: get("distributed.worker.memory.terminate")?.is_truthy()?,
@@ -1261,6 +1264,27 @@ impl Engine {
             .is_some_and(|h| h.contains(w, self.state.whash(w)))
         {
             self.state.remove_replica(t, w);
+        }
+        Ok(())
+    }
+
+    /// `SchedulerState.add_replica` (replicate and rebalance copy data between workers).
+    fn add_replica(
+        &mut self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        worker: &str,
+    ) -> PyResult<()> {
+        let t = self.tid_required(py, key)?;
+        let w = self.worker(worker)?;
+        if !self
+            .state
+            .ts(t)
+            .who_has
+            .as_ref()
+            .is_some_and(|h| h.contains(w, self.state.whash(w)))
+        {
+            self.state.add_replica(t, w);
         }
         Ok(())
     }

@@ -522,12 +522,18 @@ impl WorkerStateHandle {
     /// `ws.has_what`: insertion-ordered, like the dict keys view distributed returns.
     #[getter]
     fn has_what(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self._has_what(py)?.bind(py).call_method0("keys")?.unbind())
+    }
+
+    /// The dict behind `has_what` (rebalance reads it directly).
+    #[getter]
+    fn _has_what(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(py, |e, ws| {
             let d = PyDict::new(py);
             for t in ws.has_what.keys() {
                 d.set_item(task_handle(py, &self.engine, e, t)?, py.None())?;
             }
-            Ok(d.call_method0("keys")?.unbind())
+            Ok(d.into_any().unbind())
         })
     }
 
