@@ -118,6 +118,10 @@ class EngineSchedulerMixin:
         return self._rsched_containers()["total_occupancy"]
 
     @property
+    def is_idle(self) -> bool:
+        return self._rsched_engine.is_idle
+
+    @property
     def task_groups(self) -> dict:
         groups: dict = {}
         for ts in self.tasks.values():
@@ -249,7 +253,7 @@ class EngineSchedulerMixin:
 
         engine = self._rsched_engine
         before = len(engine)
-        known = sum(1 for k in dsk if engine.get_task(k) is not None)
+        known = sum(1 for k in dsk if k in self.tasks)
         counter = engine.transition_counter
         touched_keys = engine.update_graph(
             dsk=dsk,

@@ -1289,6 +1289,18 @@ impl Engine {
         Ok(())
     }
 
+    /// `SchedulerState.is_idle`: every task group is done (nothing waiting, queued,
+    /// processing or without a worker).
+    #[getter]
+    fn is_idle(&self) -> bool {
+        use TaskStateState as S;
+        self.state.groups.iter().all(|g| {
+            [S::Waiting, S::Queued, S::Processing, S::NoWorker]
+                .iter()
+                .all(|s| g.states[s.index()] == 0)
+        })
+    }
+
     /// Addresses of the workers in `Scheduler.workers` order (sorted).
     fn worker_addresses(&self) -> Vec<String> {
         self.state
