@@ -292,7 +292,7 @@ def test_config_preload_env():
         "cluster = LocalCluster(n_workers=1, threads_per_worker=2, dashboard_address=None)\n"
         "c = Client(cluster)"
     )
-    line = run_python(code, {"DASK_DISTRIBUTED__SCHEDULER__PRELOAD": '["dask_rsched"]'})
+    line = run_python(code, {"DASK_DISTRIBUTED__SCHEDULER__PRELOAD": "dask_rsched"})
     engine, total, answer = (p.strip() for p in line.split("|"))
     assert engine.startswith(ENGINE)
     assert (total, answer) == ("160000", "42")
