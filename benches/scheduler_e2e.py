@@ -58,11 +58,11 @@ class SilentComm:
 
     name = "bench"
     peer_address = "bench://worker"
-    local_info: dict = {}
-    remote_info: dict = {}
-    handshake_options: dict = {}
 
     def __init__(self) -> None:
+        self.local_info: dict = {}
+        self.remote_info: dict = {}
+        self.handshake_options: dict = {}
         self._closed = False
         self._never = asyncio.Event()
 
