@@ -23,6 +23,9 @@ python -m mypy.stubtest dask_rsched._core --ignore-missing-stub --allowlist pyth
 echo "== benchmark harness (quick)"
 python benches/scheduler_only.py --quick
 
+echo "== scheduler through its real handlers, both engines (quick)"
+python benches/scheduler_e2e.py --quick
+
 echo "== pytest"
 export DIFF_EXAMPLES="${DIFF_EXAMPLES:-2000}"
 python -m pytest -q -p no:cacheprovider -p no:warnings tests

@@ -27,6 +27,7 @@ from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import monotonic
 from distributed.scheduler import Computation
+from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _ShuffleSchedulerPlugin
 from distributed.utils import log_errors
 
 from dask_rsched import _views
@@ -56,6 +57,7 @@ _ENGINE_ATTRIBUTES = (
 )
 
 _base_transition = SchedulerPlugin.transition
+_SHUFFLE_FINISHES = ["released", "erred", "forgotten"]
 _base_update_graph = SchedulerPlugin.update_graph
 
 
@@ -177,7 +179,15 @@ class EngineSchedulerMixin:
         plugins = self._rsched_transition_plugins()
         if plugins:
             pending = first
-            for key, start, finish, stimulus_id in self._rsched_engine.transitions_since(counter):
+            # distributed's shuffle plugin returns at once unless a task is released,
+            # erred or forgotten: with only it listening, the rest stays in Rust
+            finishes = (
+                _SHUFFLE_FINISHES
+                if all(type(p) is _ShuffleSchedulerPlugin for p in plugins)
+                else None
+            )
+            transitions = self._rsched_engine.transitions_since(counter, finishes)
+            for key, start, finish, stimulus_id in transitions:
                 kwargs: dict = {}
                 if pending is not None and pending[0] == key:
                     kwargs = pending[1]
