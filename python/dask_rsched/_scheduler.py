@@ -31,7 +31,7 @@ from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _Shu
 from distributed.utils import log_errors
 
 from dask_rsched import _views
-from dask_rsched._core import Engine, __version__
+from dask_rsched._core import Engine, TaskState, __version__
 
 logger = logging.getLogger("dask_rsched")
 
@@ -152,6 +152,13 @@ class EngineSchedulerMixin:
         if set(self.workers) != set(self.stream_comms):
             raise ValueError("Workers not the same in all collections")
 
+    def story(self, *keys_or_tasks_or_stimuli: Any) -> list:
+        keys = [
+            getattr(k, "key", k) if isinstance(k, TaskState) else k
+            for k in keys_or_tasks_or_stimuli
+        ]
+        return self._rsched_engine.story(*keys)
+
     def _clear_task_state(self) -> None:
         for collection in (self.erred_tasks, self.computations, self.task_metadata):
             collection.clear()
@@ -165,45 +172,55 @@ class EngineSchedulerMixin:
             if getattr(type(p), "transition", _base_transition) is not _base_transition
         ]
 
-    def _rsched_apply(
-        self,
-        msgs: tuple[dict, dict],
-        counter: int,
-        first: tuple[Any, dict] | None = None,
-    ) -> None:
-        """Tells plugins about the transitions since `counter`, then sends `msgs`.
+    def _rsched_notify(self, first: tuple[Any, dict] | None = None) -> None:
+        """Tells plugins about the transitions the engine just made, then lets the
+        engine free the tasks they forgot (plugins can still look those up, as on pure
+        Python).
 
         `first` is (key, kwargs) of the stimulus: the first transition of that key gets
         the stimulus' fields as distributed passes them to `SchedulerPlugin.transition`.
         """
+        engine = self._rsched_engine
         plugins = self._rsched_transition_plugins()
-        if plugins:
-            pending = first
-            # distributed's shuffle plugin returns at once unless a task is released,
-            # erred or forgotten: with only it listening, the rest stays in Rust
-            finishes = (
-                _SHUFFLE_FINISHES
-                if all(type(p) is _ShuffleSchedulerPlugin for p in plugins)
-                else None
-            )
-            transitions = self._rsched_engine.transitions_since(counter, finishes)
-            for key, start, finish, stimulus_id in transitions:
-                kwargs: dict = {}
-                if pending is not None and pending[0] == key:
-                    kwargs = pending[1]
-                    pending = None
-                for plugin in plugins:
-                    try:
-                        plugin.transition(key, start, finish, stimulus_id=stimulus_id, **kwargs)
-                    except Exception:
-                        logger.info("Plugin failed with exception", exc_info=True)
+        try:
+            if plugins:
+                # distributed's shuffle plugin returns at once unless a task is released,
+                # erred or forgotten: with only it listening, the rest stays in Rust
+                finishes = (
+                    _SHUFFLE_FINISHES
+                    if all(type(p) is _ShuffleSchedulerPlugin for p in plugins)
+                    else None
+                )
+                pending = first
+                for key, start, finish, stimulus_id in engine.take_transitions(finishes):
+                    kwargs: dict = {}
+                    if pending is not None and pending[0] == key:
+                        kwargs = pending[1]
+                        pending = None
+                    for plugin in plugins:
+                        try:
+                            plugin.transition(key, start, finish, stimulus_id=stimulus_id, **kwargs)
+                        except Exception:
+                            logger.info("Plugin failed with exception", exc_info=True)
+            else:
+                engine.discard_transitions()
+        finally:
+            engine.release_forgotten()
+
+    def _rsched_apply(self, msgs: tuple[dict, dict], first: Any = None) -> None:
+        """Notifies plugins, then hands `msgs` to the comms (`send_all`)."""
+        self._rsched_notify(first)
         client_msgs, worker_msgs = msgs
         if client_msgs or worker_msgs:
             self.send_all(client_msgs, worker_msgs)
 
     def _rsched_run(self, call: Callable[[], tuple[dict, dict]], first: Any = None) -> None:
-        counter = self._rsched_engine.transition_counter
-        self._rsched_apply(call(), counter, first)
+        try:
+            msgs = call()
+        except BaseException:
+            self._rsched_notify()
+            raise
+        self._rsched_apply(msgs, first)
 
     # ------------------------------------------------------------ identity
 
@@ -264,7 +281,6 @@ class EngineSchedulerMixin:
         engine = self._rsched_engine
         before = len(engine)
         known = sum(1 for k in dsk if k in self.tasks)
-        counter = engine.transition_counter
         touched_keys = engine.update_graph(
             dsk=dsk,
             keys=keys,
@@ -285,8 +301,8 @@ class EngineSchedulerMixin:
                 touched_keys, keys, client, stimulus_id, span_metadata, code, computation
             )
         finally:
-            msgs = engine.update_graph_commit()
-        self._rsched_apply(msgs, counter)
+            # the transitions run and their messages go out even if an observer failed
+            self._rsched_run(engine.update_graph_commit)
         return {
             "tasks": len(dsk),
             "new_tasks": len(engine) - before,
@@ -392,7 +408,6 @@ class EngineSchedulerMixin:
 
         engine = self._rsched_engine
         status_name = _status_name(_dsched.Status.lookup[status])  # type: ignore[attr-defined]
-        counter = engine.transition_counter
         # the engine also reschedules unrunnable tasks and fills queue slots; the messages
         # go out after the plugins ran, as distributed orders it
         msgs = engine.add_worker(
@@ -405,6 +420,7 @@ class EngineSchedulerMixin:
             resources=resources or None,
             stimulus_id=stimulus_id,
         )
+        self._rsched_notify()
         ws = self.workers[address]
         # distributed's WorkerState attributes that only Python reads
         ws.name = name
@@ -469,7 +485,8 @@ class EngineSchedulerMixin:
             if isinstance(exc, Exception):
                 logger.exception(exc, exc_info=exc)
 
-        self._rsched_apply(msgs, counter)
+        if msgs[0] or msgs[1]:
+            self.send_all(*msgs)
 
         logger.info("Register worker addr: %s name: %s", ws.address, ws.name)
 
@@ -582,7 +599,6 @@ class EngineSchedulerMixin:
                 (recompute_keys if ts.run_spec else lost_keys).add(ts.key)
 
         engine = self._rsched_engine
-        counter = engine.transition_counter
         msgs = engine.remove_worker(address, stimulus_id=stimulus_id, expected=expected)
 
         if recompute_keys:
@@ -608,7 +624,7 @@ class EngineSchedulerMixin:
         event_msg["worker"] = address
         self.log_event("all", event_msg)
 
-        self._rsched_apply(msgs, counter)
+        self._rsched_apply(msgs)
         self._refresh_no_workers_since(timestamp=timestamp)
 
         awaitables = []
@@ -773,11 +789,14 @@ class EngineSchedulerMixin:
         if client:
             self.log_event(client, {"action": "retry", "count": len(keys)})
         engine = self._rsched_engine
-        counter = engine.transition_counter
-        seen, client_msgs, worker_msgs = engine.stimulus_retry(
-            list(keys), f"stimulus-retry-{time()}"
-        )
-        self._rsched_apply((client_msgs, worker_msgs), counter)
+        try:
+            seen, client_msgs, worker_msgs = engine.stimulus_retry(
+                list(keys), f"stimulus-retry-{time()}"
+            )
+        except BaseException:
+            self._rsched_notify()
+            raise
+        self._rsched_apply((client_msgs, worker_msgs))
         return seen
 
 
@@ -818,7 +837,12 @@ def activate(scheduler: Any) -> bool:
             "it keeps running on the pure-Python engine"
         )
         return False
-    engine = Engine(validate=bool(scheduler.validate))
+    engine = Engine(
+        validate=bool(scheduler.validate),
+        allowed_failures=scheduler.allowed_failures,
+        worker_saturation=float(scheduler.WORKER_SATURATION),
+    )
+    engine.observe_transitions(True)
 
     # Work stealing moves tasks by editing state directly; the engine does not steal yet.
     steal = scheduler.extensions.pop("stealing", None)

@@ -45,6 +45,11 @@ class TasksView(Mapping):
     def __repr__(self) -> str:
         return f"<TasksView: {len(self)} tasks>"
 
+    def _to_dict(self, *, exclude: Any = ()) -> dict:
+        from distributed.utils import recursive_to_dict
+
+        return recursive_to_dict(dict(self), exclude=exclude)
+
 
 class WorkersView(Mapping):
     """`SchedulerState.workers`: address -> WorkerState, sorted by address."""
@@ -75,6 +80,11 @@ class WorkersView(Mapping):
 
     def __repr__(self) -> str:
         return f"<WorkersView: {len(self)} workers>"
+
+    def _to_dict(self, *, exclude: Any = ()) -> dict:
+        from distributed.utils import recursive_to_dict
+
+        return recursive_to_dict(dict(self), exclude=exclude)
 
 
 class QueuedView:

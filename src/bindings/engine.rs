@@ -100,6 +100,10 @@ pub struct Engine {
     aliases: Py<PyDict>,
     /// A graph submission whose transitions wait for `update_graph_commit`
     pending_graph: Option<PendingGraph>,
+    /// Keep forgotten tasks readable until `release_forgotten()` (plugins are told about
+    /// a task's `forgotten` transition while it can still be looked up, as distributed
+    /// does).
+    hold_forgotten: bool,
 }
 
 /// The canonical handle per live entity. Only touched with the GIL held (a Mutex makes
@@ -184,6 +188,15 @@ impl Engine {
         out: Outbox<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let msgs = outbox_to_py(py, &self.state, &out)?;
+        if self.hold_forgotten {
+            return Ok(msgs);
+        }
+        self.free_forgotten(py)?;
+        Ok(msgs)
+    }
+
+    /// Drops the tasks forgotten since the last call from the key dict and the arena.
+    fn free_forgotten(&mut self, py: Python<'_>) -> PyResult<()> {
         let keys = self.keys.bind(py);
         let mut dropped = Vec::with_capacity(self.state.pending_free.len());
         {
@@ -198,7 +211,7 @@ impl Engine {
             keys.del_item(self.state.ts(*t).key.bind(py))?;
         }
         self.state.flush();
-        Ok(msgs)
+        Ok(())
     }
 
     fn commit_graph<'py>(
@@ -537,8 +550,15 @@ impl Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (*, validate = false))]
-    fn new(py: Python<'_>, validate: bool) -> PyResult<Self> {
+    /// Settings come from the Dask config, as `SchedulerState` reads them; a Scheduler's
+    /// own arguments (`allowed_failures`, `worker_saturation`) override them.
+    #[pyo3(signature = (*, validate = false, allowed_failures = None, worker_saturation = None))]
+    fn new(
+        py: Python<'_>,
+        validate: bool,
+        allowed_failures: Option<i64>,
+        worker_saturation: Option<f64>,
+    ) -> PyResult<Self> {
         // distributed's defaults are registered with dask.config on import.
         let scheduler_module = py.import("distributed.scheduler")?;
         crate::core::entities::DEFAULT_DATA_SIZE.store(
@@ -585,6 +605,17 @@ impl Engine {
             }
             v
         };
+        if let Some(a) = allowed_failures {
+            config.allowed_failures = a;
+        }
+        if let Some(w) = worker_saturation {
+            if w.is_nan() || w <= 0.0 {
+                return Err(PyValueError::new_err(
+                    "worker_saturation must be a float > 0",
+                ));
+            }
+            config.worker_saturation = w;
+        }
         let durations = get("distributed.scheduler.default-task-durations")?;
         for (k, v) in durations.cast::<PyDict>()?.iter() {
             config
@@ -618,6 +649,7 @@ impl Engine {
             worker_meta: Vec::new(),
             aliases: PyDict::new(py).unbind(),
             pending_graph: None,
+            hold_forgotten: false,
         })
     }
 
@@ -1224,6 +1256,43 @@ impl Engine {
         let mut out = Outbox::default();
         self.state.client_desires_keys(&ids, c, &mut out);
         self.finish(py, out)
+    }
+
+    /// Records every transition for `take_transitions` and keeps forgotten tasks until
+    /// `release_forgotten` (what the engine-backed Scheduler runs with).
+    fn observe_transitions(&mut self, enabled: bool) {
+        self.state.observe = enabled;
+        self.hold_forgotten = enabled;
+    }
+
+    /// The transitions recorded since the last call, as `(key, start, finish,
+    /// stimulus_id)`; `finishes` keeps only transitions into those states.
+    #[pyo3(signature = (finishes = None))]
+    fn take_transitions<'py>(
+        &mut self,
+        py: Python<'py>,
+        finishes: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let keep: Option<Vec<TaskStateState>> =
+            finishes.map(|f| f.iter().filter_map(|s| TaskStateState::parse(s)).collect());
+        let out = PyList::empty(py);
+        for (key, start, finish, sid) in self.state.observed.drain(..) {
+            if keep.as_ref().is_some_and(|k| !k.contains(&finish)) {
+                continue;
+            }
+            out.append((key, start.as_str(), finish.as_str(), sid))?;
+        }
+        Ok(out)
+    }
+
+    /// Forgets the recorded transitions without converting them.
+    fn discard_transitions(&mut self) {
+        self.state.observed.clear();
+    }
+
+    /// Frees the tasks forgotten by the calls since the last release.
+    fn release_forgotten(&mut self, py: Python<'_>) -> PyResult<()> {
+        self.free_forgotten(py)
     }
 
     /// The transitions after the first `counter` ones (bounded by the log's length), as

@@ -218,6 +218,21 @@ impl TaskStateHandle {
         self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.annotations)))
     }
 
+    /// False keeps a root-ish task out of `queued` (P2P shuffle sets it on output tasks).
+    #[getter]
+    fn _queueable(&self, py: Python<'_>) -> PyResult<bool> {
+        self.with(py, || true, |_, ts| Ok(ts.queueable))
+    }
+
+    #[setter(_queueable)]
+    fn set_queueable(&self, py: Python<'_>, value: bool) -> PyResult<()> {
+        let mut e = self.engine.bind(py).borrow_mut();
+        if e.live_task(py, self.key.bind(py), self.id)?.is_some() {
+            e.state.ts_mut(self.id).queueable = value;
+        }
+        Ok(())
+    }
+
     /// Extensions (spans) replace a task's annotations dict; the engine reads it only
     /// when the task is submitted.
     #[setter]

@@ -256,6 +256,10 @@ pub struct SchedulerState<P> {
     pub task_prefix_count_global: OrderedMap<PrefixId, i64>,
     pub network_occ_global: i64,
     pub transition_log: VecDeque<TransitionLogEntry<P>>,
+    /// When set, every transition is also recorded here (unbounded, drained by the
+    /// caller) for `SchedulerPlugin.transition`.
+    pub observe: bool,
+    pub observed: Vec<(P, TaskStateState, TaskStateState, P)>,
     pub erred_tasks: VecDeque<ErredTaskRecord<P>>,
     pub run_id_counter: i64,
     task_serial: u64,
@@ -310,6 +314,8 @@ impl<P: Clone> SchedulerState<P> {
             task_prefix_count_global: OrderedMap::new(),
             network_occ_global: 0,
             transition_log: VecDeque::new(),
+            observe: false,
+            observed: Vec::new(),
             erred_tasks: VecDeque::new(),
             run_id_counter: 0,
             task_serial: 0,

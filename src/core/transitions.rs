@@ -126,6 +126,11 @@ impl<P: Clone> SchedulerState<P> {
             }
             self.transition_log.push_back(entry);
         }
+        if self.observe {
+            let key = self.ts(t).key.clone();
+            self.observed
+                .push((key, start, actual_finish, stimulus_id.clone()));
+        }
         if actual_finish == S::Forgotten {
             let g = self.ts(t).group;
             let tg = &self.groups[g.idx()];
