@@ -54,6 +54,19 @@ class Engine:
         """``(client_msgs, worker_msgs)``; with ``defer_transitions`` the list of
         touched keys, and ``update_graph_commit()`` runs the transitions."""
     def update_graph_commit(self) -> tuple[_Msgs, _Msgs]: ...
+    def transition(
+        self,
+        key: Hashable,
+        finish: str,
+        stimulus_id: str,
+        *,
+        exception: Any = None,
+        traceback: Any = None,
+        exception_text: Any = None,
+        traceback_text: Any = None,
+        cause: Hashable | None = None,
+        worker: str | None = None,
+    ) -> tuple[_Msgs, _Msgs]: ...
     def transitions(
         self, recommendations: dict[Hashable, str], stimulus_id: str
     ) -> tuple[_Msgs, _Msgs]: ...

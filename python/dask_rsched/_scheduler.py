@@ -58,6 +58,9 @@ _ENGINE_ATTRIBUTES = (
 
 _base_transition = SchedulerPlugin.transition
 _SHUFFLE_FINISHES = ["released", "erred", "forgotten"]
+_TRANSITION_ARGS = frozenset(
+    ("exception", "traceback", "exception_text", "traceback_text", "cause", "worker")
+)
 _base_update_graph = SchedulerPlugin.update_graph
 
 
@@ -238,7 +241,9 @@ class EngineSchedulerMixin:
     def transition(
         self, key: Any, finish: str, stimulus_id: str, **kwargs: Any
     ) -> dict:  # the returned recommendations are already carried out
-        self.transitions({key: finish}, stimulus_id)
+        engine = self._rsched_engine
+        args = {k: v for k, v in kwargs.items() if k in _TRANSITION_ARGS}
+        self._rsched_run(lambda: engine.transition(key, finish, stimulus_id, **args), (key, kwargs))
         return {}
 
     def stimulus_queue_slots_maybe_opened(self, *, stimulus_id: str) -> None:

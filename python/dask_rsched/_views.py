@@ -133,7 +133,10 @@ def containers(engine: Engine) -> dict[str, Any]:
         "saturated": {worker(a) for a in raw["saturated"]},
         "idle_task_count": {worker(a) for a in raw["idle_task_count"]},
         "queued": QueuedView([task(k) for k in raw["queued"]]),
-        "unrunnable": {task(k): 0.0 for k in raw["unrunnable"]},
+        "unrunnable": {
+            task(k): since
+            for k, since in zip(raw["unrunnable"], raw["unrunnable_since"], strict=True)
+        },
         "replicated_tasks": {task(k) for k in raw["replicated_tasks"]},
         "total_occupancy": raw["total_occupancy"],
         "n_tasks": raw["n_tasks"],

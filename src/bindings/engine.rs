@@ -1224,6 +1224,61 @@ impl Engine {
         self.finish(py, out)
     }
 
+    /// `Scheduler.transition(key, finish, stimulus_id, **kwargs)`: one transition with its
+    /// arguments (an exception and cause for `erred`, as the no-worker timeouts pass
+    /// them), then the recommendations it made. Unknown keys are ignored.
+    #[pyo3(signature = (key, finish, stimulus_id, *, exception = None, traceback = None,
+                        exception_text = None, traceback_text = None, cause = None,
+                        worker = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn transition<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        finish: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+        exception: Option<&Bound<'py, PyAny>>,
+        traceback: Option<&Bound<'py, PyAny>>,
+        exception_text: Option<&Bound<'py, PyAny>>,
+        traceback_text: Option<&Bound<'py, PyAny>>,
+        cause: Option<&Bound<'py, PyAny>>,
+        worker: Option<String>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let finish = TaskStateState::parse(finish)
+            .ok_or_else(|| PyValueError::new_err(format!("unknown task state {finish:?}")))?;
+        let mut out = Outbox::default();
+        let Some(t) = self.tid(py, key)? else {
+            return self.finish(py, out);
+        };
+        let un =
+            |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
+        let args = if finish == TaskStateState::Erred && (exception.is_some() || cause.is_some()) {
+            let cause = match cause {
+                Some(c) if !c.is_none() => self.tid(py, c)?,
+                _ => Some(t),
+            };
+            TransitionArgs::Erred {
+                worker,
+                cause,
+                exception: un(exception),
+                traceback: un(traceback),
+                exception_text: un(exception_text),
+                traceback_text: un(traceback_text),
+            }
+        } else {
+            TransitionArgs::None
+        };
+        let sid = stimulus_id.clone().unbind();
+        let recs = self
+            .state
+            .transition(t, finish, &sid, args, &mut out)
+            .map_err(to_pyerr)?;
+        self.state
+            .transitions_loop(recs, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        self.finish(py, out)
+    }
+
     /// `Scheduler.stimulus_queue_slots_maybe_opened`
     fn stimulus_queue_slots_maybe_opened<'py>(
         &mut self,
@@ -1775,6 +1830,11 @@ impl Engine {
         d.set_item(
             "unrunnable",
             PyList::new(py, s.unrunnable.keys().map(|t| s.ts(t).key.bind(py)))?,
+        )?;
+        // monotonic() when each task became unrunnable (the no-workers timeout reads it)
+        d.set_item(
+            "unrunnable_since",
+            s.unrunnable.iter().map(|(_, v)| *v).collect::<Vec<f64>>(),
         )?;
         d.set_item(
             "replicated_tasks",

@@ -1,0 +1,147 @@
+"""distributed-style tests (`gen_cluster`, in-process workers) run on both engines.
+
+The `engine` fixture installs dask-rsched for the "rust" run, so every Scheduler the
+test creates runs on the engine, as under `pytest -p dask_rsched.testing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import dask_rsched
+import pytest
+from distributed import Event, Nanny, Variable, wait
+from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils_test import div, gen_cluster, inc, slowinc
+
+
+@pytest.fixture(params=["python", "rust"], autouse=True)
+def engine(request):
+    if request.param == "rust":
+        dask_rsched.install()
+    yield request.param
+    dask_rsched.uninstall()
+
+
+def on_engine(s) -> bool:
+    from dask_rsched._scheduler import is_active
+
+    return is_active(s)
+
+
+@gen_cluster(client=True)
+async def test_basic_state(c, s, a, b, engine):
+    assert on_engine(s) == (engine == "rust")
+    x = c.submit(inc, 1)
+    y = c.submit(inc, x)
+    assert await y == 3
+    assert s.tasks[y.key].state == "memory"
+    assert s.tasks[x.key].who_has
+    assert s.workers[a.address].nthreads == 1
+    assert s.story(y.key)
+    assert s.story(s.tasks[y.key]) == s.story(y.key)
+    s.validate_state()
+
+
+@gen_cluster(client=True)
+async def test_processing_and_idle(c, s, a, b, engine):
+    ev = Event()
+    futs = c.map(lambda i, ev: ev.wait(), range(4), ev=ev)
+    while sum(len(ws.processing) for ws in s.workers.values()) < 2:
+        await asyncio.sleep(0.01)
+    assert not s.idle
+    await ev.set()
+    await wait(futs)
+    while not s.idle:
+        await asyncio.sleep(0.01)
+    assert s.is_idle
+
+
+@gen_cluster(client=True)
+async def test_erred_blame(c, s, a, b, engine):
+    x = c.submit(div, 1, 0)
+    with pytest.raises(ZeroDivisionError):
+        await x
+    ts = s.tasks[x.key]
+    assert ts.state == "erred"
+    assert ts.exception_blame is ts
+
+
+@gen_cluster(client=True)
+async def test_retire_replicate(c, s, a, b, engine):
+    futs = c.map(inc, range(10), workers=[a.address])
+    await wait(futs)
+    await c.replicate(futs)
+    assert all(len(s.tasks[f.key].who_has) == 2 for f in futs)
+    await c.retire_workers([a.address])
+    assert list(s.workers) == [b.address]
+    assert sum(await c.gather(futs)) == 55
+    s.validate_state()
+
+
+@gen_cluster(client=True, Worker=Nanny)
+async def test_restart(c, s, a, b, engine):
+    futs = c.map(inc, range(10))
+    await wait(futs)
+    await c.restart()
+    assert not s.tasks
+    assert sum(await c.gather(c.map(inc, range(10)))) == 55
+
+
+@gen_cluster(client=True)
+async def test_primitives_and_publish(c, s, a, b, engine):
+    v = Variable("x")
+    await v.set(1)
+    assert await v.get() == 1
+    f = c.submit(inc, 1)
+    await c.publish_dataset(f, name="d")
+    assert await (await c.get_dataset("d")) == 2
+
+
+@gen_cluster(client=True)
+async def test_diagnostics_handlers(c, s, a, b, engine):
+    f = c.submit(inc, 1, workers=[a.address])
+    await f
+    assert (await c.who_has(f)) == {f.key: (a.address,)}
+    assert f.key in (await c.has_what())[a.address]
+    assert (await c.nbytes(summary=False))[f.key] > 0
+    assert s.get_task_status(keys=[f.key]) == {f.key: "memory"}
+    assert (await c.processing()) == {a.address: (), b.address: ()}
+    assert any(t[0] == f.key for t in s.transition_log)
+
+
+@gen_cluster(
+    client=True,
+    config={"distributed.scheduler.no-workers-timeout": "200ms"},
+)
+async def test_no_valid_worker_timeout(c, s, a, b, engine):
+    from distributed.scheduler import NoValidWorkerError
+
+    f = c.submit(inc, 1, workers=["tcp://10.255.255.1:1"])
+    with pytest.raises(NoValidWorkerError):
+        await f
+    assert s.tasks[f.key].state == "erred"
+    s.validate_state()
+
+
+class ForgetWatcher(SchedulerPlugin):
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.seen = []
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "forgotten":
+            # distributed keeps the task findable while plugins hear about it
+            self.seen.append((key, key in self.scheduler.tasks))
+
+
+@gen_cluster(client=True)
+async def test_plugin_can_look_up_forgotten_task(c, s, a, b, engine):
+    plugin = ForgetWatcher(s)
+    s.add_plugin(plugin)
+    f = c.submit(slowinc, 1, delay=0.01, key="x")
+    await f
+    del f
+    while s.tasks:
+        await asyncio.sleep(0.01)
+    assert plugin.seen == [("x", True)]
