@@ -65,6 +65,9 @@ async def test_erred_blame(c, s, a, b, engine):
     ts = s.tasks[x.key]
     assert ts.state == "erred"
     assert ts.exception_blame is ts
+    [record] = s.erred_tasks
+    assert record.key == x.key
+    assert "ZeroDivisionError" in record.exception_text
 
 
 @gen_cluster(client=True)

@@ -54,6 +54,7 @@ _ENGINE_ATTRIBUTES = (
     "n_tasks",
     "transition_log",
     "transition_counter",
+    "erred_tasks",
 )
 
 _base_transition = SchedulerPlugin.transition
@@ -143,6 +144,10 @@ class EngineSchedulerMixin:
         return prefixes
 
     @property
+    def erred_tasks(self) -> Any:
+        return self._rsched_engine.erred_tasks
+
+    @property
     def transition_log(self) -> list:
         return self._rsched_engine.transition_log
 
@@ -163,7 +168,7 @@ class EngineSchedulerMixin:
         return self._rsched_engine.story(*keys)
 
     def _clear_task_state(self) -> None:
-        for collection in (self.erred_tasks, self.computations, self.task_metadata):
+        for collection in (self.computations, self.task_metadata):
             collection.clear()
 
     # ------------------------------------------------------------- plumbing

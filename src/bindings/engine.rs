@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyAssertionError, PyKeyError, PyRuntimeError, PyValueErro
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PySet, PyTuple};
+use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 type State = SchedulerState<Py<PyAny>>;
@@ -589,7 +589,8 @@ impl Engine {
                 .extract::<Option<usize>>()?
                 .unwrap_or(usize::MAX),
             erred_tasks_maxlen: get("distributed.diagnostics.erred-tasks.max-history")?
-                .extract()?,
+                .extract::<Option<usize>>()?
+                .unwrap_or(usize::MAX),
             memory_terminate: get("distributed.worker.memory.terminate")?.is_truthy()?,
             ..Config::default()
         };
@@ -1338,6 +1339,32 @@ impl Engine {
             out.append((key, start.as_str(), finish.as_str(), sid))?;
         }
         Ok(out)
+    }
+
+    /// `SchedulerState.erred_tasks`: distributed's `ErredTask` records, newest first.
+    #[getter]
+    fn erred_tasks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let erred_task = py.import("distributed.scheduler")?.getattr("ErredTask")?;
+        let items = PyList::empty(py);
+        for r in &self.state.erred_tasks {
+            let text = |o: &Option<Py<PyAny>>| -> Py<PyAny> {
+                o.as_ref().map_or_else(
+                    || PyString::new(py, "").into_any().unbind(),
+                    |o| o.clone_ref(py),
+                )
+            };
+            items.append(erred_task.call1((
+                r.key.bind(py),
+                r.timestamp,
+                PySet::new(py, &r.erred_on)?,
+                text(&r.exception_text),
+                text(&r.traceback_text),
+            ))?)?;
+        }
+        let maxlen = Some(self.state.config.erred_tasks_maxlen).filter(|m| *m != usize::MAX);
+        py.import("collections")?
+            .getattr("deque")?
+            .call1((items, maxlen))
     }
 
     /// Forgets the recorded transitions without converting them.
