@@ -43,6 +43,8 @@ pub struct HeapSet {
     /// member task -> its serial
     data: HashMap<TaskId, u64>,
     inc: u64,
+    /// Heap entries without priority (kept so `add` need not scan the heap).
+    unprioritised: usize,
 }
 
 impl HeapSet {
@@ -68,13 +70,12 @@ impl HeapSet {
         if self.data.contains_key(&t) {
             return Ok(());
         }
-        if !self.heap.is_empty()
-            && (priority.is_none() || self.heap.iter().any(|e| e.priority.is_none()))
-        {
+        if !self.heap.is_empty() && (priority.is_none() || self.unprioritised > 0) {
             return Err(CoreError::Invalid(
                 "'<' not supported between a task without priority and a queued task".into(),
             ));
         }
+        self.unprioritised += usize::from(priority.is_none());
         self.heap.push(Entry {
             priority,
             inc: self.inc,
@@ -101,7 +102,9 @@ impl HeapSet {
             if self.live(top) {
                 return Some(top.task);
             }
-            self.heap.pop();
+            if let Some(e) = self.heap.pop() {
+                self.unprioritised -= usize::from(e.priority.is_none());
+            }
         }
         None
     }
@@ -122,5 +125,6 @@ impl HeapSet {
     pub fn clear(&mut self) {
         self.heap.clear();
         self.data.clear();
+        self.unprioritised = 0;
     }
 }
