@@ -127,6 +127,26 @@ async def test_no_valid_worker_timeout(c, s, a, b, engine):
     s.validate_state()
 
 
+@gen_cluster(client=True)
+async def test_prometheus_metrics_and_prefixes(c, s, a, b, engine):
+    from distributed.http.scheduler.prometheus.core import SchedulerMetricCollector
+
+    futs = c.map(inc, range(5))
+    await wait(futs)
+    metrics = {m.name: m for m in SchedulerMetricCollector(s).collect()}
+    assert "dask_scheduler_prefix_state_totals" in metrics
+    tp = s.task_prefixes["inc"]
+    assert tp.state_counts["memory"] == 5
+    assert tp.all_durations["compute"] >= 0
+    assert "int" in tp.types
+    assert len(s.task_groups) == 1
+    del futs
+    while s.tasks:
+        await asyncio.sleep(0.01)
+    # prefixes outlive their tasks, as on pure Python
+    assert "inc" in s.task_prefixes
+
+
 class ForgetWatcher(SchedulerPlugin):
     def __init__(self, scheduler):
         self.scheduler = scheduler

@@ -129,19 +129,11 @@ class EngineSchedulerMixin:
 
     @property
     def task_groups(self) -> dict:
-        groups: dict = {}
-        for ts in self.tasks.values():
-            tg = ts.group
-            groups.setdefault(tg.name, tg)
-        return groups
+        return self._rsched_engine.task_groups()
 
     @property
     def task_prefixes(self) -> dict:
-        prefixes: dict = {}
-        for ts in self.tasks.values():
-            tp = ts.prefix
-            prefixes.setdefault(tp.name, tp)
-        return prefixes
+        return self._rsched_engine.task_prefixes()
 
     @property
     def erred_tasks(self) -> Any:

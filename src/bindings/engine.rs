@@ -1461,6 +1461,40 @@ impl Engine {
         })
     }
 
+    /// `SchedulerState.task_prefixes`: name -> TaskPrefix, every prefix seen (distributed
+    /// keeps them until restart).
+    fn task_prefixes<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        let out = PyDict::new(py);
+        for (i, p) in e.state.prefixes.iter().enumerate() {
+            let h = handles::TaskPrefixHandle {
+                engine: slf.clone().unbind(),
+                id: PrefixId(i as u32),
+            };
+            out.set_item(p.name.as_str(), Py::new(py, h)?)?;
+        }
+        Ok(out)
+    }
+
+    /// `SchedulerState.task_groups`: name -> TaskGroup, the groups still alive.
+    fn task_groups<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        let out = PyDict::new(py);
+        for (i, g) in e.state.groups.iter().enumerate() {
+            if !g.alive {
+                continue;
+            }
+            let h = handles::TaskGroupHandle {
+                engine: slf.clone().unbind(),
+                id: GroupId(i as u32),
+            };
+            out.set_item(g.name.as_str(), Py::new(py, h)?)?;
+        }
+        Ok(out)
+    }
+
     /// Addresses of the workers in `Scheduler.workers` order (sorted).
     fn worker_addresses(&self) -> Vec<String> {
         self.state

@@ -638,6 +638,35 @@ fn states_dict<'py>(py: Python<'py>, states: &[i64; 8]) -> PyResult<Bound<'py, P
     Ok(d)
 }
 
+/// `TaskCollection.all_durations`: `defaultdict(float, {action: seconds})`.
+fn all_durations<'py>(
+    py: Python<'py>,
+    e: &Engine,
+    d: &crate::core::entities::Durations,
+) -> PyResult<Bound<'py, PyAny>> {
+    let out = PyDict::new(py);
+    for (action, us) in d.all_durations_us.iter() {
+        out.set_item(e.state.strings.name(*action), *us as f64 / 1e6)?;
+    }
+    let float = py.import("builtins")?.getattr("float")?;
+    py.import("collections")?
+        .getattr("defaultdict")?
+        .call1((float, out))
+}
+
+/// `TaskCollection.types`: the result type names, as dict keys.
+fn type_names<'py>(
+    py: Python<'py>,
+    e: &Engine,
+    types: &crate::core::ordered::OrderedMap<u32, i64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let out = PyDict::new(py);
+    for (t, _) in types.iter() {
+        out.set_item(e.state.strings.name(*t), py.None())?;
+    }
+    out.call_method0("keys")
+}
+
 #[pyclass(frozen, dict, module = "dask_rsched._core", name = "TaskGroup")]
 pub struct TaskGroupHandle {
     pub engine: Py<Engine>,
@@ -648,6 +677,46 @@ pub struct TaskGroupHandle {
 impl TaskGroupHandle {
     /// The span the group belongs to (set by the spans extension on submission; sent to
     /// workers with `compute-task`).
+    #[getter]
+    fn all_durations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        all_durations(py, &e, &e.state.groups[self.id.idx()].durations)
+    }
+
+    #[getter]
+    fn types<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        type_names(py, &e, &e.state.groups[self.id.idx()].types)
+    }
+
+    /// The groups this group's tasks depend on.
+    #[getter]
+    fn dependencies<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        let e = self.engine.bind(py).borrow();
+        let out = PySet::empty(py)?;
+        for g in &e.state.groups[self.id.idx()].dependencies {
+            out.add(TaskGroupHandle {
+                engine: self.engine.clone_ref(py),
+                id: *g,
+            })?;
+        }
+        Ok(out)
+    }
+
+    #[getter]
+    fn last_worker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        match e.state.groups[self.id.idx()].last_worker {
+            Some(w) if e.state.is_current_worker(w) => worker_handle(py, &self.engine, &e, w),
+            _ => Ok(py.None()),
+        }
+    }
+
+    #[getter]
+    fn last_worker_tasks_left(&self, py: Python<'_>) -> i64 {
+        self.engine.bind(py).borrow().state.groups[self.id.idx()].last_worker_tasks_left
+    }
+
     #[getter]
     fn span_id(&self, py: Python<'_>) -> Py<PyAny> {
         let e = self.engine.bind(py).borrow();
@@ -773,6 +842,59 @@ impl TaskPrefixHandle {
             py,
             &self.engine.bind(py).borrow().state.prefixes[self.id.idx()].states,
         )
+    }
+
+    #[getter]
+    fn all_durations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        all_durations(py, &e, &e.state.prefixes[self.id.idx()].durations)
+    }
+
+    #[getter]
+    fn duration(&self, py: Python<'_>) -> f64 {
+        let e = self.engine.bind(py).borrow();
+        e.state.prefixes[self.id.idx()].durations.duration_us as f64 / 1e6
+    }
+
+    #[getter]
+    fn types<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        type_names(py, &e, &e.state.prefixes[self.id.idx()].types)
+    }
+
+    /// Transitions into each state so far: `defaultdict(int)` with the states seen.
+    #[getter]
+    fn state_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        let counts = &e.state.prefixes[self.id.idx()].state_counts;
+        let d = PyDict::new(py);
+        for s in ALL_TASK_STATES {
+            if counts[s.index()] != 0 {
+                d.set_item(s.as_str(), counts[s.index()])?;
+            }
+        }
+        let int = py.import("builtins")?.getattr("int")?;
+        py.import("collections")?
+            .getattr("defaultdict")?
+            .call1((int, d))
+    }
+
+    /// The prefix's groups, in creation order.
+    #[getter]
+    fn groups<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        let d = PyDict::new(py);
+        for (g, _) in e.state.prefixes[self.id.idx()].groups.iter() {
+            let h = Py::new(
+                py,
+                TaskGroupHandle {
+                    engine: self.engine.clone_ref(py),
+                    id: *g,
+                },
+            )?;
+            d.set_item(h, py.None())?;
+        }
+        d.call_method0("keys")
     }
 
     #[getter]
