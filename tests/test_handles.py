@@ -147,3 +147,22 @@ def test_story_and_transition_log(machine: Differential) -> None:
     assert ours == theirs
     assert len(e.transition_log) == len(s.transition_log)
     assert e.transition_counter == s.transition_counter
+
+
+def test_exec_times_from_heartbeats_match_distributed():
+    import dask_rsched
+    from distributed.scheduler import TaskPrefix
+
+    e = dask_rsched.Engine()
+    e.add_worker("tcp://10.0.0.1:1", server_id="w", nthreads=1)
+    dsk = {"inc-1": Task("inc-1", inc, 1)}
+    e.update_graph(dsk=dsk, keys={"inc-1"}, ordered={"inc-1": 0}, client="c", stimulus_id="u")
+    expected = TaskPrefix("inc")
+    for seconds in (0.25, 0.1, 3.0):
+        e.add_exec_times({"inc-1": seconds, "unknown": 1.0})
+        expected.add_exec_time(seconds)
+        tp = e.get_task("inc-1").prefix
+        assert (tp.max_exec_time, tp.duration_average) == (
+            expected.max_exec_time,
+            expected.duration_average,
+        )

@@ -521,8 +521,8 @@ class EngineSchedulerMixin:
         executing: dict | None = None,
         extensions: dict | None = None,
     ) -> dict[str, Any]:
-        # executing durations feed the prefixes' max_exec_time, which only work stealing
-        # reads; the engine does not take them yet
+        # distributed's heartbeat with `executing` handled here: the prefixes'
+        # max_exec_time and duration_average live in the engine
         result = super().heartbeat_worker(  # type: ignore[misc]
             address=address,
             resolve_address=resolve_address,
@@ -537,6 +537,7 @@ class EngineSchedulerMixin:
             ws = self.workers.get(self.coerce_address(address, resolve_address))
             if ws is not None:
                 ws.executing = {self.tasks[k]: d for k, d in executing.items() if k in self.tasks}
+                self._rsched_engine.add_exec_times(executing)
         return result
 
     def add_resources(self, worker: str, resources: dict | None = None) -> str:

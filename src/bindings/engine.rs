@@ -1461,6 +1461,24 @@ impl Engine {
         })
     }
 
+    /// `TaskPrefix.add_exec_time` for every task a worker's heartbeat reports executing
+    /// (`{key: seconds so far}`); unknown keys are skipped.
+    fn add_exec_times(&mut self, py: Python<'_>, executing: &Bound<'_, PyDict>) -> PyResult<()> {
+        for (k, v) in executing.iter() {
+            let Some(t) = self.tid(py, &k)? else {
+                continue;
+            };
+            let duration: f64 = v.extract()?;
+            let p = self.state.ts(t).prefix;
+            let tp = &mut self.state.prefixes[p.idx()];
+            tp.max_exec_time = tp.max_exec_time.max(duration);
+            if duration > 2.0 * tp.duration_average {
+                tp.duration_average = -1.0;
+            }
+        }
+        Ok(())
+    }
+
     /// `SchedulerState.task_prefixes`: name -> TaskPrefix, every prefix seen (distributed
     /// keeps them until restart).
     fn task_prefixes<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
