@@ -31,7 +31,7 @@ from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _Shu
 from distributed.utils import log_errors
 
 from dask_rsched import _views
-from dask_rsched._core import Engine, TaskState, __version__
+from dask_rsched._core import ClientState, Engine, TaskState, __version__
 
 logger = logging.getLogger("dask_rsched")
 
@@ -57,12 +57,16 @@ _ENGINE_ATTRIBUTES = (
     "erred_tasks",
 )
 
-_base_transition = SchedulerPlugin.transition
 _SHUFFLE_FINISHES = ["released", "erred", "forgotten"]
 _TRANSITION_ARGS = frozenset(
     ("exception", "traceback", "exception_text", "traceback_text", "cause", "worker")
 )
-_base_update_graph = SchedulerPlugin.update_graph
+
+
+def _plugins_overriding(plugins: dict, hook: str) -> list:
+    """The plugins whose class overrides `SchedulerPlugin.<hook>`."""
+    base = getattr(SchedulerPlugin, hook)
+    return [p for p in plugins.values() if getattr(type(p), hook, base) is not base]
 
 
 def _status_name(status: Any) -> str:
@@ -84,44 +88,25 @@ class EngineSchedulerMixin:
     def workers(self) -> _views.WorkersView:
         return self._rsched_workers
 
-    def _rsched_containers(self) -> dict[str, Any]:
-        return _views.containers(self._rsched_engine)
-
-    @property
-    def idle(self) -> Any:
-        return self._rsched_containers()["idle"]
-
-    @property
-    def idle_task_count(self) -> set:
-        return self._rsched_containers()["idle_task_count"]
-
-    @property
-    def saturated(self) -> set:
-        return self._rsched_containers()["saturated"]
-
-    @property
-    def running(self) -> set:
-        return self._rsched_containers()["running"]
-
-    @property
-    def queued(self) -> _views.QueuedView:
-        return self._rsched_containers()["queued"]
-
-    @property
-    def unrunnable(self) -> dict:
-        return self._rsched_containers()["unrunnable"]
-
-    @property
-    def replicated_tasks(self) -> set:
-        return self._rsched_containers()["replicated_tasks"]
+    # scheduler-wide containers, converted from the engine on each read
+    idle = property(lambda self: _views.container(self._rsched_engine, "idle"))
+    idle_task_count = property(
+        lambda self: _views.container(self._rsched_engine, "idle_task_count")
+    )
+    saturated = property(lambda self: _views.container(self._rsched_engine, "saturated"))
+    running = property(lambda self: _views.container(self._rsched_engine, "running"))
+    queued = property(lambda self: _views.container(self._rsched_engine, "queued"))
+    unrunnable = property(lambda self: _views.container(self._rsched_engine, "unrunnable"))
+    replicated_tasks = property(
+        lambda self: _views.container(self._rsched_engine, "replicated_tasks")
+    )
+    total_occupancy = property(
+        lambda self: _views.container(self._rsched_engine, "total_occupancy")
+    )
 
     @property
     def n_tasks(self) -> int:
         return self._rsched_engine.n_tasks
-
-    @property
-    def total_occupancy(self) -> float:
-        return self._rsched_containers()["total_occupancy"]
 
     @property
     def is_idle(self) -> bool:
@@ -165,13 +150,6 @@ class EngineSchedulerMixin:
 
     # ------------------------------------------------------------- plumbing
 
-    def _rsched_transition_plugins(self) -> list:
-        return [
-            p
-            for p in self.plugins.values()
-            if getattr(type(p), "transition", _base_transition) is not _base_transition
-        ]
-
     def _rsched_notify(self, first: tuple[Any, dict] | None = None) -> None:
         """Tells plugins about the transitions the engine just made, then lets the
         engine free the tasks they forgot (plugins can still look those up, as on pure
@@ -181,7 +159,7 @@ class EngineSchedulerMixin:
         the stimulus' fields as distributed passes them to `SchedulerPlugin.transition`.
         """
         engine = self._rsched_engine
-        plugins = self._rsched_transition_plugins()
+        plugins = _plugins_overriding(self.plugins, "transition")
         try:
             if plugins:
                 # distributed's shuffle plugin returns at once unless a task is released,
@@ -326,11 +304,7 @@ class EngineSchedulerMixin:
         touched = [self.tasks[k] for k in touched_keys]
         computation.groups.update({ts.group for ts in touched})
         annotations: dict[str, dict] = {}
-        graph_plugins = [
-            p
-            for p in self.plugins.values()
-            if getattr(type(p), "update_graph", _base_update_graph) is not _base_update_graph
-        ]
+        graph_plugins = _plugins_overriding(self.plugins, "update_graph")
         if graph_plugins:
             for ts in touched:
                 for name, value in (ts.annotations or {}).items():
@@ -744,27 +718,15 @@ class EngineSchedulerMixin:
 
     # -------------------------------------------------------------- clients
 
-    async def add_client(self, comm: Any, client: str, versions: dict[str, Any]) -> None:
-        # distributed's add_client with the ClientState coming from the engine
-        self._rsched_engine.add_client(client)
-        cs = self._rsched_engine.get_client(client)
-        cs.versions = versions
-        cs.last_seen = time()
-        self._rsched_clients_pending[client] = cs
-        await super().add_client(comm, client, versions)  # type: ignore[misc]
-
     def client_desires_keys(self, keys: Collection, client: str) -> None:
         engine = self._rsched_engine
         self._rsched_register_client(client)
         self._rsched_run(lambda: engine.client_desires_keys(list(keys), client))
 
     def _rsched_register_client(self, client: str) -> None:
+        # for publish, queues etc., as distributed's client_desires_keys does
         if client not in self.clients:
-            self._rsched_engine.add_client(client)
-            cs = self._rsched_engine.get_client(client)
-            cs.versions = {}
-            cs.last_seen = time()
-            self.clients[client] = cs
+            self.clients[client] = _dsched.ClientState(client)
 
     def client_releases_keys(
         self, keys: Collection, client: str, stimulus_id: str | None = None
@@ -863,17 +825,12 @@ def activate(scheduler: Any) -> bool:
     scheduler._rsched_engine = engine
     scheduler._rsched_tasks = _views.TasksView(engine)
     scheduler._rsched_workers = _views.WorkersView(engine)
-    scheduler._rsched_clients_pending = {}
     scheduler.__class__ = engine_class(type(scheduler))
 
-    # ClientState objects come from the engine; the dict stays a plain dict
-    for client in list(scheduler.clients):
-        engine.add_client(client)
-        cs = engine.get_client(client)
-        cs.versions = getattr(scheduler.clients[client], "versions", {})
-        cs.last_seen = time()
-        scheduler.clients[client] = cs
-    scheduler.clients = _ClientsDict(scheduler.clients, scheduler)
+    # ClientState objects come from the engine (the fire-and-forget client included)
+    clients = _ClientsDict(engine)
+    clients.update(scheduler.clients)
+    scheduler.clients = clients
     _rebind_handlers(scheduler)
     # on distributed's scheduler logger, which `dask scheduler` shows at INFO
     logging.getLogger("distributed.scheduler").info("Scheduler engine: %s", ENGINE_NAME)
@@ -881,25 +838,23 @@ def activate(scheduler: Any) -> bool:
 
 
 class _ClientsDict(dict):
-    """`Scheduler.clients`: distributed's `add_client` stores a pure-Python ClientState;
-    the engine's handle (registered just before) takes its place."""
+    """`Scheduler.clients`: where distributed stores a pure-Python ClientState
+    (`add_client`, `client_desires_keys`), the engine's handle for that client takes its
+    place, carrying the Python-only `versions` and `last_seen`."""
 
-    def __init__(self, data: dict, scheduler: Any) -> None:
-        super().__init__(data)
-        self._pending = scheduler._rsched_clients_pending
-        self._engine = scheduler._rsched_engine
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self._engine = engine
 
     def __setitem__(self, client: str, cs: Any) -> None:
-        handle = self._pending.pop(client, None)
-        if handle is None and not isinstance(cs, _core_client_state()):
+        if not isinstance(cs, ClientState):
             self._engine.add_client(client)
             handle = self._engine.get_client(client)
             handle.versions = getattr(cs, "versions", {})
             handle.last_seen = getattr(cs, "last_seen", time())
-        super().__setitem__(client, handle if handle is not None else cs)
+            cs = handle
+        super().__setitem__(client, cs)
 
-
-def _core_client_state() -> type:
-    from dask_rsched._core import ClientState
-
-    return ClientState
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for client, cs in dict(*args, **kwargs).items():
+            self[client] = cs

@@ -122,22 +122,23 @@ class QueuedView:
         return f"<QueuedView: {len(self)} items>"
 
 
-def containers(engine: Engine) -> dict[str, Any]:
-    """The scheduler-wide containers as distributed's types, holding engine handles."""
+def container(engine: Engine, name: str) -> Any:
+    """One scheduler-wide container as distributed's type, holding engine handles; only
+    the requested one is converted."""
     raw = engine.containers()
     worker = engine.get_worker
     task = engine.get_task
-    return {
-        "idle": SortedDict((a, worker(a)) for a in raw["idle"]),
-        "running": {worker(a) for a in raw["running"]},
-        "saturated": {worker(a) for a in raw["saturated"]},
-        "idle_task_count": {worker(a) for a in raw["idle_task_count"]},
-        "queued": QueuedView([task(k) for k in raw["queued"]]),
-        "unrunnable": {
+    if name == "idle":
+        return SortedDict((a, worker(a)) for a in raw["idle"])
+    if name in ("running", "saturated", "idle_task_count"):
+        return {worker(a) for a in raw[name]}
+    if name == "queued":
+        return QueuedView([task(k) for k in raw["queued"]])
+    if name == "unrunnable":
+        return {
             task(k): since
             for k, since in zip(raw["unrunnable"], raw["unrunnable_since"], strict=True)
-        },
-        "replicated_tasks": {task(k) for k in raw["replicated_tasks"]},
-        "total_occupancy": raw["total_occupancy"],
-        "n_tasks": raw["n_tasks"],
-    }
+        }
+    if name == "replicated_tasks":
+        return {task(k) for k in raw["replicated_tasks"]}
+    return raw[name]

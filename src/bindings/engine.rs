@@ -1377,36 +1377,6 @@ impl Engine {
         self.free_forgotten(py)
     }
 
-    /// The transitions after the first `counter` ones (bounded by the log's length), as
-    /// `(key, start, finish, stimulus_id)`: what `SchedulerPlugin.transition` receives.
-    /// `finishes` keeps only transitions into those states (a plugin known to ignore the
-    /// others is not called for them).
-    #[pyo3(signature = (counter, finishes = None))]
-    fn transitions_since<'py>(
-        &self,
-        py: Python<'py>,
-        counter: i64,
-        finishes: Option<Vec<String>>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let log = &self.state.transition_log;
-        let n = (self.state.transition_counter - counter).clamp(0, log.len() as i64) as usize;
-        let keep: Option<Vec<TaskStateState>> =
-            finishes.map(|f| f.iter().filter_map(|s| TaskStateState::parse(s)).collect());
-        let out = PyList::empty(py);
-        for e in log.iter().skip(log.len() - n) {
-            if keep.as_ref().is_some_and(|k| !k.contains(&e.finish)) {
-                continue;
-            }
-            out.append((
-                e.key.bind(py),
-                e.start.as_str(),
-                e.finish.as_str(),
-                e.stimulus_id.bind(py),
-            ))?;
-        }
-        Ok(out)
-    }
-
     /// `SchedulerState.remove_replica` (the Active Memory Manager drops extra copies).
     fn remove_replica(
         &mut self,
