@@ -44,7 +44,7 @@ from dask_rsched_compat import (  # noqa: E402
     uninstall_legacy_attributes,
 )
 
-ENGINES = ["python"]
+ENGINES = ["python", "rust"]
 
 
 @pytest.fixture(params=ENGINES)
@@ -59,6 +59,17 @@ async def start_scheduler(engine: str, **kwargs: Any) -> AsyncIterator[Scheduler
     if engine == "python":
         async with Scheduler(**kwargs) as s:
             yield s
+    elif engine == "rust":
+        import dask_rsched
+        from dask_rsched._scheduler import is_active
+
+        dask_rsched.install()
+        try:
+            async with Scheduler(**kwargs) as s:
+                assert is_active(s)
+                yield s
+        finally:
+            dask_rsched.uninstall()
     else:  # pragma: no cover - engines are added here
         raise NotImplementedError(engine)
 
@@ -165,7 +176,10 @@ def materialize(views: Any) -> dict[str, Any]:
         if name == "loose_restrictions":
             snap[name] = set(view)
         else:
-            snap[name] = {k: copy.copy(v) for k, v in view.items()}
+            # Copy containers only: state objects (rprocessing) are identities.
+            snap[name] = {
+                k: copy.copy(v) if isinstance(v, (set, dict, list)) else v for k, v in view.items()
+            }
     return snap
 
 

@@ -7,7 +7,7 @@ which only periodic callbacks, diagnostics and extensions do (the hot path never
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, Mapping, ValuesView
 from typing import Any
 
 from sortedcontainers import SortedDict
@@ -37,10 +37,16 @@ class TasksView(Mapping):
         return self._engine.get_task(key) is not None
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._engine.task_keys())
+        return self._engine.iter_task_keys()
 
     def __len__(self) -> int:
         return len(self._engine)
+
+    def items(self) -> ItemsView:
+        return _TaskItems(self)
+
+    def values(self) -> ValuesView:
+        return _TaskValues(self)
 
     def __repr__(self) -> str:
         return f"<TasksView: {len(self)} tasks>"
@@ -49,6 +55,22 @@ class TasksView(Mapping):
         from distributed.utils import recursive_to_dict
 
         return recursive_to_dict(dict(self), exclude=exclude)
+
+
+class _TaskItems(ItemsView):
+    """`tasks.items()` iterated in Rust, one handle per task, nothing copied."""
+
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        return self._mapping._engine.iter_task_items()
+
+
+class _TaskValues(ValuesView):
+    __slots__ = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._mapping._engine.iter_task_items(values=True)
 
 
 class WorkersView(Mapping):
@@ -76,7 +98,7 @@ class WorkersView(Mapping):
         return iter(self._engine.worker_addresses())
 
     def __len__(self) -> int:
-        return len(self._engine.worker_addresses())
+        return self._engine.worker_count()
 
     def __repr__(self) -> str:
         return f"<WorkersView: {len(self)} workers>"

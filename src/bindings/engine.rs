@@ -2,7 +2,7 @@
 //! `SchedulerState`/`Scheduler` methods. Every stimulus returns `(client_msgs, worker_msgs)`.
 
 use super::handles::{self, ClientStateHandle, TaskStateHandle, WorkerStateHandle};
-use super::messages::{outbox_to_py, priority_to_py};
+use super::messages::{outbox_to_py, priority_to_py, py_state};
 use crate::core::state::{Config, Outbox, SchedulerState, StartStop};
 use crate::core::stimuli::{GraphTask, KeyRef, NewWorker, StaleReply};
 use crate::core::transitions::TransitionArgs;
@@ -12,7 +12,7 @@ use pyo3::exceptions::{PyAssertionError, PyKeyError, PyRuntimeError, PyValueErro
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PySet, PyString, PyTuple};
+use pyo3::types::{PyDict, PyIterator, PyList, PySet, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 type State = SchedulerState<Py<PyAny>>;
@@ -140,16 +140,14 @@ struct PendingGraph {
 
 impl Engine {
     /// The task `id` if `key` still names it (a handle of a forgotten task reads dead).
+    /// The task a handle points at, unless it was forgotten (its slot may since hold
+    /// another task: the serial tells them apart without hashing the key).
     pub(crate) fn live_task(
         &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
         id: TaskId,
-    ) -> PyResult<Option<&crate::core::entities::Task<Py<PyAny>>>> {
-        Ok(match self.tid(py, key)? {
-            Some(t) if t == id => self.state.task(t),
-            _ => None,
-        })
+        serial: u64,
+    ) -> Option<&crate::core::entities::Task<Py<PyAny>>> {
+        self.state.task(id).filter(|ts| ts.serial == serial)
     }
 
     fn tid(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
@@ -477,6 +475,11 @@ impl Engine {
             .iter()
             .filter_map(|k| self.tid(py, &k).ok().flatten())
             .collect();
+        // distributed calls client_releases_keys once per key; every call after a
+        // client's first finds nothing left to release, so one call per client gives
+        // the same state and messages in O(keys) instead of O(keys²).
+        let mut seen = hashbrown::HashSet::new();
+        clients.retain(|c| seen.insert(*c));
         for c in clients {
             let mut recs = crate::core::state::Recs::new();
             let live: Vec<TaskId> = ids
@@ -1336,7 +1339,7 @@ impl Engine {
             if keep.as_ref().is_some_and(|k| !k.contains(&finish)) {
                 continue;
             }
-            out.append((key, start.as_str(), finish.as_str(), sid))?;
+            out.append((key, py_state(py, start), py_state(py, finish), sid))?;
         }
         Ok(out)
     }
@@ -1490,6 +1493,35 @@ impl Engine {
             .iter()
             .map(|w| self.state.ws(*w).address.clone())
             .collect()
+    }
+
+    /// `iter(SchedulerState.tasks)`: a live iterator over the task keys in creation
+    /// order, without copying them; like a dict's, it fails if tasks are added or
+    /// forgotten during the iteration.
+    fn iter_task_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        self.keys.bind(py).as_any().try_iter()
+    }
+
+    /// `iter(SchedulerState.tasks.items())` (`values=False`) or `.values()`
+    /// (`values=True`): live, in creation order, nothing copied.
+    #[pyo3(signature = (values=false))]
+    fn iter_task_items(slf: &Bound<'_, Self>, values: bool) -> PyResult<TaskItemsIter> {
+        let py = slf.py();
+        let inner = slf
+            .borrow()
+            .keys
+            .bind(py)
+            .call_method0(intern!(py, "items"))?
+            .try_iter()?;
+        Ok(TaskItemsIter {
+            engine: slf.clone().unbind(),
+            inner: inner.unbind(),
+            values,
+        })
+    }
+
+    fn worker_count(&self) -> usize {
+        self.state.workers_sorted.len()
     }
 
     /// The keys of the live tasks, in creation order (like `SchedulerState.tasks`).
@@ -1893,5 +1925,38 @@ impl Engine {
         d.set_item("n_tasks", s.n_tasks)?;
         d.set_item("total_occupancy", s.total_occupancy())?;
         Ok(d)
+    }
+}
+
+/// Iterator behind `TasksView.items()`/`.values()`: walks the engine's key index and
+/// turns each task id into its canonical `TaskState` handle.
+#[pyclass(frozen, module = "dask_rsched._core")]
+pub struct TaskItemsIter {
+    engine: Py<Engine>,
+    inner: Py<PyIterator>,
+    values: bool,
+}
+
+#[pymethods]
+impl TaskItemsIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let Some(item) = self.inner.bind(py).clone().next() else {
+            return Ok(None);
+        };
+        let item = item?;
+        let (key, tid): (Bound<'_, PyAny>, u32) = item.extract()?;
+        let e = self.engine.bind(py).borrow();
+        let ts = handles::task_handle(py, &self.engine, &e, TaskId(tid))?;
+        if self.values {
+            Ok(Some(ts))
+        } else {
+            Ok(Some(
+                PyTuple::new(py, [key.unbind(), ts])?.into_any().unbind(),
+            ))
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! as with distributed's objects. A handle of a forgotten task reads as `forgotten`.
 
 use super::engine::Engine;
-use super::messages::priority_to_py;
+use super::messages::{priority_to_py, py_state};
 use crate::core::entities::Task;
 use crate::core::types::*;
 use pyo3::intern;
@@ -58,6 +58,8 @@ fn opt_obj(py: Python<'_>, o: &Option<Py<PyAny>>) -> Py<PyAny> {
 pub struct TaskStateHandle {
     pub engine: Py<Engine>,
     pub id: TaskId,
+    /// `Task::serial`: tells this task from a later one reusing its slot.
+    pub serial: u64,
     pub key: Py<PyAny>,
     pub hash: isize,
 }
@@ -71,7 +73,7 @@ impl TaskStateHandle {
         f: impl FnOnce(&Engine, &Task<Py<PyAny>>) -> PyResult<R>,
     ) -> PyResult<R> {
         let e = self.engine.bind(py).borrow();
-        match e.live_task(py, self.key.bind(py), self.id)? {
+        match e.live_task(self.id, self.serial) {
             Some(ts) => f(&e, ts),
             None => Ok(dead()),
         }
@@ -86,8 +88,9 @@ impl TaskStateHandle {
     }
 
     #[getter]
-    fn state(&self, py: Python<'_>) -> PyResult<&'static str> {
-        self.with(py, || "forgotten", |_, ts| Ok(ts.state.as_str()))
+    fn state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyString>> {
+        let state = self.with(py, || TaskStateState::Forgotten, |_, ts| Ok(ts.state))?;
+        Ok(py_state(py, state).clone())
     }
 
     #[getter]
@@ -227,7 +230,7 @@ impl TaskStateHandle {
     #[setter(_queueable)]
     fn set_queueable(&self, py: Python<'_>, value: bool) -> PyResult<()> {
         let mut e = self.engine.bind(py).borrow_mut();
-        if e.live_task(py, self.key.bind(py), self.id)?.is_some() {
+        if e.live_task(self.id, self.serial).is_some() {
             e.state.ts_mut(self.id).queueable = value;
         }
         Ok(())
@@ -238,7 +241,7 @@ impl TaskStateHandle {
     #[setter]
     fn set_annotations(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
         let mut e = self.engine.bind(py).borrow_mut();
-        if e.live_task(py, self.key.bind(py), self.id)?.is_some() {
+        if e.live_task(self.id, self.serial).is_some() {
             e.state.ts_mut(self.id).annotations = value.filter(|v| !v.is_none(py));
         }
         Ok(())
@@ -348,7 +351,7 @@ impl TaskStateHandle {
             None => None,
         };
         let mut e = self.engine.bind(py).borrow_mut();
-        if e.live_task(py, self.key.bind(py), self.id)?.is_some() {
+        if e.live_task(self.id, self.serial).is_some() {
             e.state.ts_mut(self.id).worker_restrictions = restrictions;
         }
         Ok(())
@@ -550,6 +553,35 @@ impl WorkerStateHandle {
             }
             Ok(d.into_any().unbind())
         })
+    }
+
+    /// `ws.needs_what`: dependencies this worker must fetch -> processing tasks waiting.
+    #[getter]
+    fn needs_what(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, |e, ws| {
+            let d = PyDict::new(py);
+            for (t, n) in ws.needs_what.iter() {
+                d.set_item(task_handle(py, &self.engine, e, *t)?, *n)?;
+            }
+            Ok(d.into_any().unbind())
+        })
+    }
+
+    /// `ws.task_prefix_count`: prefix name -> tasks of that prefix processing here.
+    #[getter]
+    fn task_prefix_count(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.with(py, |e, ws| {
+            let d = PyDict::new(py);
+            for (p, n) in ws.task_prefix_count.iter() {
+                d.set_item(&e.state.prefixes[p.idx()].name, *n)?;
+            }
+            Ok(d.into_any().unbind())
+        })
+    }
+
+    #[getter]
+    fn _network_occ(&self, py: Python<'_>) -> PyResult<i64> {
+        self.with(py, |_, ws| Ok(ws.network_occ))
     }
 
     #[getter]
@@ -958,6 +990,7 @@ pub fn task_handle(
         TaskStateHandle {
             engine: engine.clone_ref(py),
             id: t,
+            serial: ts.serial,
             key: ts.key.clone_ref(py),
             hash: ts.hash as isize,
         },

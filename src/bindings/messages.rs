@@ -1,10 +1,10 @@
 //! Core messages -> distributed's message dicts.
 
 use crate::core::state::{ClientMsg, Outbox, SchedulerState, WorkerMsg};
-use crate::core::types::{Num, Priority};
+use crate::core::types::{Num, Priority, TaskStateState};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
 type State = SchedulerState<Py<PyAny>>;
@@ -210,4 +210,19 @@ pub fn outbox_to_py<'py>(
         wm.set_item(s.ws(*w).address.as_str(), l)?;
     }
     PyTuple::new(py, [cm.into_any(), wm.into_any()])
+}
+
+/// A task state as an interned Python string (handles and the transition replay read
+/// states per task; interning saves building a new string each time).
+pub fn py_state<'py>(py: Python<'py>, state: TaskStateState) -> &'py Bound<'py, PyString> {
+    match state {
+        TaskStateState::Released => intern!(py, "released"),
+        TaskStateState::Waiting => intern!(py, "waiting"),
+        TaskStateState::NoWorker => intern!(py, "no-worker"),
+        TaskStateState::Queued => intern!(py, "queued"),
+        TaskStateState::Processing => intern!(py, "processing"),
+        TaskStateState::Memory => intern!(py, "memory"),
+        TaskStateState::Erred => intern!(py, "erred"),
+        TaskStateState::Forgotten => intern!(py, "forgotten"),
+    }
 }

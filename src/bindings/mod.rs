@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<engine::Engine>()?;
+    m.add_class::<engine::TaskItemsIter>()?;
     m.add_class::<handles::TaskStateHandle>()?;
     m.add_class::<handles::WorkerStateHandle>()?;
     m.add_class::<handles::ClientStateHandle>()?;
