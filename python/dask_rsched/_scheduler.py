@@ -765,6 +765,24 @@ class EngineSchedulerMixin:
         return seen
 
 
+def _replace_stealing(scheduler: Any, steal: Any) -> None:
+    """distributed's WorkStealing (extension, plugin, periodic callback, stream handler)
+    gives way to the engine's, under the same names."""
+    from dask_rsched._stealing import EngineWorkStealing
+
+    pc = scheduler.periodic_callbacks.pop("stealing", None)
+    if pc is not None:
+        pc.stop()
+    face = EngineWorkStealing(scheduler)
+    scheduler.extensions["stealing"] = face
+    for name, plugin in list(scheduler.plugins.items()):
+        if plugin is steal:
+            scheduler.plugins[name] = face
+    if pc is not None:
+        # the original had started: so does its replacement
+        asyncio.ensure_future(face.start())
+
+
 def _rebind_handlers(scheduler: Any) -> None:
     """Handlers were bound at construction; point them at the overriding methods."""
     for table in (scheduler.handlers, scheduler.stream_handlers):
@@ -802,23 +820,14 @@ def activate(scheduler: Any) -> bool:
             "it keeps running on the pure-Python engine"
         )
         return False
+    steal = scheduler.extensions.get("stealing")
     engine = Engine(
         validate=bool(scheduler.validate),
         allowed_failures=scheduler.allowed_failures,
         worker_saturation=float(scheduler.WORKER_SATURATION),
+        work_stealing=steal is not None,
     )
     engine.observe_transitions(True)
-
-    # Work stealing moves tasks by editing state directly; the engine does not steal yet.
-    steal = scheduler.extensions.pop("stealing", None)
-    if steal is not None:
-        for name, plugin in list(scheduler.plugins.items()):
-            if plugin is steal:
-                del scheduler.plugins[name]
-        scheduler.stream_handlers.pop("steal-response", None)
-        pc = scheduler.periodic_callbacks.pop("stealing", None)
-        if pc is not None:
-            pc.stop()
 
     for attr in _ENGINE_ATTRIBUTES:
         scheduler.__dict__.pop(attr, None)
@@ -832,6 +841,8 @@ def activate(scheduler: Any) -> bool:
     clients.update(scheduler.clients)
     scheduler.clients = clients
     _rebind_handlers(scheduler)
+    if steal is not None:
+        _replace_stealing(scheduler, steal)
     # on distributed's scheduler logger, which `dask scheduler` shows at INFO
     logging.getLogger("distributed.scheduler").info("Scheduler engine: %s", ENGINE_NAME)
     return True

@@ -555,12 +555,14 @@ impl Engine {
     #[new]
     /// Settings come from the Dask config, as `SchedulerState` reads them; a Scheduler's
     /// own arguments (`allowed_failures`, `worker_saturation`) override them.
-    #[pyo3(signature = (*, validate = false, allowed_failures = None, worker_saturation = None))]
+    #[pyo3(signature = (*, validate = false, allowed_failures = None, worker_saturation = None,
+                        work_stealing = false))]
     fn new(
         py: Python<'_>,
         validate: bool,
         allowed_failures: Option<i64>,
         worker_saturation: Option<f64>,
+        work_stealing: bool,
     ) -> PyResult<Self> {
         // distributed's defaults are registered with dask.config on import.
         let scheduler_module = py.import("distributed.scheduler")?;
@@ -641,6 +643,7 @@ impl Engine {
                 .unbind(),
         );
         state.memory_error = Some(Box::new(memory_error_payload));
+        state.stealing.enabled = work_stealing;
         let clients = PyDict::new(py);
         clients.set_item(ff, 0u32)?;
         Ok(Self {
@@ -1281,6 +1284,107 @@ impl Engine {
             .transitions_loop(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
         self.finish(py, out)
+    }
+
+    // ----- work stealing (`WorkStealing`, see core::stealing) ------------------------
+
+    #[getter]
+    fn work_stealing(&self) -> bool {
+        self.state.stealing.enabled
+    }
+
+    /// `WorkStealing.balance`: the steal requests to send.
+    fn steal_balance<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let mut out = Outbox::default();
+        self.state.steal_balance(&mut out);
+        self.finish(py, out)
+    }
+
+    /// `WorkStealing.move_task_confirm` (the `steal-response` handler).
+    #[pyo3(signature = (key, state, stimulus_id, worker = None))]
+    fn steal_response<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        state: Option<&str>,
+        stimulus_id: &Bound<'py, PyAny>,
+        worker: Option<&str>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let t = self.tid(py, key)?;
+        let request_id: String = stimulus_id.extract()?;
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        let r = self
+            .state
+            .move_task_confirm(t, state, &request_id, worker, &sid, &mut out);
+        let msgs = self.finish(py, out)?;
+        r.map_err(to_pyerr)?;
+        Ok(msgs)
+    }
+
+    /// `WorkStealing.move_task_request`: `(stimulus_id or "in-flight", messages)`.
+    fn steal_request<'py>(
+        &mut self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        victim: &str,
+        thief: &str,
+    ) -> PyResult<(String, Bound<'py, PyTuple>)> {
+        let t = self.tid_required(py, key)?;
+        let worker = |a: &str| {
+            self.state
+                .worker_id(a)
+                .ok_or_else(|| PyKeyError::new_err(a.to_string()))
+        };
+        let (v, th) = (worker(victim)?, worker(thief)?);
+        let mut out = Outbox::default();
+        let sid = self.state.move_task_request(t, v, th, &mut out);
+        Ok((sid, self.finish(py, out)?))
+    }
+
+    /// `WorkStealing.put_key_in_stealable` / `remove_key_from_stealable`.
+    fn steal_put_key(&mut self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let t = self.tid_required(py, key)?;
+        self.state
+            .put_key_in_stealable(t)
+            .map_err(|_| PyAssertionError::new_err("task is not stealable"))
+    }
+
+    fn steal_remove_key(&mut self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let t = self.tid_required(py, key)?;
+        self.state.remove_key_from_stealable(t);
+        Ok(())
+    }
+
+    /// `WorkStealing.steal_time_ratio`: `(cost_multiplier, level)` or `(None, None)`.
+    fn steal_time_ratio(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<(Option<f64>, Option<usize>)> {
+        let t = self.tid_required(py, key)?;
+        match self.state.steal_time_ratio(t) {
+            Ok(Some((m, l))) => Ok((Some(m), Some(l))),
+            Ok(None) => Ok((None, None)),
+            Err(_) => Err(PyAssertionError::new_err(
+                "a task without compute time must be long-running",
+            )),
+        }
+    }
+
+    /// `WorkStealing.restart`
+    fn steal_restart(&mut self) {
+        self.state.steal_restart();
+    }
+
+    /// Drains the stealing log: the messages for `log_event("stealing", ...)`.
+    fn take_steal_events<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.steal_events_py(py)
+    }
+
+    /// The stealing containers (keys and addresses), for the Python face.
+    fn stealing_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.stealing_state_py(py)
     }
 
     /// `Scheduler.stimulus_queue_slots_maybe_opened`

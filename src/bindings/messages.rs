@@ -124,6 +124,11 @@ pub fn worker_msg<'py>(
             )?;
             d.set_item(intern!(py, "stimulus_id"), stimulus_id.bind(py))?;
         }
+        WorkerMsg::StealRequest { task, stimulus_id } => {
+            d.set_item(intern!(py, "op"), intern!(py, "steal-request"))?;
+            d.set_item(intern!(py, "key"), s.ts(*task).key.bind(py))?;
+            d.set_item(intern!(py, "stimulus_id"), stimulus_id)?;
+        }
     }
     Ok(d)
 }

@@ -4,6 +4,7 @@
 mod engine;
 mod handles;
 mod messages;
+mod stealing;
 
 use pyo3::prelude::*;
 

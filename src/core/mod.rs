@@ -6,6 +6,7 @@ pub mod heapset;
 pub mod ordered;
 pub mod pyset;
 pub mod state;
+pub mod stealing;
 pub mod stimuli;
 #[cfg(test)]
 mod tests;

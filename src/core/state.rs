@@ -71,6 +71,11 @@ pub enum WorkerMsg<P> {
         keys: Vec<P>,
         stimulus_id: P,
     },
+    /// `{"op": "steal-request", "key": ..., "stimulus_id": "steal-<n>"}`
+    StealRequest {
+        task: TaskId,
+        stimulus_id: String,
+    },
 }
 
 /// A message to a client.
@@ -259,6 +264,8 @@ pub struct SchedulerState<P> {
     /// When set, every transition is also recorded here (unbounded, drained by the
     /// caller) for `SchedulerPlugin.transition`.
     pub observe: bool,
+    /// `WorkStealing` (off unless the binding enables it).
+    pub stealing: super::stealing::Stealing<P>,
     pub observed: Vec<(P, TaskStateState, TaskStateState, P)>,
     pub erred_tasks: VecDeque<ErredTaskRecord<P>>,
     pub run_id_counter: i64,
@@ -315,6 +322,7 @@ impl<P: Clone> SchedulerState<P> {
             network_occ_global: 0,
             transition_log: VecDeque::new(),
             observe: false,
+            stealing: Default::default(),
             observed: Vec::new(),
             erred_tasks: VecDeque::new(),
             run_id_counter: 0,
@@ -858,10 +866,19 @@ impl<P: Clone> SchedulerState<P> {
 
     /// `SchedulerState.check_idle_saturated`
     pub fn check_idle_saturated(&mut self, w: WorkerId) {
+        self.check_idle_saturated_occ(w, None);
+    }
+
+    /// `check_idle_saturated(ws, occ=...)`: stealing passes the occupancy it counts
+    /// (a negative one means "use ws.occupancy", as in distributed).
+    pub fn check_idle_saturated_occ(&mut self, w: WorkerId, occ: Option<f64>) {
         if self.total_nthreads == 0 || self.ws(w).status == WorkerStatus::Closed {
             return;
         }
-        let occ = self.occupancy(w);
+        let occ = match occ {
+            Some(o) if o >= 0.0 => o,
+            _ => self.occupancy(w),
+        };
         let p = self.ws(w).processing.len() as i64;
         let wh = self.whash(w);
         self.saturated.remove(w, wh);

@@ -334,6 +334,7 @@ impl<P: Clone> SchedulerState<P> {
         }
         let _ = resources;
         self.check_idle_saturated(w);
+        self.steal_add_worker(w);
         Ok(w)
     }
 
@@ -486,7 +487,9 @@ impl<P: Clone> SchedulerState<P> {
                 }
             }
         }
-        self.transitions_loop(recs, out, stimulus_id)
+        self.transitions_loop(recs, out, stimulus_id)?;
+        self.steal_remove_worker(w);
+        Ok(())
     }
 
     /// `Scheduler.stimulus_task_finished`
@@ -662,7 +665,7 @@ pub enum StaleReply<P> {
 }
 
 impl<P: Clone> SchedulerState<P> {
-    /// `Scheduler.handle_long_running` (state part; stealing is notified by the caller).
+    /// `Scheduler.handle_long_running`
     pub fn handle_long_running(
         &mut self,
         t: Option<TaskId>,
@@ -693,6 +696,7 @@ impl<P: Clone> SchedulerState<P> {
                 (tp.duration_average + d) / 2.0
             };
         }
+        self.remove_key_from_stealable(t);
         self.ws_add_to_long_running(w, t);
         self.check_idle_saturated(w);
         self.stimulus_queue_slots_maybe_opened(out, stimulus_id)

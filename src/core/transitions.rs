@@ -126,6 +126,7 @@ impl<P: Clone> SchedulerState<P> {
             }
             self.transition_log.push_back(entry);
         }
+        self.steal_transition(t, start, actual_finish);
         if self.observe {
             let key = self.ts(t).key.clone();
             self.observed
@@ -835,7 +836,7 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// `_task_to_msg` (the payload fields are read by the binding when it builds the dict)
-    fn task_to_msg(&mut self, t: TaskId) -> CoreResult<WorkerMsg<P>> {
+    pub(crate) fn task_to_msg(&mut self, t: TaskId) -> CoreResult<WorkerMsg<P>> {
         let run_id = self.run_id_counter;
         self.run_id_counter += 1;
         self.ts_mut(t).run_id = Some(run_id);
