@@ -780,7 +780,7 @@ def _replace_stealing(scheduler: Any, steal: Any) -> None:
             scheduler.plugins[name] = face
     if pc is not None:
         # the original had started: so does its replacement
-        asyncio.ensure_future(face.start())
+        face._start_balancing()
 
 
 def _rebind_handlers(scheduler: Any) -> None:

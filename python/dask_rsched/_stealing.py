@@ -44,6 +44,9 @@ class EngineWorkStealing(SchedulerPlugin):
     # ----- lifecycle (as WorkStealing) -------------------------------------------------
 
     async def start(self, scheduler: Any = None) -> None:
+        self._start_balancing()
+
+    def _start_balancing(self) -> None:
         if "stealing" in self.scheduler.periodic_callbacks:
             return
         pc = PeriodicCallback(callback=self.balance, callback_time=self._callback_time * 1000)

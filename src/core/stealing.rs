@@ -677,19 +677,21 @@ impl<P: Clone> SchedulerState<P> {
         thieves: &WorkerSet,
         occupancies: &[f64],
     ) -> Option<WorkerId> {
+        // `min()` walks the thieves set itself: a copy could iterate differently.
         let valid = self.valid_workers(t);
-        let pool: WorkerSet = match valid {
+        let both: WorkerSet;
+        let pool: &WorkerSet = match valid {
             Some(valid) => {
-                let both = thieves.intersection(&valid);
+                both = thieves.intersection(&valid);
                 if !both.is_empty() {
-                    both
+                    &both
                 } else if !self.ts(t).loose_restrictions {
                     return None;
                 } else {
-                    thieves.copy()
+                    thieves
                 }
             }
-            None => thieves.copy(),
+            None => thieves,
         };
         let mut best: Option<(WorkerId, StealObjective)> = None;
         for w in pool.iter() {
