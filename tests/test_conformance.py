@@ -168,3 +168,34 @@ async def test_plugin_can_look_up_forgotten_task(c, s, a, b, engine):
     while s.tasks:
         await asyncio.sleep(0.01)
     assert plugin.seen == [("x", True)]
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2)
+async def test_work_stealing_moves_tasks(c, s, a, b, engine):
+    """Tasks piled (loosely) on `a` are stolen by the idle `b`; the extension's face
+    reads as distributed's."""
+    ext = s.extensions["stealing"]
+    assert type(ext).__name__ == ("EngineWorkStealing" if engine == "rust" else "WorkStealing")
+    assert "stealing" in s.periodic_callbacks
+    futs = c.map(slowinc, range(40), delay=0.05, workers=[a.address], allow_other_workers=True)
+    while not ext.metrics["request_count_total"]:
+        await asyncio.sleep(0.01)
+    assert set(ext.stealable) == {a.address, b.address}
+    assert all(len(levels) == 15 for levels in ext.stealable.values())
+    for ts, info in ext.in_flight.items():
+        assert info["victim"] is s.workers[a.address] and ts.processing_on is info["victim"]
+    await wait(futs)
+    assert len(b.data) > 0
+    assert ext.count >= 1
+    kinds = {msg[0] for _, msg in s.get_events("stealing")}
+    assert "request" in kinds and "confirm" in kinds
+    stolen = next(msg[1] for _, msg in s.get_events("stealing") if msg[0] == "confirm")
+    assert ext.story(stolen)
+    s.validate_state()
+
+
+@gen_cluster(client=True, config={"distributed.scheduler.work-stealing": False})
+async def test_work_stealing_off(c, s, a, b, engine):
+    assert "stealing" not in s.extensions
+    assert "stealing" not in s.periodic_callbacks
+    assert await c.submit(inc, 1) == 2

@@ -30,9 +30,8 @@ from distributed import Scheduler
 from distributed.utils_test import gen_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
-from scheduler_e2e import METRICS, Collector, SilentComm  # noqa: E402
-
-import dask_rsched  # noqa: E402
+import dask_rsched
+from scheduler_e2e import METRICS, Collector, SilentComm
 
 EXAMPLES = int(os.environ.get("STEAL_EXAMPLES", "6"))
 RESPONSES = ["ready", "waiting", "constrained", "executing", "memory", "released", None]
@@ -310,6 +309,7 @@ async def scenario(seed: int) -> None:
                     d: float = duration,
                     n: int = nbytes,
                     idx: int = idx,
+                    i: int = i,
                 ) -> None:
                     cl.s.handle_task_finished(
                         key=m[1],
@@ -350,7 +350,7 @@ async def scenario(seed: int) -> None:
                 addr = addrs.pop(rng.randrange(1, len(addrs)))
                 pending[:] = [p for p in pending if p[0] != addr]
 
-                def remove(cl: Cluster, addr: str = addr) -> Any:
+                def remove(cl: Cluster, addr: str = addr, i: int = i) -> Any:
                     return cl.s.remove_worker(address=addr, stimulus_id=f"remove-{i}")
 
                 await step(f"{i} remove {addr}", remove)

@@ -52,6 +52,7 @@ _ENGINE_ATTRIBUTES = (
     "task_groups",
     "task_prefixes",
     "n_tasks",
+    "bandwidth",
     "transition_log",
     "transition_counter",
     "erred_tasks",
@@ -107,6 +108,15 @@ class EngineSchedulerMixin:
     @property
     def n_tasks(self) -> int:
         return self._rsched_engine.n_tasks
+
+    @property
+    def bandwidth(self) -> float:
+        return self._rsched_engine.bandwidth
+
+    @bandwidth.setter
+    def bandwidth(self, value: float) -> None:
+        # heartbeats move the estimate; occupancy and stealing read it in the engine
+        self._rsched_engine.bandwidth = value
 
     @property
     def is_idle(self) -> bool:
@@ -829,6 +839,7 @@ def activate(scheduler: Any) -> bool:
     )
     engine.observe_transitions(True)
 
+    engine.bandwidth = float(scheduler.__dict__.get("bandwidth", engine.bandwidth))
     for attr in _ENGINE_ATTRIBUTES:
         scheduler.__dict__.pop(attr, None)
     scheduler._rsched_engine = engine

@@ -1288,6 +1288,21 @@ impl Engine {
 
     // ----- work stealing (`WorkStealing`, see core::stealing) ------------------------
 
+    /// `SchedulerState.bandwidth`: heartbeats update it (an exponential average).
+    #[getter]
+    fn bandwidth(&self) -> f64 {
+        self.state.config.bandwidth
+    }
+
+    #[setter]
+    fn set_bandwidth(&mut self, value: f64) -> PyResult<()> {
+        if value.is_nan() || value <= 0.0 {
+            return Err(PyValueError::new_err("bandwidth must be a float > 0"));
+        }
+        self.state.config.bandwidth = value;
+        Ok(())
+    }
+
     #[getter]
     fn work_stealing(&self) -> bool {
         self.state.stealing.enabled
