@@ -127,7 +127,9 @@ METRICS = {
 }
 
 
-async def run(engine: str, n: int, n_workers: int, stealing: bool) -> dict:
+async def run(
+    engine: str, n: int, n_workers: int, stealing: bool, task_duration: float | None = None
+) -> dict:
     import dask_rsched
     from distributed import Scheduler
 
@@ -194,6 +196,13 @@ async def run(engine: str, n: int, n_workers: int, stealing: bool) -> dict:
             span_metadata={"collections": []},
         )
         t1 = time.perf_counter()
+        # Without reported durations every prefix stays "unknown", and stealing (both
+        # engines) re-buckets all its processing tasks at each completion.
+        startstops = (
+            [{"action": "compute", "start": 0.0, "stop": task_duration}]
+            if task_duration is not None
+            else []
+        )
         finished = 0
         while True:
             pending = []
@@ -214,7 +223,7 @@ async def run(engine: str, n: int, n_workers: int, stealing: bool) -> dict:
                     type=b"int",
                     typename="int",
                     metadata={},
-                    startstops=[],
+                    startstops=startstops,
                     thread=0,
                     status="OK",
                 )
@@ -235,6 +244,15 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--quick", action="store_true", help="10,000 tasks, 10 workers")
+    parser.add_argument(
+        "--task-duration",
+        type=float,
+        default=None,
+        help="compute time the fake workers report (seconds); default: none reported",
+    )
+    parser.add_argument(
+        "--engines", nargs="+", default=["python", "rust"], choices=["python", "rust"]
+    )
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.workers = 10_000, [10]
@@ -245,22 +263,20 @@ def main() -> None:
     print(f"{'workers':>7} {'tasks':>7} {'engine':<28} {'graph s':>8} {'run s':>7} {'us/task':>8}")
     for n_workers in args.workers:
         results = {}
-        for engine, stealing in (
-            ("python", True),
-            ("rust", True),
-            ("python", False),
-            ("rust", False),
-        ):
-            r = asyncio.run(run(engine, args.tasks, n_workers, stealing))
-            label = {"python": "pure Python", "rust": "dask-rsched"}[engine] + (
-                " (stealing on)" if stealing else " (stealing off)"
-            )
-            results[(engine, stealing)] = r
-            print(
-                f"{n_workers:>7} {r['tasks']:>7} {label:<28} {r['graph']:>8.3f} "
-                f"{r['run']:>7.3f} {r['total'] / r['tasks'] * 1e6:>8.1f}",
-                flush=True,
-            )
+        for stealing in (True, False):
+            for engine in args.engines:
+                r = asyncio.run(run(engine, args.tasks, n_workers, stealing, args.task_duration))
+                label = {"python": "pure Python", "rust": "dask-rsched"}[engine] + (
+                    " (stealing on)" if stealing else " (stealing off)"
+                )
+                results[(engine, stealing)] = r
+                print(
+                    f"{n_workers:>7} {r['tasks']:>7} {label:<28} {r['graph']:>8.3f} "
+                    f"{r['run']:>7.3f} {r['total'] / r['tasks'] * 1e6:>8.1f}",
+                    flush=True,
+                )
+        if len(args.engines) < 2:
+            continue
         ratio = {
             st: results[("python", st)]["total"] / results[("rust", st)]["total"]
             for st in (True, False)
