@@ -38,7 +38,6 @@ class EngineWorkStealing(SchedulerPlugin):
         self._callback_time = parse_timedelta(
             dask.config.get("distributed.scheduler.work-stealing-interval"), default="ms"
         )
-        self._in_flight_event = asyncio.Event()
         scheduler.stream_handlers["steal-response"] = self.move_task_confirm
 
     # ----- lifecycle (as WorkStealing) -------------------------------------------------
@@ -52,15 +51,15 @@ class EngineWorkStealing(SchedulerPlugin):
         pc = PeriodicCallback(callback=self.balance, callback_time=self._callback_time * 1000)
         pc.start()
         self.scheduler.periodic_callbacks["stealing"] = pc
-        self._in_flight_event.set()
 
     async def stop(self) -> None:
         pc = self.scheduler.periodic_callbacks.pop("stealing", None)
         if pc:
             pc.stop()
-        if self._engine.stealing_state()["in_flight"]:
-            self._in_flight_event.clear()
-        await self._in_flight_event.wait()
+        # in_flight also empties inside transitions (a victim leaving), which no event
+        # reports: poll, as distributed waits for its event
+        while self._engine.stealing_state()["in_flight"]:
+            await asyncio.sleep(0.01)
 
     def teardown(self) -> None:
         pcs = self.scheduler.periodic_callbacks
@@ -119,13 +118,8 @@ class EngineWorkStealing(SchedulerPlugin):
         self._log_events()
 
     def _log_events(self) -> None:
-        events = self._engine.take_steal_events()
-        for msg in events:
+        for msg in self._engine.take_steal_events():
             self.log(msg)
-        if events and self._engine.stealing_state()["in_flight"]:
-            self._in_flight_event.clear()
-        elif not self._engine.stealing_state()["in_flight"]:
-            self._in_flight_event.set()
 
     # ----- read-only snapshots of the engine's stealing state --------------------------
 

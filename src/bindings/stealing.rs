@@ -130,10 +130,8 @@ impl Engine {
         d.set_item("in_flight_tasks", tasks)?;
         let unknown = PyDict::new(py);
         for (p, ts) in st.unknown_durations.iter() {
-            unknown.set_item(
-                &s.prefixes[p.idx()].name,
-                PyList::new(py, ts.iter().map(key))?,
-            )?;
+            let live = ts.iter().filter(|t| s.task(*t).is_some()).map(key);
+            unknown.set_item(&s.prefixes[p.idx()].name, PyList::new(py, live)?)?;
         }
         d.set_item("unknown_durations", unknown)?;
         let counts = PyDict::new(py);

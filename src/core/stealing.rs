@@ -220,7 +220,7 @@ impl<P: Clone> SchedulerState<P> {
                 let p = self.ts(t).prefix;
                 if let Some(s) = self.stealing.unknown_durations.remove(&p) {
                     for tt in s.iter() {
-                        if self.ts(tt).processing_on.is_some() {
+                        if self.task(tt).is_some_and(|ts| ts.processing_on.is_some()) {
                             self.steal_recalculate_cost(tt)?;
                         }
                     }
@@ -229,6 +229,15 @@ impl<P: Clone> SchedulerState<P> {
         }
         if finish == TaskStateState::Processing {
             self.put_key_in_stealable(t)?;
+        }
+        if finish == TaskStateState::Forgotten {
+            // distributed keeps the dead TaskState in the set and skips it later (no
+            // `processing_on`); an id can be reused once freed, so it leaves the set now.
+            let p = self.ts(t).prefix;
+            let th = self.thash(t);
+            if let Some(s) = self.stealing.unknown_durations.get_mut(&p) {
+                s.remove(t, th);
+            }
         }
         Ok(())
     }
@@ -509,7 +518,10 @@ impl<P: Clone> SchedulerState<P> {
                 self.ts_mut(t).processing_on = Some(thief);
                 self.ws_remove_from_processing(victim, t);
                 self.ws_add_to_processing(thief, t);
-                let _ = self.put_key_in_stealable(t);
+                // distributed lets this assertion propagate: no compute-task, no log
+                self.put_key_in_stealable(t).map_err(|_| {
+                    CoreError::Validation("assertion failed: stealable task".into())
+                })?;
                 self.send_task_to_worker(thief, t, out)?;
                 self.stealing.events.push(ev);
             }
