@@ -147,7 +147,7 @@ class QueuedView:
 def container(engine: Engine, name: str) -> Any:
     """One scheduler-wide container as distributed's type, holding engine handles; only
     the requested one is converted."""
-    raw = engine.containers()
+    raw = engine.containers(name)
     worker = engine.get_worker
     task = engine.get_task
     if name == "idle":

@@ -2006,43 +2006,73 @@ impl Engine {
     }
 
     /// Scheduler-wide containers, as lists of keys / addresses in iteration order.
-    fn containers<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    #[pyo3(signature = (only = None))]
+    fn containers<'py>(
+        &mut self,
+        py: Python<'py>,
+        only: Option<&str>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let s = &self.state;
         let d = PyDict::new(py);
         let addr = |w: WorkerId| s.ws(w).address.clone();
-        d.set_item("idle", s.idle.iter().map(|w| addr(*w)).collect::<Vec<_>>())?;
-        d.set_item("running", s.running.iter().map(addr).collect::<Vec<_>>())?;
-        d.set_item(
-            "saturated",
-            s.saturated.iter().map(addr).collect::<Vec<_>>(),
-        )?;
-        d.set_item(
-            "idle_task_count",
-            s.idle_task_count.iter().map(addr).collect::<Vec<_>>(),
-        )?;
-        d.set_item(
-            "queued",
-            PyList::new(
-                py,
-                s.queued.sorted().into_iter().map(|t| s.ts(t).key.bind(py)),
-            )?,
-        )?;
-        d.set_item(
-            "unrunnable",
-            PyList::new(py, s.unrunnable.keys().map(|t| s.ts(t).key.bind(py)))?,
-        )?;
-        // monotonic() when each task became unrunnable (the no-workers timeout reads it)
-        d.set_item(
-            "unrunnable_since",
-            s.unrunnable.iter().map(|(_, v)| *v).collect::<Vec<f64>>(),
-        )?;
-        d.set_item(
-            "replicated_tasks",
-            PyList::new(py, s.replicated_tasks.iter().map(|t| s.ts(t).key.bind(py)))?,
-        )?;
-        d.set_item("total_nthreads", s.total_nthreads)?;
-        d.set_item("n_tasks", s.n_tasks)?;
-        d.set_item("total_occupancy", s.total_occupancy())?;
+        // `only`: build just that container (sorting `queued` is O(n log n))
+        let want =
+            |k: &str| only.is_none_or(|o| o == k || (o == "unrunnable" && k == "unrunnable_since"));
+        if want("idle") {
+            d.set_item("idle", s.idle.iter().map(|w| addr(*w)).collect::<Vec<_>>())?;
+        }
+        if want("running") {
+            d.set_item("running", s.running.iter().map(addr).collect::<Vec<_>>())?;
+        }
+        if want("saturated") {
+            d.set_item(
+                "saturated",
+                s.saturated.iter().map(addr).collect::<Vec<_>>(),
+            )?;
+        }
+        if want("idle_task_count") {
+            d.set_item(
+                "idle_task_count",
+                s.idle_task_count.iter().map(addr).collect::<Vec<_>>(),
+            )?;
+        }
+        if want("queued") {
+            d.set_item(
+                "queued",
+                PyList::new(
+                    py,
+                    s.queued.sorted().into_iter().map(|t| s.ts(t).key.bind(py)),
+                )?,
+            )?;
+        }
+        if want("unrunnable") {
+            d.set_item(
+                "unrunnable",
+                PyList::new(py, s.unrunnable.keys().map(|t| s.ts(t).key.bind(py)))?,
+            )?;
+        }
+        if want("unrunnable_since") {
+            // monotonic() when each task became unrunnable (the no-workers timeout reads it)
+            d.set_item(
+                "unrunnable_since",
+                s.unrunnable.iter().map(|(_, v)| *v).collect::<Vec<f64>>(),
+            )?;
+        }
+        if want("replicated_tasks") {
+            d.set_item(
+                "replicated_tasks",
+                PyList::new(py, s.replicated_tasks.iter().map(|t| s.ts(t).key.bind(py)))?,
+            )?;
+        }
+        if want("total_nthreads") {
+            d.set_item("total_nthreads", s.total_nthreads)?;
+        }
+        if want("n_tasks") {
+            d.set_item("n_tasks", s.n_tasks)?;
+        }
+        if want("total_occupancy") {
+            d.set_item("total_occupancy", s.total_occupancy())?;
+        }
         Ok(d)
     }
 }
