@@ -326,6 +326,36 @@ async def scenario(seed: int) -> None:
                     )
 
                 await step(f"{i} finish {m[1]}", finish)
+            elif r < 0.5 and computes:
+                # a task fails, or the client lets go of a key (tasks get forgotten
+                # while stealing still tracks their prefix)
+                addr, m, idx = computes[rng.randrange(len(computes))]
+                if rng.random() < 0.5:
+                    pending.remove((addr, m, idx))
+
+                    def erred(
+                        cl: Cluster, addr: str = addr, m: tuple = m, idx: int = idx, i: int = i
+                    ) -> None:
+                        cl.s.handle_task_erred(
+                            key=m[1],
+                            worker=addr,
+                            stimulus_id=f"te-{i}",
+                            run_id=cl.sent[idx]["run_id"],
+                            exception=None,
+                            traceback=None,
+                            exception_text="boom",
+                            traceback_text="",
+                        )
+
+                    await step(f"{i} erred {m[1]}", erred)
+                else:
+                    keys = sorted({m[1] for _, m, _ in computes})
+                    released = rng.sample(keys, min(len(keys), rng.randint(1, 4)))
+
+                    def release(cl: Cluster, keys: list = released, i: int = i) -> None:
+                        cl.s.client_releases_keys(keys=keys, client="c", stimulus_id=f"rel-{i}")
+
+                    await step(f"{i} release {released}", release)
             elif r < 0.7:
                 await step(f"{i} balance", lambda cl: cl.s.extensions["stealing"].balance())
             elif r < 0.9 and steals:

@@ -130,8 +130,11 @@ impl Engine {
         d.set_item("in_flight_tasks", tasks)?;
         let unknown = PyDict::new(py);
         for (p, ts) in st.unknown_durations.iter() {
-            let live = ts.iter().filter(|t| s.task(*t).is_some()).map(key);
-            unknown.set_item(&s.prefixes[p.idx()].name, PyList::new(py, live)?)?;
+            // forgotten tasks included, as distributed keeps them in these sets
+            unknown.set_item(
+                &s.prefixes[p.idx()].name,
+                PyList::new(py, ts.iter().map(key))?,
+            )?;
         }
         d.set_item("unknown_durations", unknown)?;
         let counts = PyDict::new(py);

@@ -568,10 +568,17 @@ impl<P: Clone> SchedulerState<P> {
 
     /// Frees the slots of tasks forgotten in the batch that just ended.
     pub fn flush(&mut self) {
-        for t in self.pending_free.drain(..) {
-            self.tasks[t.idx()] = None;
-            self.free_tasks.push(t);
+        let freed = std::mem::take(&mut self.pending_free);
+        for t in freed {
+            if !self.steal_keeps_record(t) {
+                self.free_task_slot(t);
+            }
         }
+    }
+
+    pub(crate) fn free_task_slot(&mut self, t: TaskId) {
+        self.tasks[t.idx()] = None;
+        self.free_tasks.push(t);
     }
 
     // ----- nbytes -------------------------------------------------------------------

@@ -104,6 +104,8 @@ pub struct Stealing<P> {
     pub request_cost_total: OrderedMap<usize, f64>,
     /// Events for `scheduler.log_event("stealing", ...)`, drained by the binding.
     pub events: Vec<StealEvent<P>>,
+    /// Forgotten tasks kept alive by `unknown_durations` (see `steal_keeps_record`).
+    pub zombies: hashbrown::HashSet<TaskId>,
 }
 
 impl<P> Default for Stealing<P> {
@@ -121,6 +123,7 @@ impl<P> Default for Stealing<P> {
             request_count_total: OrderedMap::new(),
             request_cost_total: OrderedMap::new(),
             events: Vec::new(),
+            zombies: hashbrown::HashSet::new(),
         }
     }
 }
@@ -195,6 +198,8 @@ impl<P: Clone> SchedulerState<P> {
         }
         self.stealing.key_stealable.clear();
         self.stealing.unknown_durations.clear();
+        let zombies: Vec<TaskId> = self.stealing.zombies.iter().copied().collect();
+        self.steal_release_records(zombies);
     }
 
     // ----- the transition hook ------------------------------------------------------
@@ -219,27 +224,50 @@ impl<P: Clone> SchedulerState<P> {
             if finish == TaskStateState::Memory {
                 let p = self.ts(t).prefix;
                 if let Some(s) = self.stealing.unknown_durations.remove(&p) {
+                    let mut result = Ok(());
                     for tt in s.iter() {
                         if self.task(tt).is_some_and(|ts| ts.processing_on.is_some()) {
-                            self.steal_recalculate_cost(tt)?;
+                            result = self.steal_recalculate_cost(tt);
+                            if result.is_err() {
+                                break;
+                            }
                         }
                     }
+                    self.steal_release_records(s.iter());
+                    result?;
                 }
             }
         }
         if finish == TaskStateState::Processing {
             self.put_key_in_stealable(t)?;
         }
-        if finish == TaskStateState::Forgotten {
-            // distributed keeps the dead TaskState in the set and skips it later (no
-            // `processing_on`); an id can be reused once freed, so it leaves the set now.
-            let p = self.ts(t).prefix;
-            let th = self.thash(t);
-            if let Some(s) = self.stealing.unknown_durations.get_mut(&p) {
-                s.remove(t, th);
+        Ok(())
+    }
+
+    /// distributed's `unknown_durations` keeps forgotten TaskStates (and skips them
+    /// later): a forgotten task still in such a set keeps its record, and its id is not
+    /// reused, until the set is dropped.
+    pub fn steal_keeps_record(&mut self, t: TaskId) -> bool {
+        let Some(ts) = self.tasks[t.idx()].as_ref() else {
+            return false;
+        };
+        let keep = self
+            .stealing
+            .unknown_durations
+            .get(&ts.prefix)
+            .is_some_and(|s| s.contains(t, ts.hash));
+        if keep {
+            self.stealing.zombies.insert(t);
+        }
+        keep
+    }
+
+    fn steal_release_records(&mut self, tasks: impl IntoIterator<Item = TaskId>) {
+        for t in tasks {
+            if self.stealing.zombies.remove(&t) {
+                self.free_task_slot(t);
             }
         }
-        Ok(())
     }
 
     fn steal_recalculate_cost(&mut self, t: TaskId) -> Result<(), HookFailed> {
