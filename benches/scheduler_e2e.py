@@ -10,6 +10,8 @@ measured is the scheduler's own: transitions, worker choice, plugins (the shuffl
 plugin's `transition` hook included), message creation and `send_all`.
 
     python benches/scheduler_e2e.py [--tasks 100000] [--workers 10 100] [--quick]
+        [--workload tree|map|shuffle|fanout] [--task-duration SECONDS]
+        [--engines python rust]
 
 Both engines run with work stealing on (distributed's default) and off. Stealing's
 cost here is its per-transition bookkeeping; `balance()` runs on its periodic callback,
@@ -52,6 +54,52 @@ def tree_graph(n: int, fanin: int = 8) -> tuple[dict, str]:
         layer = nxt
         level += 1
     return dsk, layer[0]
+
+
+def map_graph(n: int) -> tuple[dict, set, dict]:
+    """`client.map`-like: n independent tasks, all wanted."""
+    dsk = {f"inc-{i}": Task(f"inc-{i}", inc, i) for i in range(n)}
+    return dsk, set(dsk), {}
+
+
+def shuffle_graph(n: int) -> tuple[dict, set, dict]:
+    """All-to-all: sqrt(n) inputs, each split into sqrt(n) pieces, and sqrt(n)
+    outputs each gathering one piece of every input (a task-based shuffle)."""
+    k = max(2, int(n**0.5))
+    dsk: dict = {}
+    for i in range(k):
+        dsk[f"input-{i}"] = Task(f"input-{i}", inc, i)
+        for j in range(k):
+            key = f"split-{i}-{j}"
+            dsk[key] = Task(key, add, TaskRef(f"input-{i}"))
+    outputs = set()
+    for j in range(k):
+        key = f"output-{j}"
+        dsk[key] = Task(key, add, *[TaskRef(f"split-{i}-{j}") for i in range(k)])
+        outputs.add(key)
+    return dsk, outputs, {}
+
+
+def fanout_graph(n: int, addresses: list[str]) -> tuple[dict, set, dict]:
+    """One root and n dependents; a third restricted to one of the first few workers
+    (loosely), a third needing a resource every worker has."""
+    dsk: dict = {"root": Task("root", inc, 0)}
+    workers: dict = {}
+    loose: dict = {}
+    resources: dict = {}
+    for i in range(n):
+        key = f"leaf-{i}"
+        dsk[key] = Task(key, add, TaskRef("root"))
+        if i % 3 == 0:
+            workers[key] = [addresses[i % min(4, len(addresses))]]
+            loose[key] = True
+        elif i % 3 == 1:
+            resources[key] = {"slot": 1}
+    annotations = {"workers": workers, "allow_other_workers": loose, "resources": resources}
+    return dsk, set(dsk) - {"root"}, annotations
+
+
+WORKLOADS = ("tree", "map", "shuffle", "fanout")
 
 
 class SilentComm:
@@ -128,7 +176,12 @@ METRICS = {
 
 
 async def run(
-    engine: str, n: int, n_workers: int, stealing: bool, task_duration: float | None = None
+    engine: str,
+    n: int,
+    n_workers: int,
+    stealing: bool,
+    task_duration: float | None = None,
+    workload: str = "tree",
 ) -> dict:
     import dask_rsched
     from distributed import Scheduler
@@ -158,7 +211,7 @@ async def run(
                         name=addr,
                         resolve_address=False,
                         now=time.time(),
-                        resources={},
+                        resources={"slot": 4},
                         memory_limit=2**32,
                         metrics=METRICS,
                         pid=0,
@@ -179,17 +232,26 @@ async def run(
         s.client_comms["bench-client"] = Collector()
         s.client_desires_keys(keys=[], client="bench-client")
 
-        dsk, root = tree_graph(n)
+        annotations: dict = {}
+        if workload == "tree":
+            dsk, root = tree_graph(n)
+            wanted = {root}
+        elif workload == "map":
+            dsk, wanted, annotations = map_graph(n)
+        elif workload == "shuffle":
+            dsk, wanted, annotations = shuffle_graph(n)
+        else:
+            dsk, wanted, annotations = fanout_graph(n, sorted(s.workers))
         ordered = dask.order.order(dsk)
         gc.collect()
         t0 = time.perf_counter()
         s._create_taskstate_from_graph(
             start=time.time(),
             dsk=dsk,
-            keys={root},
+            keys=wanted,
             ordered=ordered,
             client="bench-client",
-            annotations_by_type={},
+            annotations_by_type=annotations,
             global_annotations=None,
             stimulus_id="bench-graph",
             submitting_task=None,
@@ -229,7 +291,7 @@ async def run(
                 )
                 finished += 1
         t2 = time.perf_counter()
-        assert s.tasks[root].state == "memory", s.tasks[root].state
+        assert all(s.tasks[k].state == "memory" for k in wanted)
         assert finished == len(dsk), (finished, len(dsk))
         for comm in comms:  # the workers hang up; the scheduler removes them
             comm.abort()
@@ -253,6 +315,7 @@ def main() -> None:
     parser.add_argument(
         "--engines", nargs="+", default=["python", "rust"], choices=["python", "rust"]
     )
+    parser.add_argument("--workload", choices=WORKLOADS, default="tree")
     args = parser.parse_args()
     if args.quick:
         args.tasks, args.workers = 10_000, [10]
@@ -265,7 +328,9 @@ def main() -> None:
         results = {}
         for stealing in (True, False):
             for engine in args.engines:
-                r = asyncio.run(run(engine, args.tasks, n_workers, stealing, args.task_duration))
+                r = asyncio.run(
+                    run(engine, args.tasks, n_workers, stealing, args.task_duration, args.workload)
+                )
                 label = {"python": "pure Python", "rust": "dask-rsched"}[engine] + (
                     " (stealing on)" if stealing else " (stealing off)"
                 )
