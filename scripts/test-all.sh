@@ -25,6 +25,9 @@ python benches/scheduler_only.py --quick
 
 echo "== scheduler through its real handlers, both engines (quick)"
 python benches/scheduler_e2e.py --quick
+for workload in map shuffle fanout; do
+    python benches/scheduler_e2e.py --quick --engines rust --workload "$workload"
+done
 
 echo "== pytest"
 export DIFF_EXAMPLES="${DIFF_EXAMPLES:-2000}"
