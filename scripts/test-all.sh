@@ -26,7 +26,7 @@ python benches/scheduler_only.py --quick
 echo "== scheduler through its real handlers, both engines (quick)"
 python benches/scheduler_e2e.py --quick
 for workload in map shuffle fanout; do
-    python benches/scheduler_e2e.py --quick --engines rust --workload "$workload"
+    python benches/scheduler_e2e.py --quick --engines rust --workload "$workload" --task-duration 0.01
 done
 
 echo "== pytest"
