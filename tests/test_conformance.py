@@ -199,3 +199,20 @@ async def test_work_stealing_off(c, s, a, b, engine):
     assert "stealing" not in s.extensions
     assert "stealing" not in s.periodic_callbacks
     assert await c.submit(inc, 1) == 2
+
+
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)] * 2)
+async def test_set_resources_after_registration(c, s, a, b, engine):
+    """`Worker.set_resources` reaches the scheduler's `set_resources` handler: the worker
+    now offers the resource and tasks needing it run there."""
+    assert not s.workers[a.address].resources
+    await a.set_resources(GPU=2)
+    ws = s.workers[a.address]
+    assert ws.resources == {"GPU": 2}
+    assert ws.used_resources == {"GPU": 0}
+    assert s.resources == {"GPU": {a.address: 2}}
+    futs = c.map(inc, range(4), resources={"GPU": 1})
+    assert await c.gather(futs) == [1, 2, 3, 4]
+    assert all(s.tasks[f.key].who_has == {ws} for f in futs)
+    assert ws.used_resources == {"GPU": 0}
+    s.validate_state()

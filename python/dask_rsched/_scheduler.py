@@ -525,7 +525,7 @@ class EngineSchedulerMixin:
         return result
 
     def add_resources(self, worker: str, resources: dict | None = None) -> str:
-        # worker resources are fixed when the worker registers
+        self._rsched_engine.add_resources(worker, resources)
         ws = self.workers[worker]
         for resource, quantity in ws.resources.items():
             self.resources.setdefault(resource, {})[worker] = quantity

@@ -1288,6 +1288,28 @@ impl Engine {
 
     // ----- work stealing (`WorkStealing`, see core::stealing) ------------------------
 
+    /// `Scheduler.add_resources` (`set_resources` handler): a KeyError for an unknown
+    /// worker, as distributed's `self.workers[worker]`.
+    #[pyo3(signature = (worker, resources = None))]
+    fn add_resources(
+        &mut self,
+        worker: &str,
+        resources: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        let w = self
+            .state
+            .worker_id(worker)
+            .ok_or_else(|| PyKeyError::new_err(worker.to_string()))?;
+        let mut rs = Vec::new();
+        if let Some(d) = resources {
+            for (k, v) in d.iter() {
+                rs.push((k.extract::<String>()?, v.extract::<f64>()?));
+            }
+        }
+        self.state.add_resources(w, &rs);
+        Ok(())
+    }
+
     /// `SchedulerState.bandwidth`: heartbeats update it (an exponential average).
     #[getter]
     fn bandwidth(&self) -> f64 {

@@ -957,6 +957,27 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// `ws.used_resources[r] += sign * required` for each of the task's restrictions.
+    /// `Scheduler.add_resources` (the `set_resources` handler): the worker's resources
+    /// are updated and, as in distributed, every `used_resources` entry is reset to 0.
+    pub fn add_resources(&mut self, w: WorkerId, resources: &[(String, f64)]) {
+        for (r, v) in resources {
+            let rid = self.strings.intern(r);
+            self.ws_mut(w).resources.insert(rid, *v);
+        }
+        let all: Vec<(u32, f64)> = self.ws(w).resources.iter().map(|(r, v)| (*r, *v)).collect();
+        self.ws_mut(w).used_resources = OrderedMap::new();
+        for (rid, quantity) in all {
+            self.ws_mut(w).used_resources.insert(rid, 0.0);
+            if self.resources.get(&rid).is_none() {
+                self.resources.insert(rid, OrderedMap::new());
+            }
+            self.resources
+                .get_mut(&rid)
+                .expect("inserted")
+                .insert(w, quantity);
+        }
+    }
+
     fn adjust_used_resources(&mut self, t: TaskId, w: WorkerId, sign: f64) {
         let Some(rr) = self.ts(t).resource_restrictions.clone() else {
             return;
