@@ -175,6 +175,41 @@ METRICS = {
 }
 
 
+def register_worker(
+    s,
+    comm,
+    address: str,
+    server_id: str,
+    *,
+    nthreads: int,
+    resources: dict,
+    now: float,
+    stimulus_id: str,
+):
+    """The real `register-worker` handler (`Scheduler.add_worker`) for a fake worker
+    behind `comm`; the coroutine runs until the comm closes."""
+    return s.add_worker(
+        comm,
+        address=address,
+        status="running",
+        server_id=server_id,
+        nthreads=nthreads,
+        name=address,
+        resolve_address=False,
+        now=now,
+        resources=resources,
+        memory_limit=2**32,
+        metrics=METRICS,
+        pid=0,
+        services={},
+        local_directory="/tmp",
+        versions={},
+        nanny="",
+        extra={},
+        stimulus_id=stimulus_id,
+    )
+
+
 async def run(
     engine: str,
     n: int,
@@ -202,24 +237,14 @@ async def run(
             comms.append(SilentComm())
             background.append(
                 asyncio.ensure_future(
-                    s.add_worker(
+                    register_worker(
+                        s,
                         comms[-1],
-                        address=addr,
-                        status="running",
-                        server_id=f"w{w}",
+                        addr,
+                        f"w{w}",
                         nthreads=2,
-                        name=addr,
-                        resolve_address=False,
-                        now=time.time(),
                         resources={"slot": 4},
-                        memory_limit=2**32,
-                        metrics=METRICS,
-                        pid=0,
-                        services={},
-                        local_directory="/tmp",
-                        versions={},
-                        nanny="",
-                        extra={},
+                        now=time.time(),
                         stimulus_id=f"add-{w}",
                     )
                 )

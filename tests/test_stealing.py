@@ -31,7 +31,7 @@ from distributed.utils_test import gen_test
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 import dask_rsched
-from scheduler_e2e import METRICS, Collector, SilentComm
+from scheduler_e2e import Collector, SilentComm, register_worker
 
 EXAMPLES = int(os.environ.get("STEAL_EXAMPLES", "6"))
 RESPONSES = ["ready", "waiting", "constrained", "executing", "memory", "released", None]
@@ -76,24 +76,14 @@ class Cluster:
         self.comms[addr] = comm
         self.background.append(
             asyncio.ensure_future(
-                self.s.add_worker(
+                register_worker(
+                    self.s,
                     comm,
-                    address=addr,
-                    status="running",
-                    server_id=f"w{i}",
+                    addr,
+                    f"w{i}",
                     nthreads=nthreads,
-                    name=addr,
-                    resolve_address=False,
-                    now=0.0,
                     resources={},
-                    memory_limit=2**32,
-                    metrics=METRICS,
-                    pid=0,
-                    services={},
-                    local_directory="/tmp",
-                    versions={},
-                    nanny="",
-                    extra={},
+                    now=0.0,
                     stimulus_id=f"add-{i}",
                 )
             )

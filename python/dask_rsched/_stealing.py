@@ -58,7 +58,7 @@ class EngineWorkStealing(SchedulerPlugin):
             pc.stop()
         # in_flight also empties inside transitions (a victim leaving), which no event
         # reports: poll, as distributed waits for its event
-        while self._engine.stealing_state()["in_flight"]:
+        while self._state("in_flight"):
             await asyncio.sleep(0.01)
 
     def teardown(self) -> None:
@@ -123,6 +123,9 @@ class EngineWorkStealing(SchedulerPlugin):
 
     # ----- read-only snapshots of the engine's stealing state --------------------------
 
+    def _state(self, name: str) -> Any:
+        return self._engine.stealing_state(name)[name]
+
     def _task(self, key: Any) -> Any:
         return self.scheduler.tasks[key]
 
@@ -131,7 +134,7 @@ class EngineWorkStealing(SchedulerPlugin):
 
     @property
     def stealable(self) -> dict[str, tuple[set, ...]]:
-        state = self._engine.stealing_state()["stealable"]
+        state = self._state("stealable")
         return {
             addr: tuple({self._task(k) for k in level} for level in levels)
             for addr, levels in state.items()
@@ -139,12 +142,12 @@ class EngineWorkStealing(SchedulerPlugin):
 
     @property
     def key_stealable(self) -> dict[Any, tuple[str, int]]:
-        state = self._engine.stealing_state()["key_stealable"]
+        state = self._state("key_stealable")
         return {self._task(k): v for k, v in state.items()}
 
     @property
     def in_flight(self) -> dict[Any, dict[str, Any]]:
-        state = self._engine.stealing_state()["in_flight"]
+        state = self._state("in_flight")
         return {
             self._task(k): {
                 **info,
@@ -156,28 +159,28 @@ class EngineWorkStealing(SchedulerPlugin):
 
     @property
     def in_flight_occupancy(self) -> defaultdict[Any, float]:
-        state = self._engine.stealing_state()["in_flight_occupancy"]
+        state = self._state("in_flight_occupancy")
         return defaultdict(int, {self._worker(a): v for a, v in state.items()})
 
     @property
     def in_flight_tasks(self) -> defaultdict[Any, int]:
-        state = self._engine.stealing_state()["in_flight_tasks"]
+        state = self._state("in_flight_tasks")
         return defaultdict(int, {self._worker(a): v for a, v in state.items()})
 
     @property
     def unknown_durations(self) -> dict[str, set]:
-        state = self._engine.stealing_state()["unknown_durations"]
+        state = self._state("unknown_durations")
         return {name: {self._task(k) for k in keys} for name, keys in state.items()}
 
     @property
     def metrics(self) -> dict[str, defaultdict[int, float]]:
-        state = self._engine.stealing_state()["metrics"]
+        state = self._state("metrics")
         return {name: defaultdict(int, values) for name, values in state.items()}
 
     @property
     def count(self) -> int:
-        return self._engine.stealing_state()["count"]  # type: ignore[no-any-return]
+        return self._state("count")  # type: ignore[no-any-return]
 
     @property
     def _request_counter(self) -> int:
-        return self._engine.stealing_state()["request_counter"]  # type: ignore[no-any-return]
+        return self._state("request_counter")  # type: ignore[no-any-return]

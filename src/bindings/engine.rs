@@ -28,6 +28,17 @@ fn to_pyerr(e: CoreError) -> PyErr {
     }
 }
 
+/// A worker's `{resource: quantity}` in the dict's order.
+fn resource_pairs(resources: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, f64)>> {
+    let mut out = Vec::new();
+    if let Some(d) = resources {
+        for (k, v) in d.iter() {
+            out.push((k.extract::<String>()?, v.extract::<f64>()?));
+        }
+    }
+    Ok(out)
+}
+
 /// The pickled `MemoryError` of `_add_to_processing`'s safety check, worded as
 /// distributed words it.
 fn memory_error_payload(
@@ -684,12 +695,7 @@ impl Engine {
             .extract()?;
         let status = WorkerStatus::parse(status)
             .ok_or_else(|| PyValueError::new_err(format!("unknown worker status {status:?}")))?;
-        let mut res = Vec::new();
-        if let Some(r) = resources {
-            for (k, v) in r.iter() {
-                res.push((k.extract::<String>()?, v.extract::<f64>()?));
-            }
-        }
+        let res = resource_pairs(resources)?;
         let name_obj = match name {
             Some(n) => n.clone().unbind(),
             None => address.clone().unbind(),
@@ -1296,17 +1302,8 @@ impl Engine {
         worker: &str,
         resources: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
-        let w = self
-            .state
-            .worker_id(worker)
-            .ok_or_else(|| PyKeyError::new_err(worker.to_string()))?;
-        let mut rs = Vec::new();
-        if let Some(d) = resources {
-            for (k, v) in d.iter() {
-                rs.push((k.extract::<String>()?, v.extract::<f64>()?));
-            }
-        }
-        self.state.add_resources(w, &rs);
+        let w = self.worker(worker)?;
+        self.state.add_resources(w, &resource_pairs(resources)?);
         Ok(())
     }
 
@@ -1368,12 +1365,7 @@ impl Engine {
         thief: &str,
     ) -> PyResult<(String, Bound<'py, PyTuple>)> {
         let t = self.tid_required(py, key)?;
-        let worker = |a: &str| {
-            self.state
-                .worker_id(a)
-                .ok_or_else(|| PyKeyError::new_err(a.to_string()))
-        };
-        let (v, th) = (worker(victim)?, worker(thief)?);
+        let (v, th) = (self.worker(victim)?, self.worker(thief)?);
         let mut out = Outbox::default();
         let sid = self.state.move_task_request(t, v, th, &mut out);
         Ok((sid, self.finish(py, out)?))
@@ -1420,8 +1412,13 @@ impl Engine {
     }
 
     /// The stealing containers (keys and addresses), for the Python face.
-    fn stealing_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.stealing_state_py(py)
+    #[pyo3(signature = (only = None))]
+    fn stealing_state<'py>(
+        &self,
+        py: Python<'py>,
+        only: Option<&str>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        self.stealing_state_py(py, only)
     }
 
     /// `Scheduler.stimulus_queue_slots_maybe_opened`
@@ -1530,13 +1527,7 @@ impl Engine {
     ) -> PyResult<()> {
         let t = self.tid_required(py, key)?;
         let w = self.worker(worker)?;
-        if self
-            .state
-            .ts(t)
-            .who_has
-            .as_ref()
-            .is_some_and(|h| h.contains(w, self.state.whash(w)))
-        {
+        if self.state.has_replica(t, w) {
             self.state.remove_replica(t, w);
         }
         Ok(())
@@ -1551,13 +1542,7 @@ impl Engine {
     ) -> PyResult<()> {
         let t = self.tid_required(py, key)?;
         let w = self.worker(worker)?;
-        if !self
-            .state
-            .ts(t)
-            .who_has
-            .as_ref()
-            .is_some_and(|h| h.contains(w, self.state.whash(w)))
-        {
+        if !self.state.has_replica(t, w) {
             self.state.add_replica(t, w);
         }
         Ok(())

@@ -84,73 +84,97 @@ impl Engine {
         Ok(out)
     }
 
-    /// `WorkStealing`'s containers with keys for tasks and addresses for workers.
-    pub(crate) fn stealing_state_py<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    /// `WorkStealing`'s containers with keys for tasks and addresses for workers; `only`
+    /// builds just that one (the face reads one at a time).
+    pub(crate) fn stealing_state_py<'py>(
+        &self,
+        py: Python<'py>,
+        only: Option<&str>,
+    ) -> PyResult<Bound<'py, PyDict>> {
         let s = &self.state;
         let st = &s.stealing;
         let key = |t: TaskId| s.ts(t).key.clone_ref(py);
         let addr = |w: WorkerId| s.ws(w).address.clone();
+        let want = |k: &str| only.is_none_or(|o| o == k);
         let d = PyDict::new(py);
-        let stealable = PyDict::new(py);
-        for &w in &s.workers_sorted {
-            if let Some(Some(levels)) = st.stealable.get(w.idx()) {
-                let sets = PyList::empty(py);
-                for level in levels.iter().take(LEVELS) {
-                    sets.append(PyList::new(py, level.iter().map(key))?)?;
+        if want("stealable") {
+            let stealable = PyDict::new(py);
+            for &w in &s.workers_sorted {
+                if let Some(Some(levels)) = st.stealable.get(w.idx()) {
+                    let sets = PyList::empty(py);
+                    for level in levels.iter().take(LEVELS) {
+                        sets.append(PyList::new(py, level.iter().map(key))?)?;
+                    }
+                    stealable.set_item(addr(w), sets)?;
                 }
-                stealable.set_item(addr(w), sets)?;
             }
+            d.set_item("stealable", stealable)?;
         }
-        d.set_item("stealable", stealable)?;
-        let ks = PyDict::new(py);
-        for (&t, &(w, level)) in st.key_stealable.iter() {
-            ks.set_item(key(t), (addr(w), level))?;
+        if want("key_stealable") {
+            let ks = PyDict::new(py);
+            for (&t, &(w, level)) in st.key_stealable.iter() {
+                ks.set_item(key(t), (addr(w), level))?;
+            }
+            d.set_item("key_stealable", ks)?;
         }
-        d.set_item("key_stealable", ks)?;
-        let inf = PyDict::new(py);
-        for (t, info) in st.in_flight.iter() {
-            let i = PyDict::new(py);
-            i.set_item("victim", addr(info.victim))?;
-            i.set_item("thief", addr(info.thief))?;
-            i.set_item("victim_duration", info.victim_duration)?;
-            i.set_item("thief_duration", info.thief_duration)?;
-            i.set_item("stimulus_id", &info.stimulus_id)?;
-            inf.set_item(key(*t), i)?;
+        if want("in_flight") {
+            let inf = PyDict::new(py);
+            for (t, info) in st.in_flight.iter() {
+                let i = PyDict::new(py);
+                i.set_item("victim", addr(info.victim))?;
+                i.set_item("thief", addr(info.thief))?;
+                i.set_item("victim_duration", info.victim_duration)?;
+                i.set_item("thief_duration", info.thief_duration)?;
+                i.set_item("stimulus_id", &info.stimulus_id)?;
+                inf.set_item(key(*t), i)?;
+            }
+            d.set_item("in_flight", inf)?;
         }
-        d.set_item("in_flight", inf)?;
-        let occ = PyDict::new(py);
-        for (w, v) in st.in_flight_occupancy.iter() {
-            occ.set_item(addr(*w), *v)?;
+        if want("in_flight_occupancy") {
+            let occ = PyDict::new(py);
+            for (w, v) in st.in_flight_occupancy.iter() {
+                occ.set_item(addr(*w), *v)?;
+            }
+            d.set_item("in_flight_occupancy", occ)?;
         }
-        d.set_item("in_flight_occupancy", occ)?;
-        let tasks = PyDict::new(py);
-        for (w, v) in st.in_flight_tasks.iter() {
-            tasks.set_item(addr(*w), *v)?;
+        if want("in_flight_tasks") {
+            let tasks = PyDict::new(py);
+            for (w, v) in st.in_flight_tasks.iter() {
+                tasks.set_item(addr(*w), *v)?;
+            }
+            d.set_item("in_flight_tasks", tasks)?;
         }
-        d.set_item("in_flight_tasks", tasks)?;
-        let unknown = PyDict::new(py);
-        for (p, ts) in st.unknown_durations.iter() {
-            // forgotten tasks included, as distributed keeps them in these sets
-            unknown.set_item(
-                &s.prefixes[p.idx()].name,
-                PyList::new(py, ts.iter().map(key))?,
-            )?;
+        if want("unknown_durations") {
+            let unknown = PyDict::new(py);
+            for (p, ts) in st.unknown_durations.iter() {
+                // forgotten tasks included, as distributed keeps them in these sets
+                unknown.set_item(
+                    &s.prefixes[p.idx()].name,
+                    PyList::new(py, ts.iter().map(key))?,
+                )?;
+            }
+            d.set_item("unknown_durations", unknown)?;
         }
-        d.set_item("unknown_durations", unknown)?;
-        let counts = PyDict::new(py);
-        for (l, v) in st.request_count_total.iter() {
-            counts.set_item(*l, *v)?;
+        if want("metrics") {
+            let counts = PyDict::new(py);
+            for (l, v) in st.request_count_total.iter() {
+                counts.set_item(*l, *v)?;
+            }
+            let costs = PyDict::new(py);
+            for (l, v) in st.request_cost_total.iter() {
+                costs.set_item(*l, *v)?;
+            }
+            let metrics = PyDict::new(py);
+            metrics.set_item("request_count_total", counts)?;
+            metrics.set_item("request_cost_total", costs)?;
+            d.set_item("metrics", metrics)?;
         }
-        let costs = PyDict::new(py);
-        for (l, v) in st.request_cost_total.iter() {
-            costs.set_item(*l, *v)?;
+        if want("count") {
+            d.set_item("count", st.count)?;
         }
-        let metrics = PyDict::new(py);
-        metrics.set_item("request_count_total", counts)?;
-        metrics.set_item("request_cost_total", costs)?;
-        d.set_item("metrics", metrics)?;
-        d.set_item("count", st.count)?;
-        d.set_item("request_counter", st.request_counter)?;
+        if want("request_counter") {
+            d.set_item("request_counter", st.request_counter)?;
+        }
         Ok(d)
     }
 }

@@ -604,6 +604,14 @@ impl<P: Clone> SchedulerState<P> {
 
     // ----- replicas -----------------------------------------------------------------
 
+    /// `ws in ts.who_has`
+    pub fn has_replica(&self, t: TaskId, w: WorkerId) -> bool {
+        self.ts(t)
+            .who_has
+            .as_ref()
+            .is_some_and(|s| s.contains(w, self.whash(w)))
+    }
+
     /// `SchedulerState.add_replica` (with `WorkerState.add_replica`).
     pub fn add_replica(&mut self, t: TaskId, w: WorkerId) {
         let (th, wh) = (self.thash(t), self.whash(w));
@@ -710,14 +718,8 @@ impl<P: Clone> SchedulerState<P> {
         self.ws_mut(w).processing.insert(t, th);
         self.slots_changed(w, -1);
         let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
-        let wh = self.whash(w);
         for d in deps {
-            let in_who_has = self
-                .ts(d)
-                .who_has
-                .as_ref()
-                .is_some_and(|s| s.contains(w, wh));
-            if !in_who_has {
+            if !self.has_replica(d, w) {
                 self.inc_needs_replica(w, d);
             }
         }

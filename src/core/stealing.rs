@@ -128,20 +128,21 @@ impl<P> Default for Stealing<P> {
     }
 }
 
-fn add_to(map: &mut OrderedMap<WorkerId, f64>, w: WorkerId, v: f64) {
-    match map.get_mut(&w) {
+/// `d[k] += v` on a `defaultdict(int)` (`0 + v`: Python's `0 + -0.0` is `0.0`).
+fn add_to<K: Copy + Eq + std::hash::Hash>(map: &mut OrderedMap<K, f64>, k: K, v: f64) {
+    match map.get_mut(&k) {
         Some(x) => *x += v,
         None => {
-            map.insert(w, 0.0 + v);
+            map.insert(k, 0.0 + v);
         }
     }
 }
 
-fn add_count(map: &mut OrderedMap<WorkerId, i64>, w: WorkerId, v: i64) {
-    match map.get_mut(&w) {
+fn add_count<K: Copy + Eq + std::hash::Hash>(map: &mut OrderedMap<K, i64>, k: K, v: i64) {
+    match map.get_mut(&k) {
         Some(x) => *x += v,
         None => {
-            map.insert(w, v);
+            map.insert(k, v);
         }
     }
 }
@@ -655,18 +656,8 @@ impl<P: Clone> SchedulerState<P> {
                             occ_thief,
                         });
                         let st = &mut self.stealing;
-                        match st.request_count_total.get_mut(&level) {
-                            Some(c) => *c += 1,
-                            None => {
-                                st.request_count_total.insert(level, 1);
-                            }
-                        }
-                        match st.request_cost_total.get_mut(&level) {
-                            Some(c) => *c += cost,
-                            None => {
-                                st.request_cost_total.insert(level, 0.0 + cost);
-                            }
-                        }
+                        add_count(&mut st.request_count_total, level, 1);
+                        add_to(&mut st.request_cost_total, level, cost);
                         let occ_thief = self.combined_occupancy(&occupancies, thief);
                         let nproc_thief = self.combined_nprocessing(thief);
                         if !self.is_unoccupied(thief, occ_thief, nproc_thief) {

@@ -785,13 +785,7 @@ impl<P: Clone> SchedulerState<P> {
         ) else {
             return Ok(());
         };
-        let wh = self.whash(w);
-        if !self
-            .ts(t)
-            .who_has
-            .as_ref()
-            .is_some_and(|s| s.contains(w, wh))
-        {
+        if !self.has_replica(t, w) {
             return Ok(());
         }
         self.remove_replica(t, w);
