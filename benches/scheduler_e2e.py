@@ -99,7 +99,7 @@ def fanout_graph(n: int, addresses: list[str]) -> tuple[dict, set, dict]:
     return dsk, set(dsk) - {"root"}, annotations
 
 
-WORKLOADS = ("tree", "map", "shuffle", "fanout")
+WORKLOADS = ("tree", "map", "shuffle", "fanout", "futures", "churn")
 
 
 class SilentComm:
@@ -114,8 +114,10 @@ class SilentComm:
         self.handshake_options: dict = {}
         self._closed = False
         self._never = asyncio.Event()
+        self.written: list = []
 
     async def write(self, msg, serializers=None, on_error=None):
+        self.written.extend(msg if isinstance(msg, list) else [msg])
         return 0
 
     async def read(self, deserializers=None):
@@ -210,6 +212,95 @@ def register_worker(
     )
 
 
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+async def start_worker(s, address: str, server_id: str) -> tuple[str, SilentComm, asyncio.Future]:
+    """Register one fake worker through the real handler; its stream becomes a Collector."""
+    comm = SilentComm()
+    task = asyncio.ensure_future(
+        register_worker(
+            s,
+            comm,
+            address,
+            server_id,
+            nthreads=2,
+            resources={"slot": 4},
+            now=time.time(),
+            stimulus_id=f"add-{server_id}",
+        )
+    )
+    return address, comm, task
+
+
+def take_stream(s, address: str, comm: SilentComm) -> None:
+    """Swap the worker's BatchedSend for a Collector, keeping what it already sent (a
+    joining worker is handed queued tasks at once)."""
+    batched = s.stream_comms[address]
+    collector = Collector()
+    collector.msgs.extend(comm.written)
+    collector.msgs.extend(batched.buffer)
+    batched.buffer.clear()
+    comm.written.clear()
+    s.stream_comms[address] = collector
+
+
+def submit(s, dsk: dict, wanted: set, annotations: dict, ordered: dict, sid: str) -> None:
+    s._create_taskstate_from_graph(
+        start=time.time(),
+        dsk=dsk,
+        keys=wanted,
+        ordered=ordered,
+        client="bench-client",
+        annotations_by_type=annotations,
+        global_annotations=None,
+        stimulus_id=sid,
+        submitting_task=None,
+        span_metadata={"collections": []},
+    )
+
+
+def answer_all(s, startstops: list, counter: list) -> int:
+    """Answer every `compute-task` sent so far with `task-finished`; returns how many."""
+    pending = []
+    for addr, c in s.stream_comms.items():
+        for m in c.msgs:
+            if m.get("op") == "compute-task":
+                pending.append((addr, m))
+        c.msgs.clear()
+    for addr, m in pending:
+        s.handle_task_finished(
+            key=m["key"],
+            worker=addr,
+            stimulus_id=f"tf-{counter[0]}",
+            run_id=m["run_id"],
+            nbytes=28,
+            type=b"int",
+            typename="int",
+            metadata={},
+            startstops=startstops,
+            thread=0,
+            status="OK",
+        )
+        counter[0] += 1
+    return len(pending)
+
+
+def build_graph(workload: str, n: int, addresses: list[str]) -> tuple[dict, set, dict]:
+    if workload in ("tree", "churn"):
+        dsk, root = tree_graph(n)
+        return dsk, {root}, {}
+    if workload == "map":
+        return map_graph(n)
+    if workload == "shuffle":
+        return shuffle_graph(n)
+    if workload == "fanout":
+        return fanout_graph(n, addresses)
+    raise ValueError(f"unknown workload {workload!r}")
+
+
 async def run(
     engine: str,
     n: int,
@@ -217,113 +308,122 @@ async def run(
     stealing: bool,
     task_duration: float | None = None,
     workload: str = "tree",
+    queuing: bool = True,
+    memory: bool = False,
 ) -> dict:
+    """One configuration on one engine. Returns seconds for graph submission and for
+    the run, and the scheduler's memory growth for the submitted graph.
+
+    `memory=True` traces Python allocations (tracemalloc) during submission and stops
+    there; tracemalloc slows the submission, so its timings are not reported."""
     import dask_rsched
     from distributed import Scheduler
 
-    with dask.config.set({"distributed.scheduler.work-stealing": stealing}):
+    config = {"distributed.scheduler.work-stealing": stealing}
+    if not queuing:
+        config["distributed.scheduler.worker-saturation"] = float("inf")
+    with dask.config.set(config):
         if engine == "rust":
             dask_rsched.install()
         try:
             s = Scheduler(dashboard=False, validate=False, port=0)
         finally:
             dask_rsched.uninstall()
-    await s
-    try:
-        background = []
-        comms = []
-        for w in range(n_workers):
-            addr = f"tcp://10.0.{w // 250}.{w % 250}:1234"
-            comms.append(SilentComm())
-            background.append(
-                asyncio.ensure_future(
-                    register_worker(
-                        s,
-                        comms[-1],
-                        addr,
-                        f"w{w}",
-                        nthreads=2,
-                        resources={"slot": 4},
-                        now=time.time(),
-                        stimulus_id=f"add-{w}",
-                    )
-                )
-            )
-        while len(s.workers) < n_workers or len(s.stream_comms) < n_workers:
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
-        for addr in list(s.stream_comms):
-            s.stream_comms[addr] = Collector()
-        s.client_comms["bench-client"] = Collector()
-        s.client_desires_keys(keys=[], client="bench-client")
+        await s
+        try:
+            return await _drive(s, n, n_workers, task_duration, workload, memory)
+        finally:
+            await s.close()
 
-        annotations: dict = {}
-        if workload == "tree":
-            dsk, root = tree_graph(n)
-            wanted = {root}
-        elif workload == "map":
-            dsk, wanted, annotations = map_graph(n)
-        elif workload == "shuffle":
-            dsk, wanted, annotations = shuffle_graph(n)
+
+async def _drive(s, n, n_workers, task_duration, workload, memory) -> dict:
+    workers = []
+    for w in range(n_workers):
+        workers.append(await start_worker(s, f"tcp://10.0.{w // 250}.{w % 250}:1234", f"w{w}"))
+    while len(s.workers) < n_workers or len(s.stream_comms) < n_workers:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    for addr, comm, _ in workers:
+        take_stream(s, addr, comm)
+    s.client_comms["bench-client"] = Collector()
+    s.client_desires_keys(keys=[], client="bench-client")
+    # Without reported durations every prefix stays "unknown", and stealing (both
+    # engines) re-buckets all its processing tasks at each completion.
+    startstops = (
+        [{"action": "compute", "start": 0.0, "stop": task_duration}]
+        if task_duration is not None
+        else []
+    )
+    try:
+        counter = [0]
+        out: dict = {}
+        if workload == "futures":
+            # Many small submissions: submit one task, answer it, release it (the
+            # `client.submit(...).result()` loop).
+            gc.collect()
+            t0 = time.perf_counter()
+            for i in range(n):
+                key = f"f-{i}"
+                submit(s, {key: Task(key, inc, i)}, {key}, {}, {key: 0}, f"sub-{i}")
+                answer_all(s, startstops, counter)
+                s.client_releases_keys(keys=[key], client="bench-client", stimulus_id=f"rel-{i}")
+            t2 = time.perf_counter()
+            assert counter[0] == n, counter
+            out = {"tasks": n, "graph": 0.0, "run": t2 - t0, "total": t2 - t0}
         else:
-            dsk, wanted, annotations = fanout_graph(n, sorted(s.workers))
-        ordered = dask.order.order(dsk)
-        gc.collect()
-        t0 = time.perf_counter()
-        s._create_taskstate_from_graph(
-            start=time.time(),
-            dsk=dsk,
-            keys=wanted,
-            ordered=ordered,
-            client="bench-client",
-            annotations_by_type=annotations,
-            global_annotations=None,
-            stimulus_id="bench-graph",
-            submitting_task=None,
-            span_metadata={"collections": []},
-        )
-        t1 = time.perf_counter()
-        # Without reported durations every prefix stays "unknown", and stealing (both
-        # engines) re-buckets all its processing tasks at each completion.
-        startstops = (
-            [{"action": "compute", "start": 0.0, "stop": task_duration}]
-            if task_duration is not None
-            else []
-        )
-        finished = 0
-        while True:
-            pending = []
-            for addr, c in s.stream_comms.items():
-                for m in c.msgs:
-                    if m.get("op") == "compute-task":
-                        pending.append((addr, m))
-                c.msgs.clear()
-            if not pending:
-                break
-            for addr, m in pending:
-                s.handle_task_finished(
-                    key=m["key"],
-                    worker=addr,
-                    stimulus_id=f"tf-{finished}",
-                    run_id=m["run_id"],
-                    nbytes=28,
-                    type=b"int",
-                    typename="int",
-                    metadata={},
-                    startstops=startstops,
-                    thread=0,
-                    status="OK",
-                )
-                finished += 1
-        t2 = time.perf_counter()
-        assert all(s.tasks[k].state == "memory" for k in wanted)
-        assert finished == len(dsk), (finished, len(dsk))
-        for comm in comms:  # the workers hang up; the scheduler removes them
-            comm.abort()
-        await asyncio.gather(*background, return_exceptions=True)
-        return {"tasks": len(dsk), "graph": t1 - t0, "run": t2 - t1, "total": t2 - t0}
+            dsk, wanted, annotations = build_graph(workload, n, sorted(s.workers))
+            ordered = dask.order.order(dsk)
+            gc.collect()
+            if memory:
+                import tracemalloc
+
+                tracemalloc.start()
+                before = (rss(), tracemalloc.get_traced_memory()[0])
+            else:
+                before = (rss(), 0)
+            t0 = time.perf_counter()
+            submit(s, dsk, wanted, annotations, ordered, "bench-graph")
+            t1 = time.perf_counter()
+            gc.collect()
+            out["rss_per_task"] = (rss() - before[0]) / len(dsk)
+            if memory:
+                out["traced_per_task"] = (tracemalloc.get_traced_memory()[0] - before[1]) / len(dsk)
+                tracemalloc.stop()
+                out["tasks"] = len(dsk)
+                return out
+            t1b = time.perf_counter()
+            # Worker churn: 20 times during the run, the worker holding the least data
+            # leaves (its processing tasks are rescheduled and its data recomputed, as
+            # when adaptive scaling removes a worker) and a new one joins.
+            churn_every = max(1, len(dsk) // 20) if workload == "churn" else 0
+            next_churn = churn_every
+            joined = n_workers
+            while answer_all(s, startstops, counter):
+                if churn_every and counter[0] >= next_churn and joined < n_workers + 20:
+                    next_churn += churn_every
+                    addr = min(s.workers.values(), key=lambda ws: len(ws.has_what)).address
+                    i = next(i for i, w in enumerate(workers) if w[0] == addr)
+                    addr, comm, _ = workers.pop(i)
+                    await s.remove_worker(addr, stimulus_id=f"churn-{joined}", expected=True)
+                    comm.abort()
+                    new = f"tcp://10.1.{joined // 250}.{joined % 250}:1234"
+                    workers.append(await start_worker(s, new, f"w{joined}"))
+                    joined += 1
+                    while new not in s.stream_comms:
+                        await asyncio.sleep(0)
+                    take_stream(s, new, workers[-1][1])
+            t2 = time.perf_counter()
+            assert all(s.tasks[k].state == "memory" for k in wanted)
+            if workload != "churn":
+                assert counter[0] == len(dsk), (counter[0], len(dsk))
+            run_s = t2 - t1b
+            out.update(tasks=len(dsk), graph=t1 - t0, run=run_s, total=(t1 - t0) + run_s)
+            out["answered"] = counter[0]
     finally:
-        await s.close()
+        for _, comm, _ in workers:  # the workers hang up; the scheduler removes them
+            comm.abort()
+        await asyncio.gather(*(t for _, _, t in workers), return_exceptions=True)
+    return out
 
 
 def main() -> None:
