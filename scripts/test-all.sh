@@ -23,11 +23,8 @@ python -m mypy.stubtest dask_rsched._core --ignore-missing-stub --allowlist pyth
 echo "== benchmark harness (quick)"
 python benches/scheduler_only.py --quick
 
-echo "== scheduler through its real handlers, both engines (quick)"
-python benches/scheduler_e2e.py --quick
-for workload in map shuffle fanout; do
-    python benches/scheduler_e2e.py --quick --engines rust --workload "$workload" --task-duration 0.01
-done
+echo "== benchmark suite, both engines, every workload (quick: checks that it runs)"
+python benches/suite.py --quick --out "${TMPDIR:-/tmp}/dask-rsched-bench-quick"
 
 echo "== pytest"
 export DIFF_EXAMPLES="${DIFF_EXAMPLES:-2000}"

@@ -10,7 +10,7 @@ import asyncio
 
 import dask_rsched
 import pytest
-from distributed import Event, Nanny, Variable, wait
+from distributed import Client, Event, Nanny, Variable, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils_test import div, gen_cluster, inc, slowinc
 
@@ -215,4 +215,80 @@ async def test_set_resources_after_registration(c, s, a, b, engine):
     assert await c.gather(futs) == [1, 2, 3, 4]
     assert all(s.tasks[f.key].who_has == {ws} for f in futs)
     assert ws.used_resources == {"GPU": 0}
+    s.validate_state()
+
+
+@gen_cluster(client=True)
+async def test_direct_stimulus_calls(c, s, a, b, engine):
+    """Extensions and tests call `stimulus_task_finished` and `_transition` themselves
+    and carry out what they return, as distributed's handlers do."""
+    ev = Event()
+    fut = c.submit(lambda ev: ev.wait() or 1, ev, key="blocked")
+    while "blocked" not in s.tasks or s.tasks["blocked"].state != "processing":
+        await asyncio.sleep(0.01)
+    ts = s.tasks["blocked"]
+    worker = ts.processing_on.address
+    recs, client_msgs, worker_msgs = s.stimulus_task_finished(
+        worker=worker,
+        stimulus_id="direct-finished",
+        key="blocked",
+        run_id=ts.run_id,
+        nbytes=8,
+        type=None,
+        typename="int",
+        metadata={"origin": "test"},
+        startstops=[],
+        thread=0,
+        status="OK",
+    )
+    s._transitions(recs, client_msgs, worker_msgs, "direct-finished")
+    s.send_all(client_msgs, worker_msgs)
+    assert s.tasks["blocked"].state == "memory"
+    assert s.tasks["blocked"].metadata == {"origin": "test"}
+    assert any(
+        m.get("op") == "key-in-memory" and m.get("key") == "blocked"
+        for m in client_msgs.get(c.id, [])
+    )
+    assert fut.key == "blocked"
+    await ev.set()
+
+    x = c.submit(inc, 1, key="x")
+    await x
+    recs, client_msgs, worker_msgs = s._transition("x", "released", "direct-release")
+    s._transitions(recs, client_msgs, worker_msgs, "direct-release")
+    s.send_all(client_msgs, worker_msgs)
+    assert await x == 2  # still wanted: it is computed again
+    while s.tasks["x"].state != "memory":
+        await asyncio.sleep(0.01)
+
+
+@gen_cluster(client=True)
+async def test_task_metadata_written_from_python(c, s, a, b, engine):
+    x = c.submit(inc, 1, key="x")
+    await x
+    ts = s.tasks["x"]
+    assert ts.metadata is None
+    ts.metadata = {"owner": "plugin"}
+    assert s.tasks["x"].metadata == {"owner": "plugin"}
+    ts.metadata["more"] = 1
+    assert s.tasks["x"].metadata == {"owner": "plugin", "more": 1}
+    ts.metadata = None
+    assert s.tasks["x"].metadata is None
+
+
+@gen_cluster(client=True)
+async def test_removed_client_is_forgotten(c, s, a, b, engine):
+    async with Client(s.address, asynchronous=True) as c2:
+        x = c2.submit(inc, 1, key="x2")
+        assert await x == 2
+        gone = c2.id
+    while gone in s.clients:
+        await asyncio.sleep(0.01)
+    if engine == "rust":
+        assert s._rsched_engine.get_client(gone) is None
+    while "x2" in s.tasks:
+        await asyncio.sleep(0.01)
+    # a cancel reports to every client there is; the removed one is not among them
+    y = c.submit(slowinc, 1, delay=5, key="y")
+    await c.cancel(y)
     s.validate_state()

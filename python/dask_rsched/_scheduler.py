@@ -231,6 +231,52 @@ class EngineSchedulerMixin:
         self._rsched_run(lambda: engine.transition(key, finish, stimulus_id, **args), (key, kwargs))
         return {}
 
+    # distributed's handlers call the three methods below and then carry out the
+    # recommendations they return. On the engine a stimulus is carried out at once, as
+    # its handler does; they return no recommendations and the messages, not yet sent.
+
+    def _rsched_stimulus(
+        self, call: Callable[[], tuple[dict, dict]], first: Any = None
+    ) -> tuple[dict, dict, dict]:
+        try:
+            client_msgs, worker_msgs = call()
+        except BaseException:
+            self._rsched_notify()
+            raise
+        self._rsched_notify(first)
+        return {}, client_msgs, worker_msgs
+
+    def _transition(
+        self, key: Any, finish: str, stimulus_id: str, **kwargs: Any
+    ) -> tuple[dict, dict, dict]:
+        engine = self._rsched_engine
+        args = {k: v for k, v in kwargs.items() if k in _TRANSITION_ARGS}
+        return self._rsched_stimulus(
+            lambda: engine.transition(key, finish, stimulus_id, **args), (key, kwargs)
+        )
+
+    def stimulus_task_finished(
+        self, worker: str, stimulus_id: str, key: Any, run_id: int, **kwargs: Any
+    ) -> tuple[dict, dict, dict]:
+        engine = self._rsched_engine
+        first = (key, dict(kwargs, worker=worker))
+        return self._rsched_stimulus(
+            lambda: engine.handle_task_finished(key, worker, stimulus_id, run_id=run_id, **kwargs),
+            first,
+        )
+
+    def stimulus_task_erred(
+        self, worker: str, stimulus_id: str, key: Any, run_id: int, **kwargs: Any
+    ) -> tuple[dict, dict, dict]:
+        engine = self._rsched_engine
+        first = (key, dict(kwargs, worker=worker, cause=key))
+        return self._rsched_stimulus(
+            lambda: engine.handle_task_erred(
+                key, stimulus_id, worker=worker, run_id=run_id, **kwargs
+            ),
+            first,
+        )
+
     def stimulus_queue_slots_maybe_opened(self, *, stimulus_id: str) -> None:
         engine = self._rsched_engine
         self._rsched_run(lambda: engine.stimulus_queue_slots_maybe_opened(stimulus_id))
@@ -880,3 +926,7 @@ class _ClientsDict(dict):
     def update(self, *args: Any, **kwargs: Any) -> None:
         for client, cs in dict(*args, **kwargs).items():
             self[client] = cs
+
+    def __delitem__(self, client: str) -> None:
+        super().__delitem__(client)
+        self._engine.remove_client(client)

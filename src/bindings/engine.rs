@@ -1733,6 +1733,21 @@ impl Engine {
         Ok(())
     }
 
+    /// Forgets a client (`del Scheduler.clients[client]`, after `remove_client` released
+    /// its keys): broadcasts no longer reach it and a client reconnecting under the same
+    /// id starts afresh. Raises `ValueError` while it still wants keys.
+    fn remove_client(&mut self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(v) = self.clients.bind(py).get_item(client)? else {
+            return Ok(());
+        };
+        if !self.state.remove_client(ClientId(v.extract()?)) {
+            return Err(PyValueError::new_err(format!(
+                "client {client} still wants keys; release them first"
+            )));
+        }
+        self.clients.bind(py).del_item(client)
+    }
+
     /// `Scheduler.handle_long_running`
     #[pyo3(signature = (key, worker, run_id, compute_duration, stimulus_id))]
     fn handle_long_running<'py>(

@@ -252,6 +252,17 @@ impl TaskStateHandle {
         self.with(py, || none(py), |_, ts| Ok(opt_obj(py, &ts.metadata)))
     }
 
+    /// Plugins and extensions may attach their own metadata (`ts.metadata = {...}`);
+    /// the engine keeps the object and merges finished tasks' metadata into it.
+    #[setter]
+    fn set_metadata(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
+        let mut e = self.engine.bind(py).borrow_mut();
+        if e.live_task(self.id, self.serial).is_some() {
+            e.state.ts_mut(self.id).metadata = value.filter(|v| !v.is_none(py));
+        }
+        Ok(())
+    }
+
     #[getter]
     fn retries(&self, py: Python<'_>) -> PyResult<i64> {
         self.with(py, || 0, |_, ts| Ok(ts.retries))

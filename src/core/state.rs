@@ -412,6 +412,19 @@ impl<P: Clone> SchedulerState<P> {
         id
     }
 
+    /// `del Scheduler.clients[client]`, after `remove_client` released its keys. The
+    /// id is not reused (tasks' `who_wants` may not name it any more); the record keeps
+    /// only its key. Returns false, changing nothing, while the client still wants keys.
+    pub fn remove_client(&mut self, c: ClientId) -> bool {
+        let cs = &mut self.clients[c.idx()];
+        if !cs.wants_what.is_empty() {
+            return false;
+        }
+        cs.wants_what = PySet::new();
+        cs.alive = false;
+        true
+    }
+
     pub fn prefix_id(&mut self, name: &str) -> PrefixId {
         if let Some(&p) = self.prefix_by_name.get(name) {
             return p;
