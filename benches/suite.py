@@ -131,7 +131,7 @@ def series_key(cfg: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in cfg.items() if k != "tasks"))
 
 
-def execute(runs: list[dict], budget: float) -> list[dict]:
+def execute(runs: list[dict], budget: float, partial: Path | None = None) -> list[dict]:
     from tqdm import tqdm
 
     done: list[dict] = []
@@ -169,6 +169,8 @@ def execute(runs: list[dict], budget: float) -> list[dict]:
         rec["wall_incl_setup"] = time.perf_counter() - t
         last[series_key(cfg)] = rec
         done.append(rec)
+        if partial is not None:  # a long run interrupted keeps what it measured
+            partial.write_text(json.dumps(done, indent=1))
     return done
 
 
@@ -271,6 +273,9 @@ def markdown(results: list[dict], quick: bool) -> str:
             "|---:|---|---:|---:|",
         ]
         for r in mem:
+            if r.get("skipped"):
+                lines.append(f"| {r['tasks']:,} | {LABEL[r['engine']]} | — | — |")
+                continue
             lines.append(
                 f"| {r['tasks']:,} | {LABEL[r['engine']]} | {r['rss_per_task']:.0f} | "
                 f"{r['traced_per_task']:.0f} |"
@@ -331,7 +336,11 @@ def targets(results: list[dict]) -> list[str]:
                     f"- ≥ 30x pure Python at 10 workers, {big:,} tasks, stealing "
                     f"{'on' if stealing else 'off'}: {f:.1f}x — {'met' if f >= 30 else 'missed'}."
                 )
-    mem = [r for r in results if r["kind"] == "memory" and r["engine"] == "rust"]
+    mem = [
+        r
+        for r in results
+        if r["kind"] == "memory" and r["engine"] == "rust" and not r.get("skipped")
+    ]
     if mem:
         r = max(mem, key=lambda r: r["tasks"])
         out.append(
@@ -426,6 +435,9 @@ def main() -> None:
         default=None,
         help="seconds a pure-Python run may take (default 600; quick: 300)",
     )
+    ap.add_argument(
+        "--render", type=Path, help="write the table and plots from a results.json, no runs"
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -434,8 +446,16 @@ def main() -> None:
     budget = args.budget or (300.0 if args.quick else 600.0)
     args.out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    results = execute(matrix(args.quick), budget)
+    if args.render:
+        results = json.loads(args.render.read_text())
+        md = markdown(results, args.quick)
+        (args.out / "results.md").write_text(md)
+        plots(results, args.out)
+        print(md)
+        return
+    results = execute(matrix(args.quick), budget, args.out / "results.partial.json")
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    (args.out / "results.partial.json").unlink(missing_ok=True)
     md = markdown(results, args.quick)
     (args.out / "results.md").write_text(md)
     files = plots(results, args.out)
