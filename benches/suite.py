@@ -127,6 +127,16 @@ def run_one(cfg: dict) -> dict:
     )
 
 
+CONFIG_FIELDS = ("kind", "workload", "tasks", "workers", "stealing", "engine")
+
+
+def cfg_of(r: dict) -> dict:
+    """The configuration a result was measured for (tasks as configured)."""
+    return {
+        k: r.get("configured_tasks", r.get(k)) if k == "tasks" else r.get(k) for k in CONFIG_FIELDS
+    }
+
+
 def series_key(cfg: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in cfg.items() if k != "tasks"))
 
@@ -142,7 +152,7 @@ def execute(runs: list[dict], budget: float, partial: Path | None = None) -> lis
             f"{cfg['kind']} {cfg['workload']} {cfg['tasks']:,}t {cfg['workers']}w "
             f"{'steal ' if cfg.get('stealing') else ''}{LABEL[cfg['engine']]}"
         )
-        rec = dict(cfg)
+        rec = dict(cfg, configured_tasks=cfg["tasks"])
         prev = last.get(series_key(cfg))
         if cfg["engine"] == "python" and prev and prev.get("total"):
             predicted = prev["total"] / prev["tasks"] * cfg["tasks"] * 1.5 + 30
@@ -438,6 +448,12 @@ def main() -> None:
     ap.add_argument(
         "--render", type=Path, help="write the table and plots from a results.json, no runs"
     )
+    ap.add_argument("--only", nargs="+", help="run only these workloads (e.g. futures)")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace those runs in the existing OUT/results.json instead of starting afresh",
+    )
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -453,7 +469,13 @@ def main() -> None:
         plots(results, args.out)
         print(md)
         return
-    results = execute(matrix(args.quick), budget, args.out / "results.partial.json")
+    runs = [r for r in matrix(args.quick) if not args.only or r["workload"] in args.only]
+    results = execute(runs, budget, args.out / "results.partial.json")
+    if args.merge:
+        new = {json.dumps(cfg_of(r), sort_keys=True): r for r in results}
+        old = json.loads((args.out / "results.json").read_text())
+        results = [new.pop(json.dumps(cfg_of(r), sort_keys=True), r) for r in old]
+        results += list(new.values())
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "results.partial.json").unlink(missing_ok=True)
     md = markdown(results, args.quick)

@@ -1553,10 +1553,13 @@ impl Engine {
     #[getter]
     fn is_idle(&self) -> bool {
         use TaskStateState as S;
-        self.state.groups.iter().all(|g| {
+        // A prefix counts the states of its live groups, so "every group done" is
+        // "every prefix done": O(prefixes), where the group arena grows with every
+        // submission (a futures loop made this O(submissions so far)).
+        self.state.prefixes.iter().all(|p| {
             [S::Waiting, S::Queued, S::Processing, S::NoWorker]
                 .iter()
-                .all(|s| g.states[s.index()] == 0)
+                .all(|s| p.states[s.index()] == 0)
         })
     }
 
