@@ -401,8 +401,9 @@ def plots(results: list[dict], out: Path) -> list[Path]:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    colors = plt.get_cmap("tab10").colors
     for ax, stealing in zip(axes, (True, False), strict=True):
-        for workload in sorted({r["workload"] for r in h}):
+        for wi, workload in enumerate(sorted({r["workload"] for r in h})):
             n = max(r["tasks"] for r in h if r["workload"] == workload)
             for engine, style in (("python", "--"), ("rust", "-")):
                 pts = sorted(
@@ -418,6 +419,7 @@ def plots(results: list[dict], out: Path) -> list[Path]:
                         *zip(*pts, strict=True),
                         style,
                         marker="o",
+                        color=colors[wi % len(colors)],
                         label=f"{LABEL[engine]}, {workload}",
                     )
         ax.set_xscale("log")
