@@ -280,11 +280,25 @@ class Differential(RuleBasedStateMachine):
             outcome = "finished"
         if outcome == "finished":
             nbytes = data.draw(st.sampled_from([28, 0, 5_000_000]))
-            a = self.py.task_finished(key, worker, rp, sid, nbytes)
-            b = self.rs.task_finished(key, worker, rr, sid, nbytes)
+            call_py = lambda: self.py.task_finished(key, worker, rp, sid, nbytes)  # noqa: E731
+            call_rs = lambda: self.rs.task_finished(key, worker, rr, sid, nbytes)  # noqa: E731
         else:
-            a = self.py.task_erred(key, worker, rp, EXC, sid)
-            b = self.rs.task_erred(key, worker, rr, EXC, sid)
+            call_py = lambda: self.py.task_erred(key, worker, rp, EXC, sid)  # noqa: E731
+            call_rs = lambda: self.rs.task_erred(key, worker, rr, EXC, sid)  # noqa: E731
+        try:
+            a = call_py()
+        except Exception as exc:
+            # as in `both`: distributed failing on its own (e.g. its `assert ts.priority`
+            # when a lost scattered key is queued again) must make the engine refuse too
+            try:
+                call_rs()
+            except Exception:
+                self.broken = True
+                return
+            raise AssertionError(
+                f"task {outcome} {key!r}: distributed raised, the engine did not"
+            ) from exc
+        b = call_rs()
         assert_same(a, b, f"messages of task {outcome} {key!r}")
         for w, msgs in a[1].items():
             for m in msgs:
