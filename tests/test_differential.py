@@ -113,10 +113,16 @@ class Differential(RuleBasedStateMachine):
         return f"{what}-{self.step}"
 
     def both_calls(self, what: str, call_py, call_rs) -> None:
-        """`both` for stimuli whose two calls differ (run ids)."""
+        """The same stimulus into both engines; the messages must be equal."""
+        if self.broken:
+            return
         try:
             a = call_py()
         except Exception as exc:
+            # distributed fails on its own (an assertion such as cancelling a dependent
+            # nobody wants, or its `assert ts.priority` on a lost scattered key queued
+            # again): the engine must refuse too (an exception, never a panic); the
+            # states after are not comparable.
             try:
                 call_rs()
             except Exception:
@@ -141,28 +147,11 @@ class Differential(RuleBasedStateMachine):
             return None
 
     def both(self, name: str, *args: object) -> None:
-        if self.broken:
-            return
-        try:
-            a = getattr(self.py, name)(*args)
-        except Exception as exc:
-            # distributed fails on its own (an assertion such as cancelling a dependent
-            # nobody wants, or a TypeError on a task without priority): the engine must
-            # refuse too (an exception, never a panic); the states after are not comparable.
-            try:
-                getattr(self.rs, name)(*args)
-            except Exception:
-                self.broken = True
-                return
-            raise AssertionError(f"{name}{args!r}: distributed raised, the engine did not") from exc
-        b = self.refusing_early(lambda: getattr(self.rs, name)(*args))
-        if b is None:
-            return
-        assert_same(a, b, f"messages of {name}{args!r}")
-        for w, msgs in a[1].items():
-            for m in msgs:
-                if m["op"] == "compute-task":
-                    self.compute.append((w, m["key"], m["run_id"]))
+        self.both_calls(
+            f"{name}{args!r}",
+            lambda: getattr(self.py, name)(*args),
+            lambda: getattr(self.rs, name)(*args),
+        )
 
     @initialize(n=st.integers(0, 3), nthreads=st.integers(1, 3))
     def start(self, n: int, nthreads: int) -> None:
@@ -315,27 +304,7 @@ class Differential(RuleBasedStateMachine):
         else:
             call_py = lambda: self.py.task_erred(key, worker, rp, EXC, sid)  # noqa: E731
             call_rs = lambda: self.rs.task_erred(key, worker, rr, EXC, sid)  # noqa: E731
-        try:
-            a = call_py()
-        except Exception as exc:
-            # as in `both`: distributed failing on its own (e.g. its `assert ts.priority`
-            # when a lost scattered key is queued again) must make the engine refuse too
-            try:
-                call_rs()
-            except Exception:
-                self.broken = True
-                return
-            raise AssertionError(
-                f"task {outcome} {key!r}: distributed raised, the engine did not"
-            ) from exc
-        b = self.refusing_early(call_rs)
-        if b is None:
-            return
-        assert_same(a, b, f"messages of task {outcome} {key!r}")
-        for w, msgs in a[1].items():
-            for m in msgs:
-                if m["op"] == "compute-task":
-                    self.compute.append((w, m["key"], m["run_id"]))
+        self.both_calls(f"task {outcome} {key!r}", call_py, call_rs)
 
     @precondition(lambda self: self.compute)
     @rule(data=st.data())
