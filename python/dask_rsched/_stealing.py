@@ -11,6 +11,7 @@ TaskState/WorkerState handles, as the dashboard, Prometheus and tests read them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from time import time
 from typing import Any, ClassVar
@@ -20,6 +21,8 @@ from dask.utils import parse_timedelta
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.stealing import WorkStealing
 from tornado.ioloop import PeriodicCallback
+
+logger = logging.getLogger("distributed.stealing")
 
 
 class EngineWorkStealing(SchedulerPlugin):
@@ -80,6 +83,14 @@ class EngineWorkStealing(SchedulerPlugin):
             digests["steal-duration"].add(time() - start)
 
     def move_task_request(self, ts: Any, victim: Any, thief: Any) -> str:
+        logger.debug(
+            "Request move %s, %s: %2f -> %s: %2f",
+            ts.key,
+            victim,
+            victim.occupancy,
+            thief,
+            thief.occupancy,
+        )
         stimulus_id, msgs = self._engine.steal_request(ts.key, victim.address, thief.address)
         self._apply(msgs)
         return stimulus_id
@@ -88,6 +99,9 @@ class EngineWorkStealing(SchedulerPlugin):
         self, *, key: Any, state: str | None, stimulus_id: str, worker: str | None = None
     ) -> None:
         s = self.scheduler
+        if key not in s.tasks:
+            logger.debug("Key released between request and confirm: %s", key)
+            return
         try:
             msgs = self._engine.steal_response(key, state, stimulus_id, worker)
         except BaseException:

@@ -64,6 +64,10 @@ fn memory_error_payload(
                      Consider writing to distributed storage or slicing/reducing first.",
                 );
             }
+            // distributed logs the message before erring the task
+            py.import("logging")?
+                .call_method1("getLogger", ("distributed.scheduler",))?
+                .call_method1("error", (&msg,))?;
             let err = pyo3::exceptions::PyMemoryError::new_err(msg);
             Ok(py
                 .import("pickle")?
