@@ -292,3 +292,43 @@ async def test_removed_client_is_forgotten(c, s, a, b, engine):
     y = c.submit(slowinc, 1, delay=5, key="y")
     await c.cancel(y)
     s.validate_state()
+
+
+@gen_cluster(
+    client=True, config={"distributed.scheduler.default-task-durations": {"inc": 100}}
+)
+async def test_new_task_called_directly(c, s, a, b, engine):
+    await c.submit(inc, 1)
+    ts = s.new_task("inc-abcdefab", None, "released")
+    assert s.tasks["inc-abcdefab"] is ts
+    assert ts.state == "released"
+    assert ts.prefix is s.task_prefixes["inc"]
+    assert ts.prefix.states["released"] == 1
+    assert s.task_groups[ts.group.name] is ts.group
+    s.validate_state()
+
+
+@gen_cluster(client=True)
+async def test_plugins_added_and_removed_while_running(c, s, a, b, engine):
+    class Recorder(SchedulerPlugin):
+        name = "recorder"
+
+        def __init__(self) -> None:
+            self.seen: list = []
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            self.seen.append((key, start, finish))
+
+    await c.submit(inc, 1, key="before")
+    plugin = Recorder()
+    s.add_plugin(plugin)
+    await c.submit(inc, 2, key="during")
+    assert ("during", "processing", "memory") in plugin.seen
+    s.remove_plugin(name="recorder")
+    n = len(plugin.seen)
+    await c.submit(inc, 3, key="after")
+    assert len(plugin.seen) == n
+    # a plugin put into the dict directly is seen too
+    s.plugins["recorder"] = plugin
+    await c.submit(inc, 4, key="direct")
+    assert ("direct", "processing", "memory") in plugin.seen

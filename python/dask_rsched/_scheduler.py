@@ -27,8 +27,9 @@ from distributed.core import Status
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.metrics import monotonic
 from distributed.scheduler import Computation
+from distributed.shuffle._core import _BARRIER_PREFIX as _SHUFFLE_BARRIER_PREFIX
 from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _ShuffleSchedulerPlugin
-from distributed.utils import log_errors
+from distributed.utils import key_split_group, log_errors
 
 from dask_rsched import _views
 from dask_rsched._core import ClientState, Engine, TaskState, __version__
@@ -66,8 +67,58 @@ _TRANSITION_ARGS = frozenset(
 
 def _plugins_overriding(plugins: dict, hook: str) -> list:
     """The plugins whose class overrides `SchedulerPlugin.<hook>`."""
+    if isinstance(plugins, _PluginsDict):
+        found = plugins.overriding.get(hook)
+        if found is None:
+            found = plugins.overriding[hook] = _find_overriding(plugins, hook)
+        return found
+    return _find_overriding(plugins, hook)
+
+
+def _find_overriding(plugins: dict, hook: str) -> list:
     base = getattr(SchedulerPlugin, hook)
     return [p for p in plugins.values() if getattr(type(p), hook, base) is not base]
+
+
+class _PluginsDict(dict):
+    """`Scheduler.plugins`, remembering which plugins override each hook until the
+    dict changes (asked at every stimulus, answered without scanning the plugins)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.overriding: dict[str, list] = {}
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.overriding = {}
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.overriding = {}
+        super().__delitem__(key)
+
+    def __ior__(self, other: Any) -> _PluginsDict:
+        self.overriding = {}
+        return super().__ior__(other)
+
+    def pop(self, *args: Any) -> Any:
+        self.overriding = {}
+        return super().pop(*args)
+
+    def popitem(self) -> tuple:
+        self.overriding = {}
+        return super().popitem()
+
+    def clear(self) -> None:
+        self.overriding = {}
+        super().clear()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        self.overriding = {}
+        super().update(*args, **kwargs)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self.overriding = {}
+        return super().setdefault(key, default)
 
 
 def _status_name(status: Any) -> str:
@@ -167,6 +218,7 @@ class EngineSchedulerMixin:
 
         `first` is (key, kwargs) of the stimulus: the first transition of that key gets
         the stimulus' fields as distributed passes them to `SchedulerPlugin.transition`.
+        kwargs may be a function that builds them, called only if a plugin listens.
         """
         engine = self._rsched_engine
         plugins = _plugins_overriding(self.plugins, "transition")
@@ -174,16 +226,20 @@ class EngineSchedulerMixin:
             if plugins:
                 # distributed's shuffle plugin returns at once unless a task is released,
                 # erred or forgotten: with only it listening, the rest stays in Rust
-                finishes = (
-                    _SHUFFLE_FINISHES
-                    if all(type(p) is _ShuffleSchedulerPlugin for p in plugins)
-                    else None
-                )
+                # erred, and only for a key of an active shuffle: with none active,
+                # only the transitions of barrier keys reach it
+                finishes = key_prefix = None
+                if all(type(p) is _ShuffleSchedulerPlugin for p in plugins):
+                    finishes = _SHUFFLE_FINISHES
+                    if not any(p.active_shuffles for p in plugins):
+                        key_prefix = _SHUFFLE_BARRIER_PREFIX
                 pending = first
-                for key, start, finish, stimulus_id in engine.take_transitions(finishes):
+                for key, start, finish, stimulus_id in engine.take_transitions(
+                    finishes, key_prefix
+                ):
                     kwargs: dict = {}
                     if pending is not None and pending[0] == key:
-                        kwargs = pending[1]
+                        kwargs = pending[1]() if callable(pending[1]) else pending[1]
                         pending = None
                     for plugin in plugins:
                         try:
@@ -218,6 +274,13 @@ class EngineSchedulerMixin:
         return d
 
     # --------------------------------------------------------- transitions
+
+    def new_task(self, key: Any, spec: Any, state: str, computation: Any = None) -> Any:
+        new_group = key_split_group(key) not in self.task_groups
+        ts = self._rsched_engine.new_task(key, spec, state)
+        if computation and new_group:
+            computation.groups.add(ts.group)
+        return ts
 
     def transitions(self, recommendations: dict, stimulus_id: str) -> None:
         engine = self._rsched_engine
@@ -724,8 +787,12 @@ class EngineSchedulerMixin:
         if worker not in self.workers:
             return
         engine = self._rsched_engine
-        kwargs = {k: v for k, v in msg.items() if k != "run_id"}
-        kwargs["worker"] = worker
+
+        def kwargs() -> dict:
+            kw = {k: v for k, v in msg.items() if k != "run_id"}
+            kw["worker"] = worker
+            return kw
+
         self._rsched_run(
             lambda: engine.handle_task_finished(key, worker, stimulus_id, **msg),
             (key, kwargs),
@@ -897,6 +964,7 @@ def activate(scheduler: Any) -> bool:
     clients = _ClientsDict(engine)
     clients.update(scheduler.clients)
     scheduler.clients = clients
+    scheduler.plugins = _PluginsDict(scheduler.plugins)
     _rebind_handlers(scheduler)
     if steal is not None:
         _replace_stealing(scheduler, steal)

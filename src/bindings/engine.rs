@@ -109,6 +109,8 @@ pub struct Engine {
     pub(crate) task_handles: HandleCache<TaskId, Py<TaskStateHandle>>,
     pub(crate) worker_handles: HandleCache<WorkerId, Py<WorkerStateHandle>>,
     pub(crate) client_handles: HandleCache<ClientId, Py<ClientStateHandle>>,
+    pub(crate) group_handles: HandleCache<GroupId, Py<handles::TaskGroupHandle>>,
+    pub(crate) prefix_handles: HandleCache<PrefixId, Py<handles::TaskPrefixHandle>>,
     /// (server_id, name) of every worker ever added, by id
     worker_meta: Vec<(Py<PyAny>, Py<PyAny>)>,
     /// `Scheduler.aliases`: worker name (any hashable) -> address
@@ -218,8 +220,16 @@ impl Engine {
                 dropped.extend(handles.remove(t));
             }
         }
+        let mut dropped_groups = Vec::new();
+        if !self.state.dead_groups.is_empty() {
+            let mut handles = self.group_handles.lock();
+            for g in self.state.dead_groups.drain(..) {
+                dropped_groups.extend(handles.remove(&g));
+            }
+        }
         // handles (and their attribute dicts) are released outside the lock
         drop(dropped);
+        drop(dropped_groups);
         for t in &self.state.pending_free {
             keys.del_item(self.state.ts(*t).key.bind(py))?;
         }
@@ -668,6 +678,8 @@ impl Engine {
             task_handles: HandleCache::default(),
             worker_handles: HandleCache::default(),
             client_handles: HandleCache::default(),
+            group_handles: HandleCache::default(),
+            prefix_handles: HandleCache::default(),
             worker_meta: Vec::new(),
             aliases: PyDict::new(py).unbind(),
             pending_graph: None,
@@ -1185,6 +1197,58 @@ impl Engine {
     }
 
     /// The `TaskState` of `key`, or `None` (as `SchedulerState.tasks.get(key)`).
+    /// `SchedulerState.new_task`: a task without dependencies in its group and prefix
+    /// (created when new). Only `released`: a task put straight into another state
+    /// would lack what that state implies (replicas, a worker, a queue place).
+    fn new_task(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        spec: &Bound<'_, PyAny>,
+        state: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if state != "released" {
+            return Err(PyValueError::new_err(format!(
+                "dask-rsched creates new tasks in state 'released' only, not {state:?}"
+            )));
+        }
+        let (key_split, key_split_group) = key_splitters(py)?;
+        let group: String = key_split_group.bind(py).call1((key,))?.extract()?;
+        let prefix: String = key_split.bind(py).call1((key,))?.extract()?;
+        let hash = key.hash()? as i64;
+        let t = {
+            let mut e = slf.borrow_mut();
+            if e.tid(py, key)?.is_some() {
+                return Err(PyValueError::new_err(format!(
+                    "task {} already exists",
+                    key.repr()?
+                )));
+            }
+            let (run_spec, producer) = if spec.is_none() {
+                (None, false)
+            } else {
+                let producer = spec
+                    .getattr(intern!(py, "data_producer"))
+                    .and_then(|v| v.is_truthy())
+                    .unwrap_or(false);
+                (Some(spec.clone().unbind()), producer)
+            };
+            let t = e.state.new_task(
+                key.clone().unbind(),
+                hash,
+                &group,
+                &prefix,
+                run_spec,
+                producer,
+                TaskStateState::Released,
+            );
+            e.register(py, t)?;
+            t
+        };
+        let e = slf.borrow();
+        handles::task_handle(py, &slf.clone().unbind(), &e, t)
+    }
+
     fn get_task(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let e = slf.borrow();
@@ -1467,12 +1531,14 @@ impl Engine {
     }
 
     /// The transitions recorded since the last call, as `(key, start, finish,
-    /// stimulus_id)`; `finishes` keeps only transitions into those states.
-    #[pyo3(signature = (finishes = None))]
+    /// stimulus_id)`; `finishes` keeps only transitions into those states, `key_prefix`
+    /// only those of string keys starting with it.
+    #[pyo3(signature = (finishes = None, key_prefix = None))]
     fn take_transitions<'py>(
         &mut self,
         py: Python<'py>,
         finishes: Option<Vec<String>>,
+        key_prefix: Option<&str>,
     ) -> PyResult<Bound<'py, PyList>> {
         let keep: Option<Vec<TaskStateState>> =
             finishes.map(|f| f.iter().filter_map(|s| TaskStateState::parse(s)).collect());
@@ -1480,6 +1546,15 @@ impl Engine {
         for (key, start, finish, sid) in self.state.observed.drain(..) {
             if keep.as_ref().is_some_and(|k| !k.contains(&finish)) {
                 continue;
+            }
+            if let Some(prefix) = key_prefix {
+                let key = key.bind(py);
+                let matches = key
+                    .cast::<PyString>()
+                    .is_ok_and(|k| k.to_str().is_ok_and(|k| k.starts_with(prefix)));
+                if !matches {
+                    continue;
+                }
             }
             out.append((key, py_state(py, start), py_state(py, finish), sid))?;
         }
@@ -1591,12 +1666,10 @@ impl Engine {
         let py = slf.py();
         let e = slf.borrow();
         let out = PyDict::new(py);
+        let engine = slf.clone().unbind();
         for (i, p) in e.state.prefixes.iter().enumerate() {
-            let h = handles::TaskPrefixHandle {
-                engine: slf.clone().unbind(),
-                id: PrefixId(i as u32),
-            };
-            out.set_item(p.name.as_str(), Py::new(py, h)?)?;
+            let h = handles::prefix_handle(py, &engine, &e, PrefixId(i as u32))?;
+            out.set_item(p.name.as_str(), h)?;
         }
         Ok(out)
     }
@@ -1606,15 +1679,13 @@ impl Engine {
         let py = slf.py();
         let e = slf.borrow();
         let out = PyDict::new(py);
+        let engine = slf.clone().unbind();
         for (i, g) in e.state.groups.iter().enumerate() {
             if !g.alive {
                 continue;
             }
-            let h = handles::TaskGroupHandle {
-                engine: slf.clone().unbind(),
-                id: GroupId(i as u32),
-            };
-            out.set_item(g.name.as_str(), Py::new(py, h)?)?;
+            let h = handles::group_handle(py, &engine, &e, GroupId(i as u32))?;
+            out.set_item(g.name.as_str(), h)?;
         }
         Ok(out)
     }

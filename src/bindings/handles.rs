@@ -405,16 +405,7 @@ impl TaskStateHandle {
         self.with(
             py,
             || none(py),
-            |_, ts| {
-                Ok(Py::new(
-                    py,
-                    TaskGroupHandle {
-                        engine: self.engine.clone_ref(py),
-                        id: ts.group,
-                    },
-                )?
-                .into_any())
-            },
+            |e, ts| Ok(group_handle(py, &self.engine, e, ts.group)?.into_any()),
         )
     }
 
@@ -423,16 +414,7 @@ impl TaskStateHandle {
         self.with(
             py,
             || none(py),
-            |_, ts| {
-                Ok(Py::new(
-                    py,
-                    TaskPrefixHandle {
-                        engine: self.engine.clone_ref(py),
-                        id: ts.prefix,
-                    },
-                )?
-                .into_any())
-            },
+            |e, ts| Ok(prefix_handle(py, &self.engine, e, ts.prefix)?.into_any()),
         )
     }
 
@@ -738,10 +720,7 @@ impl TaskGroupHandle {
         let e = self.engine.bind(py).borrow();
         let out = PySet::empty(py)?;
         for g in &e.state.groups[self.id.idx()].dependencies {
-            out.add(TaskGroupHandle {
-                engine: self.engine.clone_ref(py),
-                id: *g,
-            })?;
+            out.add(group_handle(py, &self.engine, &e, *g)?)?;
         }
         Ok(out)
     }
@@ -815,12 +794,9 @@ impl TaskGroupHandle {
     }
 
     #[getter]
-    fn prefix(&self, py: Python<'_>) -> PyResult<TaskPrefixHandle> {
-        let p = self.engine.bind(py).borrow().state.groups[self.id.idx()].prefix;
-        Ok(TaskPrefixHandle {
-            engine: self.engine.clone_ref(py),
-            id: p,
-        })
+    fn prefix(&self, py: Python<'_>) -> PyResult<Py<TaskPrefixHandle>> {
+        let e = self.engine.bind(py).borrow();
+        prefix_handle(py, &self.engine, &e, e.state.groups[self.id.idx()].prefix)
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
@@ -986,6 +962,49 @@ impl TaskPrefixHandle {
 // ----- canonical handles ---------------------------------------------------------------
 
 /// The engine's handle for task `t` (created once, cached while the task lives).
+/// The canonical `TaskGroup` of `g` (one object per group, as distributed's, so
+/// attributes set on it from Python stay and `is` holds).
+pub fn group_handle(
+    py: Python<'_>,
+    engine: &Py<Engine>,
+    e: &Engine,
+    g: GroupId,
+) -> PyResult<Py<TaskGroupHandle>> {
+    if let Some(h) = e.group_handles.lock().get(&g) {
+        return Ok(h.clone_ref(py));
+    }
+    let h = Py::new(
+        py,
+        TaskGroupHandle {
+            engine: engine.clone_ref(py),
+            id: g,
+        },
+    )?;
+    e.group_handles.lock().insert(g, h.clone_ref(py));
+    Ok(h)
+}
+
+/// The canonical `TaskPrefix` of `p`.
+pub fn prefix_handle(
+    py: Python<'_>,
+    engine: &Py<Engine>,
+    e: &Engine,
+    p: PrefixId,
+) -> PyResult<Py<TaskPrefixHandle>> {
+    if let Some(h) = e.prefix_handles.lock().get(&p) {
+        return Ok(h.clone_ref(py));
+    }
+    let h = Py::new(
+        py,
+        TaskPrefixHandle {
+            engine: engine.clone_ref(py),
+            id: p,
+        },
+    )?;
+    e.prefix_handles.lock().insert(p, h.clone_ref(py));
+    Ok(h)
+}
+
 pub fn task_handle(
     py: Python<'_>,
     engine: &Py<Engine>,

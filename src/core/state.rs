@@ -230,6 +230,8 @@ pub struct SchedulerState<P> {
     /// Tasks forgotten during the current batch: freed at `flush`, so messages of the
     /// batch can still name them.
     pub pending_free: Vec<TaskId>,
+    /// Groups that died since the bindings last looked (their handles are dropped).
+    pub dead_groups: Vec<GroupId>,
     pub workers: Vec<Worker>,
     pub worker_by_address: HashMap<String, WorkerId>,
     /// `workers` is a SortedDict by address.
@@ -293,6 +295,7 @@ impl<P: Clone> SchedulerState<P> {
             n_live_tasks: 0,
             free_tasks: Vec::new(),
             pending_free: Vec::new(),
+            dead_groups: Vec::new(),
             workers: Vec::new(),
             worker_by_address: HashMap::new(),
             workers_sorted: Vec::new(),
@@ -1070,6 +1073,7 @@ impl<P: Clone> SchedulerState<P> {
         }
         self.group_by_name.remove(&tg.name);
         self.groups[g.idx()].alive = false;
+        self.dead_groups.push(g);
     }
 }
 
