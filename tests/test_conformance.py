@@ -294,9 +294,7 @@ async def test_removed_client_is_forgotten(c, s, a, b, engine):
     s.validate_state()
 
 
-@gen_cluster(
-    client=True, config={"distributed.scheduler.default-task-durations": {"inc": 100}}
-)
+@gen_cluster(client=True, config={"distributed.scheduler.default-task-durations": {"inc": 100}})
 async def test_new_task_called_directly(c, s, a, b, engine):
     await c.submit(inc, 1)
     ts = s.new_task("inc-abcdefab", None, "released")
