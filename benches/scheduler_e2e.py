@@ -139,18 +139,22 @@ class SilentComm:
 
 
 class Collector:
-    """A worker's stream. Keeps what the fake worker needs to answer, (key, run_id) of
-    each `compute-task`, and drops the message, as a real BatchedSend serializes and
-    drops it within its 2 ms interval (holding every message of a round would keep
-    thousands of dicts alive and change how often CPython's GC runs)."""
+    """A worker's stream. Keeps what the fake worker needs to answer, the key and run_id
+    of each `compute-task`, and drops the message, as a real BatchedSend serializes and
+    drops it within its 2 ms interval. The fake workers' state would live in other
+    processes: it is kept in flat lists, so that it adds no objects for CPython's cyclic
+    GC to track (a dict or tuple per task in flight makes full collections more frequent
+    as rounds grow with the number of workers)."""
 
     def __init__(self) -> None:
-        self.msgs: list = []
+        self.keys: list = []
+        self.run_ids: list = []
 
     def send(self, *msgs) -> None:
         for m in msgs:
             if m.get("op") == "compute-task":
-                self.msgs.append((m["key"], m["run_id"]))
+                self.keys.append(m["key"])
+                self.run_ids.append(m["run_id"])
 
     def start(self, comm) -> None:
         pass
@@ -272,25 +276,28 @@ def answer_all(s, startstops: list, counter: list) -> int:
     """Answer every `compute-task` sent so far with `task-finished`; returns how many."""
     pending = []
     for addr, c in s.stream_comms.items():
-        for key, run_id in c.msgs:
-            pending.append((addr, key, run_id))
-        c.msgs.clear()
-    for addr, key, run_id in pending:
-        s.handle_task_finished(
-            key=key,
-            worker=addr,
-            stimulus_id=f"tf-{counter[0]}",
-            run_id=run_id,
-            nbytes=28,
-            type=b"int",
-            typename="int",
-            metadata={},
-            startstops=startstops,
-            thread=0,
-            status="OK",
-        )
-        counter[0] += 1
-    return len(pending)
+        if c.keys:
+            pending.append((addr, c.keys, c.run_ids))
+            c.keys, c.run_ids = [], []
+    n = 0
+    for addr, keys, run_ids in pending:
+        for key, run_id in zip(keys, run_ids, strict=True):
+            s.handle_task_finished(
+                key=key,
+                worker=addr,
+                stimulus_id=f"tf-{counter[0]}",
+                run_id=run_id,
+                nbytes=28,
+                type=b"int",
+                typename="int",
+                metadata={},
+                startstops=startstops,
+                thread=0,
+                status="OK",
+            )
+            counter[0] += 1
+            n += 1
+    return n
 
 
 def build_graph(workload: str, n: int, addresses: list[str]) -> tuple[dict, set, dict]:

@@ -34,7 +34,8 @@ from distributed.utils import key_split_group, log_errors
 from dask_rsched import _views
 from dask_rsched._core import ClientState, Engine, TaskState, __version__
 
-logger = logging.getLogger("dask_rsched")
+# the messages distributed's scheduler logs go to its logger, as on pure Python
+logger = logging.getLogger("distributed.scheduler")
 
 ENGINE_NAME = f"dask-rsched {__version__} (Rust)"
 
@@ -54,6 +55,7 @@ _ENGINE_ATTRIBUTES = (
     "task_prefixes",
     "n_tasks",
     "bandwidth",
+    "WORKER_SATURATION",
     "transition_log",
     "transition_counter",
     "erred_tasks",
@@ -168,6 +170,15 @@ class EngineSchedulerMixin:
     def bandwidth(self, value: float) -> None:
         # heartbeats move the estimate; occupancy and stealing read it in the engine
         self._rsched_engine.bandwidth = value
+
+    @property
+    def WORKER_SATURATION(self) -> float:  # noqa: N802 (distributed's name)
+        return self._rsched_engine.worker_saturation
+
+    @WORKER_SATURATION.setter
+    def WORKER_SATURATION(self, value: float) -> None:  # noqa: N802
+        # tests and operators change it on a running scheduler; queuing reads it
+        self._rsched_engine.worker_saturation = float(value)
 
     @property
     def is_idle(self) -> bool:
@@ -938,7 +949,7 @@ def activate(scheduler: Any) -> bool:
     if is_active(scheduler):
         return True
     if scheduler.tasks or scheduler.workers:
-        logger.warning(
+        logging.getLogger("dask_rsched").warning(
             "dask-rsched: the scheduler already holds tasks or workers; "
             "it keeps running on the pure-Python engine"
         )
@@ -969,7 +980,7 @@ def activate(scheduler: Any) -> bool:
     if steal is not None:
         _replace_stealing(scheduler, steal)
     # on distributed's scheduler logger, which `dask scheduler` shows at INFO
-    logging.getLogger("distributed.scheduler").info("Scheduler engine: %s", ENGINE_NAME)
+    logger.info("Scheduler engine: %s", ENGINE_NAME)
     return True
 
 

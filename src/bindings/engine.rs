@@ -1375,6 +1375,23 @@ impl Engine {
         Ok(())
     }
 
+    /// `SchedulerState.WORKER_SATURATION`
+    #[getter]
+    fn worker_saturation(&self) -> f64 {
+        self.state.config.worker_saturation
+    }
+
+    #[setter]
+    fn set_worker_saturation(&mut self, value: f64) -> PyResult<()> {
+        if value.is_nan() || value <= 0.0 {
+            return Err(PyValueError::new_err(
+                "worker_saturation must be a float > 0",
+            ));
+        }
+        self.state.set_worker_saturation(value);
+        Ok(())
+    }
+
     /// `SchedulerState.bandwidth`: heartbeats update it (an exponential average).
     #[getter]
     fn bandwidth(&self) -> f64 {

@@ -603,16 +603,28 @@ impl WorkerStateHandle {
         self.hash
     }
 
-    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        self.with(py, |_, ws| {
-            Ok(format!(
-                "<WorkerState '{}', status: {}, memory: {}, processing: {}>",
-                ws.address,
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        let (address, status, memory, processing) = slf.get().with(py, |_, ws| {
+            Ok((
+                ws.address.clone(),
                 ws.status.as_str(),
                 ws.has_what.len(),
-                ws.processing.len()
+                ws.processing.len(),
             ))
-        })
+        })?;
+        // distributed leaves the name out when it is the address
+        let name = slf.getattr(intern!(py, "name"))?;
+        let name = if name.ne(address.as_str())? {
+            format!(", name: {}", name.str()?)
+        } else {
+            String::new()
+        };
+        Ok(format!(
+            "<WorkerState {}{name}, status: {status}, memory: {memory}, processing: \
+             {processing}>",
+            PyString::new(py, &address).repr()?
+        ))
     }
 }
 

@@ -931,6 +931,21 @@ impl<P: Clone> SchedulerState<P> {
         }
     }
 
+    /// `WORKER_SATURATION = value` on a running scheduler. As in distributed, who is in
+    /// `idle_task_count` changes only at each worker's next check; `idle_slots` is
+    /// summed again for the new value.
+    pub fn set_worker_saturation(&mut self, value: f64) {
+        self.config.worker_saturation = value;
+        self.idle_slots = if value.is_infinite() {
+            0
+        } else {
+            self.idle_task_count
+                .iter()
+                .map(|w| self.task_slots_available(w))
+                .sum()
+        };
+    }
+
     /// `idle_task_count.add(ws)`, keeping `idle_slots` (the sum of
     /// `_task_slots_available` over `idle_task_count`) current.
     pub fn idle_task_count_insert(&mut self, w: WorkerId) {
