@@ -172,11 +172,11 @@ class EngineSchedulerMixin:
         self._rsched_engine.bandwidth = value
 
     @property
-    def WORKER_SATURATION(self) -> float:  # noqa: N802 (distributed's name)
+    def WORKER_SATURATION(self) -> float:
         return self._rsched_engine.worker_saturation
 
     @WORKER_SATURATION.setter
-    def WORKER_SATURATION(self, value: float) -> None:  # noqa: N802
+    def WORKER_SATURATION(self, value: float) -> None:
         # tests and operators change it on a running scheduler; queuing reads it
         self._rsched_engine.worker_saturation = float(value)
 
