@@ -10,9 +10,9 @@ import asyncio
 
 import dask_rsched
 import pytest
-from distributed import Client, Event, Nanny, Variable, wait
+from distributed import Client, Event, Nanny, Variable, Worker, wait
 from distributed.diagnostics.plugin import SchedulerPlugin
-from distributed.utils_test import div, gen_cluster, inc, slowinc
+from distributed.utils_test import captured_logger, div, gen_cluster, inc, slowinc
 
 
 @pytest.fixture(params=["python", "rust"], autouse=True)
@@ -330,3 +330,36 @@ async def test_plugins_added_and_removed_while_running(c, s, a, b, engine):
     s.plugins["recorder"] = plugin
     await c.submit(inc, 4, key="direct")
     assert ("direct", "processing", "memory") in plugin.seen
+
+
+@gen_cluster(client=True, nthreads=[])
+async def test_worker_saturation_set_while_running(c, s, engine):
+    s.WORKER_SATURATION = float("inf")
+    x = c.submit(inc, 1)
+    while x.key not in s.tasks:
+        await asyncio.sleep(0.01)
+    assert s.tasks[x.key] in s.unrunnable
+    assert s.tasks[x.key].state == "no-worker"
+    s.WORKER_SATURATION = 1.0
+    y = c.submit(inc, 2)
+    while y.key not in s.tasks:
+        await asyncio.sleep(0.01)
+    assert s.tasks[y.key] in s.queued
+    async with Worker(s.address, nthreads=1):
+        assert await y == 3
+        assert await x == 2
+    s.validate_state()
+
+
+@gen_cluster(nthreads=[("", 1)])
+async def test_worker_repr_and_duplicate_name_logged(s, a, engine):
+    ws = s.workers[a.address]
+    assert repr(ws) == (
+        f"<WorkerState {a.address!r}, name: 0, status: running, memory: 0, processing: 0>"
+    )
+    with captured_logger("distributed.scheduler") as log:
+        with pytest.raises(RuntimeError):
+            await Worker(s.address, name=a.name)
+    assert "duplicate name" in log.getvalue()
+    async with Worker(s.address) as b:  # named by its address
+        assert repr(s.workers[b.address]).startswith(f"<WorkerState {b.address!r}, status")
