@@ -363,3 +363,13 @@ async def test_worker_repr_and_duplicate_name_logged(s, a, engine):
     assert "duplicate name" in log.getvalue()
     async with Worker(s.address) as b:  # named by its address
         assert repr(s.workers[b.address]).startswith(f"<WorkerState {b.address!r}, status")
+
+
+@gen_cluster(client=True)
+async def test_stealing_logs_a_response_for_a_released_key(c, s, a, b, engine):
+    import logging
+
+    steal = s.extensions["stealing"]
+    with captured_logger("distributed.stealing", level=logging.DEBUG) as log:
+        steal.move_task_confirm(key="gone", state="released", stimulus_id="steal-0")
+    assert "Key released between request and confirm: gone" in log.getvalue()
