@@ -139,22 +139,13 @@ class SilentComm:
 
 
 class Collector:
-    """A worker's stream. Keeps what the fake worker needs to answer, the key and run_id
-    of each `compute-task`, and drops the message, as a real BatchedSend serializes and
-    drops it within its 2 ms interval. The fake workers' state would live in other
-    processes: it is kept in flat lists, so that it adds no objects for CPython's cyclic
-    GC to track (a dict or tuple per task in flight makes full collections more frequent
-    as rounds grow with the number of workers)."""
+    """A comm that keeps every message sent (tests read them)."""
 
     def __init__(self) -> None:
-        self.keys: list = []
-        self.run_ids: list = []
+        self.msgs: list = []
 
     def send(self, *msgs) -> None:
-        for m in msgs:
-            if m.get("op") == "compute-task":
-                self.keys.append(m["key"])
-                self.run_ids.append(m["run_id"])
+        self.msgs.extend(msgs)
 
     def start(self, comm) -> None:
         pass
@@ -167,6 +158,25 @@ class Collector:
 
     async def close(self, timeout=None) -> None:
         pass
+
+
+class WorkerStream(Collector):
+    """A worker's stream in the benchmark. Keeps what the fake worker needs to answer,
+    the key and run_id of each `compute-task`, and drops the message, as a real
+    BatchedSend serializes and drops it within its 2 ms interval. The fake workers'
+    state would live in other processes: it is kept in flat lists, so that it adds no
+    objects for CPython's cyclic GC to track (a dict or tuple per task in flight makes
+    full collections more frequent as rounds grow with the number of workers)."""
+
+    def __init__(self) -> None:
+        self.keys: list = []
+        self.run_ids: list = []
+
+    def send(self, *msgs) -> None:
+        for m in msgs:
+            if m.get("op") == "compute-task":
+                self.keys.append(m["key"])
+                self.run_ids.append(m["run_id"])
 
 
 METRICS = {
@@ -229,7 +239,7 @@ def rss() -> int:
 
 
 async def start_worker(s, address: str, server_id: str) -> tuple[str, SilentComm, asyncio.Future]:
-    """Register one fake worker through the real handler; its stream becomes a Collector."""
+    """Register one fake worker through the real handler (see `take_stream`)."""
     comm = SilentComm()
     task = asyncio.ensure_future(
         register_worker(
@@ -247,10 +257,10 @@ async def start_worker(s, address: str, server_id: str) -> tuple[str, SilentComm
 
 
 def take_stream(s, address: str, comm: SilentComm) -> None:
-    """Swap the worker's BatchedSend for a Collector, keeping what it already sent (a
+    """Swap the worker's BatchedSend for a WorkerStream, keeping what it already sent (a
     joining worker is handed queued tasks at once)."""
     batched = s.stream_comms[address]
-    collector = Collector()
+    collector = WorkerStream()
     collector.send(*comm.written, *batched.buffer)
     batched.buffer.clear()
     comm.written.clear()
@@ -357,7 +367,7 @@ async def _drive(s, n, n_workers, task_duration, workload, memory) -> dict:
     await asyncio.sleep(0.05)
     for addr, comm, _ in workers:
         take_stream(s, addr, comm)
-    s.client_comms["bench-client"] = Collector()
+    s.client_comms["bench-client"] = WorkerStream()  # drops the client's messages
     s.client_desires_keys(keys=[], client="bench-client")
     # Without reported durations every prefix stays "unknown", and stealing (both
     # engines) re-buckets all its processing tasks at each completion.
