@@ -29,7 +29,7 @@ from distributed.metrics import monotonic
 from distributed.scheduler import Computation
 from distributed.shuffle._core import _BARRIER_PREFIX as _SHUFFLE_BARRIER_PREFIX
 from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _ShuffleSchedulerPlugin
-from distributed.utils import key_split_group, log_errors
+from distributed.utils import log_errors
 
 from dask_rsched import _views
 from dask_rsched._core import ClientState, Engine, TaskState, __version__
@@ -287,9 +287,9 @@ class EngineSchedulerMixin:
     # --------------------------------------------------------- transitions
 
     def new_task(self, key: Any, spec: Any, state: str, computation: Any = None) -> Any:
-        new_group = key_split_group(key) not in self.task_groups
         ts = self._rsched_engine.new_task(key, spec, state)
-        if computation and new_group:
+        # a live group holds at least one task, so one made for this task holds only it
+        if computation and len(ts.group) == 1:
             computation.groups.add(ts.group)
         return ts
 

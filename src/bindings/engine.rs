@@ -81,6 +81,31 @@ fn memory_error_payload(
 
 static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
 
+/// The (group, prefix) names of a key: `key_split_group(key)`, `key_split(key)`.
+fn group_and_prefix(key: &Bound<'_, PyAny>) -> PyResult<(String, String)> {
+    let py = key.py();
+    let (key_split, key_split_group) = key_splitters(py)?;
+    Ok((
+        key_split_group.bind(py).call1((key,))?.extract()?,
+        key_split.bind(py).call1((key,))?.extract()?,
+    ))
+}
+
+/// `run_spec.data_producer` of a task spec (false where it has none).
+fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
+    spec.getattr(intern!(spec.py(), "data_producer"))
+        .and_then(|v| v.is_truthy())
+        .unwrap_or(false)
+}
+
+/// A setting that must be a float > 0.
+fn positive(what: &str, value: f64) -> PyResult<f64> {
+    if value.is_nan() || value <= 0.0 {
+        return Err(PyValueError::new_err(format!("{what} must be a float > 0")));
+    }
+    Ok(value)
+}
+
 fn key_splitters(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
     KEY_SPLIT.get_or_try_init(py, || -> PyResult<_> {
         let ks = py.import("dask.utils")?.getattr("key_split")?.unbind();
@@ -130,6 +155,24 @@ pub(crate) struct HandleCache<K, V>(std::sync::Mutex<HashMap<K, V>>);
 impl<K, V> Default for HandleCache<K, V> {
     fn default() -> Self {
         Self(std::sync::Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + std::hash::Hash, T> HandleCache<K, Py<T>> {
+    /// The cached handle of `k`, or the one `make` creates (outside the lock: creating
+    /// a Python object may run arbitrary code).
+    pub(crate) fn get_or_create(
+        &self,
+        py: Python<'_>,
+        k: K,
+        make: impl FnOnce() -> PyResult<Py<T>>,
+    ) -> PyResult<Py<T>> {
+        if let Some(h) = self.lock().get(&k) {
+            return Ok(h.clone_ref(py));
+        }
+        let h = make()?;
+        self.lock().insert(k, h.clone_ref(py));
+        Ok(h)
     }
 }
 
@@ -640,12 +683,7 @@ impl Engine {
             config.allowed_failures = a;
         }
         if let Some(w) = worker_saturation {
-            if w.is_nan() || w <= 0.0 {
-                return Err(PyValueError::new_err(
-                    "worker_saturation must be a float > 0",
-                ));
-            }
-            config.worker_saturation = w;
+            config.worker_saturation = positive("worker_saturation", w)?;
         }
         let durations = get("distributed.scheduler.default-task-durations")?;
         for (k, v) in durations.cast::<PyDict>()?.iter() {
@@ -776,7 +814,6 @@ impl Engine {
                 "a graph submission is pending: call update_graph_commit() first",
             ));
         }
-        let (key_split, key_split_group) = key_splitters(py)?;
         // distributed cancels a graph whose keys depend on data it no longer has
         // (`_find_lost_dependencies`); here that is a KeyError before any state changes
         if let Some(lost) = self.first_lost_dependency(py, dsk, keys)? {
@@ -811,16 +848,13 @@ impl Engine {
                     let d = d?;
                     deps.push(resolve(&d)?.ok_or_else(|| PyKeyError::new_err(d.unbind()))?);
                 }
-                let producer = spec
-                    .getattr(intern!(py, "data_producer"))
-                    .and_then(|v| v.is_truthy())
-                    .unwrap_or(false);
-                (Some(spec.clone().unbind()), deps, producer)
+                (Some(spec.clone().unbind()), deps, data_producer(&spec))
             };
+            let (group, prefix) = group_and_prefix(&k)?;
             graph.push(GraphTask {
                 hash: k.hash()? as i64,
-                group: key_split_group.bind(py).call1((&k,))?.extract()?,
-                prefix: key_split.bind(py).call1((&k,))?.extract()?,
+                group,
+                prefix,
                 run_spec,
                 data_producer: producer,
                 dependencies: deps,
@@ -836,10 +870,11 @@ impl Engine {
             key_refs.push(resolve(&k)?.ok_or_else(|| PyKeyError::new_err(k.unbind()))?);
         }
         for k in extra.iter() {
+            let (group, prefix) = group_and_prefix(&k)?;
             graph.push(GraphTask {
                 hash: k.hash()? as i64,
-                group: key_split_group.bind(py).call1((&k,))?.extract()?,
-                prefix: key_split.bind(py).call1((&k,))?.extract()?,
+                group,
+                prefix,
                 run_spec: None,
                 data_producer: false,
                 dependencies: Vec::new(),
@@ -1196,7 +1231,6 @@ impl Engine {
         self.finish(py, out)
     }
 
-    /// The `TaskState` of `key`, or `None` (as `SchedulerState.tasks.get(key)`).
     /// `SchedulerState.new_task`: a task without dependencies in its group and prefix
     /// (created when new). Only `released`: a task put straight into another state
     /// would lack what that state implies (replicas, a worker, a queue place).
@@ -1212,9 +1246,7 @@ impl Engine {
                 "dask-rsched creates new tasks in state 'released' only, not {state:?}"
             )));
         }
-        let (key_split, key_split_group) = key_splitters(py)?;
-        let group: String = key_split_group.bind(py).call1((key,))?.extract()?;
-        let prefix: String = key_split.bind(py).call1((key,))?.extract()?;
+        let (group, prefix) = group_and_prefix(key)?;
         let hash = key.hash()? as i64;
         let t = {
             let mut e = slf.borrow_mut();
@@ -1227,11 +1259,7 @@ impl Engine {
             let (run_spec, producer) = if spec.is_none() {
                 (None, false)
             } else {
-                let producer = spec
-                    .getattr(intern!(py, "data_producer"))
-                    .and_then(|v| v.is_truthy())
-                    .unwrap_or(false);
-                (Some(spec.clone().unbind()), producer)
+                (Some(spec.clone().unbind()), data_producer(spec))
             };
             let t = e.state.new_task(
                 key.clone().unbind(),
@@ -1249,6 +1277,7 @@ impl Engine {
         handles::task_handle(py, &slf.clone().unbind(), &e, t)
     }
 
+    /// The `TaskState` of `key`, or `None` (as `SchedulerState.tasks.get(key)`).
     fn get_task(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let e = slf.borrow();
@@ -1383,12 +1412,8 @@ impl Engine {
 
     #[setter]
     fn set_worker_saturation(&mut self, value: f64) -> PyResult<()> {
-        if value.is_nan() || value <= 0.0 {
-            return Err(PyValueError::new_err(
-                "worker_saturation must be a float > 0",
-            ));
-        }
-        self.state.set_worker_saturation(value);
+        self.state
+            .set_worker_saturation(positive("worker_saturation", value)?);
         Ok(())
     }
 
@@ -1400,10 +1425,7 @@ impl Engine {
 
     #[setter]
     fn set_bandwidth(&mut self, value: f64) -> PyResult<()> {
-        if value.is_nan() || value <= 0.0 {
-            return Err(PyValueError::new_err("bandwidth must be a float > 0"));
-        }
-        self.state.config.bandwidth = value;
+        self.state.config.bandwidth = positive("bandwidth", value)?;
         Ok(())
     }
 
@@ -1913,7 +1935,6 @@ impl Engine {
         nbytes: &Bound<'py, PyDict>,
         client: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let (key_split, key_split_group) = key_splitters(py)?;
         let mut items = Vec::with_capacity(who_has.len());
         // resolve everything first: an unknown worker leaves the state untouched
         for (k, workers) in who_has.iter() {
@@ -1921,11 +1942,12 @@ impl Engine {
                 .try_iter()?
                 .map(|w| self.worker(&w?.extract::<String>()?))
                 .collect::<PyResult<Vec<_>>>()?;
+            let (group, prefix) = group_and_prefix(&k)?;
             items.push(crate::core::stimuli::ScatteredKey {
                 existing: self.tid(py, &k)?,
                 hash: k.hash()? as i64,
-                group: key_split_group.bind(py).call1((&k,))?.extract()?,
-                prefix: key_split.bind(py).call1((&k,))?.extract()?,
+                group,
+                prefix,
                 workers,
                 nbytes: match nbytes.get_item(&k)? {
                     Some(n) => n.extract()?,

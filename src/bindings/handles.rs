@@ -973,7 +973,6 @@ impl TaskPrefixHandle {
 
 // ----- canonical handles ---------------------------------------------------------------
 
-/// The engine's handle for task `t` (created once, cached while the task lives).
 /// The canonical `TaskGroup` of `g` (one object per group, as distributed's, so
 /// attributes set on it from Python stay and `is` holds).
 pub fn group_handle(
@@ -982,18 +981,15 @@ pub fn group_handle(
     e: &Engine,
     g: GroupId,
 ) -> PyResult<Py<TaskGroupHandle>> {
-    if let Some(h) = e.group_handles.lock().get(&g) {
-        return Ok(h.clone_ref(py));
-    }
-    let h = Py::new(
-        py,
-        TaskGroupHandle {
-            engine: engine.clone_ref(py),
-            id: g,
-        },
-    )?;
-    e.group_handles.lock().insert(g, h.clone_ref(py));
-    Ok(h)
+    e.group_handles.get_or_create(py, g, || {
+        Py::new(
+            py,
+            TaskGroupHandle {
+                engine: engine.clone_ref(py),
+                id: g,
+            },
+        )
+    })
 }
 
 /// The canonical `TaskPrefix` of `p`.
@@ -1003,41 +999,37 @@ pub fn prefix_handle(
     e: &Engine,
     p: PrefixId,
 ) -> PyResult<Py<TaskPrefixHandle>> {
-    if let Some(h) = e.prefix_handles.lock().get(&p) {
-        return Ok(h.clone_ref(py));
-    }
-    let h = Py::new(
-        py,
-        TaskPrefixHandle {
-            engine: engine.clone_ref(py),
-            id: p,
-        },
-    )?;
-    e.prefix_handles.lock().insert(p, h.clone_ref(py));
-    Ok(h)
+    e.prefix_handles.get_or_create(py, p, || {
+        Py::new(
+            py,
+            TaskPrefixHandle {
+                engine: engine.clone_ref(py),
+                id: p,
+            },
+        )
+    })
 }
 
+/// The engine's handle for task `t` (created once, cached while the task lives).
 pub fn task_handle(
     py: Python<'_>,
     engine: &Py<Engine>,
     e: &Engine,
     t: TaskId,
 ) -> PyResult<Py<PyAny>> {
-    if let Some(h) = e.task_handles.lock().get(&t) {
-        return Ok(h.clone_ref(py).into_any());
-    }
-    let ts = e.state.ts(t);
-    let h = Py::new(
-        py,
-        TaskStateHandle {
-            engine: engine.clone_ref(py),
-            id: t,
-            serial: ts.serial,
-            key: ts.key.clone_ref(py),
-            hash: ts.hash as isize,
-        },
-    )?;
-    e.task_handles.lock().insert(t, h.clone_ref(py));
+    let h = e.task_handles.get_or_create(py, t, || {
+        let ts = e.state.ts(t);
+        Py::new(
+            py,
+            TaskStateHandle {
+                engine: engine.clone_ref(py),
+                id: t,
+                serial: ts.serial,
+                key: ts.key.clone_ref(py),
+                hash: ts.hash as isize,
+            },
+        )
+    })?;
     Ok(h.into_any())
 }
 
@@ -1047,18 +1039,16 @@ pub fn worker_handle(
     e: &Engine,
     w: WorkerId,
 ) -> PyResult<Py<PyAny>> {
-    if let Some(h) = e.worker_handles.lock().get(&w) {
-        return Ok(h.clone_ref(py).into_any());
-    }
-    let h = Py::new(
-        py,
-        WorkerStateHandle {
-            engine: engine.clone_ref(py),
-            id: w,
-            hash: e.state.ws(w).hash as isize,
-        },
-    )?;
-    e.worker_handles.lock().insert(w, h.clone_ref(py));
+    let h = e.worker_handles.get_or_create(py, w, || {
+        Py::new(
+            py,
+            WorkerStateHandle {
+                engine: engine.clone_ref(py),
+                id: w,
+                hash: e.state.ws(w).hash as isize,
+            },
+        )
+    })?;
     Ok(h.into_any())
 }
 
@@ -1068,18 +1058,16 @@ pub fn client_handle(
     e: &Engine,
     c: ClientId,
 ) -> PyResult<Py<PyAny>> {
-    if let Some(h) = e.client_handles.lock().get(&c) {
-        return Ok(h.clone_ref(py).into_any());
-    }
-    let h = Py::new(
-        py,
-        ClientStateHandle {
-            engine: engine.clone_ref(py),
-            id: c,
-            hash: e.state.clients[c.idx()].hash as isize,
-        },
-    )?;
-    e.client_handles.lock().insert(c, h.clone_ref(py));
+    let h = e.client_handles.get_or_create(py, c, || {
+        Py::new(
+            py,
+            ClientStateHandle {
+                engine: engine.clone_ref(py),
+                id: c,
+                hash: e.state.clients[c.idx()].hash as isize,
+            },
+        )
+    })?;
     Ok(h.into_any())
 }
 
