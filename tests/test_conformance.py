@@ -373,3 +373,105 @@ async def test_stealing_logs_a_response_for_a_released_key(c, s, a, b, engine):
     with captured_logger("distributed.stealing", level=logging.DEBUG) as log:
         steal.move_task_confirm(key="gone", state="released", stimulus_id="steal-0")
     assert "Key released between request and confirm: gone" in log.getvalue()
+
+
+@gen_cluster(client=True)
+async def test_resubmitted_key_with_other_dependencies_warns(c, s, a, b, engine):
+    from dask import delayed
+
+    events = []
+    c.subscribe_topic("scheduler", lambda ev: events.append(ev[1]))
+    x1 = c.submit(inc, 1, key="x1")
+    y_old = c.submit(inc, x1, key="y")
+    y_new = delayed(sum)([2, 11], dask_key_name="y")
+    z = delayed(inc)(y_new, dask_key_name="z")
+    with captured_logger("distributed.scheduler") as log:
+        fut = c.compute(z)
+        while "z" not in s.tasks:
+            await asyncio.sleep(0.01)
+    assert "Detected different `run_spec` for key 'y'" in log.getvalue()
+    assert "old dependencies: {'x1'}" in log.getvalue()
+    while not any(
+        isinstance(e, dict) and e.get("action") == "update-graph" and e["metrics"]["key_collisions"]
+        for e in events
+    ):
+        await asyncio.sleep(0.01)
+    collisions = [
+        e["metrics"]["key_collisions"]
+        for e in events
+        if isinstance(e, dict) and e.get("action") == "update-graph"
+    ]
+    # resubmitting known keys with the same dependencies is no collision
+    assert collisions == [0, 0, 1]
+    assert await y_old == 3
+    assert await fut == 4
+
+
+@gen_cluster(client=True)
+async def test_transition_counter_max_lowered_while_running(c, s, a, b, engine):
+    assert s.transition_counter_max > 0  # gen_cluster sets it
+    s.transition_counter_max = 1
+    with captured_logger("distributed.scheduler") as log:
+        with pytest.raises(AssertionError):
+            await c.submit(inc, 2)
+    assert s.transition_counter == 1
+    assert "Error transitioning" in log.getvalue()
+    assert "transition_counter_max" in log.getvalue()
+    with pytest.raises(AssertionError):
+        s.validate_state()
+    s.validate = False
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], config={"distributed.scheduler.validate": False})
+async def test_failed_transition_logs_an_event(c, s, a, engine):
+    s.validate = False
+    block, executing = Event(), Event()
+
+    def wait_for(block, executing):
+        executing.set()
+        block.wait()
+        return 1
+
+    fut = c.submit(wait_for, block, executing)
+    await executing.wait()
+    # corrupt the state on purpose, as distributed's own test does
+    s.tasks[fut.key].processing_on = None
+    with captured_logger("distributed.scheduler") as log:
+        await block.set()
+        while not s.get_events("transitions"):
+            await asyncio.sleep(0.01)
+    _, event = s.get_events("transitions")[0]
+    assert event["action"] == "scheduler-transition-failed"
+    assert (event["key"], event["start"], event["finish"]) == (fut.key, "processing", "memory")
+    assert isinstance(event["transition_log"], list)
+    assert f"Error transitioning {fut.key!r} from 'processing' to 'memory'" in log.getvalue()
+    del fut
+    await a.close()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], config={"distributed.scheduler.allowed-failures": 0})
+async def test_killed_worker_task_is_logged(c, s, a, engine):
+    ev = Event()
+    fut = c.submit(lambda ev: ev.wait(), ev, key="f")
+    while not s.tasks.get("f") or s.tasks["f"].state != "processing":
+        await asyncio.sleep(0.01)
+    with captured_logger("distributed.scheduler") as log:
+        await s.remove_worker(a.address, stimulus_id="test")
+    assert "Task f marked as failed because 1 workers died while trying to run it" in (
+        log.getvalue()
+    )
+    assert s.tasks["f"].state == "erred"
+    del fut
+
+
+@gen_cluster(client=True)
+async def test_task_finished_goes_through_stimulus_task_finished(c, s, a, b, engine):
+    from unittest import mock
+
+    with mock.patch.object(s, "stimulus_task_finished", wraps=s.stimulus_task_finished) as w:
+        assert await c.submit(inc, 1) == 2
+    assert w.call_count == 1
+    with mock.patch.object(s, "stimulus_task_erred", wraps=s.stimulus_task_erred) as w:
+        with pytest.raises(ZeroDivisionError):
+            await c.submit(div, 1, 0)
+    assert w.call_count == 1

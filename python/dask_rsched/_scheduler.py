@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import textwrap
 import weakref
 from collections.abc import Callable, Collection
 from contextlib import suppress
@@ -58,6 +59,7 @@ _ENGINE_ATTRIBUTES = (
     "WORKER_SATURATION",
     "transition_log",
     "transition_counter",
+    "transition_counter_max",
     "erred_tasks",
 )
 
@@ -204,10 +206,21 @@ class EngineSchedulerMixin:
     def transition_counter(self) -> int:
         return self._rsched_engine.transition_counter
 
+    @property
+    def transition_counter_max(self) -> int | bool:
+        return self._rsched_engine.transition_counter_max or False
+
+    @transition_counter_max.setter
+    def transition_counter_max(self, value: int | bool) -> None:
+        # gen_cluster sets it; tests lower it on a running scheduler
+        self._rsched_engine.transition_counter_max = int(value or 0)
+
     def validate_state(self, allow_overlap: bool = False) -> None:
         self._rsched_engine.validate_state()
         if set(self.workers) != set(self.stream_comms):
             raise ValueError("Workers not the same in all collections")
+        if self.transition_counter_max:
+            assert self.transition_counter < self.transition_counter_max
 
     def story(self, *keys_or_tasks_or_stimuli: Any) -> list:
         keys = [
@@ -273,9 +286,26 @@ class EngineSchedulerMixin:
         try:
             msgs = call()
         except BaseException:
-            self._rsched_notify()
+            self._rsched_failed()
             raise
         self._rsched_apply(msgs, first)
+
+    def _rsched_failed(self) -> None:
+        """After an engine call raised: logs each failed transition as distributed's
+        `_transition` does on the way up, then tells plugins what did happen."""
+        for key, start, finish in self._rsched_engine.take_failed_transitions():
+            logger.exception("Error transitioning %r from %r to %r", key, start, finish)
+            self.log_event(
+                "transitions",
+                {
+                    "action": "scheduler-transition-failed",
+                    "key": key,
+                    "start": start,
+                    "finish": finish,
+                    "transition_log": list(self.transition_log),
+                },
+            )
+        self._rsched_notify()
 
     # ------------------------------------------------------------ identity
 
@@ -315,7 +345,7 @@ class EngineSchedulerMixin:
         try:
             client_msgs, worker_msgs = call()
         except BaseException:
-            self._rsched_notify()
+            self._rsched_failed()
             raise
         self._rsched_notify(first)
         return {}, client_msgs, worker_msgs
@@ -333,22 +363,28 @@ class EngineSchedulerMixin:
         self, worker: str, stimulus_id: str, key: Any, run_id: int, **kwargs: Any
     ) -> tuple[dict, dict, dict]:
         engine = self._rsched_engine
-        first = (key, dict(kwargs, worker=worker))
+
+        def first_kwargs() -> dict:
+            return dict(kwargs, worker=worker)
+
         return self._rsched_stimulus(
             lambda: engine.handle_task_finished(key, worker, stimulus_id, run_id=run_id, **kwargs),
-            first,
+            (key, first_kwargs),
         )
 
     def stimulus_task_erred(
         self, worker: str, stimulus_id: str, key: Any, run_id: int, **kwargs: Any
     ) -> tuple[dict, dict, dict]:
         engine = self._rsched_engine
-        first = (key, dict(kwargs, worker=worker, cause=key))
+
+        def first_kwargs() -> dict:
+            return dict(cause=key, worker=worker, **kwargs)
+
         return self._rsched_stimulus(
             lambda: engine.handle_task_erred(
                 key, stimulus_id, worker=worker, run_id=run_id, **kwargs
             ),
-            first,
+            (key, first_kwargs),
         )
 
     def stimulus_queue_slots_maybe_opened(self, *, stimulus_id: str) -> None:
@@ -390,7 +426,6 @@ class EngineSchedulerMixin:
 
         engine = self._rsched_engine
         before = len(engine)
-        known = sum(1 for k in dsk if k in self.tasks)
         touched_keys = engine.update_graph(
             dsk=dsk,
             keys=keys,
@@ -406,6 +441,9 @@ class EngineSchedulerMixin:
             global_annotations=global_annotations,
             defer_transitions=True,
         )
+        collisions = engine.take_graph_collisions()
+        if collisions:
+            self._rsched_warn_collisions(collisions, dsk)
         try:
             self._rsched_observe_graph(
                 touched_keys, keys, client, stimulus_id, span_metadata, code, computation
@@ -416,8 +454,43 @@ class EngineSchedulerMixin:
         return {
             "tasks": len(dsk),
             "new_tasks": len(engine) - before,
-            "key_collisions": known,
+            "key_collisions": len(collisions),
         }
+
+    def _rsched_warn_collisions(self, collisions: list, dsk: dict) -> None:
+        """`_generate_taskstates`' warning for a resubmitted key whose run_spec has
+        other dependencies: once per task group, at debug level after that."""
+        warned_groups = set()
+        for key in collisions:
+            ts = self.tasks[key]
+            deps_lhs = {dts.key for dts in ts.dependencies}
+            deps_rhs = dsk[key].dependencies
+            if ts.group not in warned_groups:
+                warned_groups.add(ts.group)
+                logger.warning(
+                    f"Detected different `run_spec` for key {ts.key!r} between "
+                    "two consecutive calls to `update_graph`. "
+                    "This can cause failures and deadlocks down the line. "
+                    "Please ensure unique key names. "
+                    "If you are using a standard dask collections, consider "
+                    "releasing all the data before resubmitting another "
+                    "computation. More details and help can be found at "
+                    "https://github.com/dask/dask/issues/9888. "
+                    + textwrap.dedent(f"""
+                        Debugging information
+                        ---------------------
+                        old task state: {ts.state}
+                        old run_spec: {ts.run_spec!r}
+                        new run_spec: {dsk[key]!r}
+                        old dependencies: {deps_lhs}
+                        new dependencies: {deps_rhs}
+                        """)
+                )
+            else:
+                logger.debug(
+                    f"Detected different `run_spec` for key {ts.key!r} between "
+                    "two consecutive calls to `update_graph`."
+                )
 
     def _rsched_observe_graph(
         self,
@@ -705,8 +778,25 @@ class EngineSchedulerMixin:
             if ts.who_has == {ws} and ts not in ws.actors:
                 (recompute_keys if ts.run_spec else lost_keys).add(ts.key)
 
+        # the tasks the engine errs for too many failures (`suspicious` is counted up
+        # once more by this removal)
+        killed = (
+            []
+            if expected
+            else [
+                (ts.key, ts.suspicious + 1)
+                for ts in ws.processing
+                if ts.suspicious + 1 > self.allowed_failures
+            ]
+        )
         engine = self._rsched_engine
         msgs = engine.remove_worker(address, stimulus_id=stimulus_id, expected=expected)
+        for key, suspicious in killed:
+            logger.error(
+                "Task %s marked as failed because %d workers died while trying to run it",
+                key,
+                suspicious,
+            )
 
         if recompute_keys:
             logger.warning(
@@ -797,23 +887,19 @@ class EngineSchedulerMixin:
     def handle_task_finished(self, key: Any, worker: str, stimulus_id: str, **msg: Any) -> None:
         if worker not in self.workers:
             return
-        engine = self._rsched_engine
-
-        def kwargs() -> dict:
-            kw = {k: v for k, v in msg.items() if k != "run_id"}
-            kw["worker"] = worker
-            return kw
-
-        self._rsched_run(
-            lambda: engine.handle_task_finished(key, worker, stimulus_id, **msg),
-            (key, kwargs),
+        # through stimulus_task_finished, as distributed's handler (tests wrap it)
+        _, client_msgs, worker_msgs = self.stimulus_task_finished(
+            key=key, worker=worker, stimulus_id=stimulus_id, **msg
         )
+        if client_msgs or worker_msgs:
+            self.send_all(client_msgs, worker_msgs)
 
     def handle_task_erred(self, key: Any, stimulus_id: str, **msg: Any) -> None:
-        engine = self._rsched_engine
-        kwargs = {k: v for k, v in msg.items() if k != "run_id"}
-        kwargs["cause"] = key
-        self._rsched_run(lambda: engine.handle_task_erred(key, stimulus_id, **msg), (key, kwargs))
+        _, client_msgs, worker_msgs = self.stimulus_task_erred(
+            key=key, stimulus_id=stimulus_id, **msg
+        )
+        if client_msgs or worker_msgs:
+            self.send_all(client_msgs, worker_msgs)
 
     def handle_long_running(
         self,
@@ -964,6 +1050,7 @@ def activate(scheduler: Any) -> bool:
     engine.observe_transitions(True)
 
     engine.bandwidth = float(scheduler.__dict__.get("bandwidth", engine.bandwidth))
+    engine.transition_counter_max = int(getattr(scheduler, "transition_counter_max", 0) or 0)
     for attr in _ENGINE_ATTRIBUTES:
         scheduler.__dict__.pop(attr, None)
     scheduler._rsched_engine = engine

@@ -146,6 +146,8 @@ pub struct Engine {
     /// a task's `forgotten` transition while it can still be looked up, as distributed
     /// does).
     hold_forgotten: bool,
+    /// Keys of the last submission whose run_spec collided with an existing task's.
+    graph_collisions: Vec<Py<PyAny>>,
 }
 
 /// The canonical handle per live entity. Only touched with the GIL held (a Mutex makes
@@ -246,6 +248,8 @@ impl Engine {
         out: Outbox<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let msgs = outbox_to_py(py, &self.state, &out)?;
+        // a failure's record is taken right after it; none outlives a finished batch
+        self.state.failed_transitions.clear();
         if self.hold_forgotten {
             return Ok(msgs);
         }
@@ -722,6 +726,7 @@ impl Engine {
             aliases: PyDict::new(py).unbind(),
             pending_graph: None,
             hold_forgotten: false,
+            graph_collisions: Vec::new(),
         })
     }
 
@@ -887,6 +892,11 @@ impl Engine {
             .state
             .generate_taskstates(&key_refs, &graph)
             .map_err(to_pyerr)?;
+        self.graph_collisions = generated
+            .collisions
+            .iter()
+            .map(|t| self.state.ts(*t).key.clone_ref(py))
+            .collect();
         for t in &generated.new {
             self.register(py, *t)?;
         }
@@ -1415,6 +1425,45 @@ impl Engine {
         self.state
             .set_worker_saturation(positive("worker_saturation", value)?);
         Ok(())
+    }
+
+    /// `SchedulerState.transition_counter_max` (0 or False: off).
+    #[getter]
+    fn transition_counter_max(&self) -> i64 {
+        self.state.config.transition_counter_max
+    }
+
+    #[setter]
+    fn set_transition_counter_max(&mut self, value: i64) -> PyResult<()> {
+        if value < 0 {
+            return Err(PyValueError::new_err(format!(
+                "transition_counter_max must be >= 0, got {value}"
+            )));
+        }
+        self.state.config.transition_counter_max = value;
+        Ok(())
+    }
+
+    /// `(key, start, finish)` of the transitions that failed since the last call,
+    /// innermost first (distributed logs each `_transition` an error passes through).
+    fn take_failed_transitions<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let failed = std::mem::take(&mut self.state.failed_transitions);
+        PyList::new(
+            py,
+            failed.into_iter().map(|(t, start, finish)| {
+                (
+                    self.state.ts(t).key.clone_ref(py),
+                    start.as_str(),
+                    finish.as_str(),
+                )
+            }),
+        )
+    }
+
+    /// Keys of the last `update_graph` whose submitted run_spec has other dependencies
+    /// than the existing task's, in the order found (`_generate_taskstates`).
+    fn take_graph_collisions<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, std::mem::take(&mut self.graph_collisions))
     }
 
     /// `SchedulerState.bandwidth`: heartbeats update it (an exponential average).

@@ -179,6 +179,21 @@ impl TaskStateHandle {
         )
     }
 
+    /// Written only by tests that corrupt the state on purpose (as distributed allows):
+    /// the next transition of the task then fails as distributed's does.
+    #[setter]
+    fn set_processing_on(&self, py: Python<'_>, value: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let worker = match value.filter(|v| !v.is_none()) {
+            Some(v) => Some(v.cast::<WorkerStateHandle>()?.get().id),
+            None => None,
+        };
+        let mut e = self.engine.bind(py).borrow_mut();
+        if e.live_task(self.id, self.serial).is_some() {
+            e.state.ts_mut(self.id).processing_on = worker;
+        }
+        Ok(())
+    }
+
     #[getter]
     fn exception_blame(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(

@@ -25,6 +25,9 @@ pub struct Config {
     pub erred_tasks_maxlen: usize,
     pub default_task_durations: HashMap<String, f64>,
     pub memory_terminate: bool,
+    /// `transition_counter_max` (0: off): a transition beyond it fails, as distributed's
+    /// assertion does in tests.
+    pub transition_counter_max: i64,
 }
 
 impl Default for Config {
@@ -41,6 +44,7 @@ impl Default for Config {
             erred_tasks_maxlen: 100,
             default_task_durations: HashMap::new(),
             memory_terminate: true,
+            transition_counter_max: 0,
         }
     }
 }
@@ -258,6 +262,9 @@ pub struct SchedulerState<P> {
     pub total_memory: i64,
     pub n_tasks: i64,
     pub transition_counter: i64,
+    /// (task, start, finish) of every `transition` that failed, innermost first, for
+    /// distributed's "Error transitioning" log and `scheduler-transition-failed` event.
+    pub failed_transitions: Vec<(TaskId, TaskStateState, TaskStateState)>,
     pub generation: i64,
     pub last_time: f64,
     pub task_prefix_count_global: OrderedMap<PrefixId, i64>,
@@ -319,6 +326,7 @@ impl<P: Clone> SchedulerState<P> {
             total_memory: 0,
             n_tasks: 0,
             transition_counter: 0,
+            failed_transitions: Vec::new(),
             generation: 0,
             last_time: 0.0,
             task_prefix_count_global: OrderedMap::new(),

@@ -42,6 +42,9 @@ pub struct GeneratedTasks {
     pub touched: Vec<TaskId>,
     pub new: Vec<TaskId>,
     pub colliding_task_count: usize,
+    /// Existing tasks whose submitted run_spec has other dependencies, in the order
+    /// found (distributed warns once per group, in this order).
+    pub collisions: Vec<TaskId>,
     /// TaskId of each graph entry (after creation).
     pub graph_ids: Vec<Option<TaskId>>,
 }
@@ -125,6 +128,7 @@ impl<P: Clone> SchedulerState<P> {
                                 if rhs.as_ref() != Some(&lhs) {
                                     collisions[i] = true;
                                     out.colliding_task_count += 1;
+                                    out.collisions.push(t);
                                 }
                             }
                             t

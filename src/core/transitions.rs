@@ -64,6 +64,23 @@ impl<P: Clone> SchedulerState<P> {
         args: TransitionArgs<P>,
         out: &mut Outbox<P>,
     ) -> CoreResult<Recs> {
+        let start = self.task(t).map(|ts| ts.state);
+        let result = self.transition_inner(t, finish, stimulus_id, args, out);
+        if let (Err(_), Some(start)) = (&result, start) {
+            // distributed logs every failing `_transition` on the way up
+            self.failed_transitions.push((t, start, finish));
+        }
+        result
+    }
+
+    fn transition_inner(
+        &mut self,
+        t: TaskId,
+        finish: TaskStateState,
+        stimulus_id: &P,
+        args: TransitionArgs<P>,
+        out: &mut Outbox<P>,
+    ) -> CoreResult<Recs> {
         let Some(ts) = self.task(t) else {
             return Ok(Recs::new());
         };
@@ -72,6 +89,14 @@ impl<P: Clone> SchedulerState<P> {
             return Ok(Recs::new());
         }
         self.transition_counter += 1;
+        if self.config.transition_counter_max > 0
+            && self.transition_counter >= self.config.transition_counter_max
+        {
+            return Err(CoreError::Validation(format!(
+                "assertion failed: transition_counter < transition_counter_max ({} >= {})",
+                self.transition_counter, self.config.transition_counter_max
+            )));
+        }
         let mut recs = Recs::new();
         if self.has_transition(start, finish) {
             self.dispatch(t, start, finish, stimulus_id, args, &mut recs, out)?;
