@@ -475,3 +475,54 @@ async def test_task_finished_goes_through_stimulus_task_finished(c, s, a, b, eng
         with pytest.raises(ZeroDivisionError):
             await c.submit(div, 1, 0)
     assert w.call_count == 1
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_cancel_logs_each_key(c, s, a, engine):
+    ev = Event()
+    f = c.submit(lambda ev: ev.wait(), ev, key="f")
+    f2 = c.submit(inc, f, key="f2")
+    while "f2" not in s.tasks:
+        await asyncio.sleep(0.01)
+    with captured_logger("distributed.scheduler", level=10) as log:
+        await c.cancel([f])
+        while "cancels key f." not in log.getvalue():
+            await asyncio.sleep(0.01)
+    lines = log.getvalue().splitlines()
+    assert [line for line in lines if "cancel" in line] == [
+        f"Client {c.id} requests to cancel 1 keys",
+        f"Client {c.id} requests to cancel 1 keys",
+        "Scheduler cancels key f2.  Force=False",
+        "Scheduler cancels key f.  Force=False",
+    ]
+    assert [e["count"] for _, e in s.get_events(c.id) if e.get("action") == "cancel"] == [1, 1]
+    await ev.set()
+
+
+@gen_cluster(client=True)
+async def test_transition_log_clear_and_len(c, s, a, b, engine):
+    x = c.submit(inc, 1)
+    await x
+    n = len(s.transition_log)
+    assert n == len(list(s.transition_log)) > 0
+    assert s.transition_log[-1] == list(s.transition_log)[-1]
+    s.transition_log.clear()
+    assert len(s.transition_log) == 0
+    y = c.submit(inc, 2)
+    await y
+    assert len(s.transition_log) == n
+    del x, y
+
+
+@gen_cluster(client=True)
+async def test_task_metadata_dropped_when_forgotten(c, s, a, b, engine):
+    future = c.submit(inc, 1)
+    key = future.key
+    await wait(future)
+    await c.set_metadata(key, 123)
+    assert await c.get_metadata(key) == 123
+    del future
+    while key in s.tasks:
+        await asyncio.sleep(0.01)
+    with pytest.raises(KeyError):
+        await c.get_metadata(key)

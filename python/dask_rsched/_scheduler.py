@@ -199,8 +199,8 @@ class EngineSchedulerMixin:
         return self._rsched_engine.erred_tasks
 
     @property
-    def transition_log(self) -> list:
-        return self._rsched_engine.transition_log
+    def transition_log(self) -> _views.TransitionLogView:
+        return _views.TransitionLogView(self._rsched_engine)
 
     @property
     def transition_counter(self) -> int:
@@ -273,7 +273,7 @@ class EngineSchedulerMixin:
             else:
                 engine.discard_transitions()
         finally:
-            engine.release_forgotten()
+            engine.release_forgotten(self.task_metadata)
 
     def _rsched_apply(self, msgs: tuple[dict, dict], first: Any = None) -> None:
         """Notifies plugins, then hands `msgs` to the comms (`send_all`)."""
@@ -963,11 +963,23 @@ class EngineSchedulerMixin:
         if client not in self.clients:
             return
         engine = self._rsched_engine
-        self._rsched_run(
-            lambda: engine.stimulus_cancel(
-                list(keys), client, force, reason, msg, f"cancel-key-{time()}"
-            )
-        )
+
+        def cancel() -> tuple[dict, dict]:
+            log: list = []
+            try:
+                return engine.stimulus_cancel(
+                    list(keys), client, force, reason, msg, f"cancel-key-{time()}", log
+                )
+            finally:
+                # what distributed's recursive stimulus_cancel logs, in its order
+                for what, value in log:
+                    if what == "request":
+                        logger.info("Client %s requests to cancel %d keys", client, value)
+                        self.log_event(client, {"action": "cancel", "count": value, "force": force})
+                    else:
+                        logger.info("Scheduler cancels key %s.  Force=%s", value, force)
+
+        self._rsched_run(cancel)
 
     def stimulus_retry(self, keys: Collection, client: str | None = None) -> tuple:
         logger.info("Client %s requests to retry %d keys", client, len(keys))

@@ -83,6 +83,10 @@ class EngineWorkStealing(SchedulerPlugin):
             digests["steal-duration"].add(time() - start)
 
     def move_task_request(self, ts: Any, victim: Any, thief: Any) -> str:
+        stimulus_id, msgs = self._engine.steal_request(ts.key, victim.address, thief.address)
+        if stimulus_id == "in-flight":
+            return stimulus_id
+        # logged once the request is made, before it is sent, as distributed does
         logger.debug(
             "Request move %s, %s: %2f -> %s: %2f",
             ts.key,
@@ -91,7 +95,6 @@ class EngineWorkStealing(SchedulerPlugin):
             thief,
             thief.occupancy,
         )
-        stimulus_id, msgs = self._engine.steal_request(ts.key, victim.address, thief.address)
         self._apply(msgs)
         return stimulus_id
 

@@ -7,7 +7,7 @@ which only periodic callbacks, diagnostics and extensions do (the hot path never
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, Iterator, Mapping, ValuesView
+from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 from typing import Any
 
 from sortedcontainers import SortedDict
@@ -164,3 +164,33 @@ def container(engine: Engine, name: str) -> Any:
     if name == "replicated_tasks":
         return {task(k) for k in raw["replicated_tasks"]}
     return raw[name]
+
+
+class TransitionLogView(Sequence):
+    """`SchedulerState.transition_log` (a bounded deque in distributed): the engine's
+    log, read on access; `clear()` clears it in the engine."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def __len__(self) -> int:
+        return self._engine.transition_log_len()
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._engine.transition_log[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._engine.transition_log)
+
+    def clear(self) -> None:
+        self._engine.clear_transition_log()
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == (list(other) if isinstance(other, Sequence) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"TransitionLogView({list(self)!r})"

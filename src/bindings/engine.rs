@@ -493,6 +493,7 @@ impl Engine {
         stimulus_id: &Bound<'py, PyAny>,
         cm: &Bound<'py, PyDict>,
         wm: &Bound<'py, PyDict>,
+        log: &Bound<'py, PyList>,
     ) -> PyResult<()> {
         let Some(c) = self.clients.bind(py).get_item(client)? else {
             return Ok(());
@@ -516,6 +517,8 @@ impl Engine {
                             .iter()
                             .map(|d| self.state.ts(d).key.clone_ref(py)),
                     )?;
+                    // distributed's recursive call logs its request, then its keys
+                    log.append(("request", deps.len()))?;
                     self.cancel_inner(
                         py,
                         deps.as_any(),
@@ -526,8 +529,10 @@ impl Engine {
                         stimulus_id,
                         cm,
                         wm,
+                        log,
                     )?;
                 }
+                log.append(("cancel", &key))?;
                 cancelled.append(&key)?;
             }
             if self.state.task(t).is_none() {
@@ -1680,9 +1685,33 @@ impl Engine {
         self.state.observed.clear();
     }
 
-    /// Frees the tasks forgotten by the calls since the last release.
-    fn release_forgotten(&mut self, py: Python<'_>) -> PyResult<()> {
+    /// Frees the tasks forgotten by the calls since the last release, and drops their
+    /// keys from `task_metadata` (`Scheduler.task_metadata`, as `_remove_key` does).
+    #[pyo3(signature = (task_metadata = None))]
+    fn release_forgotten(
+        &mut self,
+        py: Python<'_>,
+        task_metadata: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<()> {
+        if let Some(md) = task_metadata.filter(|md| !md.is_empty()) {
+            for t in &self.state.pending_free {
+                let key = self.state.ts(*t).key.bind(py);
+                if md.contains(key)? {
+                    md.del_item(key)?;
+                }
+            }
+        }
         self.free_forgotten(py)
+    }
+
+    /// `len(SchedulerState.transition_log)`
+    fn transition_log_len(&self) -> usize {
+        self.state.transition_log.len()
+    }
+
+    /// `SchedulerState.transition_log.clear()`
+    fn clear_transition_log(&mut self) {
+        self.state.transition_log.clear();
     }
 
     /// `SchedulerState.remove_replica` (the Active Memory Manager drops extra copies).
@@ -1957,8 +1986,11 @@ impl Engine {
     }
 
     /// `Scheduler.stimulus_cancel`: returns `(client_msgs, worker_msgs)`, including the
-    /// `cancelled-keys` report to every client.
+    /// `cancelled-keys` report to every client. Appends to `log`, in distributed's order,
+    /// what it logs: `("request", n)` for each recursive request on dependents and
+    /// `("cancel", key)` for each key cancelled.
     #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (keys, client, force, reason, msg, stimulus_id, log = None))]
     fn stimulus_cancel<'py>(
         &mut self,
         py: Python<'py>,
@@ -1968,10 +2000,24 @@ impl Engine {
         reason: &Bound<'py, PyAny>,
         msg: &Bound<'py, PyAny>,
         stimulus_id: &Bound<'py, PyAny>,
+        log: Option<&Bound<'py, PyList>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let cm = PyDict::new(py);
         let wm = PyDict::new(py);
-        self.cancel_inner(py, keys, client, force, reason, msg, stimulus_id, &cm, &wm)?;
+        let scratch = PyList::empty(py);
+        let log = log.unwrap_or(&scratch);
+        self.cancel_inner(
+            py,
+            keys,
+            client,
+            force,
+            reason,
+            msg,
+            stimulus_id,
+            &cm,
+            &wm,
+            log,
+        )?;
         PyTuple::new(py, [cm.into_any(), wm.into_any()])
     }
 
