@@ -526,3 +526,56 @@ async def test_task_metadata_dropped_when_forgotten(c, s, a, b, engine):
         await asyncio.sleep(0.01)
     with pytest.raises(KeyError):
         await c.get_metadata(key)
+
+
+class ForgottenTaskReader(SchedulerPlugin):
+    """Reads a forgotten task as distributed's GraphLayout and AllProgress do."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.seen = []
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if finish == "forgotten":
+            ts = self.scheduler.tasks[key]
+            self.seen.append(
+                (
+                    key,
+                    ts.prefix.name,
+                    sorted(d.key for d in ts.dependents),
+                    sorted(d.key for d in ts.dependencies),
+                )
+            )
+
+
+@gen_cluster(client=True)
+async def test_plugin_reads_forgotten_task_with_its_edges(c, s, a, b, engine):
+    plugin = ForgottenTaskReader(s)
+    s.add_plugin(plugin)
+    x = c.submit(inc, 1, key="x")
+    y = c.submit(inc, x, key="y")
+    z = c.submit(inc, y, key="z")
+    await z
+    del x, y, z
+    while s.tasks:
+        await asyncio.sleep(0.01)
+    # the dependents went first: each is forgotten with its dependencies only
+    assert sorted(plugin.seen) == [
+        ("x", "x", [], []),
+        ("y", "y", [], ["x"]),
+        ("z", "z", [], ["y"]),
+    ]
+
+
+@gen_cluster(client=True, nthreads=[("", 1)] * 3)
+async def test_check_idle_saturated_called_from_outside(c, s, *workers, engine):
+    ev = Event()
+    futs = c.map(lambda i, ev: ev.wait(), range(6), ev=ev, workers=[workers[0].address])
+    while len(s.workers[workers[0].address].processing) < 6:
+        await asyncio.sleep(0.01)
+    for ws in reversed(list(s.workers.values())):
+        s.check_idle_saturated(ws)
+    assert set(s.idle) == {w.address for w in workers[1:]}
+    assert workers[0].address not in s.idle
+    await ev.set()
+    await wait(futs)

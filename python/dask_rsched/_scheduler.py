@@ -392,7 +392,9 @@ class EngineSchedulerMixin:
         self._rsched_run(lambda: engine.stimulus_queue_slots_maybe_opened(stimulus_id))
 
     def check_idle_saturated(self, ws: Any, occ: float = -1.0) -> None:
-        """The engine keeps idle/saturated current after every change."""
+        # the engine checks at distributed's points itself; this serves other callers
+        if ws.address in self.workers:
+            self._rsched_engine.check_idle_saturated(ws.address, occ)
 
     # --------------------------------------------------------------- graphs
 

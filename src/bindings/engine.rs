@@ -212,6 +212,20 @@ impl Engine {
         self.state.task(id).filter(|ts| ts.serial == serial)
     }
 
+    /// The record a handle points at, a task forgotten in the current batch included:
+    /// plugins told of its `forgotten` transition read it as distributed's TaskState.
+    pub(crate) fn task_record(
+        &self,
+        id: TaskId,
+        serial: u64,
+    ) -> Option<&crate::core::entities::Task<Py<PyAny>>> {
+        self.state
+            .tasks
+            .get(id.idx())
+            .and_then(|o| o.as_ref())
+            .filter(|ts| ts.serial == serial)
+    }
+
     fn tid(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
         Ok(match self.keys.bind(py).get_item(key)? {
             Some(v) => Some(TaskId(v.extract()?)),
@@ -280,6 +294,7 @@ impl Engine {
         for t in &self.state.pending_free {
             keys.del_item(self.state.ts(*t).key.bind(py))?;
         }
+        self.state.forget_restored_edges();
         self.state.flush();
         Ok(())
     }
@@ -1543,6 +1558,15 @@ impl Engine {
     fn steal_remove_key(&mut self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let t = self.tid_required(py, key)?;
         self.state.remove_key_from_stealable(t);
+        Ok(())
+    }
+
+    /// `SchedulerState.check_idle_saturated(ws, occ)` called from outside (tests and
+    /// extensions re-classify workers; the order of `idle` and `saturated` follows).
+    #[pyo3(signature = (worker, occ = -1.0))]
+    fn check_idle_saturated(&mut self, worker: &str, occ: f64) -> PyResult<()> {
+        let w = self.worker(worker)?;
+        self.state.check_idle_saturated_occ(w, Some(occ));
         Ok(())
     }
 

@@ -65,7 +65,8 @@ pub struct TaskStateHandle {
 }
 
 impl TaskStateHandle {
-    /// Runs `f` on the live task, or returns `dead` if it was forgotten.
+    /// Runs `f` on the task (until the end of the batch that forgot it), or returns
+    /// `dead` once its record is gone.
     fn with<R>(
         &self,
         py: Python<'_>,
@@ -73,7 +74,7 @@ impl TaskStateHandle {
         f: impl FnOnce(&Engine, &Task<Py<PyAny>>) -> PyResult<R>,
     ) -> PyResult<R> {
         let e = self.engine.bind(py).borrow();
-        match e.live_task(self.id, self.serial) {
+        match e.task_record(self.id, self.serial) {
             Some(ts) => f(&e, ts),
             None => Ok(dead()),
         }

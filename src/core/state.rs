@@ -265,6 +265,9 @@ pub struct SchedulerState<P> {
     /// (task, start, finish) of every `transition` that failed, innermost first, for
     /// distributed's "Error transitioning" log and `scheduler-transition-failed` event.
     pub failed_transitions: Vec<(TaskId, TaskStateState, TaskStateState)>,
+    /// Forgotten tasks whose edges were put back for plugins (cleared before their
+    /// slots are freed).
+    pub restored_edges: Vec<TaskId>,
     pub generation: i64,
     pub last_time: f64,
     pub task_prefix_count_global: OrderedMap<PrefixId, i64>,
@@ -327,6 +330,7 @@ impl<P: Clone> SchedulerState<P> {
             n_tasks: 0,
             transition_counter: 0,
             failed_transitions: Vec::new(),
+            restored_edges: Vec::new(),
             generation: 0,
             last_time: 0.0,
             task_prefix_count_global: OrderedMap::new(),
@@ -591,6 +595,19 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// Frees the slots of tasks forgotten in the batch that just ended.
+    /// Drops the edges put back on forgotten tasks for plugins: no live task points
+    /// at them, and a record kept for stealing must not name freed slots.
+    pub fn forget_restored_edges(&mut self) {
+        for t in std::mem::take(&mut self.restored_edges) {
+            if let Some(ts) = self.tasks[t.idx()].as_mut() {
+                if ts.state == TaskStateState::Forgotten {
+                    ts.dependents = Default::default();
+                    ts.dependencies = Default::default();
+                }
+            }
+        }
+    }
+
     pub fn flush(&mut self) {
         let freed = std::mem::take(&mut self.pending_free);
         for t in freed {

@@ -88,6 +88,9 @@ impl<P: Clone> SchedulerState<P> {
         if start == finish {
             return Ok(Recs::new());
         }
+        // distributed shows plugins a forgotten task with the edges it had before
+        let edges = (self.observe && finish == S::Forgotten)
+            .then(|| (ts.dependents.clone(), ts.dependencies.clone()));
         self.transition_counter += 1;
         if self.config.transition_counter_max > 0
             && self.transition_counter >= self.config.transition_counter_max
@@ -150,6 +153,12 @@ impl<P: Clone> SchedulerState<P> {
                 self.transition_log.pop_front();
             }
             self.transition_log.push_back(entry);
+        }
+        if let (Some((dependents, dependencies)), S::Forgotten) = (edges, actual_finish) {
+            let ts = self.ts_mut(t);
+            ts.dependents = dependents;
+            ts.dependencies = dependencies;
+            self.restored_edges.push(t);
         }
         self.steal_transition(t, start, actual_finish);
         if self.observe {
