@@ -497,6 +497,7 @@ async def test_cancel_logs_each_key(c, s, a, engine):
     ]
     assert [e["count"] for _, e in s.get_events(c.id) if e.get("action") == "cancel"] == [1, 1]
     await ev.set()
+    del f2
 
 
 @gen_cluster(client=True)
