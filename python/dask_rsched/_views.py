@@ -187,6 +187,12 @@ class TransitionLogView(Sequence):
     def clear(self) -> None:
         self._engine.clear_transition_log()
 
+    def _to_dict(self, *, exclude: Any = ()) -> list:
+        """Cluster dumps (`recursive_to_dict`) store it as distributed's deque: a list."""
+        from distributed.utils import recursive_to_dict
+
+        return recursive_to_dict(list(self), exclude=exclude)
+
     def __eq__(self, other: object) -> bool:
         return list(self) == (list(other) if isinstance(other, Sequence) else other)
 

@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-RESULT = re.compile(r"^(src/\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)")
+RESULT = re.compile(r"^(src/.+?) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b")
 NOT_FOUND = re.compile(r"^ERROR: not found: \S*?(src/\S+)")
 OUT = Path("out")
 
