@@ -582,3 +582,26 @@ async def test_check_idle_saturated_called_from_outside(c, s, *workers, engine):
     assert workers[0].address not in s.idle
     await ev.set()
     await wait(futs)
+
+
+@gen_cluster(client=True)
+async def test_key_grouped_under_a_tuple(c, s, a, b, engine):
+    # key_split_group names this key's group with the tuple (1, 2), not a str
+    key = ((1, 2), ("x", "y"))
+    assert await c.submit(lambda: 1, key=key) == 1
+    ts = s.tasks[key]
+    assert ts.group.name == (1, 2)
+    assert ts.group_key == (1, 2)
+    assert s.task_groups[(1, 2)] is ts.group
+    assert ts.prefix.name == "Other"
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_worker_status_set_directly(c, s, a, engine):
+    from distributed.core import Status
+
+    ws = s.workers[a.address]
+    ws.status = Status.stopping
+    assert ws.status == Status.stopping
+    ws.status = Status.running
+    assert ws.status == Status.running

@@ -85,10 +85,39 @@ static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
 fn group_and_prefix(key: &Bound<'_, PyAny>) -> PyResult<(String, String)> {
     let py = key.py();
     let (key_split, key_split_group) = key_splitters(py)?;
-    Ok((
-        key_split_group.bind(py).call1((key,))?.extract()?,
-        key_split.bind(py).call1((key,))?.extract()?,
-    ))
+    let group = key_split_group.bind(py).call1((key,))?;
+    let group = match group.extract::<String>() {
+        Ok(name) => name,
+        Err(_) => encode_group_name(&group)?,
+    };
+    Ok((group, key_split.bind(py).call1((key,))?.extract()?))
+}
+
+/// Encoded names of groups that `key_split_group` names with something else than a str
+/// (a key such as `((1, 2), "x")` is grouped under the tuple `(1, 2)`) -> that object.
+static OTHER_GROUP_NAMES: PyOnceLock<Py<PyDict>> = PyOnceLock::new();
+
+/// The core names groups with strings: another name is kept as "\0" + its repr.
+fn encode_group_name(name: &Bound<'_, PyAny>) -> PyResult<String> {
+    let py = name.py();
+    let encoded = format!("\0{}", name.repr()?);
+    OTHER_GROUP_NAMES
+        .get_or_init(py, || PyDict::new(py).unbind())
+        .bind(py)
+        .set_item(&encoded, name)?;
+    Ok(encoded)
+}
+
+/// A group's name as distributed has it (`TaskGroup.name`, the keys of `task_groups`).
+pub(crate) fn group_name<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    if name.starts_with('\0') {
+        if let Some(names) = OTHER_GROUP_NAMES.get(py) {
+            if let Some(obj) = names.bind(py).get_item(name)? {
+                return Ok(obj);
+            }
+        }
+    }
+    Ok(PyString::new(py, name).into_any())
 }
 
 /// `run_spec.data_producer` of a task spec (false where it has none).
@@ -1826,7 +1855,7 @@ impl Engine {
                 continue;
             }
             let h = handles::group_handle(py, &engine, &e, GroupId(i as u32))?;
-            out.set_item(g.name.as_str(), h)?;
+            out.set_item(group_name(py, &g.name)?, h)?;
         }
         Ok(out)
     }

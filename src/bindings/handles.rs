@@ -3,7 +3,7 @@
 //! engine caches one handle per live task/worker/client so `is`, hashing and sets behave
 //! as with distributed's objects. A handle of a forgotten task reads as `forgotten`.
 
-use super::engine::Engine;
+use super::engine::{group_name, Engine};
 use super::messages::{priority_to_py, py_state};
 use crate::core::entities::Task;
 use crate::core::types::*;
@@ -408,11 +408,11 @@ impl TaskStateHandle {
     }
 
     #[getter]
-    fn group_key(&self, py: Python<'_>) -> PyResult<Option<String>> {
+    fn group_key(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.with(
             py,
-            || None,
-            |e, ts| Ok(Some(e.state.groups[ts.group.idx()].name.clone())),
+            || none(py),
+            |e, ts| Ok(group_name(py, &e.state.groups[ts.group.idx()].name)?.unbind()),
         )
     }
 
@@ -520,6 +520,23 @@ impl WorkerStateHandle {
             .getattr("Status")?
             .get_item(name)?
             .unbind())
+    }
+
+    /// `ws.status = Status.x` set directly (tests do) changes the field alone, as on
+    /// distributed's WorkerState; the scheduler's own status changes are stimuli.
+    #[setter]
+    fn set_status(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let name: String = value.getattr(intern!(py, "name"))?.extract()?;
+        let status = WorkerStatus::parse(&name).ok_or_else(|| {
+            pyo3::exceptions::PyValueError::new_err(format!("unknown worker status {name:?}"))
+        })?;
+        self.engine
+            .bind(py)
+            .borrow_mut()
+            .state
+            .ws_mut(self.id)
+            .status = status;
+        Ok(())
     }
 
     #[getter]
@@ -784,10 +801,9 @@ impl TaskGroupHandle {
     }
 
     #[getter]
-    fn name(&self, py: Python<'_>) -> String {
-        self.engine.bind(py).borrow().state.groups[self.id.idx()]
-            .name
-            .clone()
+    fn name(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        Ok(group_name(py, &e.state.groups[self.id.idx()].name)?.unbind())
     }
 
     #[getter]
@@ -844,7 +860,7 @@ impl TaskGroupHandle {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "<{}: {}>",
-            self.name(py),
+            self.name(py)?.bind(py).str()?,
             counts(&self.states(py)?)?
         ))
     }
