@@ -298,6 +298,29 @@ def test_config_preload_env():
     assert (total, answer) == ("160000", "42")
 
 
+def test_pytest_plugin_reaches_child_processes(monkeypatch):
+    from dask_rsched import testing
+
+    assert testing.preload_env_value(None) == "['dask_rsched']"
+    assert testing.preload_env_value("['a']") == "['a', 'dask_rsched']"
+    assert testing.preload_env_value("a") == "['a', 'dask_rsched']"
+    assert testing.preload_env_value("['dask_rsched']") == "['dask_rsched']"
+    monkeypatch.delenv(testing.PRELOAD_ENV, raising=False)
+    try:
+        testing.pytest_configure(None)
+        env_value = os.environ[testing.PRELOAD_ENV]
+    finally:
+        dask_rsched.uninstall()
+    # a cluster a test starts in a child process runs on the engine too
+    code = CHECK.format(
+        connect="from distributed import LocalCluster\n"
+        "cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None)\n"
+        "c = Client(cluster)"
+    )
+    line = run_python(code, {testing.PRELOAD_ENV: env_value})
+    assert line.split("|")[0].strip().startswith(ENGINE)
+
+
 def test_cli_scheduler_preload_and_workers(tmp_path):
     sched_file = tmp_path / "scheduler.json"
     dask_bin = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
