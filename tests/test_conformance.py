@@ -531,12 +531,8 @@ async def test_task_metadata_dropped_when_forgotten(c, s, a, b, engine):
         await c.get_metadata(key)
 
 
-class ForgottenTaskReader(SchedulerPlugin):
+class ForgottenTaskReader(ForgetWatcher):
     """Reads a forgotten task as distributed's GraphLayout and AllProgress do."""
-
-    def __init__(self, scheduler):
-        self.scheduler = scheduler
-        self.seen = []
 
     def transition(self, key, start, finish, *args, **kwargs):
         if finish == "forgotten":

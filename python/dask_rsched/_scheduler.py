@@ -278,7 +278,9 @@ class EngineSchedulerMixin:
     def _rsched_apply(self, msgs: tuple[dict, dict], first: Any = None) -> None:
         """Notifies plugins, then hands `msgs` to the comms (`send_all`)."""
         self._rsched_notify(first)
-        client_msgs, worker_msgs = msgs
+        self._rsched_send(*msgs)
+
+    def _rsched_send(self, client_msgs: dict, worker_msgs: dict) -> None:
         if client_msgs or worker_msgs:
             self.send_all(client_msgs, worker_msgs)
 
@@ -293,7 +295,10 @@ class EngineSchedulerMixin:
     def _rsched_failed(self) -> None:
         """After an engine call raised: logs each failed transition as distributed's
         `_transition` does on the way up, then tells plugins what did happen."""
-        for key, start, finish in self._rsched_engine.take_failed_transitions():
+        failed = self._rsched_engine.take_failed_transitions()
+        # read from the engine once: every level's event carries the same log
+        log = list(self.transition_log) if failed else []
+        for key, start, finish in failed:
             logger.exception("Error transitioning %r from %r to %r", key, start, finish)
             self.log_event(
                 "transitions",
@@ -302,7 +307,7 @@ class EngineSchedulerMixin:
                     "key": key,
                     "start": start,
                     "finish": finish,
-                    "transition_log": list(self.transition_log),
+                    "transition_log": list(log),
                 },
             )
         self._rsched_notify()
@@ -666,8 +671,7 @@ class EngineSchedulerMixin:
             if isinstance(exc, Exception):
                 logger.exception(exc, exc_info=exc)
 
-        if msgs[0] or msgs[1]:
-            self.send_all(*msgs)
+        self._rsched_send(*msgs)
 
         logger.info("Register worker addr: %s name: %s", ws.address, ws.name)
 
@@ -893,15 +897,13 @@ class EngineSchedulerMixin:
         _, client_msgs, worker_msgs = self.stimulus_task_finished(
             key=key, worker=worker, stimulus_id=stimulus_id, **msg
         )
-        if client_msgs or worker_msgs:
-            self.send_all(client_msgs, worker_msgs)
+        self._rsched_send(client_msgs, worker_msgs)
 
     def handle_task_erred(self, key: Any, stimulus_id: str, **msg: Any) -> None:
         _, client_msgs, worker_msgs = self.stimulus_task_erred(
             key=key, stimulus_id=stimulus_id, **msg
         )
-        if client_msgs or worker_msgs:
-            self.send_all(client_msgs, worker_msgs)
+        self._rsched_send(client_msgs, worker_msgs)
 
     def handle_long_running(
         self,
@@ -922,8 +924,7 @@ class EngineSchedulerMixin:
 
     def add_keys(self, worker: str, keys: Collection = (), stimulus_id: str | None = None) -> str:
         status, worker_msgs = self._rsched_engine.add_keys(worker, list(keys), stimulus_id)
-        if worker_msgs:
-            self.send_all({}, worker_msgs)
+        self._rsched_send({}, worker_msgs)
         return status
 
     def add_replica(self, ts: Any, ws: Any) -> None:

@@ -64,30 +64,32 @@ impl<P: Clone> SchedulerState<P> {
         args: TransitionArgs<P>,
         out: &mut Outbox<P>,
     ) -> CoreResult<Recs> {
-        let start = self.task(t).map(|ts| ts.state);
-        let result = self.transition_inner(t, finish, stimulus_id, args, out);
-        if let (Err(_), Some(start)) = (&result, start) {
+        let Some(ts) = self.task(t) else {
+            return Ok(Recs::new());
+        };
+        let start = ts.state;
+        if start == finish {
+            return Ok(Recs::new());
+        }
+        let result = self.transition_from(t, start, finish, stimulus_id, args, out);
+        if result.is_err() {
             // distributed logs every failing `_transition` on the way up
             self.failed_transitions.push((t, start, finish));
         }
         result
     }
 
-    fn transition_inner(
+    /// The body of `_transition` for a live task leaving `start` (`!= finish`).
+    fn transition_from(
         &mut self,
         t: TaskId,
+        mut start: TaskStateState,
         finish: TaskStateState,
         stimulus_id: &P,
         args: TransitionArgs<P>,
         out: &mut Outbox<P>,
     ) -> CoreResult<Recs> {
-        let Some(ts) = self.task(t) else {
-            return Ok(Recs::new());
-        };
-        let mut start = ts.state;
-        if start == finish {
-            return Ok(Recs::new());
-        }
+        let ts = self.ts(t);
         // distributed shows plugins a forgotten task with the edges it had before
         let edges = (self.observe && finish == S::Forgotten)
             .then(|| (ts.dependents.clone(), ts.dependencies.clone()));
