@@ -601,3 +601,107 @@ async def test_worker_status_set_directly(c, s, a, engine):
     assert ws.status == Status.stopping
     ws.status = Status.running
     assert ws.status == Status.running
+
+
+class MomentRecorder(SchedulerPlugin):
+    """Records what a plugin sees of the scheduler inside each `transition` call."""
+
+    def __init__(self, scheduler, watch=()):
+        self.scheduler = scheduler
+        self.watch = watch
+        self.seen = []
+
+    def transition(self, key, start, finish, *args, stimulus_id, **kwargs):
+        ts = self.scheduler.tasks.get(key)
+        others = tuple(
+            (k, self.scheduler.tasks[k].state if k in self.scheduler.tasks else None)
+            for k in self.watch
+        )
+        self.seen.append((key, start, finish, ts.state if ts else None, others))
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_plugins_see_the_state_between_transitions(c, s, a, engine):
+    # distributed calls plugins inside `_transition`, before the next transition of
+    # the batch: a task just made `waiting` still reads `waiting`, though the same
+    # batch sends it on to `processing`; other tasks read as they are at that moment
+    plugin = MomentRecorder(s, watch=("x", "y"))
+    s.add_plugin(plugin)
+    x = c.submit(inc, 1, key="x")
+    y = c.submit(inc, x, key="y")
+    assert await y == 3
+    del x, y
+    while s.tasks:
+        await asyncio.sleep(0.01)
+    for key, start, finish, state, _ in plugin.seen:
+        # a forgotten task is still found while plugins hear of it, then never again
+        assert state == finish, (key, start, finish, state)
+    moments = {(key, start, finish): others for key, start, finish, _, others in plugin.seen}
+    # y is sent to processing by the batch that put x in memory, after x's transition
+    assert moments["x", "processing", "memory"] == (("x", "memory"), ("y", "waiting"))
+    assert moments["y", "waiting", "processing"] == (("x", "memory"), ("y", "processing"))
+    forgotten_first = min(
+        i for i, (_, _, finish, _, _) in enumerate(plugin.seen) if finish == "forgotten"
+    )
+    first_key = plugin.seen[forgotten_first][0]
+    later = [others for key, _, _, _, others in plugin.seen[forgotten_first + 1 :]]
+    assert later and all(dict(o)[first_key] is None for o in later)
+
+
+class RestrictOnWaiting(SchedulerPlugin):
+    """Restricts a task to a worker when it becomes `waiting`."""
+
+    def __init__(self, scheduler, key, worker):
+        self.scheduler = scheduler
+        self.key = key
+        self.worker = worker
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if key == self.key and finish == "waiting":
+            self.scheduler.set_restrictions({key: [self.worker]})
+
+
+@gen_cluster(client=True)
+async def test_plugin_changes_state_before_the_next_transition(c, s, a, b, engine):
+    # what a plugin changes in its `transition` call is what the batch's next
+    # transition (here: `decide_worker` of waiting -> processing) sees
+    for i, target in enumerate([b, a, b]):
+        key = f"restricted-{i}"
+        s.add_plugin(RestrictOnWaiting(s, key, target.address), name=f"restrict-{i}")
+        f = c.submit(inc, i, key=key)
+        assert await f == i + 1
+        assert {ws.address for ws in s.tasks[key].who_has} == {target.address}
+        assert key in target.data
+
+
+class ReleaseFromHook(SchedulerPlugin):
+    """Starts another stimulus from inside `transition`."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.seen = []
+        self.done = False
+
+    def transition(self, key, start, finish, *args, stimulus_id, **kwargs):
+        self.seen.append((key, start, finish, stimulus_id))
+        if key == "trigger" and finish == "memory" and not self.done:
+            self.done = True
+            self.scheduler.transitions({"first": "released"}, "from-plugin")
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_plugin_starts_a_stimulus_inside_transition(c, s, a, engine):
+    plugin = ReleaseFromHook(s)
+    s.add_plugin(plugin)
+    first = c.submit(inc, 1, key="first")
+    assert await first == 2
+    trigger = c.submit(inc, 10, key="trigger")
+    assert await trigger == 11
+    # `first` is released inside the hook, then recomputed for its client
+    assert await first == 2
+    assert ("first", "memory", "released", "from-plugin") in plugin.seen
+    i = next(i for i, t in enumerate(plugin.seen) if t[:3] == ("trigger", "processing", "memory"))
+    assert plugin.seen[i + 1][:3] == ("first", "memory", "released")
+    while s.tasks["first"].state != "memory":
+        await asyncio.sleep(0.01)
+    s.validate_state()

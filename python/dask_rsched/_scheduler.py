@@ -84,7 +84,55 @@ def _find_overriding(plugins: dict, hook: str) -> list:
     return [p for p in plugins.values() if getattr(type(p), hook, base) is not base]
 
 
-class _PluginsDict(dict):
+class _NotifyingDict(dict):
+    """A dict that calls `on_change()` after every change."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def __ior__(self, other: Any) -> Any:
+        super().__ior__(other)
+        self._changed()
+        return self
+
+    def pop(self, *args: Any) -> Any:
+        value = super().pop(*args)
+        self._changed()
+        return value
+
+    def popitem(self) -> tuple:
+        item = super().popitem()
+        self._changed()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._changed()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        value = super().setdefault(key, default)
+        self._changed()
+        return value
+
+
+class _PluginsDict(_NotifyingDict):
     """`Scheduler.plugins`, remembering which plugins override each hook until the
     dict changes (asked at every stimulus, answered without scanning the plugins)."""
 
@@ -92,37 +140,9 @@ class _PluginsDict(dict):
         super().__init__(*args, **kwargs)
         self.overriding: dict[str, list] = {}
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def _changed(self) -> None:
         self.overriding = {}
-        super().__setitem__(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        self.overriding = {}
-        super().__delitem__(key)
-
-    def __ior__(self, other: Any) -> _PluginsDict:
-        self.overriding = {}
-        return super().__ior__(other)
-
-    def pop(self, *args: Any) -> Any:
-        self.overriding = {}
-        return super().pop(*args)
-
-    def popitem(self) -> tuple:
-        self.overriding = {}
-        return super().popitem()
-
-    def clear(self) -> None:
-        self.overriding = {}
-        super().clear()
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        self.overriding = {}
-        super().update(*args, **kwargs)
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        self.overriding = {}
-        return super().setdefault(key, default)
+        super()._changed()
 
 
 def _status_name(status: Any) -> str:
@@ -133,6 +153,9 @@ class EngineSchedulerMixin:
     """Overrides of `distributed.Scheduler`'s state-changing methods."""
 
     _rsched_engine: Engine
+    # the plugins overriding `transition`, and the running stimulus' own transition
+    _rsched_transition_plugins: list
+    _rsched_first: tuple | None
 
     # ------------------------------------------------------------------ views
 
@@ -235,62 +258,79 @@ class EngineSchedulerMixin:
 
     # ------------------------------------------------------------- plumbing
 
-    def _rsched_notify(self, first: tuple[Any, dict] | None = None) -> None:
-        """Tells plugins about the transitions the engine just made, then lets the
-        engine free the tasks they forgot (plugins can still look those up, as on pure
-        Python).
-
-        `first` is (key, kwargs) of the stimulus: the first transition of that key gets
-        the stimulus' fields as distributed passes them to `SchedulerPlugin.transition`.
-        kwargs may be a function that builds them, called only if a plugin listens.
-        """
-        engine = self._rsched_engine
+    def _rsched_configure_hook(self) -> None:
+        """Tells the engine which transitions to call `_rsched_transition_hook` for: none
+        without a plugin overriding `transition`. distributed's shuffle plugin returns at
+        once unless a task is released, erred or forgotten, and with no shuffle active
+        unless it is a barrier task: with only it listening, the rest stays in Rust.
+        Runs again whenever the plugins or the shuffles change."""
         plugins = _plugins_overriding(self.plugins, "transition")
-        try:
-            if plugins:
-                # distributed's shuffle plugin returns at once unless a task is released,
-                # erred or forgotten: with only it listening, the rest stays in Rust
-                # erred, and only for a key of an active shuffle: with none active,
-                # only the transitions of barrier keys reach it
-                finishes = key_prefix = None
-                if all(type(p) is _ShuffleSchedulerPlugin for p in plugins):
-                    finishes = _SHUFFLE_FINISHES
-                    if not any(p.active_shuffles for p in plugins):
-                        key_prefix = _SHUFFLE_BARRIER_PREFIX
-                pending = first
-                for key, start, finish, stimulus_id in engine.take_transitions(
-                    finishes, key_prefix
-                ):
-                    kwargs: dict = {}
-                    if pending is not None and pending[0] == key:
-                        kwargs = pending[1]() if callable(pending[1]) else pending[1]
-                        pending = None
-                    for plugin in plugins:
-                        try:
-                            plugin.transition(key, start, finish, stimulus_id=stimulus_id, **kwargs)
-                        except Exception:
-                            logger.info("Plugin failed with exception", exc_info=True)
+        self._rsched_transition_plugins = plugins
+        engine = self._rsched_engine
+        if not plugins:
+            engine.set_transition_hook(None)
+            return
+        shuffle_only = True
+        for plugin in plugins:
+            if type(plugin) is _ShuffleSchedulerPlugin:
+                active = plugin.active_shuffles
+                if not isinstance(active, _NotifyingDict):
+                    active = plugin.active_shuffles = _NotifyingDict(active)
+                active.on_change = self._rsched_configure_hook
             else:
-                engine.discard_transitions()
-        finally:
-            engine.release_forgotten(self.task_metadata)
+                shuffle_only = False
+        if not shuffle_only:
+            engine.set_transition_hook(self._rsched_transition_hook)
+            return
+        key_prefix = None
+        if not any(p.active_shuffles for p in plugins):
+            key_prefix = _SHUFFLE_BARRIER_PREFIX
+        engine.set_transition_hook(self._rsched_transition_hook, _SHUFFLE_FINISHES, key_prefix)
 
-    def _rsched_apply(self, msgs: tuple[dict, dict], first: Any = None) -> None:
-        """Notifies plugins, then hands `msgs` to the comms (`send_all`)."""
-        self._rsched_notify(first)
+    def _rsched_transition_hook(self, key: Any, start: str, finish: str, stimulus_id: str) -> None:
+        """`SchedulerPlugin.transition` for each plugin, called by the engine right after
+        the transition, before the next, as `_transition` calls it. The stimulus' own
+        transition (`_rsched_first`: key, finish, kwargs) gets the stimulus' fields."""
+        kwargs: dict = {}
+        first = self._rsched_first
+        if first is not None and first[1] == finish and first[0] == key:
+            self._rsched_first = None
+            kwargs = first[2]() if callable(first[2]) else first[2]
+        for plugin in self._rsched_transition_plugins:
+            try:
+                plugin.transition(key, start, finish, stimulus_id=stimulus_id, **kwargs)
+            except Exception:
+                logger.info("Plugin failed with exception", exc_info=True)
+
+    def _rsched_release(self) -> None:
+        """Frees the tasks the engine forgot: plugins could look them up until now."""
+        self._rsched_engine.release_forgotten(self.task_metadata)
+
+    def _rsched_apply(self, msgs: tuple[dict, dict]) -> None:
+        """Ends a stimulus: frees forgotten tasks, hands `msgs` to the comms."""
+        self._rsched_release()
         self._rsched_send(*msgs)
 
     def _rsched_send(self, client_msgs: dict, worker_msgs: dict) -> None:
         if client_msgs or worker_msgs:
             self.send_all(client_msgs, worker_msgs)
 
-    def _rsched_run(self, call: Callable[[], tuple[dict, dict]], first: Any = None) -> None:
+    def _rsched_call(self, call: Callable[[], Any], first: Any = None) -> Any:
+        """Runs an engine stimulus; `first` (key, finish, kwargs) is its own transition,
+        whose plugin call gets the stimulus' fields. Logs the failed transitions and
+        frees forgotten tasks if it raises."""
+        outer = self._rsched_first
+        self._rsched_first = first
         try:
-            msgs = call()
+            return call()
         except BaseException:
             self._rsched_failed()
             raise
-        self._rsched_apply(msgs, first)
+        finally:
+            self._rsched_first = outer
+
+    def _rsched_run(self, call: Callable[[], tuple[dict, dict]], first: Any = None) -> None:
+        self._rsched_apply(self._rsched_call(call, first))
 
     def _rsched_failed(self) -> None:
         """After an engine call raised: logs each failed transition as distributed's
@@ -310,7 +350,7 @@ class EngineSchedulerMixin:
                     "transition_log": list(log),
                 },
             )
-        self._rsched_notify()
+        self._rsched_release()
 
     # ------------------------------------------------------------ identity
 
@@ -337,7 +377,9 @@ class EngineSchedulerMixin:
     ) -> dict:  # the returned recommendations are already carried out
         engine = self._rsched_engine
         args = {k: v for k, v in kwargs.items() if k in _TRANSITION_ARGS}
-        self._rsched_run(lambda: engine.transition(key, finish, stimulus_id, **args), (key, kwargs))
+        self._rsched_run(
+            lambda: engine.transition(key, finish, stimulus_id, **args), (key, finish, kwargs)
+        )
         return {}
 
     # distributed's handlers call the three methods below and then carry out the
@@ -347,12 +389,8 @@ class EngineSchedulerMixin:
     def _rsched_stimulus(
         self, call: Callable[[], tuple[dict, dict]], first: Any = None
     ) -> tuple[dict, dict, dict]:
-        try:
-            client_msgs, worker_msgs = call()
-        except BaseException:
-            self._rsched_failed()
-            raise
-        self._rsched_notify(first)
+        client_msgs, worker_msgs = self._rsched_call(call, first)
+        self._rsched_release()
         return {}, client_msgs, worker_msgs
 
     def _transition(
@@ -361,7 +399,7 @@ class EngineSchedulerMixin:
         engine = self._rsched_engine
         args = {k: v for k, v in kwargs.items() if k in _TRANSITION_ARGS}
         return self._rsched_stimulus(
-            lambda: engine.transition(key, finish, stimulus_id, **args), (key, kwargs)
+            lambda: engine.transition(key, finish, stimulus_id, **args), (key, finish, kwargs)
         )
 
     def stimulus_task_finished(
@@ -374,7 +412,7 @@ class EngineSchedulerMixin:
 
         return self._rsched_stimulus(
             lambda: engine.handle_task_finished(key, worker, stimulus_id, run_id=run_id, **kwargs),
-            (key, first_kwargs),
+            (key, "memory", first_kwargs),
         )
 
     def stimulus_task_erred(
@@ -389,7 +427,7 @@ class EngineSchedulerMixin:
             lambda: engine.handle_task_erred(
                 key, stimulus_id, worker=worker, run_id=run_id, **kwargs
             ),
-            (key, first_kwargs),
+            (key, "erred", first_kwargs),
         )
 
     def stimulus_queue_slots_maybe_opened(self, *, stimulus_id: str) -> None:
@@ -606,7 +644,7 @@ class EngineSchedulerMixin:
             resources=resources or None,
             stimulus_id=stimulus_id,
         )
-        self._rsched_notify()
+        self._rsched_release()
         ws = self.workers[address]
         # distributed's WorkerState attributes that only Python reads
         ws.name = name
@@ -994,7 +1032,7 @@ class EngineSchedulerMixin:
                 list(keys), f"stimulus-retry-{time()}"
             )
         except BaseException:
-            self._rsched_notify()
+            self._rsched_release()
             raise
         self._rsched_apply((client_msgs, worker_msgs))
         return seen
@@ -1077,10 +1115,13 @@ def activate(scheduler: Any) -> bool:
     clients = _ClientsDict(engine)
     clients.update(scheduler.clients)
     scheduler.clients = clients
-    scheduler.plugins = _PluginsDict(scheduler.plugins)
+    scheduler.plugins = plugins = _PluginsDict(scheduler.plugins)
     _rebind_handlers(scheduler)
     if steal is not None:
         _replace_stealing(scheduler, steal)
+    scheduler._rsched_first = None
+    scheduler._rsched_configure_hook()
+    plugins.on_change = scheduler._rsched_configure_hook
     # on distributed's scheduler logger, which `dask scheduler` shows at INFO
     logger.info("Scheduler engine: %s", ENGINE_NAME)
     return True

@@ -108,7 +108,7 @@ class EngineWorkStealing(SchedulerPlugin):
         try:
             msgs = self._engine.steal_response(key, state, stimulus_id, worker)
         except BaseException:
-            s._rsched_notify()
+            s._rsched_release()
             self._log_events()
             raise
         s._rsched_apply(msgs)

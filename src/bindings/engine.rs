@@ -1,9 +1,12 @@
 //! `Engine`: the scheduler state owned by Rust, driven by stimuli named like distributed's
 //! `SchedulerState`/`Scheduler` methods. Every stimulus returns `(client_msgs, worker_msgs)`.
 
+use super::cell::StateCell;
 use super::handles::{self, ClientStateHandle, TaskStateHandle, WorkerStateHandle};
 use super::messages::{outbox_to_py, priority_to_py, py_state};
-use crate::core::state::{Config, Outbox, SchedulerState, StartStop};
+use crate::core::state::{
+    Config, ObservedTransition, Outbox, SchedulerState, StartStop, TransitionObserver,
+};
 use crate::core::stimuli::{GraphTask, KeyRef, NewWorker, StaleReply};
 use crate::core::transitions::TransitionArgs;
 use crate::core::types::*;
@@ -14,8 +17,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyIterator, PyList, PySet, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
-type State = SchedulerState<Py<PyAny>>;
+pub(crate) type State = SchedulerState<Py<PyAny>>;
 
 fn to_pyerr(e: CoreError) -> PyErr {
     match e {
@@ -146,6 +151,11 @@ fn key_splitters(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
     })
 }
 
+fn worker_of(st: &State, address: &str) -> PyResult<WorkerId> {
+    st.worker_id(address)
+        .ok_or_else(|| PyKeyError::new_err(address.to_owned()))
+}
+
 fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
     if let Ok(i) = v.extract::<i64>() {
         Ok(Num::Int(i))
@@ -156,7 +166,9 @@ fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
 
 #[pyclass(module = "dask_rsched._core")]
 pub struct Engine {
-    pub(crate) state: State,
+    /// Every stimulus borrows it exclusively; a plugin hook between two transitions
+    /// reads (and writes) it through the lend (see `cell`).
+    pub(crate) state: StateCell<State>,
     /// key -> task id (the live tasks, like `SchedulerState.tasks`)
     keys: Py<PyDict>,
     clients: Py<PyDict>,
@@ -166,17 +178,114 @@ pub struct Engine {
     pub(crate) group_handles: HandleCache<GroupId, Py<handles::TaskGroupHandle>>,
     pub(crate) prefix_handles: HandleCache<PrefixId, Py<handles::TaskPrefixHandle>>,
     /// (server_id, name) of every worker ever added, by id
-    worker_meta: Vec<(Py<PyAny>, Py<PyAny>)>,
+    worker_meta: Mutex<Vec<(Py<PyAny>, Py<PyAny>)>>,
     /// `Scheduler.aliases`: worker name (any hashable) -> address
     aliases: Py<PyDict>,
     /// A graph submission whose transitions wait for `update_graph_commit`
-    pending_graph: Option<PendingGraph>,
+    pending_graph: Mutex<Option<PendingGraph>>,
     /// Keep forgotten tasks readable until `release_forgotten()` (plugins are told about
     /// a task's `forgotten` transition while it can still be looked up, as distributed
     /// does).
-    hold_forgotten: bool,
+    hold_forgotten: AtomicBool,
     /// Keys of the last submission whose run_spec collided with an existing task's.
-    graph_collisions: Vec<Py<PyAny>>,
+    graph_collisions: Mutex<Vec<Py<PyAny>>>,
+}
+
+/// The engine with its state borrowed: what handles read.
+pub(crate) struct View<'a> {
+    pub(crate) engine: &'a Engine,
+    pub(crate) state: &'a State,
+}
+
+impl std::ops::Deref for View<'_> {
+    type Target = Engine;
+    fn deref(&self) -> &Engine {
+        self.engine
+    }
+}
+
+impl<'a> View<'a> {
+    pub(crate) fn new(engine: &'a Engine, state: &'a State) -> Self {
+        Self { engine, state }
+    }
+
+    /// The task a handle points at, unless it was forgotten (its slot may since hold
+    /// another task: the serial tells them apart without hashing the key).
+    pub(crate) fn live_task(
+        &self,
+        id: TaskId,
+        serial: u64,
+    ) -> Option<&'a crate::core::entities::Task<Py<PyAny>>> {
+        self.state.task(id).filter(|ts| ts.serial == serial)
+    }
+
+    /// The record a handle points at, a task forgotten in the current batch included:
+    /// plugins told of its `forgotten` transition read it as distributed's TaskState.
+    pub(crate) fn task_record(
+        &self,
+        id: TaskId,
+        serial: u64,
+    ) -> Option<&'a crate::core::entities::Task<Py<PyAny>>> {
+        self.state
+            .tasks
+            .get(id.idx())
+            .and_then(|o| o.as_ref())
+            .filter(|ts| ts.serial == serial)
+    }
+}
+
+/// Drops `key` from the key dict if it still names task `t` (a hook may have dropped
+/// it already, as distributed drops it right after telling plugins).
+fn forget_key(keys: &Bound<'_, PyDict>, key: &Bound<'_, PyAny>, t: TaskId) -> PyResult<()> {
+    if let Some(v) = keys.get_item(key)? {
+        if v.extract::<u32>()? == t.0 {
+            keys.del_item(key)?;
+        }
+    }
+    Ok(())
+}
+
+/// The core's `TransitionObserver::notify`: calls the Python hook (with the state lent
+/// to the handles), then drops a forgotten task's key as `_transition` does.
+fn notify_transition(st: &mut State, tr: &ObservedTransition<'_, Py<PyAny>>) {
+    Python::attach(|py| {
+        let Some(observer) = &st.observer else {
+            return;
+        };
+        let data = observer.data.bind(py).clone();
+        let result = (|| -> PyResult<()> {
+            let data = data.cast::<PyTuple>()?;
+            let hook = data.get_item(0)?;
+            let key = tr.key.bind(py);
+            let prefix = data.get_item(2)?;
+            let wanted = prefix.is_none()
+                || key.cast::<PyString>().is_ok_and(|k| {
+                    k.to_str()
+                        .is_ok_and(|k| prefix.extract::<&str>().is_ok_and(|p| k.starts_with(p)))
+                });
+            if wanted {
+                let args = (
+                    key,
+                    py_state(py, tr.start),
+                    py_state(py, tr.finish),
+                    tr.stimulus_id.bind(py),
+                );
+                StateCell::lend(st, || hook.call1(args))?;
+            }
+            if tr.finish == TaskStateState::Forgotten {
+                forget_key(data.get_item(1)?.cast::<PyDict>()?, key, tr.task)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            e.write_unraisable(py, Some(&data));
+        }
+    })
+}
+
+/// A lock whose holder never runs Python (poisoning cannot leave it half-updated).
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The canonical handle per live entity. Only touched with the GIL held (a Mutex makes
@@ -230,31 +339,6 @@ struct PendingGraph {
 }
 
 impl Engine {
-    /// The task `id` if `key` still names it (a handle of a forgotten task reads dead).
-    /// The task a handle points at, unless it was forgotten (its slot may since hold
-    /// another task: the serial tells them apart without hashing the key).
-    pub(crate) fn live_task(
-        &self,
-        id: TaskId,
-        serial: u64,
-    ) -> Option<&crate::core::entities::Task<Py<PyAny>>> {
-        self.state.task(id).filter(|ts| ts.serial == serial)
-    }
-
-    /// The record a handle points at, a task forgotten in the current batch included:
-    /// plugins told of its `forgotten` transition read it as distributed's TaskState.
-    pub(crate) fn task_record(
-        &self,
-        id: TaskId,
-        serial: u64,
-    ) -> Option<&crate::core::entities::Task<Py<PyAny>>> {
-        self.state
-            .tasks
-            .get(id.idx())
-            .and_then(|o| o.as_ref())
-            .filter(|ts| ts.serial == serial)
-    }
-
     fn tid(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
         Ok(match self.keys.bind(py).get_item(key)? {
             Some(v) => Some(TaskId(v.extract()?)),
@@ -267,70 +351,69 @@ impl Engine {
             .ok_or_else(|| PyKeyError::new_err(key.clone().unbind()))
     }
 
-    fn client_id(&mut self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<ClientId> {
+    fn client_id(
+        &self,
+        py: Python<'_>,
+        st: &mut State,
+        client: &Bound<'_, PyAny>,
+    ) -> PyResult<ClientId> {
         if let Some(v) = self.clients.bind(py).get_item(client)? {
             return Ok(ClientId(v.extract()?));
         }
-        let c = self
-            .state
-            .add_client(client.clone().unbind(), client.hash()? as i64);
+        let c = st.add_client(client.clone().unbind(), client.hash()? as i64);
         self.clients.bind(py).set_item(client, c.0)?;
         Ok(c)
     }
 
-    fn worker(&self, address: &str) -> PyResult<WorkerId> {
-        self.state
-            .worker_id(address)
-            .ok_or_else(|| PyKeyError::new_err(address.to_owned()))
-    }
-
     /// Ends a batch: registers new tasks, drops forgotten ones, converts the messages.
     fn finish<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
+        st: &mut State,
         out: Outbox<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let msgs = outbox_to_py(py, &self.state, &out)?;
+        let msgs = outbox_to_py(py, st, &out)?;
         // a failure's record is taken right after it; none outlives a finished batch
-        self.state.failed_transitions.clear();
-        if self.hold_forgotten {
+        st.failed_transitions.clear();
+        if self.hold_forgotten.load(Ordering::Relaxed) {
             return Ok(msgs);
         }
-        self.free_forgotten(py)?;
+        self.free_forgotten(py, st)?;
         Ok(msgs)
     }
 
     /// Drops the tasks forgotten since the last call from the key dict and the arena.
-    fn free_forgotten(&mut self, py: Python<'_>) -> PyResult<()> {
+    fn free_forgotten(&self, py: Python<'_>, st: &mut State) -> PyResult<()> {
         let keys = self.keys.bind(py);
-        let mut dropped = Vec::with_capacity(self.state.pending_free.len());
+        let mut dropped = Vec::with_capacity(st.pending_free.len());
         {
             let mut handles = self.task_handles.lock();
-            for t in &self.state.pending_free {
+            for t in &st.pending_free {
                 dropped.extend(handles.remove(t));
             }
         }
         let mut dropped_groups = Vec::new();
-        if !self.state.dead_groups.is_empty() {
+        if !st.dead_groups.is_empty() {
             let mut handles = self.group_handles.lock();
-            for g in self.state.dead_groups.drain(..) {
+            for g in st.dead_groups.drain(..) {
                 dropped_groups.extend(handles.remove(&g));
             }
         }
         // handles (and their attribute dicts) are released outside the lock
         drop(dropped);
         drop(dropped_groups);
-        for t in &self.state.pending_free {
-            keys.del_item(self.state.ts(*t).key.bind(py))?;
+        for t in &st.pending_free {
+            forget_key(keys, st.ts(*t).key.bind(py), *t)?;
         }
-        self.state.forget_restored_edges();
-        self.state.flush();
+        st.forget_restored_edges();
+        st.flush();
         Ok(())
     }
 
     fn commit_graph<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
+        st: &mut State,
         pending: PendingGraph,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let PendingGraph {
@@ -340,17 +423,16 @@ impl Engine {
             touched,
             client,
         } = pending;
-        self.state
-            .transitions_loop(recs, &mut out, &stimulus_id)
+        st.transitions_loop(recs, &mut out, &stimulus_id)
             .map_err(to_pyerr)?;
         for &t in &touched {
-            if self.state.task(t).is_some_and(|ts| {
+            if st.task(t).is_some_and(|ts| {
                 matches!(ts.state, TaskStateState::Memory | TaskStateState::Erred)
             }) {
-                self.state.report_on_key(t, Some(client), &mut out);
+                st.report_on_key(t, Some(client), &mut out);
             }
         }
-        self.finish(py, out)
+        self.finish(py, st, out)
     }
 
     /// The first key reachable from `keys` that is neither in `dsk` nor a known task.
@@ -386,8 +468,9 @@ impl Engine {
 
     /// `Scheduler._apply_annotations`
     fn apply_annotations(
-        &mut self,
+        &self,
         py: Python<'_>,
+        st: &mut State,
         tasks: &[TaskId],
         by_type: Option<&Bound<'_, PyDict>>,
         global: Option<&Bound<'_, PyDict>>,
@@ -402,7 +485,7 @@ impl Engine {
         let unparse = addressing.getattr("unparse_host_port")?;
         let set_type = py.import("builtins")?.getattr("set")?;
         for &t in tasks {
-            let key = self.state.ts(t).key.clone_ref(py);
+            let key = st.ts(t).key.clone_ref(py);
             let key = key.bind(py);
             let ann = PyDict::new(py);
             if let Some(g) = global {
@@ -476,7 +559,7 @@ impl Engine {
                                     .collect::<PyResult<_>>()?,
                             ))
                         };
-                        let ts = self.state.ts_mut(t);
+                        let ts = st.ts_mut(t);
                         if let Some(h) = as_vec(&hosts)? {
                             ts.host_restrictions = Some(h);
                         }
@@ -485,7 +568,7 @@ impl Engine {
                         }
                     }
                     "loose_restrictions" | "allow_other_workers" => {
-                        self.state.ts_mut(t).loose_restrictions = value.is_truthy()?;
+                        st.ts_mut(t).loose_restrictions = value.is_truthy()?;
                     }
                     "resources" => {
                         let d = value.cast::<PyDict>()?;
@@ -493,15 +576,15 @@ impl Engine {
                         for (r, q) in d.iter() {
                             rr.push((r.extract::<String>()?, q.extract::<f64>()?));
                         }
-                        self.state.ts_mut(t).resource_restrictions = Some(rr);
+                        st.ts_mut(t).resource_restrictions = Some(rr);
                     }
                     "retries" => {
-                        self.state.ts_mut(t).retries = value.extract()?;
+                        st.ts_mut(t).retries = value.extract()?;
                     }
                     _ => {}
                 }
             }
-            self.state.ts_mut(t).annotations = Some(ann.into_any().unbind());
+            st.ts_mut(t).annotations = Some(ann.into_any().unbind());
         }
         Ok(())
     }
@@ -527,8 +610,9 @@ impl Engine {
 
     #[allow(clippy::too_many_arguments)]
     fn cancel_inner<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
+        st: &mut State,
         keys: &Bound<'py, PyAny>,
         client: &Bound<'py, PyAny>,
         force: bool,
@@ -550,21 +634,21 @@ impl Engine {
             let Some(t) = self.tid(py, &key)? else {
                 continue;
             };
-            let wanters = self.state.wanters(t);
+            let wanters = st.wanters(t);
             if force || (wanters.len() == 1 && wanters[0] == cs) {
-                if !self.state.ts(t).dependents.is_empty() {
+                if !st.ts(t).dependents.is_empty() {
                     let deps = PyList::new(
                         py,
-                        self.state
-                            .ts(t)
+                        st.ts(t)
                             .dependents
                             .iter()
-                            .map(|d| self.state.ts(d).key.clone_ref(py)),
+                            .map(|d| st.ts(d).key.clone_ref(py)),
                     )?;
                     // distributed's recursive call logs its request, then its keys
                     log.append(("request", deps.len()))?;
                     self.cancel_inner(
                         py,
+                        st,
                         deps.as_any(),
                         client,
                         force,
@@ -579,10 +663,10 @@ impl Engine {
                 log.append(("cancel", &key))?;
                 cancelled.append(&key)?;
             }
-            if self.state.task(t).is_none() {
+            if st.task(t).is_none() {
                 return Err(PyAssertionError::new_err("cancelled task was forgotten"));
             }
-            let wanters = self.state.wanters(t);
+            let wanters = st.wanters(t);
             if wanters.is_empty() {
                 return Err(PyAssertionError::new_err("cancelled task has no who_wants"));
             }
@@ -606,15 +690,14 @@ impl Engine {
             let live: Vec<TaskId> = ids
                 .iter()
                 .copied()
-                .filter(|t| self.state.task(*t).is_some())
+                .filter(|t| st.task(*t).is_some())
                 .collect();
-            self.state.client_releases_keys_inner(&live, c, &mut recs);
+            st.client_releases_keys_inner(&live, c, &mut recs);
             let mut out = Outbox::default();
             let sid = stimulus_id.clone().unbind();
-            self.state
-                .transitions_then_fill_queue(recs, &mut out, &sid)
+            st.transitions_then_fill_queue(recs, &mut out, &sid)
                 .map_err(to_pyerr)?;
-            let msgs = self.finish(py, out)?;
+            let msgs = self.finish(py, st, out)?;
             Self::merge_into(&msgs, cm, wm)?;
         }
         let report = PyDict::new(py);
@@ -639,9 +722,10 @@ impl Engine {
 
     /// `ws.clean()` of a worker being removed (distributed sets `Status.closed` first),
     /// built from what the engine knows of `w`.
-    fn clean_worker_state(&self, py: Python<'_>, w: WorkerId) -> PyResult<Py<PyAny>> {
-        let ws = self.state.ws(w);
-        let (server_id, name) = &self.worker_meta[w.idx()];
+    fn clean_worker_state(&self, py: Python<'_>, st: &State, w: WorkerId) -> PyResult<Py<PyAny>> {
+        let ws = st.ws(w);
+        let meta = locked(&self.worker_meta);
+        let (server_id, name) = &meta[w.idx()];
         let sched = py.import("distributed.scheduler")?;
         let status = py
             .import("distributed.core")?
@@ -660,14 +744,12 @@ impl Engine {
         kwargs.set_item("extra", PyDict::new(py))?;
         kwargs.set_item("server_id", server_id.bind(py))?;
         let clean = sched.getattr("WorkerState")?.call((), Some(&kwargs))?;
-        clean.setattr("_occupancy_cache", self.state.occupancy(w))?;
+        clean.setattr("_occupancy_cache", st.occupancy(w))?;
         Ok(clean.unbind())
     }
 
-    fn register(&self, py: Python<'_>, t: TaskId) -> PyResult<()> {
-        self.keys
-            .bind(py)
-            .set_item(self.state.ts(t).key.bind(py), t.0)
+    fn register(&self, py: Python<'_>, st: &State, t: TaskId) -> PyResult<()> {
+        self.keys.bind(py).set_item(st.ts(t).key.bind(py), t.0)
     }
 }
 
@@ -763,7 +845,7 @@ impl Engine {
         let clients = PyDict::new(py);
         clients.set_item(ff, 0u32)?;
         Ok(Self {
-            state,
+            state: StateCell::new(state),
             keys: PyDict::new(py).unbind(),
             clients: clients.unbind(),
             task_handles: HandleCache::default(),
@@ -771,11 +853,11 @@ impl Engine {
             client_handles: HandleCache::default(),
             group_handles: HandleCache::default(),
             prefix_handles: HandleCache::default(),
-            worker_meta: Vec::new(),
+            worker_meta: Mutex::new(Vec::new()),
             aliases: PyDict::new(py).unbind(),
-            pending_graph: None,
-            hold_forgotten: false,
-            graph_collisions: Vec::new(),
+            pending_graph: Mutex::new(None),
+            hold_forgotten: AtomicBool::new(false),
+            graph_collisions: Mutex::new(Vec::new()),
         })
     }
 
@@ -784,7 +866,7 @@ impl Engine {
                         status = "running", resources = None, stimulus_id = "add-worker"))]
     #[allow(clippy::too_many_arguments)]
     fn add_worker<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         address: &Bound<'py, PyAny>,
         server_id: &Bound<'py, PyAny>,
@@ -795,6 +877,7 @@ impl Engine {
         resources: Option<&Bound<'py, PyDict>>,
         stimulus_id: &str,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let addr: String = address.extract()?;
         let host = py
             .import("distributed.comm.addressing")?
@@ -810,8 +893,7 @@ impl Engine {
         };
         // the core resolves host restrictions through aliases, which only str names match
         let name = name_obj.bind(py).extract::<String>().ok();
-        let w = self
-            .state
+        let w = st
             .add_worker(NewWorker {
                 address: addr,
                 hash: server_id.hash()? as i64,
@@ -824,19 +906,17 @@ impl Engine {
                 resources: res,
             })
             .map_err(to_pyerr)?;
-        debug_assert_eq!(w.idx(), self.worker_meta.len());
+        debug_assert_eq!(w.idx(), locked(&self.worker_meta).len());
         self.aliases.bind(py).set_item(&name_obj, address)?;
-        self.worker_meta
-            .push((server_id.clone().unbind(), name_obj));
+        locked(&self.worker_meta).push((server_id.clone().unbind(), name_obj));
         let mut out = Outbox::default();
         if status == WorkerStatus::Running {
             let sid = stimulus_id.into_pyobject(py)?.into_any().unbind();
-            let recs = self.state.bulk_schedule_unrunnable_after_adding_worker(w);
-            self.state
-                .transitions_then_fill_queue(recs, &mut out, &sid)
+            let recs = st.bulk_schedule_unrunnable_after_adding_worker(w);
+            st.transitions_then_fill_queue(recs, &mut out, &sid)
                 .map_err(to_pyerr)?;
         }
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `_create_taskstate_from_graph`'s state part. `dsk` maps key -> dask Task (or None),
@@ -847,7 +927,7 @@ impl Engine {
                         defer_transitions = false))]
     #[allow(clippy::too_many_arguments)]
     fn update_graph<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         dsk: &Bound<'py, PyDict>,
         keys: &Bound<'py, PyAny>,
@@ -863,7 +943,8 @@ impl Engine {
         global_annotations: Option<&Bound<'py, PyDict>>,
         defer_transitions: bool,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if self.pending_graph.is_some() {
+        let mut st = self.state.borrow_mut()?;
+        if locked(&self.pending_graph).is_some() {
             return Err(PyValueError::new_err(
                 "a graph submission is pending: call update_graph_commit() first",
             ));
@@ -937,23 +1018,28 @@ impl Engine {
                 key: k.unbind(),
             });
         }
-        let generated = self
-            .state
+        let generated = st
             .generate_taskstates(&key_refs, &graph)
             .map_err(to_pyerr)?;
-        self.graph_collisions = generated
+        *locked(&self.graph_collisions) = generated
             .collisions
             .iter()
-            .map(|t| self.state.ts(*t).key.clone_ref(py))
+            .map(|t| st.ts(*t).key.clone_ref(py))
             .collect();
         for t in &generated.new {
-            self.register(py, *t)?;
+            self.register(py, &st, *t)?;
         }
-        self.apply_annotations(py, &generated.new, annotations_by_type, global_annotations)?;
+        self.apply_annotations(
+            py,
+            &mut st,
+            &generated.new,
+            annotations_by_type,
+            global_annotations,
+        )?;
         // priorities
         let mut prios = Vec::with_capacity(generated.touched.len());
         for t in &generated.touched {
-            let key = self.state.ts(*t).key.bind(py).clone();
+            let key = st.ts(*t).key.bind(py).clone();
             let user = match user_priority {
                 Some(up) if up.is_instance_of::<PyDict>() => match up.get_item(&key) {
                     Ok(v) => py_num(&v)?,
@@ -962,7 +1048,7 @@ impl Engine {
                 Some(up) if !up.is_none() => py_num(up)?,
                 _ => Num::Int(0),
             };
-            let user = match &self.state.ts(*t).annotations {
+            let user = match &st.ts(*t).annotations {
                 Some(a) => match a.bind(py).get_item(intern!(py, "priority")) {
                     Ok(v) => py_num(&v)?,
                     Err(_) => user,
@@ -988,7 +1074,7 @@ impl Engine {
                 .extract()?,
             _ => 0.0,
         };
-        self.state.set_priorities(
+        st.set_priorities(
             &generated.touched,
             &prios,
             submitting.flatten(),
@@ -996,7 +1082,7 @@ impl Engine {
             fifo_timeout_s,
             start,
         );
-        let c = self.client_id(py, client)?;
+        let c = self.client_id(py, &mut st, client)?;
         let key_ids: Vec<TaskId> = key_refs
             .iter()
             .map(|r| match r {
@@ -1005,7 +1091,7 @@ impl Engine {
             })
             .collect();
         let mut out = Outbox::default();
-        self.state.client_desires_keys(&key_ids, c, &mut out);
+        st.client_desires_keys(&key_ids, c, &mut out);
         if let Some(a) = actors {
             let list: Vec<TaskId> = if a.is_truthy()? && a.extract::<bool>().is_ok() {
                 key_ids.clone()
@@ -1017,12 +1103,10 @@ impl Engine {
                     .collect::<PyResult<_>>()?
             };
             for t in list {
-                self.state.ts_mut(t).actor = true;
+                st.ts_mut(t).actor = true;
             }
         }
-        let recs = self
-            .state
-            .graph_recommendations(&key_ids, &generated.touched);
+        let recs = st.graph_recommendations(&key_ids, &generated.touched);
         let pending = PendingGraph {
             recs,
             out,
@@ -1031,28 +1115,22 @@ impl Engine {
             client: c,
         };
         if defer_transitions {
-            let touched = PyList::new(
-                py,
-                pending
-                    .touched
-                    .iter()
-                    .map(|t| self.state.ts(*t).key.bind(py)),
-            )?;
-            self.pending_graph = Some(pending);
+            let touched = PyList::new(py, pending.touched.iter().map(|t| st.ts(*t).key.bind(py)))?;
+            *locked(&self.pending_graph) = Some(pending);
             return Ok(touched.into_any());
         }
-        Ok(self.commit_graph(py, pending)?.into_any())
+        Ok(self.commit_graph(py, &mut st, pending)?.into_any())
     }
 
     /// Runs the transitions of a graph submitted with `defer_transitions=True` (after
     /// the spans extension and `update_graph` plugins saw the new tasks, as distributed
     /// orders it). Returns `(client_msgs, worker_msgs)`.
-    fn update_graph_commit<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let pending = self
-            .pending_graph
+    fn update_graph_commit<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
+        let pending = locked(&self.pending_graph)
             .take()
             .ok_or_else(|| PyValueError::new_err("no graph submission is pending"))?;
-        self.commit_graph(py, pending)
+        self.commit_graph(py, &mut st, pending)
     }
 
     /// `Scheduler.handle_task_finished`
@@ -1060,7 +1138,7 @@ impl Engine {
                         typename = None, startstops = None, metadata = None, **_kwargs))]
     #[allow(clippy::too_many_arguments)]
     fn handle_task_finished<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         worker: &str,
@@ -1073,9 +1151,10 @@ impl Engine {
         metadata: Option<&Bound<'py, PyAny>>,
         _kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let mut out = Outbox::default();
-        if self.state.worker_id(worker).is_none() {
-            return self.finish(py, out);
+        if st.worker_id(worker).is_none() {
+            return self.finish(py, &mut st, out);
         }
         let t = self.tid(py, key)?;
         let mut ss = Vec::new();
@@ -1091,7 +1170,7 @@ impl Engine {
         }
         if let (Some(t), Some(m)) = (t, metadata) {
             // stimulus_task_finished merges metadata only on its way to `memory`
-            let will_transition = self.state.task(t).is_some_and(|ts| {
+            let will_transition = st.task(t).is_some_and(|ts| {
                 !matches!(
                     ts.state,
                     TaskStateState::Released
@@ -1102,7 +1181,7 @@ impl Engine {
                 ) && ts.run_id == Some(run_id)
             });
             if m.is_truthy()? && will_transition {
-                let ts = self.state.ts_mut(t);
+                let ts = st.ts_mut(t);
                 let md = ts
                     .metadata
                     .get_or_insert_with(|| PyDict::new(py).into_any().unbind());
@@ -1117,11 +1196,10 @@ impl Engine {
             startstops: ss,
         };
         let sid = stimulus_id.clone().unbind();
-        let (recs, reply) = self
-            .state
+        let (recs, reply) = st
             .stimulus_task_finished(t, worker, run_id, args, &mut out, &sid, None)
             .map_err(to_pyerr)?;
-        let w = self.worker(worker)?;
+        let w = worker_of(&st, worker)?;
         match reply {
             StaleReply::None => {}
             StaleReply::FreeKeys(_) => {
@@ -1130,10 +1208,9 @@ impl Engine {
                 msg.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
                 msg.set_item(intern!(py, "keys"), PyList::new(py, [key])?)?;
                 msg.set_item(intern!(py, "stimulus_id"), stimulus_id)?;
-                self.state
-                    .transitions_then_fill_queue(recs, &mut out, &sid)
+                st.transitions_then_fill_queue(recs, &mut out, &sid)
                     .map_err(to_pyerr)?;
-                let res = self.finish(py, out)?;
+                let res = self.finish(py, &mut st, out)?;
                 let wm = res.get_item(1)?;
                 let wm = wm.cast::<PyDict>()?;
                 let first = PyList::new(py, [msg])?;
@@ -1151,14 +1228,13 @@ impl Engine {
             }
             StaleReply::AddKeys => {
                 if let Some(t) = t {
-                    self.state.add_keys(w, &[Some(t)]);
+                    st.add_keys(w, &[Some(t)]);
                 }
             }
         }
-        self.state
-            .transitions_then_fill_queue(recs, &mut out, &sid)
+        st.transitions_then_fill_queue(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.handle_task_erred`
@@ -1166,7 +1242,7 @@ impl Engine {
                         exception_text = None, traceback_text = None, **_kwargs))]
     #[allow(clippy::too_many_arguments)]
     fn handle_task_erred<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         stimulus_id: &Bound<'py, PyAny>,
@@ -1178,6 +1254,7 @@ impl Engine {
         traceback_text: Option<&Bound<'py, PyAny>>,
         _kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid(py, key)?;
         let un =
             |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
@@ -1191,36 +1268,35 @@ impl Engine {
         };
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        let recs = self
-            .state
+        let recs = st
             .stimulus_task_erred(t, worker, run_id, args, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.state
-            .transitions_then_fill_queue(recs, &mut out, &sid)
+        st.transitions_then_fill_queue(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.remove_worker`'s state changes and transitions.
     #[pyo3(signature = (address, *, stimulus_id, expected = false))]
     fn remove_worker<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         address: &str,
         stimulus_id: &Bound<'py, PyAny>,
         expected: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let mut out = Outbox::default();
-        let Some(w) = self.state.worker_id(address) else {
-            return self.finish(py, out);
+        let Some(w) = st.worker_id(address) else {
+            return self.finish(py, &mut st, out);
         };
         let sid = stimulus_id.clone().unbind();
         let addr = address.to_owned();
         // del self.aliases[ws.name]
-        let name = self.worker_meta[w.idx()].1.clone_ref(py);
+        let name = locked(&self.worker_meta)[w.idx()].1.clone_ref(py);
         self.aliases.bind(py).del_item(name.bind(py)).ok();
         // KilledWorker(task, last_worker=ws.clean(), allowed_failures), pickled
-        let last_worker = self.clean_worker_state(py, w)?;
+        let last_worker = self.clean_worker_state(py, &st, w)?;
         let killed = |key: &Py<PyAny>, allowed: i64| -> Py<PyAny> {
             Python::attach(|py| {
                 (|| -> PyResult<Py<PyAny>> {
@@ -1234,42 +1310,42 @@ impl Engine {
             })
         };
         let _ = &addr;
-        self.state
-            .remove_worker(w, expected, &killed, &mut out, &sid)
+        st.remove_worker(w, expected, &killed, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.handle_worker_status_change`
     fn handle_worker_status_change<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         status: &str,
         worker: &str,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let mut out = Outbox::default();
-        let Some(w) = self.state.worker_id(worker) else {
-            return self.finish(py, out);
+        let Some(w) = st.worker_id(worker) else {
+            return self.finish(py, &mut st, out);
         };
         let status = WorkerStatus::parse(status)
             .ok_or_else(|| PyValueError::new_err(format!("unknown worker status {status:?}")))?;
         let sid = stimulus_id.clone().unbind();
-        self.state
-            .worker_status_change(w, status, &mut out, &sid)
+        st.worker_status_change(w, status, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.client_releases_keys`
     #[pyo3(signature = (keys, client, stimulus_id))]
     fn client_releases_keys<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
         client: &Bound<'py, PyAny>,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let c = match self.clients.bind(py).get_item(client)? {
             Some(v) => ClientId(v.extract()?),
             None => return Err(PyKeyError::new_err(client.clone().unbind())),
@@ -1281,13 +1357,12 @@ impl Engine {
             }
         }
         let mut recs = crate::core::state::Recs::new();
-        self.state.client_releases_keys_inner(&ids, c, &mut recs);
+        st.client_releases_keys_inner(&ids, c, &mut recs);
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        self.state
-            .transitions_then_fill_queue(recs, &mut out, &sid)
+        st.transitions_then_fill_queue(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `SchedulerState.new_task`: a task without dependencies in its group and prefix
@@ -1307,8 +1382,9 @@ impl Engine {
         }
         let (group, prefix) = group_and_prefix(key)?;
         let hash = key.hash()? as i64;
+        let e = slf.borrow();
         let t = {
-            let mut e = slf.borrow_mut();
+            let mut st = e.state.borrow_mut()?;
             if e.tid(py, key)?.is_some() {
                 return Err(PyValueError::new_err(format!(
                     "task {} already exists",
@@ -1320,7 +1396,7 @@ impl Engine {
             } else {
                 (Some(spec.clone().unbind()), data_producer(spec))
             };
-            let t = e.state.new_task(
+            let t = st.new_task(
                 key.clone().unbind(),
                 hash,
                 &group,
@@ -1329,11 +1405,11 @@ impl Engine {
                 producer,
                 TaskStateState::Released,
             );
-            e.register(py, t)?;
+            e.register(py, &st, t)?;
             t
         };
-        let e = slf.borrow();
-        handles::task_handle(py, &slf.clone().unbind(), &e, t)
+        let st = e.state.borrow()?;
+        handles::task_handle(py, &slf.clone().unbind(), &View::new(&e, &st), t)
     }
 
     /// The `TaskState` of `key`, or `None` (as `SchedulerState.tasks.get(key)`).
@@ -1341,7 +1417,10 @@ impl Engine {
         let py = slf.py();
         let e = slf.borrow();
         match e.tid(py, key)? {
-            Some(t) => handles::task_handle(py, &slf.clone().unbind(), &e, t),
+            Some(t) => {
+                let st = e.state.borrow()?;
+                handles::task_handle(py, &slf.clone().unbind(), &View::new(&e, &st), t)
+            }
             None => Ok(py.None()),
         }
     }
@@ -1350,8 +1429,9 @@ impl Engine {
     fn get_worker(slf: &Bound<'_, Self>, address: &str) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let e = slf.borrow();
-        match e.state.worker_id(address) {
-            Some(w) => handles::worker_handle(py, &slf.clone().unbind(), &e, w),
+        let st = e.state.borrow()?;
+        match st.worker_id(address) {
+            Some(w) => handles::worker_handle(py, &slf.clone().unbind(), &View::new(&e, &st), w),
             None => Ok(py.None()),
         }
     }
@@ -1362,7 +1442,9 @@ impl Engine {
         let e = slf.borrow();
         match e.clients.bind(py).get_item(client)? {
             Some(c) => {
-                handles::client_handle(py, &slf.clone().unbind(), &e, ClientId(c.extract()?))
+                let st = e.state.borrow()?;
+                let v = View::new(&e, &st);
+                handles::client_handle(py, &slf.clone().unbind(), &v, ClientId(c.extract()?))
             }
             None => Ok(py.None()),
         }
@@ -1371,11 +1453,12 @@ impl Engine {
     /// `SchedulerState.transitions`: runs `recommendations` (key -> state name) to
     /// completion. Unknown keys are ignored as distributed ignores them.
     fn transitions<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         recommendations: &Bound<'py, PyDict>,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let mut recs = crate::core::state::Recs::new();
         for (k, v) in recommendations.iter() {
             let finish: String = v.extract()?;
@@ -1387,10 +1470,9 @@ impl Engine {
         }
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        self.state
-            .transitions_loop(recs, &mut out, &sid)
+        st.transitions_loop(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.transition(key, finish, stimulus_id, **kwargs)`: one transition with its
@@ -1401,7 +1483,7 @@ impl Engine {
                         worker = None))]
     #[allow(clippy::too_many_arguments)]
     fn transition<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         finish: &str,
@@ -1413,11 +1495,12 @@ impl Engine {
         cause: Option<&Bound<'py, PyAny>>,
         worker: Option<String>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let finish = TaskStateState::parse(finish)
             .ok_or_else(|| PyValueError::new_err(format!("unknown task state {finish:?}")))?;
         let mut out = Outbox::default();
         let Some(t) = self.tid(py, key)? else {
-            return self.finish(py, out);
+            return self.finish(py, &mut st, out);
         };
         let un =
             |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
@@ -1438,14 +1521,12 @@ impl Engine {
             TransitionArgs::None
         };
         let sid = stimulus_id.clone().unbind();
-        let recs = self
-            .state
+        let recs = st
             .transition(t, finish, &sid, args, &mut out)
             .map_err(to_pyerr)?;
-        self.state
-            .transitions_loop(recs, &mut out, &sid)
+        st.transitions_loop(recs, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     // ----- work stealing (`WorkStealing`, see core::stealing) ------------------------
@@ -1453,149 +1534,148 @@ impl Engine {
     /// `Scheduler.add_resources` (`set_resources` handler): a KeyError for an unknown
     /// worker, as distributed's `self.workers[worker]`.
     #[pyo3(signature = (worker, resources = None))]
-    fn add_resources(
-        &mut self,
-        worker: &str,
-        resources: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<()> {
-        let w = self.worker(worker)?;
-        self.state.add_resources(w, &resource_pairs(resources)?);
+    fn add_resources(&self, worker: &str, resources: Option<&Bound<'_, PyDict>>) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
+        let w = worker_of(&st, worker)?;
+        st.add_resources(w, &resource_pairs(resources)?);
         Ok(())
     }
 
     /// `SchedulerState.WORKER_SATURATION`
     #[getter]
-    fn worker_saturation(&self) -> f64 {
-        self.state.config.worker_saturation
+    fn worker_saturation(&self) -> PyResult<f64> {
+        Ok(self.state.borrow()?.config.worker_saturation)
     }
 
     #[setter]
-    fn set_worker_saturation(&mut self, value: f64) -> PyResult<()> {
-        self.state
-            .set_worker_saturation(positive("worker_saturation", value)?);
+    fn set_worker_saturation(&self, value: f64) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
+        st.set_worker_saturation(positive("worker_saturation", value)?);
         Ok(())
     }
 
     /// `SchedulerState.transition_counter_max` (0 or False: off).
     #[getter]
-    fn transition_counter_max(&self) -> i64 {
-        self.state.config.transition_counter_max
+    fn transition_counter_max(&self) -> PyResult<i64> {
+        Ok(self.state.borrow()?.config.transition_counter_max)
     }
 
     #[setter]
-    fn set_transition_counter_max(&mut self, value: i64) -> PyResult<()> {
+    fn set_transition_counter_max(&self, value: i64) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
         if value < 0 {
             return Err(PyValueError::new_err(format!(
                 "transition_counter_max must be >= 0, got {value}"
             )));
         }
-        self.state.config.transition_counter_max = value;
+        st.config.transition_counter_max = value;
         Ok(())
     }
 
     /// `(key, start, finish)` of the transitions that failed since the last call,
     /// innermost first (distributed logs each `_transition` an error passes through).
-    fn take_failed_transitions<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let failed = std::mem::take(&mut self.state.failed_transitions);
+    fn take_failed_transitions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut st = self.state.borrow_mut()?;
+        let failed = std::mem::take(&mut st.failed_transitions);
         PyList::new(
             py,
             failed.into_iter().map(|(t, start, finish)| {
-                (
-                    self.state.ts(t).key.clone_ref(py),
-                    start.as_str(),
-                    finish.as_str(),
-                )
+                (st.ts(t).key.clone_ref(py), start.as_str(), finish.as_str())
             }),
         )
     }
 
     /// Keys of the last `update_graph` whose submitted run_spec has other dependencies
     /// than the existing task's, in the order found (`_generate_taskstates`).
-    fn take_graph_collisions<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, std::mem::take(&mut self.graph_collisions))
+    fn take_graph_collisions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, std::mem::take(&mut *locked(&self.graph_collisions)))
     }
 
     /// `SchedulerState.bandwidth`: heartbeats update it (an exponential average).
     #[getter]
-    fn bandwidth(&self) -> f64 {
-        self.state.config.bandwidth
+    fn bandwidth(&self) -> PyResult<f64> {
+        Ok(self.state.borrow()?.config.bandwidth)
     }
 
     #[setter]
-    fn set_bandwidth(&mut self, value: f64) -> PyResult<()> {
-        self.state.config.bandwidth = positive("bandwidth", value)?;
+    fn set_bandwidth(&self, value: f64) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
+        st.config.bandwidth = positive("bandwidth", value)?;
         Ok(())
     }
 
     #[getter]
-    fn work_stealing(&self) -> bool {
-        self.state.stealing.enabled
+    fn work_stealing(&self) -> PyResult<bool> {
+        Ok(self.state.borrow()?.stealing.enabled)
     }
 
     /// `WorkStealing.balance`: the steal requests to send.
-    fn steal_balance<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+    fn steal_balance<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let mut out = Outbox::default();
-        self.state.steal_balance(&mut out);
-        self.finish(py, out)
+        st.steal_balance(&mut out);
+        self.finish(py, &mut st, out)
     }
 
     /// `WorkStealing.move_task_confirm` (the `steal-response` handler).
     #[pyo3(signature = (key, state, stimulus_id, worker = None))]
     fn steal_response<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         state: Option<&str>,
         stimulus_id: &Bound<'py, PyAny>,
         worker: Option<&str>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid(py, key)?;
         let request_id: String = stimulus_id.extract()?;
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        let r = self
-            .state
-            .move_task_confirm(t, state, &request_id, worker, &sid, &mut out);
-        let msgs = self.finish(py, out)?;
+        let r = st.move_task_confirm(t, state, &request_id, worker, &sid, &mut out);
+        let msgs = self.finish(py, &mut st, out)?;
         r.map_err(to_pyerr)?;
         Ok(msgs)
     }
 
     /// `WorkStealing.move_task_request`: `(stimulus_id or "in-flight", messages)`.
     fn steal_request<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         victim: &str,
         thief: &str,
     ) -> PyResult<(String, Bound<'py, PyTuple>)> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid_required(py, key)?;
-        let (v, th) = (self.worker(victim)?, self.worker(thief)?);
+        let (v, th) = (worker_of(&st, victim)?, worker_of(&st, thief)?);
         let mut out = Outbox::default();
-        let sid = self.state.move_task_request(t, v, th, &mut out);
-        Ok((sid, self.finish(py, out)?))
+        let sid = st.move_task_request(t, v, th, &mut out);
+        Ok((sid, self.finish(py, &mut st, out)?))
     }
 
     /// `WorkStealing.put_key_in_stealable` / `remove_key_from_stealable`.
-    fn steal_put_key(&mut self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn steal_put_key(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid_required(py, key)?;
-        self.state
-            .put_key_in_stealable(t)
+        st.put_key_in_stealable(t)
             .map_err(|_| PyAssertionError::new_err("task is not stealable"))
     }
 
-    fn steal_remove_key(&mut self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn steal_remove_key(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid_required(py, key)?;
-        self.state.remove_key_from_stealable(t);
+        st.remove_key_from_stealable(t);
         Ok(())
     }
 
     /// `SchedulerState.check_idle_saturated(ws, occ)` called from outside (tests and
     /// extensions re-classify workers; the order of `idle` and `saturated` follows).
     #[pyo3(signature = (worker, occ = -1.0))]
-    fn check_idle_saturated(&mut self, worker: &str, occ: f64) -> PyResult<()> {
-        let w = self.worker(worker)?;
-        self.state.check_idle_saturated_occ(w, Some(occ));
+    fn check_idle_saturated(&self, worker: &str, occ: f64) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
+        let w = worker_of(&st, worker)?;
+        st.check_idle_saturated_occ(w, Some(occ));
         Ok(())
     }
 
@@ -1605,8 +1685,9 @@ impl Engine {
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
     ) -> PyResult<(Option<f64>, Option<usize>)> {
+        let st = self.state.borrow()?;
         let t = self.tid_required(py, key)?;
-        match self.state.steal_time_ratio(t) {
+        match st.steal_time_ratio(t) {
             Ok(Some((m, l))) => Ok((Some(m), Some(l))),
             Ok(None) => Ok((None, None)),
             Err(_) => Err(PyAssertionError::new_err(
@@ -1616,13 +1697,14 @@ impl Engine {
     }
 
     /// `WorkStealing.restart`
-    fn steal_restart(&mut self) {
-        self.state.steal_restart();
+    fn steal_restart(&self) -> PyResult<()> {
+        self.state.borrow_mut()?.steal_restart();
+        Ok(())
     }
 
     /// Drains the stealing log: the messages for `log_event("stealing", ...)`.
-    fn take_steal_events<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        self.steal_events_py(py)
+    fn take_steal_events<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.steal_events_py(py, &mut *self.state.borrow_mut()?)
     }
 
     /// The stealing containers (keys and addresses), for the Python face.
@@ -1637,27 +1719,28 @@ impl Engine {
 
     /// `Scheduler.stimulus_queue_slots_maybe_opened`
     fn stimulus_queue_slots_maybe_opened<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        self.state
-            .stimulus_queue_slots_maybe_opened(&mut out, &sid)
+        st.stimulus_queue_slots_maybe_opened(&mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.client_desires_keys` (unknown keys are skipped); reports keys already in
     /// memory or erred.
     fn client_desires_keys<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
         client: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let c = self.client_id(py, client)?;
+        let mut st = self.state.borrow_mut()?;
+        let c = self.client_id(py, &mut st, client)?;
         let mut ids = Vec::new();
         for k in keys.try_iter()? {
             if let Some(t) = self.tid(py, &k?)? {
@@ -1665,54 +1748,61 @@ impl Engine {
             }
         }
         let mut out = Outbox::default();
-        self.state.client_desires_keys(&ids, c, &mut out);
-        self.finish(py, out)
+        st.client_desires_keys(&ids, c, &mut out);
+        self.finish(py, &mut st, out)
     }
 
-    /// Records every transition for `take_transitions` and keeps forgotten tasks until
-    /// `release_forgotten` (what the engine-backed Scheduler runs with).
-    fn observe_transitions(&mut self, enabled: bool) {
-        self.state.observe = enabled;
-        self.hold_forgotten = enabled;
+    /// Keeps forgotten tasks until `release_forgotten`, with the edges they had (what
+    /// the engine-backed Scheduler runs with: plugins read them as distributed's).
+    fn observe_transitions(&self, enabled: bool) -> PyResult<()> {
+        self.state.borrow_mut()?.observe = enabled;
+        self.hold_forgotten.store(enabled, Ordering::Relaxed);
+        Ok(())
     }
 
-    /// The transitions recorded since the last call, as `(key, start, finish,
-    /// stimulus_id)`; `finishes` keeps only transitions into those states, `key_prefix`
-    /// only those of string keys starting with it.
-    #[pyo3(signature = (finishes = None, key_prefix = None))]
-    fn take_transitions<'py>(
-        &mut self,
-        py: Python<'py>,
+    /// Calls `hook(key, start, finish, stimulus_id)` right after every transition, before
+    /// the next, as `_transition` calls `SchedulerPlugin.transition`; the hook can read
+    /// and change the scheduler. `finishes` keeps only transitions into those states,
+    /// `key_prefix` only those of str keys starting with it. `None` removes the hook.
+    #[pyo3(signature = (hook, finishes = None, key_prefix = None))]
+    fn set_transition_hook(
+        &self,
+        py: Python<'_>,
+        hook: Option<Bound<'_, PyAny>>,
         finishes: Option<Vec<String>>,
-        key_prefix: Option<&str>,
-    ) -> PyResult<Bound<'py, PyList>> {
-        let keep: Option<Vec<TaskStateState>> =
-            finishes.map(|f| f.iter().filter_map(|s| TaskStateState::parse(s)).collect());
-        let out = PyList::empty(py);
-        for (key, start, finish, sid) in self.state.observed.drain(..) {
-            if keep.as_ref().is_some_and(|k| !k.contains(&finish)) {
-                continue;
+        key_prefix: Option<String>,
+    ) -> PyResult<()> {
+        let observer = match hook {
+            None => None,
+            Some(hook) => {
+                let finishes = match finishes {
+                    None => u32::MAX,
+                    Some(names) => names.iter().try_fold(0u32, |mask, name| {
+                        let s = TaskStateState::parse(name).ok_or_else(|| {
+                            PyValueError::new_err(format!("unknown task state {name:?}"))
+                        })?;
+                        Ok::<_, PyErr>(mask | (1 << s.index()))
+                    })?,
+                };
+                let data = (hook, self.keys.clone_ref(py), key_prefix);
+                Some(TransitionObserver {
+                    notify: notify_transition,
+                    finishes,
+                    data: data.into_pyobject(py)?.into_any().unbind(),
+                })
             }
-            if let Some(prefix) = key_prefix {
-                let key = key.bind(py);
-                let matches = key
-                    .cast::<PyString>()
-                    .is_ok_and(|k| k.to_str().is_ok_and(|k| k.starts_with(prefix)));
-                if !matches {
-                    continue;
-                }
-            }
-            out.append((key, py_state(py, start), py_state(py, finish), sid))?;
-        }
-        Ok(out)
+        };
+        self.state.borrow_mut()?.observer = observer;
+        Ok(())
     }
 
     /// `SchedulerState.erred_tasks`: distributed's `ErredTask` records, newest first.
     #[getter]
     fn erred_tasks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let st = self.state.borrow()?;
         let erred_task = py.import("distributed.scheduler")?.getattr("ErredTask")?;
         let items = PyList::empty(py);
-        for r in &self.state.erred_tasks {
+        for r in &st.erred_tasks {
             let text = |o: &Option<Py<PyAny>>| -> Py<PyAny> {
                 o.as_ref().map_or_else(
                     || PyString::new(py, "").into_any().unbind(),
@@ -1727,72 +1817,65 @@ impl Engine {
                 text(&r.traceback_text),
             ))?)?;
         }
-        let maxlen = Some(self.state.config.erred_tasks_maxlen).filter(|m| *m != usize::MAX);
+        let maxlen = Some(st.config.erred_tasks_maxlen).filter(|m| *m != usize::MAX);
         py.import("collections")?
             .getattr("deque")?
             .call1((items, maxlen))
-    }
-
-    /// Forgets the recorded transitions without converting them.
-    fn discard_transitions(&mut self) {
-        self.state.observed.clear();
     }
 
     /// Frees the tasks forgotten by the calls since the last release, and drops their
     /// keys from `task_metadata` (`Scheduler.task_metadata`, as `_remove_key` does).
     #[pyo3(signature = (task_metadata = None))]
     fn release_forgotten(
-        &mut self,
+        &self,
         py: Python<'_>,
         task_metadata: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
+        if st.is_lent() {
+            // a stimulus from a plugin hook: the batch it interrupted frees them
+            return Ok(());
+        }
         if let Some(md) = task_metadata.filter(|md| !md.is_empty()) {
-            for t in &self.state.pending_free {
-                let key = self.state.ts(*t).key.bind(py);
+            for t in &st.pending_free {
+                let key = st.ts(*t).key.bind(py);
                 if md.contains(key)? {
                     md.del_item(key)?;
                 }
             }
         }
-        self.free_forgotten(py)
+        self.free_forgotten(py, &mut st)
     }
 
     /// `len(SchedulerState.transition_log)`
-    fn transition_log_len(&self) -> usize {
-        self.state.transition_log.len()
+    fn transition_log_len(&self) -> PyResult<usize> {
+        Ok(self.state.borrow()?.transition_log.len())
     }
 
     /// `SchedulerState.transition_log.clear()`
-    fn clear_transition_log(&mut self) {
-        self.state.transition_log.clear();
+    fn clear_transition_log(&self) -> PyResult<()> {
+        self.state.borrow_mut()?.transition_log.clear();
+        Ok(())
     }
 
     /// `SchedulerState.remove_replica` (the Active Memory Manager drops extra copies).
-    fn remove_replica(
-        &mut self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        worker: &str,
-    ) -> PyResult<()> {
+    fn remove_replica(&self, py: Python<'_>, key: &Bound<'_, PyAny>, worker: &str) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid_required(py, key)?;
-        let w = self.worker(worker)?;
-        if self.state.has_replica(t, w) {
-            self.state.remove_replica(t, w);
+        let w = worker_of(&st, worker)?;
+        if st.has_replica(t, w) {
+            st.remove_replica(t, w);
         }
         Ok(())
     }
 
     /// `SchedulerState.add_replica` (replicate and rebalance copy data between workers).
-    fn add_replica(
-        &mut self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-        worker: &str,
-    ) -> PyResult<()> {
+    fn add_replica(&self, py: Python<'_>, key: &Bound<'_, PyAny>, worker: &str) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid_required(py, key)?;
-        let w = self.worker(worker)?;
-        if !self.state.has_replica(t, w) {
-            self.state.add_replica(t, w);
+        let w = worker_of(&st, worker)?;
+        if !st.has_replica(t, w) {
+            st.add_replica(t, w);
         }
         Ok(())
     }
@@ -1800,28 +1883,30 @@ impl Engine {
     /// `SchedulerState.is_idle`: every task group is done (nothing waiting, queued,
     /// processing or without a worker).
     #[getter]
-    fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> PyResult<bool> {
+        let st = self.state.borrow()?;
         use TaskStateState as S;
         // A prefix counts the states of its live groups, so "every group done" is
         // "every prefix done": O(prefixes), where the group arena grows with every
         // submission (a futures loop made this O(submissions so far)).
-        self.state.prefixes.iter().all(|p| {
+        Ok(st.prefixes.iter().all(|p| {
             [S::Waiting, S::Queued, S::Processing, S::NoWorker]
                 .iter()
                 .all(|s| p.states[s.index()] == 0)
-        })
+        }))
     }
 
     /// `TaskPrefix.add_exec_time` for every task a worker's heartbeat reports executing
     /// (`{key: seconds so far}`); unknown keys are skipped.
-    fn add_exec_times(&mut self, py: Python<'_>, executing: &Bound<'_, PyDict>) -> PyResult<()> {
+    fn add_exec_times(&self, py: Python<'_>, executing: &Bound<'_, PyDict>) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
         for (k, v) in executing.iter() {
             let Some(t) = self.tid(py, &k)? else {
                 continue;
             };
             let duration: f64 = v.extract()?;
-            let p = self.state.ts(t).prefix;
-            let tp = &mut self.state.prefixes[p.idx()];
+            let p = st.ts(t).prefix;
+            let tp = &mut st.prefixes[p.idx()];
             tp.max_exec_time = tp.max_exec_time.max(duration);
             if duration > 2.0 * tp.duration_average {
                 tp.duration_average = -1.0;
@@ -1835,6 +1920,8 @@ impl Engine {
     fn task_prefixes<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
         let py = slf.py();
         let e = slf.borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         let out = PyDict::new(py);
         let engine = slf.clone().unbind();
         for (i, p) in e.state.prefixes.iter().enumerate() {
@@ -1848,6 +1935,8 @@ impl Engine {
     fn task_groups<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
         let py = slf.py();
         let e = slf.borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         let out = PyDict::new(py);
         let engine = slf.clone().unbind();
         for (i, g) in e.state.groups.iter().enumerate() {
@@ -1861,12 +1950,13 @@ impl Engine {
     }
 
     /// Addresses of the workers in `Scheduler.workers` order (sorted).
-    fn worker_addresses(&self) -> Vec<String> {
-        self.state
+    fn worker_addresses(&self) -> PyResult<Vec<String>> {
+        let st = self.state.borrow()?;
+        Ok(st
             .workers_sorted
             .iter()
-            .map(|w| self.state.ws(*w).address.clone())
-            .collect()
+            .map(|w| st.ws(*w).address.clone())
+            .collect())
     }
 
     /// `iter(SchedulerState.tasks)`: a live iterator over the task keys in creation
@@ -1894,8 +1984,8 @@ impl Engine {
         })
     }
 
-    fn worker_count(&self) -> usize {
-        self.state.workers_sorted.len()
+    fn worker_count(&self) -> PyResult<usize> {
+        Ok(self.state.borrow()?.workers_sorted.len())
     }
 
     /// The keys of the live tasks, in creation order (like `SchedulerState.tasks`).
@@ -1911,9 +2001,10 @@ impl Engine {
     /// `transition_log` as distributed's `Transition` tuples.
     #[getter]
     fn transition_log<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let st = self.state.borrow()?;
         let transition = py.import("distributed.scheduler")?.getattr("Transition")?;
         let out = PyList::empty(py);
-        for entry in &self.state.transition_log {
+        for entry in &st.transition_log {
             let recs = PyDict::new(py);
             for (k, v) in &entry.recommendations {
                 recs.set_item(k.bind(py), v.as_str())?;
@@ -1950,6 +2041,14 @@ impl Engine {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        // the transition hook (a bound method of the Scheduler that owns the engine);
+        // while a stimulus has the state, it is not visited (the cycle survives this
+        // collection)
+        if let Ok(st) = self.state.borrow() {
+            if let Some(observer) = &st.observer {
+                visit.call(&observer.data)?;
+            }
+        }
         // try_lock: a collection triggered while a cache is locked must not deadlock
         if let Some(c) = self.task_handles.try_lock() {
             for h in c.values() {
@@ -1970,25 +2069,27 @@ impl Engine {
     }
 
     fn __clear__(&mut self) {
+        self.state.get_mut().observer = None;
         self.task_handles.lock().clear();
         self.worker_handles.lock().clear();
         self.client_handles.lock().clear();
     }
 
     /// Registers a client (as `Scheduler.add_client` does for the state).
-    fn add_client(&mut self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.client_id(py, client)?;
+    fn add_client(&self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.client_id(py, &mut *self.state.borrow_mut()?, client)?;
         Ok(())
     }
 
     /// Forgets a client (`del Scheduler.clients[client]`, after `remove_client` released
     /// its keys): broadcasts no longer reach it and a client reconnecting under the same
     /// id starts afresh. Raises `ValueError` while it still wants keys.
-    fn remove_client(&mut self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn remove_client(&self, py: Python<'_>, client: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut st = self.state.borrow_mut()?;
         let Some(v) = self.clients.bind(py).get_item(client)? else {
             return Ok(());
         };
-        if !self.state.remove_client(ClientId(v.extract()?)) {
+        if !st.remove_client(ClientId(v.extract()?)) {
             return Err(PyValueError::new_err(format!(
                 "client {client} still wants keys; release them first"
             )));
@@ -1999,7 +2100,7 @@ impl Engine {
     /// `Scheduler.handle_long_running`
     #[pyo3(signature = (key, worker, run_id, compute_duration, stimulus_id))]
     fn handle_long_running<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         worker: &str,
@@ -2007,34 +2108,32 @@ impl Engine {
         compute_duration: Option<f64>,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid(py, key)?;
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        self.state
-            .handle_long_running(t, worker, run_id, compute_duration, &mut out, &sid)
+        st.handle_long_running(t, worker, run_id, compute_duration, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.stimulus_retry`: returns `(seen keys, client_msgs, worker_msgs)`.
     fn stimulus_retry<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let ids = keys
             .try_iter()?
             .map(|k| self.tid_required(py, &k?))
             .collect::<PyResult<Vec<_>>>()?;
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        let seen = self
-            .state
-            .stimulus_retry(&ids, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        let seen = PyTuple::new(py, seen.iter().map(|t| self.state.ts(*t).key.bind(py)))?;
-        let msgs = self.finish(py, out)?;
+        let seen = st.stimulus_retry(&ids, &mut out, &sid).map_err(to_pyerr)?;
+        let seen = PyTuple::new(py, seen.iter().map(|t| st.ts(*t).key.bind(py)))?;
+        let msgs = self.finish(py, &mut st, out)?;
         PyTuple::new(py, [seen.into_any(), msgs.get_item(0)?, msgs.get_item(1)?])
     }
 
@@ -2045,7 +2144,7 @@ impl Engine {
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (keys, client, force, reason, msg, stimulus_id, log = None))]
     fn stimulus_cancel<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         keys: &Bound<'py, PyAny>,
         client: &Bound<'py, PyAny>,
@@ -2061,6 +2160,7 @@ impl Engine {
         let log = log.unwrap_or(&scratch);
         self.cancel_inner(
             py,
+            &mut *self.state.borrow_mut()?,
             keys,
             client,
             force,
@@ -2077,18 +2177,19 @@ impl Engine {
     /// `Scheduler.update_data` (scatter): `who_has` maps key -> worker addresses.
     #[pyo3(signature = (*, who_has, nbytes, client = None))]
     fn update_data<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         who_has: &Bound<'py, PyDict>,
         nbytes: &Bound<'py, PyDict>,
         client: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let mut items = Vec::with_capacity(who_has.len());
         // resolve everything first: an unknown worker leaves the state untouched
         for (k, workers) in who_has.iter() {
             let workers = workers
                 .try_iter()?
-                .map(|w| self.worker(&w?.extract::<String>()?))
+                .map(|w| worker_of(&st, &w?.extract::<String>()?))
                 .collect::<PyResult<Vec<_>>>()?;
             let (group, prefix) = group_and_prefix(&k)?;
             items.push(crate::core::stimuli::ScatteredKey {
@@ -2105,46 +2206,47 @@ impl Engine {
             });
         }
         let c = match client {
-            Some(c) if !c.is_none() => Some(self.client_id(py, c)?),
+            Some(c) if !c.is_none() => Some(self.client_id(py, &mut st, c)?),
             _ => None,
         };
         let mut out = Outbox::default();
-        let ids = self.state.update_data(items, c, &mut out);
+        let ids = st.update_data(items, c, &mut out);
         for t in ids {
-            self.register(py, t)?;
+            self.register(py, &st, t)?;
         }
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.release_worker_data`
     fn release_worker_data<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
         worker: &str,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let t = self.tid(py, key)?;
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
-        self.state
-            .release_worker_data(t, worker, &mut out, &sid)
+        st.release_worker_data(t, worker, &mut out, &sid)
             .map_err(to_pyerr)?;
-        self.finish(py, out)
+        self.finish(py, &mut st, out)
     }
 
     /// `Scheduler.add_keys`: returns `(status, worker_msgs)`; keys the scheduler does not
     /// hold in memory are answered with `remove-replicas`.
     #[pyo3(signature = (worker, keys, stimulus_id = None))]
     fn add_keys<'py>(
-        &mut self,
+        &self,
         py: Python<'py>,
         worker: &str,
         keys: &Bound<'py, PyAny>,
         stimulus_id: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
         let wm = PyDict::new(py);
-        let Some(w) = self.state.worker_id(worker) else {
+        let Some(w) = st.worker_id(worker) else {
             return PyTuple::new(
                 py,
                 ["not found".into_pyobject(py)?.into_any(), wm.into_any()],
@@ -2155,7 +2257,7 @@ impl Engine {
             .iter()
             .map(|k| self.tid(py, k))
             .collect::<PyResult<Vec<_>>>()?;
-        let redundant = self.state.add_keys(w, &ids);
+        let redundant = st.add_keys(w, &ids);
         if !redundant.is_empty() {
             let msg = PyDict::new(py);
             msg.set_item(intern!(py, "op"), intern!(py, "remove-replicas"))?;
@@ -2177,34 +2279,37 @@ impl Engine {
 
     /// `SchedulerState.validate_state`, natively.
     fn validate_state(&self) -> PyResult<()> {
-        self.state.validate_state().map_err(to_pyerr)
+        let st = self.state.borrow()?;
+        st.validate_state().map_err(to_pyerr)
     }
 
     #[getter]
-    fn transition_counter(&self) -> i64 {
-        self.state.transition_counter
+    fn transition_counter(&self) -> PyResult<i64> {
+        Ok(self.state.borrow()?.transition_counter)
     }
 
     #[getter]
-    fn n_tasks(&self) -> usize {
-        self.state.n_live_tasks
+    fn n_tasks(&self) -> PyResult<usize> {
+        Ok(self.state.borrow()?.n_live_tasks)
     }
 
-    fn __len__(&self) -> usize {
-        self.state.n_live_tasks
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.state.borrow()?.n_live_tasks)
     }
 
     /// The state string of a task, or "forgotten" for unknown keys.
     fn task_state(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+        let st = self.state.borrow()?;
         Ok(match self.tid(py, key)? {
-            Some(t) => self.state.ts(t).state.as_str(),
+            Some(t) => st.ts(t).state.as_str(),
             None => "forgotten",
         })
     }
 
     /// Per-task comparable state: key -> dict of distributed's attribute names.
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.state;
+        let st = self.state.borrow()?;
+        let s = &st;
         let out = PyDict::new(py);
         let keyset = |set: &Option<crate::core::entities::TaskSet>| -> PyResult<Bound<'py, PyAny>> {
             match set {
@@ -2271,7 +2376,8 @@ impl Engine {
 
     /// Per-worker comparable state.
     fn worker_snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.state;
+        let st = self.state.borrow()?;
+        let s = &st;
         let out = PyDict::new(py);
         for &w in &s.workers_sorted {
             let ws = s.ws(w);
@@ -2294,12 +2400,9 @@ impl Engine {
 
     /// Scheduler-wide containers, as lists of keys / addresses in iteration order.
     #[pyo3(signature = (only = None))]
-    fn containers<'py>(
-        &mut self,
-        py: Python<'py>,
-        only: Option<&str>,
-    ) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.state;
+    fn containers<'py>(&self, py: Python<'py>, only: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
+        let st = self.state.borrow()?;
+        let s = &st;
         let d = PyDict::new(py);
         let addr = |w: WorkerId| s.ws(w).address.clone();
         // `only`: build just that container (sorting `queued` is O(n log n))
@@ -2386,7 +2489,8 @@ impl TaskItemsIter {
         let item = item?;
         let (key, tid): (Bound<'_, PyAny>, u32) = item.extract()?;
         let e = self.engine.bind(py).borrow();
-        let ts = handles::task_handle(py, &self.engine, &e, TaskId(tid))?;
+        let st = e.state.borrow()?;
+        let ts = handles::task_handle(py, &self.engine, &View::new(&e, &st), TaskId(tid))?;
         if self.values {
             Ok(Some(ts))
         } else {

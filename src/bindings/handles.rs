@@ -3,7 +3,7 @@
 //! engine caches one handle per live task/worker/client so `is`, hashing and sets behave
 //! as with distributed's objects. A handle of a forgotten task reads as `forgotten`.
 
-use super::engine::{group_name, Engine};
+use super::engine::{group_name, Engine, View};
 use super::messages::{priority_to_py, py_state};
 use crate::core::entities::Task;
 use crate::core::types::*;
@@ -71,9 +71,11 @@ impl TaskStateHandle {
         &self,
         py: Python<'_>,
         dead: impl FnOnce() -> R,
-        f: impl FnOnce(&Engine, &Task<Py<PyAny>>) -> PyResult<R>,
+        f: impl FnOnce(&View<'_>, &Task<Py<PyAny>>) -> PyResult<R>,
     ) -> PyResult<R> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         match e.task_record(self.id, self.serial) {
             Some(ts) => f(&e, ts),
             None => Ok(dead()),
@@ -188,9 +190,10 @@ impl TaskStateHandle {
             Some(v) => Some(v.cast::<WorkerStateHandle>()?.get().id),
             None => None,
         };
-        let mut e = self.engine.bind(py).borrow_mut();
-        if e.live_task(self.id, self.serial).is_some() {
-            e.state.ts_mut(self.id).processing_on = worker;
+        let e = self.engine.bind(py).borrow();
+        let mut st = e.state.borrow_mut()?;
+        if View::new(&e, &st).live_task(self.id, self.serial).is_some() {
+            st.ts_mut(self.id).processing_on = worker;
         }
         Ok(())
     }
@@ -245,9 +248,10 @@ impl TaskStateHandle {
 
     #[setter(_queueable)]
     fn set_queueable(&self, py: Python<'_>, value: bool) -> PyResult<()> {
-        let mut e = self.engine.bind(py).borrow_mut();
-        if e.live_task(self.id, self.serial).is_some() {
-            e.state.ts_mut(self.id).queueable = value;
+        let e = self.engine.bind(py).borrow();
+        let mut st = e.state.borrow_mut()?;
+        if View::new(&e, &st).live_task(self.id, self.serial).is_some() {
+            st.ts_mut(self.id).queueable = value;
         }
         Ok(())
     }
@@ -256,9 +260,10 @@ impl TaskStateHandle {
     /// when the task is submitted.
     #[setter]
     fn set_annotations(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
-        let mut e = self.engine.bind(py).borrow_mut();
-        if e.live_task(self.id, self.serial).is_some() {
-            e.state.ts_mut(self.id).annotations = value.filter(|v| !v.is_none(py));
+        let e = self.engine.bind(py).borrow();
+        let mut st = e.state.borrow_mut()?;
+        if View::new(&e, &st).live_task(self.id, self.serial).is_some() {
+            st.ts_mut(self.id).annotations = value.filter(|v| !v.is_none(py));
         }
         Ok(())
     }
@@ -272,9 +277,10 @@ impl TaskStateHandle {
     /// the engine keeps the object and merges finished tasks' metadata into it.
     #[setter]
     fn set_metadata(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
-        let mut e = self.engine.bind(py).borrow_mut();
-        if e.live_task(self.id, self.serial).is_some() {
-            e.state.ts_mut(self.id).metadata = value.filter(|v| !v.is_none(py));
+        let e = self.engine.bind(py).borrow();
+        let mut st = e.state.borrow_mut()?;
+        if View::new(&e, &st).live_task(self.id, self.serial).is_some() {
+            st.ts_mut(self.id).metadata = value.filter(|v| !v.is_none(py));
         }
         Ok(())
     }
@@ -377,9 +383,10 @@ impl TaskStateHandle {
             }
             None => None,
         };
-        let mut e = self.engine.bind(py).borrow_mut();
-        if e.live_task(self.id, self.serial).is_some() {
-            e.state.ts_mut(self.id).worker_restrictions = restrictions;
+        let e = self.engine.bind(py).borrow();
+        let mut st = e.state.borrow_mut()?;
+        if View::new(&e, &st).live_task(self.id, self.serial).is_some() {
+            st.ts_mut(self.id).worker_restrictions = restrictions;
         }
         Ok(())
     }
@@ -474,9 +481,11 @@ impl WorkerStateHandle {
     fn with<R>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&Engine, &crate::core::entities::Worker) -> PyResult<R>,
+        f: impl FnOnce(&View<'_>, &crate::core::entities::Worker) -> PyResult<R>,
     ) -> PyResult<R> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         f(&e, e.state.ws(self.id))
     }
 }
@@ -532,8 +541,9 @@ impl WorkerStateHandle {
         })?;
         self.engine
             .bind(py)
-            .borrow_mut()
+            .borrow()
             .state
+            .borrow_mut()?
             .ws_mut(self.id)
             .status = status;
         Ok(())
@@ -675,14 +685,18 @@ impl ClientStateHandle {
     }
 
     #[getter]
-    fn client_key(&self, py: Python<'_>) -> Py<PyAny> {
+    fn client_key(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let e = self.engine.bind(py).borrow();
-        e.state.clients[self.id.idx()].client_key.clone_ref(py)
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
+        Ok(e.state.clients[self.id.idx()].client_key.clone_ref(py))
     }
 
     #[getter]
     fn wants_what(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         task_set(
             py,
             &self.engine,
@@ -696,7 +710,10 @@ impl ClientStateHandle {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
-        Ok(format!("<Client {}>", self.client_key(py).bind(py).repr()?))
+        Ok(format!(
+            "<Client {}>",
+            self.client_key(py)?.bind(py).repr()?
+        ))
     }
 }
 
@@ -711,7 +728,7 @@ fn states_dict<'py>(py: Python<'py>, states: &[i64; 8]) -> PyResult<Bound<'py, P
 /// `TaskCollection.all_durations`: `defaultdict(float, {action: seconds})`.
 fn all_durations<'py>(
     py: Python<'py>,
-    e: &Engine,
+    e: &View<'_>,
     d: &crate::core::entities::Durations,
 ) -> PyResult<Bound<'py, PyAny>> {
     let out = PyDict::new(py);
@@ -727,7 +744,7 @@ fn all_durations<'py>(
 /// `TaskCollection.types`: the result type names, as dict keys.
 fn type_names<'py>(
     py: Python<'py>,
-    e: &Engine,
+    e: &View<'_>,
     types: &crate::core::ordered::OrderedMap<u32, i64>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let out = PyDict::new(py);
@@ -750,12 +767,16 @@ impl TaskGroupHandle {
     #[getter]
     fn all_durations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         all_durations(py, &e, &e.state.groups[self.id.idx()].durations)
     }
 
     #[getter]
     fn types<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         type_names(py, &e, &e.state.groups[self.id.idx()].types)
     }
 
@@ -763,6 +784,8 @@ impl TaskGroupHandle {
     #[getter]
     fn dependencies<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         let out = PySet::empty(py)?;
         for g in &e.state.groups[self.id.idx()].dependencies {
             out.add(group_handle(py, &self.engine, &e, *g)?)?;
@@ -773,6 +796,8 @@ impl TaskGroupHandle {
     #[getter]
     fn last_worker(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         match e.state.groups[self.id.idx()].last_worker {
             Some(w) if e.state.is_current_worker(w) => worker_handle(py, &self.engine, &e, w),
             _ => Ok(py.None()),
@@ -780,20 +805,25 @@ impl TaskGroupHandle {
     }
 
     #[getter]
-    fn last_worker_tasks_left(&self, py: Python<'_>) -> i64 {
-        self.engine.bind(py).borrow().state.groups[self.id.idx()].last_worker_tasks_left
+    fn last_worker_tasks_left(&self, py: Python<'_>) -> PyResult<i64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.groups[self.id.idx()].last_worker_tasks_left)
     }
 
     #[getter]
-    fn span_id(&self, py: Python<'_>) -> Py<PyAny> {
+    fn span_id(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let e = self.engine.bind(py).borrow();
-        opt_obj(py, &e.state.groups[self.id.idx()].span_id)
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
+        Ok(opt_obj(py, &e.state.groups[self.id.idx()].span_id))
     }
 
     #[setter]
-    fn set_span_id(&self, py: Python<'_>, value: Option<Py<PyAny>>) {
-        let mut e = self.engine.bind(py).borrow_mut();
-        e.state.groups[self.id.idx()].span_id = value.filter(|v| !v.is_none(py));
+    fn set_span_id(&self, py: Python<'_>, value: Option<Py<PyAny>>) -> PyResult<()> {
+        let e = self.engine.bind(py).borrow();
+        e.state.borrow_mut()?.groups[self.id.idx()].span_id = value.filter(|v| !v.is_none(py));
+        Ok(())
     }
 
     fn __getattr__(slf: &Bound<'_, Self>, name: &str) -> PyResult<Py<PyAny>> {
@@ -803,6 +833,8 @@ impl TaskGroupHandle {
     #[getter]
     fn name(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         Ok(group_name(py, &e.state.groups[self.id.idx()].name)?.unbind())
     }
 
@@ -810,41 +842,50 @@ impl TaskGroupHandle {
     fn states<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         states_dict(
             py,
-            &self.engine.bind(py).borrow().state.groups[self.id.idx()].states,
+            &self.engine.bind(py).borrow().state.borrow()?.groups[self.id.idx()].states,
         )
     }
 
     #[getter]
-    fn nbytes_total(&self, py: Python<'_>) -> i64 {
-        self.engine.bind(py).borrow().state.groups[self.id.idx()].nbytes_total
+    fn nbytes_total(&self, py: Python<'_>) -> PyResult<i64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.groups[self.id.idx()].nbytes_total)
     }
 
     #[getter]
-    fn duration(&self, py: Python<'_>) -> f64 {
-        self.engine.bind(py).borrow().state.groups[self.id.idx()]
-            .durations
-            .duration_us as f64
-            / 1e6
+    fn duration(&self, py: Python<'_>) -> PyResult<f64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.groups[self.id.idx()].durations.duration_us as f64 / 1e6)
     }
 
     #[getter]
-    fn start(&self, py: Python<'_>) -> f64 {
-        self.engine.bind(py).borrow().state.groups[self.id.idx()].start
+    fn start(&self, py: Python<'_>) -> PyResult<f64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.groups[self.id.idx()].start)
     }
 
     #[getter]
-    fn stop(&self, py: Python<'_>) -> f64 {
-        self.engine.bind(py).borrow().state.groups[self.id.idx()].stop
+    fn stop(&self, py: Python<'_>) -> PyResult<f64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.groups[self.id.idx()].stop)
     }
 
     #[getter]
     fn prefix(&self, py: Python<'_>) -> PyResult<Py<TaskPrefixHandle>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         prefix_handle(py, &self.engine, &e, e.state.groups[self.id.idx()].prefix)
     }
 
-    fn __len__(&self, py: Python<'_>) -> usize {
-        self.engine.bind(py).borrow().state.groups[self.id.idx()].size as usize
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.groups[self.id.idx()].size as usize)
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -893,35 +934,41 @@ impl TaskPrefixHandle {
     }
 
     #[getter]
-    fn name(&self, py: Python<'_>) -> String {
-        self.engine.bind(py).borrow().state.prefixes[self.id.idx()]
-            .name
-            .clone()
+    fn name(&self, py: Python<'_>) -> PyResult<String> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.prefixes[self.id.idx()].name.clone())
     }
 
     #[getter]
     fn states<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         states_dict(
             py,
-            &self.engine.bind(py).borrow().state.prefixes[self.id.idx()].states,
+            &self.engine.bind(py).borrow().state.borrow()?.prefixes[self.id.idx()].states,
         )
     }
 
     #[getter]
     fn all_durations<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         all_durations(py, &e, &e.state.prefixes[self.id.idx()].durations)
     }
 
     #[getter]
-    fn duration(&self, py: Python<'_>) -> f64 {
+    fn duration(&self, py: Python<'_>) -> PyResult<f64> {
         let e = self.engine.bind(py).borrow();
-        e.state.prefixes[self.id.idx()].durations.duration_us as f64 / 1e6
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
+        Ok(e.state.prefixes[self.id.idx()].durations.duration_us as f64 / 1e6)
     }
 
     #[getter]
     fn types<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         type_names(py, &e, &e.state.prefixes[self.id.idx()].types)
     }
 
@@ -929,6 +976,8 @@ impl TaskPrefixHandle {
     #[getter]
     fn state_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         let counts = &e.state.prefixes[self.id.idx()].state_counts;
         let d = PyDict::new(py);
         for s in ALL_TASK_STATES {
@@ -946,6 +995,8 @@ impl TaskPrefixHandle {
     #[getter]
     fn groups<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        let e = View::new(&e, &st);
         let d = PyDict::new(py);
         for (g, _) in e.state.prefixes[self.id.idx()].groups.iter() {
             let h = Py::new(
@@ -961,27 +1012,37 @@ impl TaskPrefixHandle {
     }
 
     #[getter]
-    fn duration_average(&self, py: Python<'_>) -> f64 {
-        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].duration_average
+    fn duration_average(&self, py: Python<'_>) -> PyResult<f64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.prefixes[self.id.idx()].duration_average)
     }
 
     #[getter]
-    fn max_exec_time(&self, py: Python<'_>) -> f64 {
-        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].max_exec_time
+    fn max_exec_time(&self, py: Python<'_>) -> PyResult<f64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.prefixes[self.id.idx()].max_exec_time)
     }
 
     #[getter]
-    fn suspicious(&self, py: Python<'_>) -> i64 {
-        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].suspicious
+    fn suspicious(&self, py: Python<'_>) -> PyResult<i64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.prefixes[self.id.idx()].suspicious)
     }
 
     #[getter]
-    fn nbytes_total(&self, py: Python<'_>) -> i64 {
-        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].nbytes_total
+    fn nbytes_total(&self, py: Python<'_>) -> PyResult<i64> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.prefixes[self.id.idx()].nbytes_total)
     }
 
-    fn __len__(&self, py: Python<'_>) -> usize {
-        self.engine.bind(py).borrow().state.prefixes[self.id.idx()].size as usize
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        let e = self.engine.bind(py).borrow();
+        let st = e.state.borrow()?;
+        Ok(st.prefixes[self.id.idx()].size as usize)
     }
 
     fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
@@ -997,7 +1058,7 @@ impl TaskPrefixHandle {
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "<{}: {}>",
-            self.name(py),
+            self.name(py)?,
             counts(&self.states(py)?)?
         ))
     }
@@ -1010,7 +1071,7 @@ impl TaskPrefixHandle {
 pub fn group_handle(
     py: Python<'_>,
     engine: &Py<Engine>,
-    e: &Engine,
+    e: &View<'_>,
     g: GroupId,
 ) -> PyResult<Py<TaskGroupHandle>> {
     e.group_handles.get_or_create(py, g, || {
@@ -1028,7 +1089,7 @@ pub fn group_handle(
 pub fn prefix_handle(
     py: Python<'_>,
     engine: &Py<Engine>,
-    e: &Engine,
+    e: &View<'_>,
     p: PrefixId,
 ) -> PyResult<Py<TaskPrefixHandle>> {
     e.prefix_handles.get_or_create(py, p, || {
@@ -1046,7 +1107,7 @@ pub fn prefix_handle(
 pub fn task_handle(
     py: Python<'_>,
     engine: &Py<Engine>,
-    e: &Engine,
+    e: &View<'_>,
     t: TaskId,
 ) -> PyResult<Py<PyAny>> {
     let h = e.task_handles.get_or_create(py, t, || {
@@ -1068,7 +1129,7 @@ pub fn task_handle(
 pub fn worker_handle(
     py: Python<'_>,
     engine: &Py<Engine>,
-    e: &Engine,
+    e: &View<'_>,
     w: WorkerId,
 ) -> PyResult<Py<PyAny>> {
     let h = e.worker_handles.get_or_create(py, w, || {
@@ -1087,7 +1148,7 @@ pub fn worker_handle(
 pub fn client_handle(
     py: Python<'_>,
     engine: &Py<Engine>,
-    e: &Engine,
+    e: &View<'_>,
     c: ClientId,
 ) -> PyResult<Py<PyAny>> {
     let h = e.client_handles.get_or_create(py, c, || {
@@ -1107,7 +1168,7 @@ pub fn client_handle(
 pub fn task_set(
     py: Python<'_>,
     engine: &Py<Engine>,
-    e: &Engine,
+    e: &View<'_>,
     s: Option<&crate::core::entities::TaskSet>,
 ) -> PyResult<Py<PyAny>> {
     let Some(s) = s else { return Ok(none(py)) };
@@ -1121,7 +1182,7 @@ pub fn task_set(
 pub fn worker_set(
     py: Python<'_>,
     engine: &Py<Engine>,
-    e: &Engine,
+    e: &View<'_>,
     s: Option<&crate::core::entities::WorkerSet>,
 ) -> PyResult<Py<PyAny>> {
     let Some(s) = s else { return Ok(none(py)) };
@@ -1135,7 +1196,7 @@ pub fn worker_set(
 pub fn client_set(
     py: Python<'_>,
     engine: &Py<Engine>,
-    e: &Engine,
+    e: &View<'_>,
     s: Option<&crate::core::entities::ClientSet>,
 ) -> PyResult<Py<PyAny>> {
     let Some(s) = s else { return Ok(none(py)) };

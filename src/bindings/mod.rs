@@ -1,6 +1,7 @@
 //! The PyO3 layer: converts Python stimuli into core calls and core messages into the
 //! dicts distributed sends. Python payloads travel through the core as `Py<PyAny>`.
 
+mod cell;
 mod engine;
 mod handles;
 mod messages;

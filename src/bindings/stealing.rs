@@ -1,7 +1,7 @@
 //! Python face of the engine's work stealing: the stealing state as Python values and
 //! the stealing log events as the tuples `WorkStealing.log` records.
 
-use super::engine::Engine;
+use super::engine::{Engine, State};
 use crate::core::stealing::{StealEvent, LEVELS};
 use crate::core::types::*;
 use pyo3::prelude::*;
@@ -17,9 +17,13 @@ fn opt_str(py: Python<'_>, s: &Option<String>) -> PyResult<Py<PyAny>> {
 
 impl Engine {
     /// The pending `scheduler.log_event("stealing", msg)` messages.
-    pub(crate) fn steal_events_py<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    pub(crate) fn steal_events_py<'py>(
+        &self,
+        py: Python<'py>,
+        st: &mut State,
+    ) -> PyResult<Bound<'py, PyList>> {
         let out = PyList::empty(py);
-        for ev in self.state.stealing.events.drain(..) {
+        for ev in st.stealing.events.drain(..) {
             let msg = match ev {
                 StealEvent::Request(entries) => {
                     let log = PyList::empty(py);
@@ -91,7 +95,8 @@ impl Engine {
         py: Python<'py>,
         only: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.state;
+        let st = self.state.borrow()?;
+        let s = &st;
         let st = &s.stealing;
         let key = |t: TaskId| s.ts(t).key.clone_ref(py);
         let addr = |w: WorkerId| s.ws(w).address.clone();

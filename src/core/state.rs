@@ -155,6 +155,25 @@ impl<P> Outbox<P> {
 
 pub type Recs = OrderedMap<TaskId, TaskStateState>;
 
+/// A transition as `SchedulerPlugin.transition` is told of it.
+pub struct ObservedTransition<'a, P> {
+    pub task: TaskId,
+    pub key: &'a P,
+    pub start: TaskStateState,
+    pub finish: TaskStateState,
+    pub stimulus_id: &'a P,
+}
+
+/// Who `_transition` tells of each transition, right after it (before the next).
+pub struct TransitionObserver<P> {
+    /// Gets the state itself: the observer may read and change it, as plugins do.
+    pub notify: fn(&mut SchedulerState<P>, &ObservedTransition<'_, P>),
+    /// Only transitions into these states (bits by `TaskStateState::index`).
+    pub finishes: u32,
+    /// The observer's own data.
+    pub data: P,
+}
+
 #[derive(Clone, Debug)]
 pub struct TransitionLogEntry<P> {
     pub key: P,
@@ -273,12 +292,12 @@ pub struct SchedulerState<P> {
     pub task_prefix_count_global: OrderedMap<PrefixId, i64>,
     pub network_occ_global: i64,
     pub transition_log: VecDeque<TransitionLogEntry<P>>,
-    /// When set, every transition is also recorded here (unbounded, drained by the
-    /// caller) for `SchedulerPlugin.transition`.
+    /// When set, forgotten tasks get their edges back for `transition` observers.
     pub observe: bool,
+    /// Told of transitions as they happen, as `_transition` tells plugins.
+    pub observer: Option<TransitionObserver<P>>,
     /// `WorkStealing` (off unless the binding enables it).
     pub stealing: super::stealing::Stealing<P>,
-    pub observed: Vec<(P, TaskStateState, TaskStateState, P)>,
     pub erred_tasks: VecDeque<ErredTaskRecord<P>>,
     pub run_id_counter: i64,
     task_serial: u64,
@@ -338,7 +357,7 @@ impl<P: Clone> SchedulerState<P> {
             transition_log: VecDeque::new(),
             observe: false,
             stealing: Default::default(),
-            observed: Vec::new(),
+            observer: None,
             erred_tasks: VecDeque::new(),
             run_id_counter: 0,
             task_serial: 0,

@@ -163,10 +163,19 @@ impl<P: Clone> SchedulerState<P> {
             self.restored_edges.push(t);
         }
         self.steal_transition(t, start, actual_finish);
-        if self.observe {
-            let key = self.ts(t).key.clone();
-            self.observed
-                .push((key, start, actual_finish, stimulus_id.clone()));
+        if let Some(obs) = &self.observer {
+            if obs.finishes & (1 << actual_finish.index()) != 0 {
+                let notify = obs.notify;
+                let key = self.ts(t).key.clone();
+                let observed = ObservedTransition {
+                    task: t,
+                    key: &key,
+                    start,
+                    finish: actual_finish,
+                    stimulus_id,
+                };
+                notify(self, &observed);
+            }
         }
         if actual_finish == S::Forgotten {
             let g = self.ts(t).group;
