@@ -7,6 +7,7 @@ test creates runs on the engine, as under `pytest -p dask_rsched.testing`.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import dask_rsched
 import pytest
@@ -705,3 +706,28 @@ async def test_plugin_starts_a_stimulus_inside_transition(c, s, a, engine):
     while s.tasks["first"].state != "memory":
         await asyncio.sleep(0.01)
     s.validate_state()
+
+
+class AddsAPluginThenFails(SchedulerPlugin):
+    """Adds a plugin from inside `transition`, and raises every time."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.late = None
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        if self.late is None and finish == "waiting":
+            self.late = MomentRecorder(self.scheduler)
+            self.scheduler.add_plugin(self.late, name="late")
+        raise ValueError("a plugin bug")
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_plugin_added_and_failing_inside_transition(c, s, a, engine):
+    plugin = AddsAPluginThenFails(s)
+    with captured_logger("distributed.scheduler", level=logging.INFO) as log:
+        s.add_plugin(plugin)
+        assert await c.submit(inc, 1, key="x") == 2
+    assert "Plugin failed with exception" in log.getvalue()
+    # the plugin added in the middle of the batch hears the batch's next transitions
+    assert plugin.late.seen[0][:4] == ("x", "waiting", "processing", "processing")

@@ -724,8 +724,11 @@ impl Engine {
     /// built from what the engine knows of `w`.
     fn clean_worker_state(&self, py: Python<'_>, st: &State, w: WorkerId) -> PyResult<Py<PyAny>> {
         let ws = st.ws(w);
-        let meta = locked(&self.worker_meta);
-        let (server_id, name) = &meta[w.idx()];
+        let (server_id, name) = {
+            let meta = locked(&self.worker_meta);
+            let (server_id, name) = &meta[w.idx()];
+            (server_id.clone_ref(py), name.clone_ref(py))
+        };
         let sched = py.import("distributed.scheduler")?;
         let status = py
             .import("distributed.core")?
