@@ -731,3 +731,21 @@ async def test_plugin_added_and_failing_inside_transition(c, s, a, engine):
     assert "Plugin failed with exception" in log.getvalue()
     # the plugin added in the middle of the batch hears the batch's next transitions
     assert plugin.late.seen[0][:4] == ("x", "waiting", "processing", "processing")
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_transition_returns_its_recommendations(c, s, a, engine):
+    # `Scheduler.transition` makes one transition and returns the recommendations it
+    # made, not yet carried out (the no-worker timeouts gather them this way)
+    ev = Event()
+    blocked = c.submit(lambda ev: ev.wait() or 1, ev, key="blocked")
+    dep = c.submit(inc, blocked, key="dep")
+    while "blocked" not in s.tasks or s.tasks["blocked"].state != "processing":
+        await asyncio.sleep(0.01)
+    recs = s.transition("blocked", "released", "test-release")
+    assert recs == {"blocked": "waiting"}
+    assert s.tasks["blocked"].state == "released"
+    assert s.tasks["dep"].state == "waiting"
+    s.transitions(recs, "test-release")
+    await ev.set()
+    assert await dep == 2

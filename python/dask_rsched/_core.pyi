@@ -73,7 +73,7 @@ class Engine:
         traceback_text: Any = None,
         cause: Hashable | None = None,
         worker: str | None = None,
-    ) -> tuple[_Msgs, _Msgs]: ...
+    ) -> tuple[dict[Any, str], _Msgs, _Msgs]: ...
     def transitions(
         self, recommendations: dict[Hashable, str], stimulus_id: str
     ) -> tuple[_Msgs, _Msgs]: ...
@@ -133,6 +133,20 @@ class Engine:
         metadata: dict[str, Any] | None = None,
         **_kwargs: Any,
     ) -> tuple[_Msgs, _Msgs]: ...
+    def stimulus_task_finished(
+        self,
+        key: Hashable,
+        worker: str,
+        stimulus_id: str,
+        *,
+        run_id: int,
+        nbytes: int = ...,
+        type: bytes | None = None,
+        typename: str | None = None,
+        startstops: list[dict[str, Any]] | None = None,
+        metadata: dict[str, Any] | None = None,
+        **_kwargs: Any,
+    ) -> tuple[dict[Any, str], _Msgs, _Msgs]: ...
     def handle_task_erred(
         self,
         key: Hashable,
@@ -146,6 +160,19 @@ class Engine:
         traceback_text: str | None = None,
         **_kwargs: Any,
     ) -> tuple[_Msgs, _Msgs]: ...
+    def stimulus_task_erred(
+        self,
+        key: Hashable,
+        stimulus_id: str,
+        *,
+        worker: str,
+        run_id: int,
+        exception: Any = None,
+        traceback: Any = None,
+        exception_text: str | None = None,
+        traceback_text: str | None = None,
+        **_kwargs: Any,
+    ) -> tuple[dict[Any, str], _Msgs, _Msgs]: ...
     def remove_worker(
         self, address: str, *, stimulus_id: str, expected: bool = False
     ) -> tuple[_Msgs, _Msgs]: ...

@@ -145,6 +145,13 @@ class _PluginsDict(_NotifyingDict):
         super()._changed()
 
 
+def _without(d: dict, drop: str, **extra: Any) -> dict:
+    """`d` without the key `drop`, with `extra` added."""
+    out = {k: v for k, v in d.items() if k != drop}
+    out.update(extra)
+    return out
+
+
 def _status_name(status: Any) -> str:
     return status.name if isinstance(status, Status) else str(status)
 
@@ -372,26 +379,29 @@ class EngineSchedulerMixin:
         engine = self._rsched_engine
         self._rsched_run(lambda: engine.transitions(dict(recommendations), stimulus_id))
 
-    def transition(
-        self, key: Any, finish: str, stimulus_id: str, **kwargs: Any
-    ) -> dict:  # the returned recommendations are already carried out
+    def _transitions(
+        self, recommendations: dict, client_msgs: dict, worker_msgs: dict, stimulus_id: str
+    ) -> None:
         engine = self._rsched_engine
-        args = {k: v for k, v in kwargs.items() if k in _TRANSITION_ARGS}
-        self._rsched_run(
-            lambda: engine.transition(key, finish, stimulus_id, **args), (key, finish, kwargs)
+        new_cmsgs, new_wmsgs = self._rsched_call(
+            lambda: engine.transitions(dict(recommendations), stimulus_id)
         )
-        return {}
+        self._rsched_release()
+        for c, msgs in new_cmsgs.items():
+            client_msgs.setdefault(c, []).extend(msgs)
+        for w, msgs in new_wmsgs.items():
+            worker_msgs.setdefault(w, []).extend(msgs)
 
-    # distributed's handlers call the three methods below and then carry out the
-    # recommendations they return. On the engine a stimulus is carried out at once, as
-    # its handler does; they return no recommendations and the messages, not yet sent.
+    # `_transition`, `transition` and `stimulus_task_finished/erred` return the
+    # recommendations they make without carrying them out, as distributed's do; the
+    # handlers carry a stimulus out in one engine call unless these are replaced.
 
     def _rsched_stimulus(
-        self, call: Callable[[], tuple[dict, dict]], first: Any = None
+        self, call: Callable[[], tuple[dict, dict, dict]], first: Any = None
     ) -> tuple[dict, dict, dict]:
-        client_msgs, worker_msgs = self._rsched_call(call, first)
+        recs, client_msgs, worker_msgs = self._rsched_call(call, first)
         self._rsched_release()
-        return {}, client_msgs, worker_msgs
+        return recs, client_msgs, worker_msgs
 
     def _transition(
         self, key: Any, finish: str, stimulus_id: str, **kwargs: Any
@@ -402,33 +412,37 @@ class EngineSchedulerMixin:
             lambda: engine.transition(key, finish, stimulus_id, **args), (key, finish, kwargs)
         )
 
+    def transition(self, key: Any, finish: str, stimulus_id: str, **kwargs: Any) -> dict:
+        recs, client_msgs, worker_msgs = self._transition(key, finish, stimulus_id, **kwargs)
+        self.send_all(client_msgs, worker_msgs)
+        return recs
+
     def stimulus_task_finished(
         self, worker: str, stimulus_id: str, key: Any, run_id: int, **kwargs: Any
     ) -> tuple[dict, dict, dict]:
         engine = self._rsched_engine
-
-        def first_kwargs() -> dict:
-            return dict(kwargs, worker=worker)
-
         return self._rsched_stimulus(
-            lambda: engine.handle_task_finished(key, worker, stimulus_id, run_id=run_id, **kwargs),
-            (key, "memory", first_kwargs),
+            lambda: engine.stimulus_task_finished(
+                key, worker, stimulus_id, run_id=run_id, **kwargs
+            ),
+            (key, "memory", lambda: dict(kwargs, worker=worker)),
         )
 
     def stimulus_task_erred(
         self, worker: str, stimulus_id: str, key: Any, run_id: int, **kwargs: Any
     ) -> tuple[dict, dict, dict]:
         engine = self._rsched_engine
-
-        def first_kwargs() -> dict:
-            return dict(cause=key, worker=worker, **kwargs)
-
         return self._rsched_stimulus(
-            lambda: engine.handle_task_erred(
+            lambda: engine.stimulus_task_erred(
                 key, stimulus_id, worker=worker, run_id=run_id, **kwargs
             ),
-            (key, "erred", first_kwargs),
+            (key, "erred", lambda: dict(cause=key, worker=worker, **kwargs)),
         )
+
+    def _rsched_replaced(self, name: str) -> bool:
+        """Whether `name` is not the engine's own (a test or extension wrapped it)."""
+        method = getattr(self, name)
+        return getattr(method, "__func__", None) is not getattr(EngineSchedulerMixin, name)
 
     def stimulus_queue_slots_maybe_opened(self, *, stimulus_id: str) -> None:
         engine = self._rsched_engine
@@ -931,17 +945,37 @@ class EngineSchedulerMixin:
     def handle_task_finished(self, key: Any, worker: str, stimulus_id: str, **msg: Any) -> None:
         if worker not in self.workers:
             return
-        # through stimulus_task_finished, as distributed's handler (tests wrap it)
-        _, client_msgs, worker_msgs = self.stimulus_task_finished(
-            key=key, worker=worker, stimulus_id=stimulus_id, **msg
+        if self._rsched_replaced("stimulus_task_finished"):
+            # distributed's handler, step by step, through the replacement
+            recs, client_msgs, worker_msgs = self.stimulus_task_finished(
+                key=key, worker=worker, stimulus_id=stimulus_id, **msg
+            )
+            self._transitions(recs, client_msgs, worker_msgs, stimulus_id)
+            self.send_all(client_msgs, worker_msgs)
+            self.stimulus_queue_slots_maybe_opened(stimulus_id=stimulus_id)
+            return
+        engine = self._rsched_engine
+        self._rsched_run(
+            lambda: engine.handle_task_finished(key, worker, stimulus_id, **msg),
+            # the fields `stimulus_task_finished` passes on (not its run_id)
+            (key, "memory", lambda: _without(msg, "run_id", worker=worker)),
         )
-        self._rsched_send(client_msgs, worker_msgs)
 
     def handle_task_erred(self, key: Any, stimulus_id: str, **msg: Any) -> None:
-        _, client_msgs, worker_msgs = self.stimulus_task_erred(
-            key=key, stimulus_id=stimulus_id, **msg
+        if self._rsched_replaced("stimulus_task_erred"):
+            recs, client_msgs, worker_msgs = self.stimulus_task_erred(
+                key=key, stimulus_id=stimulus_id, **msg
+            )
+            self._transitions(recs, client_msgs, worker_msgs, stimulus_id)
+            self.send_all(client_msgs, worker_msgs)
+            self.stimulus_queue_slots_maybe_opened(stimulus_id=stimulus_id)
+            return
+        engine = self._rsched_engine
+        worker = msg.pop("worker")
+        self._rsched_run(
+            lambda: engine.handle_task_erred(key, stimulus_id, worker=worker, **msg),
+            (key, "erred", lambda: dict(cause=key, worker=worker, **_without(msg, "run_id"))),
         )
-        self._rsched_send(client_msgs, worker_msgs)
 
     def handle_long_running(
         self,

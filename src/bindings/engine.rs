@@ -5,7 +5,7 @@ use super::cell::StateCell;
 use super::handles::{self, ClientStateHandle, TaskStateHandle, WorkerStateHandle};
 use super::messages::{outbox_to_py, priority_to_py, py_state};
 use crate::core::state::{
-    Config, ObservedTransition, Outbox, SchedulerState, StartStop, TransitionObserver,
+    Config, ObservedTransition, Outbox, Recs, SchedulerState, StartStop, TransitionObserver,
 };
 use crate::core::stimuli::{GraphTask, KeyRef, NewWorker, StaleReply};
 use crate::core::transitions::TransitionArgs;
@@ -686,7 +686,7 @@ impl Engine {
         let mut seen = hashbrown::HashSet::new();
         clients.retain(|c| seen.insert(*c));
         for c in clients {
-            let mut recs = crate::core::state::Recs::new();
+            let mut recs = Recs::new();
             let live: Vec<TaskId> = ids
                 .iter()
                 .copied()
@@ -753,6 +753,178 @@ impl Engine {
 
     fn register(&self, py: Python<'_>, st: &State, t: TaskId) -> PyResult<()> {
         self.keys.bind(py).set_item(st.ts(t).key.bind(py), t.0)
+    }
+
+    /// `stimulus_task_finished`, then (`carry_out`) the `_transitions` of its
+    /// recommendations and `stimulus_queue_slots_maybe_opened`, as `handle_task_finished`
+    /// does: `(recommendations left, client_msgs, worker_msgs)`.
+    #[allow(clippy::too_many_arguments)]
+    fn task_finished<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        worker: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+        run_id: i64,
+        nbytes: i64,
+        r#type: Option<&Bound<'py, PyAny>>,
+        typename: Option<String>,
+        startstops: Option<&Bound<'py, PyAny>>,
+        metadata: Option<&Bound<'py, PyAny>>,
+        carry_out: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
+        let mut out = Outbox::default();
+        if st.worker_id(worker).is_none() {
+            return self.finish_with(py, &mut st, Recs::new(), out);
+        }
+        let t = self.tid(py, key)?;
+        let mut ss = Vec::new();
+        if let Some(s) = startstops {
+            for item in s.try_iter()? {
+                let item = item?;
+                ss.push(StartStop {
+                    action: item.get_item(intern!(py, "action"))?.extract()?,
+                    start: item.get_item(intern!(py, "start"))?.extract()?,
+                    stop: item.get_item(intern!(py, "stop"))?.extract()?,
+                });
+            }
+        }
+        if let (Some(t), Some(m)) = (t, metadata) {
+            // stimulus_task_finished merges metadata only on its way to `memory`
+            let will_transition = st.task(t).is_some_and(|ts| {
+                !matches!(
+                    ts.state,
+                    TaskStateState::Released
+                        | TaskStateState::Queued
+                        | TaskStateState::NoWorker
+                        | TaskStateState::Erred
+                        | TaskStateState::Memory
+                ) && ts.run_id == Some(run_id)
+            });
+            if m.is_truthy()? && will_transition {
+                let ts = st.ts_mut(t);
+                let md = ts
+                    .metadata
+                    .get_or_insert_with(|| PyDict::new(py).into_any().unbind());
+                md.bind(py).call_method1(intern!(py, "update"), (m,))?;
+            }
+        }
+        let args = TransitionArgs::Finished {
+            worker: worker.to_owned(),
+            nbytes,
+            type_: r#type.map(|t| t.clone().unbind()),
+            typename: typename.unwrap_or_default(),
+            startstops: ss,
+        };
+        let sid = stimulus_id.clone().unbind();
+        let (recs, reply) = st
+            .stimulus_task_finished(t, worker, run_id, args, &mut out, &sid, None)
+            .map_err(to_pyerr)?;
+        let w = worker_of(&st, worker)?;
+        match reply {
+            StaleReply::None => {}
+            StaleReply::FreeKeys(_) => {
+                // free-keys to the worker for a key it computed that we don't need
+                let msg = PyDict::new(py);
+                msg.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
+                msg.set_item(intern!(py, "keys"), PyList::new(py, [key])?)?;
+                msg.set_item(intern!(py, "stimulus_id"), stimulus_id)?;
+                let left = self.carry_out(&mut st, recs, carry_out, &mut out, &sid)?;
+                let res = self.finish_with(py, &mut st, left, out)?;
+                let wm = res.get_item(2)?;
+                let wm = wm.cast::<PyDict>()?;
+                let first = PyList::new(py, [msg])?;
+                // distributed puts this message first in worker_msgs
+                let merged = PyDict::new(py);
+                merged.set_item(worker, &first)?;
+                for (k, v) in wm.iter() {
+                    if k.extract::<String>()? == worker {
+                        first.call_method1(intern!(py, "extend"), (v,))?;
+                    } else {
+                        merged.set_item(k, v)?;
+                    }
+                }
+                return PyTuple::new(py, [res.get_item(0)?, res.get_item(1)?, merged.into_any()]);
+            }
+            StaleReply::AddKeys => {
+                if let Some(t) = t {
+                    st.add_keys(w, &[Some(t)]);
+                }
+            }
+        }
+        let left = self.carry_out(&mut st, recs, carry_out, &mut out, &sid)?;
+        self.finish_with(py, &mut st, left, out)
+    }
+
+    /// `_transitions(recs)` then `stimulus_queue_slots_maybe_opened` if `carry_out`;
+    /// returns the recommendations left to carry out.
+    fn carry_out(
+        &self,
+        st: &mut State,
+        recs: Recs,
+        carry_out: bool,
+        out: &mut Outbox<Py<PyAny>>,
+        stimulus_id: &Py<PyAny>,
+    ) -> PyResult<Recs> {
+        if !carry_out {
+            return Ok(recs);
+        }
+        st.transitions_then_fill_queue(recs, out, stimulus_id)
+            .map_err(to_pyerr)?;
+        Ok(Recs::new())
+    }
+
+    /// `finish` with the recommendations left: `(recs, client_msgs, worker_msgs)`.
+    fn finish_with<'py>(
+        &self,
+        py: Python<'py>,
+        st: &mut State,
+        recs: Recs,
+        out: Outbox<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let recs_py = PyDict::new(py);
+        for (t, finish) in recs.iter() {
+            recs_py.set_item(st.ts(*t).key.bind(py), py_state(py, *finish))?;
+        }
+        let msgs = self.finish(py, st, out)?;
+        PyTuple::new(
+            py,
+            [recs_py.into_any(), msgs.get_item(0)?, msgs.get_item(1)?],
+        )
+    }
+
+    /// `stimulus_task_erred`, then (`carry_out`) what `handle_task_erred` does after it.
+    /// `texts`: exception, traceback, exception_text, traceback_text.
+    fn task_erred<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        worker: &str,
+        run_id: i64,
+        texts: [Option<&Bound<'py, PyAny>>; 4],
+        carry_out: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
+        let t = self.tid(py, key)?;
+        let [exception, traceback, exception_text, traceback_text] =
+            texts.map(|o| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind()));
+        let args = TransitionArgs::Erred {
+            worker: Some(worker.to_owned()),
+            cause: t,
+            exception,
+            traceback,
+            exception_text,
+            traceback_text,
+        };
+        let mut out = Outbox::default();
+        let sid = stimulus_id.clone().unbind();
+        let recs = st
+            .stimulus_task_erred(t, worker, run_id, args, &mut out, &sid)
+            .map_err(to_pyerr)?;
+        let left = self.carry_out(&mut st, recs, carry_out, &mut out, &sid)?;
+        self.finish_with(py, &mut st, left, out)
     }
 }
 
@@ -1136,7 +1308,7 @@ impl Engine {
         self.commit_graph(py, &mut st, pending)
     }
 
-    /// `Scheduler.handle_task_finished`
+    /// `Scheduler.handle_task_finished`: `(client_msgs, worker_msgs)`
     #[pyo3(signature = (key, worker, stimulus_id, *, run_id, nbytes = -1, r#type = None,
                         typename = None, startstops = None, metadata = None, **_kwargs))]
     #[allow(clippy::too_many_arguments)]
@@ -1154,93 +1326,57 @@ impl Engine {
         metadata: Option<&Bound<'py, PyAny>>,
         _kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let mut st = self.state.borrow_mut()?;
-        let mut out = Outbox::default();
-        if st.worker_id(worker).is_none() {
-            return self.finish(py, &mut st, out);
-        }
-        let t = self.tid(py, key)?;
-        let mut ss = Vec::new();
-        if let Some(s) = startstops {
-            for item in s.try_iter()? {
-                let item = item?;
-                ss.push(StartStop {
-                    action: item.get_item(intern!(py, "action"))?.extract()?,
-                    start: item.get_item(intern!(py, "start"))?.extract()?,
-                    stop: item.get_item(intern!(py, "stop"))?.extract()?,
-                });
-            }
-        }
-        if let (Some(t), Some(m)) = (t, metadata) {
-            // stimulus_task_finished merges metadata only on its way to `memory`
-            let will_transition = st.task(t).is_some_and(|ts| {
-                !matches!(
-                    ts.state,
-                    TaskStateState::Released
-                        | TaskStateState::Queued
-                        | TaskStateState::NoWorker
-                        | TaskStateState::Erred
-                        | TaskStateState::Memory
-                ) && ts.run_id == Some(run_id)
-            });
-            if m.is_truthy()? && will_transition {
-                let ts = st.ts_mut(t);
-                let md = ts
-                    .metadata
-                    .get_or_insert_with(|| PyDict::new(py).into_any().unbind());
-                md.bind(py).call_method1(intern!(py, "update"), (m,))?;
-            }
-        }
-        let args = TransitionArgs::Finished {
-            worker: worker.to_owned(),
+        let r = self.task_finished(
+            py,
+            key,
+            worker,
+            stimulus_id,
+            run_id,
             nbytes,
-            type_: r#type.map(|t| t.clone().unbind()),
-            typename: typename.unwrap_or_default(),
-            startstops: ss,
-        };
-        let sid = stimulus_id.clone().unbind();
-        let (recs, reply) = st
-            .stimulus_task_finished(t, worker, run_id, args, &mut out, &sid, None)
-            .map_err(to_pyerr)?;
-        let w = worker_of(&st, worker)?;
-        match reply {
-            StaleReply::None => {}
-            StaleReply::FreeKeys(_) => {
-                // free-keys to the worker for a key it computed that we don't need
-                let msg = PyDict::new(py);
-                msg.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
-                msg.set_item(intern!(py, "keys"), PyList::new(py, [key])?)?;
-                msg.set_item(intern!(py, "stimulus_id"), stimulus_id)?;
-                st.transitions_then_fill_queue(recs, &mut out, &sid)
-                    .map_err(to_pyerr)?;
-                let res = self.finish(py, &mut st, out)?;
-                let wm = res.get_item(1)?;
-                let wm = wm.cast::<PyDict>()?;
-                let first = PyList::new(py, [msg])?;
-                // distributed puts this message first in worker_msgs
-                let merged = PyDict::new(py);
-                merged.set_item(worker, &first)?;
-                for (k, v) in wm.iter() {
-                    if k.extract::<String>()? == worker {
-                        first.call_method1(intern!(py, "extend"), (v,))?;
-                    } else {
-                        merged.set_item(k, v)?;
-                    }
-                }
-                return PyTuple::new(py, [res.get_item(0)?, merged.into_any()]);
-            }
-            StaleReply::AddKeys => {
-                if let Some(t) = t {
-                    st.add_keys(w, &[Some(t)]);
-                }
-            }
-        }
-        st.transitions_then_fill_queue(recs, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        self.finish(py, &mut st, out)
+            r#type,
+            typename,
+            startstops,
+            metadata,
+            true,
+        )?;
+        PyTuple::new(py, [r.get_item(1)?, r.get_item(2)?])
     }
 
-    /// `Scheduler.handle_task_erred`
+    /// `SchedulerState.stimulus_task_finished`: `(recommendations, client_msgs,
+    /// worker_msgs)`, the recommendations not yet carried out.
+    #[pyo3(signature = (key, worker, stimulus_id, *, run_id, nbytes = -1, r#type = None,
+                        typename = None, startstops = None, metadata = None, **_kwargs))]
+    #[allow(clippy::too_many_arguments)]
+    fn stimulus_task_finished<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        worker: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+        run_id: i64,
+        nbytes: i64,
+        r#type: Option<&Bound<'py, PyAny>>,
+        typename: Option<String>,
+        startstops: Option<&Bound<'py, PyAny>>,
+        metadata: Option<&Bound<'py, PyAny>>,
+        _kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        self.task_finished(
+            py,
+            key,
+            worker,
+            stimulus_id,
+            run_id,
+            nbytes,
+            r#type,
+            typename,
+            startstops,
+            metadata,
+            false,
+        )
+    }
+
+    /// `Scheduler.handle_task_erred`: `(client_msgs, worker_msgs)`
     #[pyo3(signature = (key, stimulus_id, *, worker, run_id, exception = None, traceback = None,
                         exception_text = None, traceback_text = None, **_kwargs))]
     #[allow(clippy::too_many_arguments)]
@@ -1257,26 +1393,45 @@ impl Engine {
         traceback_text: Option<&Bound<'py, PyAny>>,
         _kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let mut st = self.state.borrow_mut()?;
-        let t = self.tid(py, key)?;
-        let un =
-            |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
-        let args = TransitionArgs::Erred {
-            worker: Some(worker.to_owned()),
-            cause: t,
-            exception: un(exception),
-            traceback: un(traceback),
-            exception_text: un(exception_text),
-            traceback_text: un(traceback_text),
-        };
-        let mut out = Outbox::default();
-        let sid = stimulus_id.clone().unbind();
-        let recs = st
-            .stimulus_task_erred(t, worker, run_id, args, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        st.transitions_then_fill_queue(recs, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        self.finish(py, &mut st, out)
+        let r = self.task_erred(
+            py,
+            key,
+            stimulus_id,
+            worker,
+            run_id,
+            [exception, traceback, exception_text, traceback_text],
+            true,
+        )?;
+        PyTuple::new(py, [r.get_item(1)?, r.get_item(2)?])
+    }
+
+    /// `SchedulerState.stimulus_task_erred`: `(recommendations, client_msgs,
+    /// worker_msgs)`, the recommendations not yet carried out.
+    #[pyo3(signature = (key, stimulus_id, *, worker, run_id, exception = None, traceback = None,
+                        exception_text = None, traceback_text = None, **_kwargs))]
+    #[allow(clippy::too_many_arguments)]
+    fn stimulus_task_erred<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        worker: &str,
+        run_id: i64,
+        exception: Option<&Bound<'py, PyAny>>,
+        traceback: Option<&Bound<'py, PyAny>>,
+        exception_text: Option<&Bound<'py, PyAny>>,
+        traceback_text: Option<&Bound<'py, PyAny>>,
+        _kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        self.task_erred(
+            py,
+            key,
+            stimulus_id,
+            worker,
+            run_id,
+            [exception, traceback, exception_text, traceback_text],
+            false,
+        )
     }
 
     /// `Scheduler.remove_worker`'s state changes and transitions.
@@ -1359,7 +1514,7 @@ impl Engine {
                 ids.push(t);
             }
         }
-        let mut recs = crate::core::state::Recs::new();
+        let mut recs = Recs::new();
         st.client_releases_keys_inner(&ids, c, &mut recs);
         let mut out = Outbox::default();
         let sid = stimulus_id.clone().unbind();
@@ -1462,7 +1617,7 @@ impl Engine {
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut st = self.state.borrow_mut()?;
-        let mut recs = crate::core::state::Recs::new();
+        let mut recs = Recs::new();
         for (k, v) in recommendations.iter() {
             let finish: String = v.extract()?;
             let finish = TaskStateState::parse(&finish)
@@ -1478,9 +1633,10 @@ impl Engine {
         self.finish(py, &mut st, out)
     }
 
-    /// `Scheduler.transition(key, finish, stimulus_id, **kwargs)`: one transition with its
-    /// arguments (an exception and cause for `erred`, as the no-worker timeouts pass
-    /// them), then the recommendations it made. Unknown keys are ignored.
+    /// `SchedulerState._transition(key, finish, stimulus_id, **kwargs)`: one transition
+    /// with its arguments (an exception and cause for `erred`, as the no-worker timeouts
+    /// pass them): `(recommendations, client_msgs, worker_msgs)`, the recommendations not
+    /// carried out. Unknown keys are ignored.
     #[pyo3(signature = (key, finish, stimulus_id, *, exception = None, traceback = None,
                         exception_text = None, traceback_text = None, cause = None,
                         worker = None))]
@@ -1503,7 +1659,7 @@ impl Engine {
             .ok_or_else(|| PyValueError::new_err(format!("unknown task state {finish:?}")))?;
         let mut out = Outbox::default();
         let Some(t) = self.tid(py, key)? else {
-            return self.finish(py, &mut st, out);
+            return self.finish_with(py, &mut st, Recs::new(), out);
         };
         let un =
             |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
@@ -1527,9 +1683,7 @@ impl Engine {
         let recs = st
             .transition(t, finish, &sid, args, &mut out)
             .map_err(to_pyerr)?;
-        st.transitions_loop(recs, &mut out, &sid)
-            .map_err(to_pyerr)?;
-        self.finish(py, &mut st, out)
+        self.finish_with(py, &mut st, recs, out)
     }
 
     // ----- work stealing (`WorkStealing`, see core::stealing) ------------------------
