@@ -896,6 +896,7 @@ impl Engine {
 
     /// `stimulus_task_erred`, then (`carry_out`) what `handle_task_erred` does after it.
     /// `texts`: exception, traceback, exception_text, traceback_text.
+    #[allow(clippy::too_many_arguments)]
     fn task_erred<'py>(
         &self,
         py: Python<'py>,
