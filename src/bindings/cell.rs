@@ -34,9 +34,10 @@ pub(crate) struct StateCell<T> {
     flag: AtomicIsize,
 }
 
-// SAFETY: access to `value` is guarded by `flag` (atomically) or, while lent, by the
-// lending thread's `Lend` entry, which no other thread can see.
-unsafe impl<T: Send> Sync for StateCell<T> {}
+// SAFETY: access to `value` is guarded by `flag` (atomically, readers may share it as
+// with a RwLock) or, while lent, by the lending thread's `Lend` entry, which no other
+// thread can see.
+unsafe impl<T: Send + Sync> Sync for StateCell<T> {}
 
 fn busy() -> PyErr {
     PyRuntimeError::new_err(
@@ -145,7 +146,8 @@ impl<T> StateCell<T> {
         let found = LENDS.with(|l| {
             let mut l = l.borrow_mut();
             match l.last_mut() {
-                Some(lend) if !lend.lent => {
+                // the innermost exclusive borrow is the one the core runs under
+                Some(lend) if !lend.lent && lend.state == ptr => {
                     // the reborrow the core handed out stands for the guard's own
                     lend.state = ptr;
                     lend.lent = true;
