@@ -749,3 +749,19 @@ async def test_transition_returns_its_recommendations(c, s, a, engine):
     s.transitions(recs, "test-release")
     await ev.set()
     assert await dep == 2
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_transition_log_indexing(c, s, a, engine):
+    assert await c.submit(inc, 1, key="x") == 2
+    log = list(s.transition_log)
+    assert len(log) == len(s.transition_log) > 2
+    assert s.transition_log[0] == log[0]
+    assert s.transition_log[-1] == log[-1]
+    assert s.transition_log[len(log) - 2] == log[-2]
+    with pytest.raises(TypeError, match="sequence index must be integer"):
+        s.transition_log[1:3]
+    with pytest.raises(IndexError):
+        s.transition_log[len(log)]
+    with pytest.raises(IndexError):
+        s.transition_log[-len(log) - 1]

@@ -179,7 +179,10 @@ class TransitionLogView(Sequence):
         return self._engine.transition_log_len()
 
     def __getitem__(self, index: Any) -> Any:
-        return self._engine.transition_log[index]
+        if not isinstance(index, int):
+            # as distributed's deque
+            raise TypeError(f"sequence index must be integer, not '{type(index).__name__}'")
+        return self._engine.transition_log_entry(index)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self._engine.transition_log)

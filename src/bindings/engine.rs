@@ -283,6 +283,26 @@ fn notify_transition(st: &mut State, tr: &ObservedTransition<'_, Py<PyAny>>) {
     })
 }
 
+/// One `transition_log` entry as distributed's `Transition` tuple.
+fn transition_py<'py>(
+    transition: &Bound<'py, PyAny>,
+    entry: &crate::core::state::TransitionLogEntry<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = transition.py();
+    let recs = PyDict::new(py);
+    for (k, v) in &entry.recommendations {
+        recs.set_item(k.bind(py), v.as_str())?;
+    }
+    transition.call1((
+        entry.key.bind(py),
+        entry.start.as_str(),
+        entry.finish.as_str(),
+        recs,
+        entry.stimulus_id.bind(py),
+        entry.timestamp,
+    ))
+}
+
 /// A lock whose holder never runs Python (poisoning cannot leave it half-updated).
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -2163,20 +2183,27 @@ impl Engine {
         let transition = py.import("distributed.scheduler")?.getattr("Transition")?;
         let out = PyList::empty(py);
         for entry in &st.transition_log {
-            let recs = PyDict::new(py);
-            for (k, v) in &entry.recommendations {
-                recs.set_item(k.bind(py), v.as_str())?;
-            }
-            out.append(transition.call1((
-                entry.key.bind(py),
-                entry.start.as_str(),
-                entry.finish.as_str(),
-                recs,
-                entry.stimulus_id.bind(py),
-                entry.timestamp,
-            ))?)?;
+            out.append(transition_py(&transition, entry)?)?;
         }
         Ok(out)
+    }
+
+    /// `transition_log[index]` (negative counts from the end) without building the
+    /// rest of the log.
+    fn transition_log_entry<'py>(
+        &self,
+        py: Python<'py>,
+        index: isize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let st = self.state.borrow()?;
+        let len = st.transition_log.len() as isize;
+        let i = if index < 0 { index + len } else { index };
+        let entry = (0..len)
+            .contains(&i)
+            .then(|| &st.transition_log[i as usize])
+            .ok_or_else(|| pyo3::exceptions::PyIndexError::new_err("deque index out of range"))?;
+        let transition = py.import("distributed.scheduler")?.getattr("Transition")?;
+        transition_py(&transition, entry)
     }
 
     /// `SchedulerState.story(*keys_or_tasks_or_stimuli)`
