@@ -765,3 +765,33 @@ async def test_transition_log_indexing(c, s, a, engine):
         s.transition_log[len(log)]
     with pytest.raises(IndexError):
         s.transition_log[-len(log) - 1]
+
+
+class WorkerArrival(SchedulerPlugin):
+    """Records what `add_worker` sees and when transitions happen around it."""
+
+    def __init__(self, scheduler):
+        self.scheduler = scheduler
+        self.events = []
+
+    def add_worker(self, scheduler, worker):
+        ws = scheduler.workers[worker]
+        self.events.append(("add_worker", len(ws.processing)))
+
+    def transition(self, key, start, finish, *args, **kwargs):
+        self.events.append(("transition", key, start, finish))
+
+
+@gen_cluster(client=True, nthreads=[])
+async def test_add_worker_plugins_run_before_tasks_are_scheduled(c, s, engine):
+    # distributed calls the plugins' `add_worker` before it sends waiting tasks to the
+    # new worker
+    futures = c.map(inc, range(3), key=[f"t-{i}" for i in range(3)])
+    while len(s.tasks) < 3:
+        await asyncio.sleep(0.01)
+    plugin = WorkerArrival(s)
+    s.add_plugin(plugin)
+    async with Worker(s.address, nthreads=1):
+        assert await c.gather(futures) == [1, 2, 3]
+    assert plugin.events[0] == ("add_worker", 0)
+    assert plugin.events[1][0] == "transition" and plugin.events[1][3] == "processing"

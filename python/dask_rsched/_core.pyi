@@ -41,6 +41,10 @@ class Engine:
         status: str = "running",
         resources: Mapping[str, float] | None = None,
         stimulus_id: str = "add-worker",
+        schedule: bool = True,
+    ) -> tuple[_Msgs, _Msgs]: ...
+    def schedule_after_adding_worker(
+        self, address: str, stimulus_id: str
     ) -> tuple[_Msgs, _Msgs]: ...
     def update_graph(
         self,

@@ -646,9 +646,9 @@ class EngineSchedulerMixin:
 
         engine = self._rsched_engine
         status_name = _status_name(_dsched.Status.lookup[status])  # type: ignore[attr-defined]
-        # the engine also reschedules unrunnable tasks and fills queue slots; the messages
-        # go out after the plugins ran, as distributed orders it
-        msgs = engine.add_worker(
+        # unrunnable tasks are rescheduled and queue slots filled after the plugins' own
+        # `add_worker`, as distributed orders it
+        engine.add_worker(
             address,
             server_id=server_id,
             nthreads=nthreads,
@@ -657,8 +657,8 @@ class EngineSchedulerMixin:
             status=status_name,
             resources=resources or None,
             stimulus_id=stimulus_id,
+            schedule=False,
         )
-        self._rsched_release()
         ws = self.workers[address]
         # distributed's WorkerState attributes that only Python reads
         ws.name = name
@@ -723,7 +723,7 @@ class EngineSchedulerMixin:
             if isinstance(exc, Exception):
                 logger.exception(exc, exc_info=exc)
 
-        self._rsched_send(*msgs)
+        self._rsched_run(lambda: engine.schedule_after_adding_worker(address, stimulus_id))
 
         logger.info("Register worker addr: %s name: %s", ws.address, ws.name)
 

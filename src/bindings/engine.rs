@@ -1057,9 +1057,11 @@ impl Engine {
         })
     }
 
-    /// `Scheduler.add_worker`'s state changes, unrunnable rescheduling and queue slots.
+    /// `Scheduler.add_worker`'s state changes, then (`schedule`) unrunnable rescheduling
+    /// and queue slots.
     #[pyo3(signature = (address, *, server_id, nthreads, memory_limit = 0, name = None,
-                        status = "running", resources = None, stimulus_id = "add-worker"))]
+                        status = "running", resources = None, stimulus_id = "add-worker",
+                        schedule = true))]
     #[allow(clippy::too_many_arguments)]
     fn add_worker<'py>(
         &self,
@@ -1072,6 +1074,7 @@ impl Engine {
         status: &str,
         resources: Option<&Bound<'py, PyDict>>,
         stimulus_id: &str,
+        schedule: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut st = self.state.borrow_mut()?;
         let addr: String = address.extract()?;
@@ -1106,11 +1109,34 @@ impl Engine {
         self.aliases.bind(py).set_item(&name_obj, address)?;
         locked(&self.worker_meta).push((server_id.clone().unbind(), name_obj));
         let mut out = Outbox::default();
-        if status == WorkerStatus::Running {
+        if schedule && status == WorkerStatus::Running {
             let sid = stimulus_id.into_pyobject(py)?.into_any().unbind();
             let recs = st.bulk_schedule_unrunnable_after_adding_worker(w);
             st.transitions_then_fill_queue(recs, &mut out, &sid)
                 .map_err(to_pyerr)?;
+        }
+        self.finish(py, &mut st, out)
+    }
+
+    /// What `Scheduler.add_worker` does after its plugins' `add_worker` (`add_worker`
+    /// with `schedule=False` left it out): if the worker is still there and running,
+    /// the transitions of `bulk_schedule_unrunnable_after_adding_worker`, then
+    /// `stimulus_queue_slots_maybe_opened`.
+    fn schedule_after_adding_worker<'py>(
+        &self,
+        py: Python<'py>,
+        address: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut st = self.state.borrow_mut()?;
+        let mut out = Outbox::default();
+        if let Some(w) = st.worker_id(address) {
+            if st.ws(w).status == WorkerStatus::Running {
+                let sid = stimulus_id.clone().unbind();
+                let recs = st.bulk_schedule_unrunnable_after_adding_worker(w);
+                st.transitions_then_fill_queue(recs, &mut out, &sid)
+                    .map_err(to_pyerr)?;
+            }
         }
         self.finish(py, &mut st, out)
     }
