@@ -795,3 +795,28 @@ async def test_add_worker_plugins_run_before_tasks_are_scheduled(c, s, engine):
         assert await c.gather(futures) == [1, 2, 3]
     assert plugin.events[0] == ("add_worker", 0)
     assert plugin.events[1][0] == "transition" and plugin.events[1][3] == "processing"
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_dead_groups_stay_readable_while_referred_to(c, s, a, engine):
+    x = c.submit(inc, 1, key="b-1")
+    y = c.submit(inc, x, key="a-1")
+    z = c.submit(inc, 10, key="a-2")
+    assert await y == 3
+    assert await z == 11
+    held = s.tasks["b-1"].group
+    del x, y
+    while "b-1" in s.tasks or "a-1" in s.tasks:
+        await asyncio.sleep(0.01)
+    # group b died; group a (alive with a-2) still lists it, and the handle held here
+    # still reads it
+    tg_a = s.tasks["a-2"].group
+    assert "b" not in s.task_groups
+    assert [tg.name for tg in tg_a.dependencies] == ["b"]
+    assert held.name == "b" and held.states["memory"] == 0
+    assert held in tg_a.dependencies
+    del z, tg_a
+    while s.tasks:
+        await asyncio.sleep(0.01)
+    assert held.name == "b"
+    s.validate_state()

@@ -89,3 +89,29 @@ def test_state_survives_errors(engine: dask_rsched.Engine) -> None:
     assert cm == {"c": [{"op": "key-in-memory", "key": "x", "type": None}]}
     assert engine.task_state("x") == "memory"
     engine.validate_state()
+
+
+def test_group_slots_are_reused(engine: dask_rsched.Engine) -> None:
+    # a scheduler's spans and computations hold its groups (distributed keeps spans for
+    # good); without them, a dead group's slot goes to the next new group
+    worker = "tcp://127.0.0.1:1"
+
+    def run(key: str) -> None:
+        submit(engine, {key: Task(key, inc)}, {key})
+        run_id = engine.get_task(key).run_id
+        engine.handle_task_finished(key, worker, "tf", run_id=run_id, nbytes=8)
+        engine.client_releases_keys([key], "c", "release")
+        assert engine.get_task(key) is None
+
+    for i in range(50):
+        run(f"loop{i}-x")
+    assert engine.n_group_slots == 1
+    submit(engine, {"held-x": Task("held-x", inc)}, {"held-x"})
+    held = engine.get_task("held-x").group
+    engine.client_releases_keys(["held-x"], "c", "release")
+    for i in range(50):
+        run(f"again{i}-x")
+    # a group still held from Python keeps its slot and reads as it was
+    assert held.name == "held-x" and len(held) == 1
+    assert engine.n_group_slots == 2
+    engine.validate_state()

@@ -189,6 +189,14 @@ pub struct Engine {
     hold_forgotten: AtomicBool,
     /// Keys of the last submission whose run_spec collided with an existing task's.
     graph_collisions: Mutex<Vec<Py<PyAny>>>,
+    /// Dead groups a Python object still held when they died, and when to look again.
+    pinned_groups: Mutex<PinnedGroups>,
+}
+
+struct PinnedGroups {
+    groups: Vec<GroupId>,
+    /// Checked again once there are this many (amortised O(1) per dead group).
+    recheck_at: usize,
 }
 
 /// The engine with its state borrowed: what handles read.
@@ -303,6 +311,12 @@ fn transition_py<'py>(
     ))
 }
 
+/// Whether something besides the handle cache holds `handle`.
+fn held_elsewhere<T>(_py: Python<'_>, handle: &Py<T>) -> bool {
+    // SAFETY: the object is alive (we hold a reference) and the GIL is held
+    unsafe { pyo3::ffi::Py_REFCNT(handle.as_ptr()) > 1 }
+}
+
 /// A lock whose holder never runs Python (poisoning cannot leave it half-updated).
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -413,10 +427,34 @@ impl Engine {
             }
         }
         let mut dropped_groups = Vec::new();
+        let mut candidates = Vec::new();
         if !st.dead_groups.is_empty() {
             let mut handles = self.group_handles.lock();
+            let mut pinned = locked(&self.pinned_groups);
             for g in st.dead_groups.drain(..) {
-                dropped_groups.extend(handles.remove(&g));
+                match handles.remove(&g) {
+                    // a Python object (a Computation, a plugin) still holds the group:
+                    // it stays readable until that lets go
+                    Some(h) if held_elsewhere(py, &h) => {
+                        handles.insert(g, h);
+                        pinned.groups.push(g);
+                    }
+                    h => {
+                        dropped_groups.extend(h);
+                        candidates.push(g);
+                    }
+                }
+            }
+            if pinned.groups.len() >= pinned.recheck_at {
+                pinned.groups.retain(|g| {
+                    let held = handles.get(g).is_some_and(|h| held_elsewhere(py, h));
+                    if !held {
+                        dropped_groups.extend(handles.remove(g));
+                        candidates.push(*g);
+                    }
+                    held
+                });
+                pinned.recheck_at = (2 * pinned.groups.len()).max(64);
             }
         }
         // handles (and their attribute dicts) are released outside the lock
@@ -427,7 +465,32 @@ impl Engine {
         }
         st.forget_restored_edges();
         st.flush();
+        self.reclaim_groups(py, st, candidates);
         Ok(())
+    }
+
+    /// Reuses the slots of dead groups that neither another group's `dependencies` nor
+    /// a Python object refers to (a handle made since for a group that is still listed
+    /// in `dependencies` is let go of here too, or pinned while held).
+    fn reclaim_groups(&self, py: Python<'_>, st: &mut State, mut candidates: Vec<GroupId>) {
+        while let Some(g) = candidates.pop() {
+            if !st.group_reclaimable(g) {
+                continue;
+            }
+            let handle = {
+                let mut handles = self.group_handles.lock();
+                match handles.remove(&g) {
+                    Some(h) if held_elsewhere(py, &h) => {
+                        handles.insert(g, h);
+                        locked(&self.pinned_groups).groups.push(g);
+                        continue;
+                    }
+                    h => h,
+                }
+            };
+            drop(handle);
+            candidates.extend(st.reclaim_group(g));
+        }
     }
 
     fn commit_graph<'py>(
@@ -1054,6 +1117,10 @@ impl Engine {
             pending_graph: Mutex::new(None),
             hold_forgotten: AtomicBool::new(false),
             graph_collisions: Mutex::new(Vec::new()),
+            pinned_groups: Mutex::new(PinnedGroups {
+                groups: Vec::new(),
+                recheck_at: 64,
+            }),
         })
     }
 
@@ -2091,8 +2158,8 @@ impl Engine {
         let st = self.state.borrow()?;
         use TaskStateState as S;
         // A prefix counts the states of its live groups, so "every group done" is
-        // "every prefix done": O(prefixes), where the group arena grows with every
-        // submission (a futures loop made this O(submissions so far)).
+        // "every prefix done": O(prefixes), where the groups grow with every submission
+        // (distributed's spans keep them all; a futures loop made this O(submissions)).
         Ok(st.prefixes.iter().all(|p| {
             [S::Waiting, S::Queued, S::Processing, S::NoWorker]
                 .iter()
@@ -2143,12 +2210,9 @@ impl Engine {
         let e = View::new(&e, &st);
         let out = PyDict::new(py);
         let engine = slf.clone().unbind();
-        for (i, g) in e.state.groups.iter().enumerate() {
-            if !g.alive {
-                continue;
-            }
-            let h = handles::group_handle(py, &engine, &e, GroupId(i as u32))?;
-            out.set_item(group_name(py, &g.name)?, h)?;
+        for g in e.state.alive_groups.keys() {
+            let h = handles::group_handle(py, &engine, &e, g)?;
+            out.set_item(group_name(py, &e.state.groups[g.idx()].name)?, h)?;
         }
         Ok(out)
     }
@@ -2502,6 +2566,13 @@ impl Engine {
     #[getter]
     fn n_tasks(&self) -> PyResult<usize> {
         Ok(self.state.borrow()?.n_live_tasks)
+    }
+
+    /// Slots in the group arena (live groups, dead ones still referred to, free slots):
+    /// stays bounded while groups come and go.
+    #[getter]
+    fn n_group_slots(&self) -> PyResult<usize> {
+        Ok(self.state.borrow()?.groups.len())
     }
 
     fn __len__(&self) -> PyResult<usize> {

@@ -159,6 +159,34 @@ pub struct TaskGroup<P> {
     pub last_worker_tasks_left: i64,
     pub span_id: Option<P>,
     pub alive: bool,
+    /// How many other groups list this one in their `dependencies`: a dead group's slot
+    /// is reused only when none does (they still show it, as distributed's do).
+    pub dep_refs: u32,
+    /// The slot waits in `free_groups` for a new group.
+    pub freed: bool,
+}
+
+impl<P> TaskGroup<P> {
+    pub fn new(name: String, prefix: PrefixId) -> Self {
+        Self {
+            name,
+            prefix,
+            states: [0; 8],
+            size: 0,
+            nbytes_total: 0,
+            durations: Durations::default(),
+            types: OrderedMap::new(),
+            dependencies: hashbrown::HashSet::new(),
+            start: 0.0,
+            stop: 0.0,
+            last_worker: None,
+            last_worker_tasks_left: 0,
+            span_id: None,
+            alive: true,
+            dep_refs: 0,
+            freed: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -255,6 +255,10 @@ pub struct SchedulerState<P> {
     pub pending_free: Vec<TaskId>,
     /// Groups that died since the bindings last looked (their handles are dropped).
     pub dead_groups: Vec<GroupId>,
+    /// The live groups in creation order (`task_groups`' order).
+    pub alive_groups: OrderedMap<GroupId, ()>,
+    /// Slots of dead groups nothing refers to any more, for new groups.
+    pub free_groups: Vec<GroupId>,
     pub workers: Vec<Worker>,
     pub worker_by_address: HashMap<String, WorkerId>,
     /// `workers` is a SortedDict by address.
@@ -325,6 +329,8 @@ impl<P: Clone> SchedulerState<P> {
             free_tasks: Vec::new(),
             pending_free: Vec::new(),
             dead_groups: Vec::new(),
+            alive_groups: OrderedMap::new(),
+            free_groups: Vec::new(),
             workers: Vec::new(),
             worker_by_address: HashMap::new(),
             workers_sorted: Vec::new(),
@@ -492,23 +498,18 @@ impl<P: Clone> SchedulerState<P> {
             return g;
         }
         let prefix = self.prefix_id(prefix_name);
-        let id = GroupId(self.groups.len() as u32);
-        self.groups.push(TaskGroup {
-            name: group_name.to_owned(),
-            prefix,
-            states: [0; 8],
-            size: 0,
-            nbytes_total: 0,
-            durations: Durations::default(),
-            types: OrderedMap::new(),
-            dependencies: hashbrown::HashSet::new(),
-            start: 0.0,
-            stop: 0.0,
-            last_worker: None,
-            last_worker_tasks_left: 0,
-            span_id: None,
-            alive: true,
-        });
+        let group = TaskGroup::new(group_name.to_owned(), prefix);
+        let id = match self.free_groups.pop() {
+            Some(id) => {
+                self.groups[id.idx()] = group;
+                id
+            }
+            None => {
+                self.groups.push(group);
+                GroupId(self.groups.len() as u32 - 1)
+            }
+        };
+        self.alive_groups.insert(id, ());
         self.prefixes[prefix.idx()].groups.insert(id, ());
         self.group_by_name.insert(group_name.to_owned(), id);
         id
@@ -609,7 +610,9 @@ impl<P: Clone> SchedulerState<P> {
         let (th, dh) = (self.thash(t), self.thash(d));
         self.ts_mut(t).dependencies.insert(d, dh);
         let (tg, dg) = (self.ts(t).group, self.ts(d).group);
-        self.groups[tg.idx()].dependencies.insert(dg);
+        if self.groups[tg.idx()].dependencies.insert(dg) && tg != dg {
+            self.groups[dg.idx()].dep_refs += 1;
+        }
         self.ts_mut(d).dependents.insert(t, th);
     }
 
@@ -1132,7 +1135,43 @@ impl<P: Clone> SchedulerState<P> {
         }
         self.group_by_name.remove(&tg.name);
         self.groups[g.idx()].alive = false;
+        self.alive_groups.remove(&g);
         self.dead_groups.push(g);
+    }
+
+    /// Whether the slot of group `g` may be reused: it is dead and no group lists it in
+    /// its `dependencies` (the bindings also check that no Python object holds it).
+    pub fn group_reclaimable(&self, g: GroupId) -> bool {
+        let tg = &self.groups[g.idx()];
+        !tg.alive && !tg.freed && tg.dep_refs == 0
+    }
+
+    /// Frees the slot of a reclaimable group for a new group; returns the dead groups
+    /// that no group lists any more because of it.
+    pub fn reclaim_group(&mut self, g: GroupId) -> SmallVec<[GroupId; 4]> {
+        debug_assert!(self.group_reclaimable(g));
+        let prefix = self.groups[g.idx()].prefix;
+        let dead = std::mem::replace(
+            &mut self.groups[g.idx()],
+            TaskGroup {
+                alive: false,
+                freed: true,
+                ..TaskGroup::new(String::new(), prefix)
+            },
+        );
+        let mut freed = SmallVec::new();
+        for dg in dead.dependencies {
+            if dg == g {
+                continue;
+            }
+            let d = &mut self.groups[dg.idx()];
+            d.dep_refs -= 1;
+            if d.dep_refs == 0 && !d.alive {
+                freed.push(dg);
+            }
+        }
+        self.free_groups.push(g);
+        freed
     }
 }
 

@@ -18,6 +18,30 @@ impl<P: Clone> SchedulerState<P> {
     pub fn validate_state(&self) -> CoreResult<()> {
         for t in self.live_task_ids() {
             self.validate_task(t)?;
+            let g = self.ts(t).group;
+            check!(self.groups[g.idx()].alive, "task {t:?} in a dead group {g:?}");
+        }
+        let mut listed: hashbrown::HashMap<GroupId, usize> = hashbrown::HashMap::new();
+        for (i, tg) in self.groups.iter().enumerate() {
+            for &d in &tg.dependencies {
+                if d.idx() != i && !tg.freed {
+                    *listed.entry(d).or_default() += 1;
+                }
+            }
+        }
+        for (i, tg) in self.groups.iter().enumerate() {
+            let g = GroupId(i as u32);
+            check!(
+                tg.alive == self.alive_groups.contains_key(&g),
+                "alive_groups out of sync for {g:?}"
+            );
+            check!(!(tg.alive && tg.freed), "live group {g:?} in free_groups");
+            let refs = listed.get(&g).copied().unwrap_or(0);
+            check!(
+                tg.freed || refs == tg.dep_refs as usize,
+                "dep_refs of {g:?}: {} counted, {refs} listed",
+                tg.dep_refs
+            );
         }
         let mut prev = f64::NEG_INFINITY;
         for (t, since) in self.unrunnable.iter() {
