@@ -19,7 +19,10 @@ impl<P: Clone> SchedulerState<P> {
         for t in self.live_task_ids() {
             self.validate_task(t)?;
             let g = self.ts(t).group;
-            check!(self.groups[g.idx()].alive, "task {t:?} in a dead group {g:?}");
+            check!(
+                self.groups[g.idx()].alive,
+                "task {t:?} in a dead group {g:?}"
+            );
         }
         let mut listed: hashbrown::HashMap<GroupId, usize> = hashbrown::HashMap::new();
         for (i, tg) in self.groups.iter().enumerate() {
