@@ -942,17 +942,22 @@ class EngineSchedulerMixin:
 
     # ---------------------------------------------------------- task events
 
+    def _rsched_carry_out(self, stimulus: tuple[dict, dict, dict], stimulus_id: str) -> None:
+        """The rest of distributed's task handlers, step by step, after a replaced
+        `stimulus_task_finished/erred` returned."""
+        recs, client_msgs, worker_msgs = stimulus
+        self._transitions(recs, client_msgs, worker_msgs, stimulus_id)
+        self.send_all(client_msgs, worker_msgs)
+        self.stimulus_queue_slots_maybe_opened(stimulus_id=stimulus_id)
+
     def handle_task_finished(self, key: Any, worker: str, stimulus_id: str, **msg: Any) -> None:
         if worker not in self.workers:
             return
         if self._rsched_replaced("stimulus_task_finished"):
-            # distributed's handler, step by step, through the replacement
-            recs, client_msgs, worker_msgs = self.stimulus_task_finished(
-                key=key, worker=worker, stimulus_id=stimulus_id, **msg
+            self._rsched_carry_out(
+                self.stimulus_task_finished(key=key, worker=worker, stimulus_id=stimulus_id, **msg),
+                stimulus_id,
             )
-            self._transitions(recs, client_msgs, worker_msgs, stimulus_id)
-            self.send_all(client_msgs, worker_msgs)
-            self.stimulus_queue_slots_maybe_opened(stimulus_id=stimulus_id)
             return
         engine = self._rsched_engine
         self._rsched_run(
@@ -963,12 +968,9 @@ class EngineSchedulerMixin:
 
     def handle_task_erred(self, key: Any, stimulus_id: str, **msg: Any) -> None:
         if self._rsched_replaced("stimulus_task_erred"):
-            recs, client_msgs, worker_msgs = self.stimulus_task_erred(
-                key=key, stimulus_id=stimulus_id, **msg
+            self._rsched_carry_out(
+                self.stimulus_task_erred(key=key, stimulus_id=stimulus_id, **msg), stimulus_id
             )
-            self._transitions(recs, client_msgs, worker_msgs, stimulus_id)
-            self.send_all(client_msgs, worker_msgs)
-            self.stimulus_queue_slots_maybe_opened(stimulus_id=stimulus_id)
             return
         engine = self._rsched_engine
         worker = msg.pop("worker")

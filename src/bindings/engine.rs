@@ -317,6 +317,19 @@ fn held_elsewhere<T>(_py: Python<'_>, handle: &Py<T>) -> bool {
     unsafe { pyo3::ffi::Py_REFCNT(handle.as_ptr()) > 1 }
 }
 
+/// The recommendations a stimulus left to carry out (`None`: it carried them out) and
+/// its `(client_msgs, worker_msgs)`.
+type RecsAndMsgs<'py> = (Option<Bound<'py, PyDict>>, Bound<'py, PyTuple>);
+
+/// `(recommendations, client_msgs, worker_msgs)`, as distributed's stimuli return them.
+fn recs_and_msgs_py<'py>(
+    py: Python<'py>,
+    (recs, msgs): RecsAndMsgs<'py>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let recs = recs.unwrap_or_else(|| PyDict::new(py));
+    PyTuple::new(py, [recs.into_any(), msgs.get_item(0)?, msgs.get_item(1)?])
+}
+
 /// A lock whose holder never runs Python (poisoning cannot leave it half-updated).
 fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -840,7 +853,7 @@ impl Engine {
 
     /// `stimulus_task_finished`, then (`carry_out`) the `_transitions` of its
     /// recommendations and `stimulus_queue_slots_maybe_opened`, as `handle_task_finished`
-    /// does: `(recommendations left, client_msgs, worker_msgs)`.
+    /// does: the recommendations left (unless carried out) and the messages.
     #[allow(clippy::too_many_arguments)]
     fn task_finished<'py>(
         &self,
@@ -855,11 +868,11 @@ impl Engine {
         startstops: Option<&Bound<'py, PyAny>>,
         metadata: Option<&Bound<'py, PyAny>>,
         carry_out: bool,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+    ) -> PyResult<RecsAndMsgs<'py>> {
         let mut st = self.state.borrow_mut()?;
         let mut out = Outbox::default();
         if st.worker_id(worker).is_none() {
-            return self.finish_with(py, &mut st, Recs::new(), out);
+            return self.finish_with(py, &mut st, (!carry_out).then(Recs::new), out);
         }
         let t = self.tid(py, key)?;
         let mut ss = Vec::new();
@@ -914,8 +927,8 @@ impl Engine {
                 msg.set_item(intern!(py, "keys"), PyList::new(py, [key])?)?;
                 msg.set_item(intern!(py, "stimulus_id"), stimulus_id)?;
                 let left = self.carry_out(&mut st, recs, carry_out, &mut out, &sid)?;
-                let res = self.finish_with(py, &mut st, left, out)?;
-                let wm = res.get_item(2)?;
+                let (recs, msgs) = self.finish_with(py, &mut st, left, out)?;
+                let wm = msgs.get_item(1)?;
                 let wm = wm.cast::<PyDict>()?;
                 let first = PyList::new(py, [msg])?;
                 // distributed puts this message first in worker_msgs
@@ -928,7 +941,8 @@ impl Engine {
                         merged.set_item(k, v)?;
                     }
                 }
-                return PyTuple::new(py, [res.get_item(0)?, res.get_item(1)?, merged.into_any()]);
+                let msgs = PyTuple::new(py, [msgs.get_item(0)?, merged.into_any()])?;
+                return Ok((recs, msgs));
             }
             StaleReply::AddKeys => {
                 if let Some(t) = t {
@@ -941,7 +955,7 @@ impl Engine {
     }
 
     /// `_transitions(recs)` then `stimulus_queue_slots_maybe_opened` if `carry_out`;
-    /// returns the recommendations left to carry out.
+    /// otherwise returns the recommendations, left to the caller.
     fn carry_out(
         &self,
         st: &mut State,
@@ -949,32 +963,35 @@ impl Engine {
         carry_out: bool,
         out: &mut Outbox<Py<PyAny>>,
         stimulus_id: &Py<PyAny>,
-    ) -> PyResult<Recs> {
+    ) -> PyResult<Option<Recs>> {
         if !carry_out {
-            return Ok(recs);
+            return Ok(Some(recs));
         }
         st.transitions_then_fill_queue(recs, out, stimulus_id)
             .map_err(to_pyerr)?;
-        Ok(Recs::new())
+        Ok(None)
     }
 
-    /// `finish` with the recommendations left: `(recs, client_msgs, worker_msgs)`.
+    /// `finish`, with the recommendations left (if any) as `{key: state}`, read before
+    /// `finish` may free forgotten tasks.
     fn finish_with<'py>(
         &self,
         py: Python<'py>,
         st: &mut State,
-        recs: Recs,
+        left: Option<Recs>,
         out: Outbox<Py<PyAny>>,
-    ) -> PyResult<Bound<'py, PyTuple>> {
-        let recs_py = PyDict::new(py);
-        for (t, finish) in recs.iter() {
-            recs_py.set_item(st.ts(*t).key.bind(py), py_state(py, *finish))?;
-        }
-        let msgs = self.finish(py, st, out)?;
-        PyTuple::new(
-            py,
-            [recs_py.into_any(), msgs.get_item(0)?, msgs.get_item(1)?],
-        )
+    ) -> PyResult<RecsAndMsgs<'py>> {
+        let recs = match left {
+            None => None,
+            Some(recs) => {
+                let d = PyDict::new(py);
+                for (t, finish) in recs.iter() {
+                    d.set_item(st.ts(*t).key.bind(py), py_state(py, *finish))?;
+                }
+                Some(d)
+            }
+        };
+        Ok((recs, self.finish(py, st, out)?))
     }
 
     /// `stimulus_task_erred`, then (`carry_out`) what `handle_task_erred` does after it.
@@ -989,7 +1006,7 @@ impl Engine {
         run_id: i64,
         texts: [Option<&Bound<'py, PyAny>>; 4],
         carry_out: bool,
-    ) -> PyResult<Bound<'py, PyTuple>> {
+    ) -> PyResult<RecsAndMsgs<'py>> {
         let mut st = self.state.borrow_mut()?;
         let t = self.tid(py, key)?;
         let [exception, traceback, exception_text, traceback_text] =
@@ -1453,7 +1470,7 @@ impl Engine {
             metadata,
             true,
         )?;
-        PyTuple::new(py, [r.get_item(1)?, r.get_item(2)?])
+        Ok(r.1)
     }
 
     /// `SchedulerState.stimulus_task_finished`: `(recommendations, client_msgs,
@@ -1475,7 +1492,7 @@ impl Engine {
         metadata: Option<&Bound<'py, PyAny>>,
         _kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        self.task_finished(
+        let r = self.task_finished(
             py,
             key,
             worker,
@@ -1487,7 +1504,8 @@ impl Engine {
             startstops,
             metadata,
             false,
-        )
+        )?;
+        recs_and_msgs_py(py, r)
     }
 
     /// `Scheduler.handle_task_erred`: `(client_msgs, worker_msgs)`
@@ -1516,7 +1534,7 @@ impl Engine {
             [exception, traceback, exception_text, traceback_text],
             true,
         )?;
-        PyTuple::new(py, [r.get_item(1)?, r.get_item(2)?])
+        Ok(r.1)
     }
 
     /// `SchedulerState.stimulus_task_erred`: `(recommendations, client_msgs,
@@ -1537,7 +1555,7 @@ impl Engine {
         traceback_text: Option<&Bound<'py, PyAny>>,
         _kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        self.task_erred(
+        let r = self.task_erred(
             py,
             key,
             stimulus_id,
@@ -1545,7 +1563,8 @@ impl Engine {
             run_id,
             [exception, traceback, exception_text, traceback_text],
             false,
-        )
+        )?;
+        recs_and_msgs_py(py, r)
     }
 
     /// `Scheduler.remove_worker`'s state changes and transitions.
@@ -1773,7 +1792,8 @@ impl Engine {
             .ok_or_else(|| PyValueError::new_err(format!("unknown task state {finish:?}")))?;
         let mut out = Outbox::default();
         let Some(t) = self.tid(py, key)? else {
-            return self.finish_with(py, &mut st, Recs::new(), out);
+            let r = self.finish_with(py, &mut st, Some(Recs::new()), out)?;
+            return recs_and_msgs_py(py, r);
         };
         let un =
             |o: Option<&Bound<'py, PyAny>>| o.filter(|o| !o.is_none()).map(|o| o.clone().unbind());
@@ -1797,7 +1817,8 @@ impl Engine {
         let recs = st
             .transition(t, finish, &sid, args, &mut out)
             .map_err(to_pyerr)?;
-        self.finish_with(py, &mut st, recs, out)
+        let r = self.finish_with(py, &mut st, Some(recs), out)?;
+        recs_and_msgs_py(py, r)
     }
 
     // ----- work stealing (`WorkStealing`, see core::stealing) ------------------------
