@@ -80,7 +80,7 @@ def run(engine: str, workload: str, n: int, n_workers: int, threads: int = 1) ->
     finally:
         dask_rsched.uninstall()
     with cluster:
-        used = cluster.scheduler.identity().get("scheduler-engine", "distributed (Python)")
+        used = dask_rsched.scheduler_engine(cluster.scheduler) or "distributed (Python)"
         cpu0 = cpu_seconds()
         out = subprocess.run(
             [

@@ -5,10 +5,12 @@
 //!     cargo bench --no-default-features --bench core
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use dask_rsched::core::state::{Config, Outbox, SchedulerState, WorkerMsg};
-use dask_rsched::core::stimuli::{GraphTask, KeyRef, NewWorker};
+use dask_rsched::core::graph::{GraphTask, KeyRef};
+use dask_rsched::core::messages::{Outbox, WorkerMsg};
+use dask_rsched::core::state::{Config, SchedulerState};
 use dask_rsched::core::transitions::TransitionArgs;
 use dask_rsched::core::types::*;
+use dask_rsched::core::workers::NewWorker;
 
 type St = SchedulerState<u64>;
 
@@ -109,8 +111,9 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
             typename: "int".into(),
             startstops: vec![],
         };
-        let (recs, _) = s
-            .stimulus_task_finished(Some(t), &worker, run_id, args, &mut out, &sid, None)
+        let key = s.ts(t).key;
+        let recs = s
+            .stimulus_task_finished(&key, Some(t), &worker, run_id, args, |_| {}, &mut out, &sid)
             .unwrap();
         s.transitions_then_fill_queue(recs, &mut out, &sid).unwrap();
         finished += 1;

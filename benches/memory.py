@@ -25,16 +25,14 @@ def measure(engine: str, n: int) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import dask
-    from differential import PythonSide, RustSide
+    from differential import EngineSide, PythonSide
     from scheduler_only import tree
 
     dsk, root = tree(n)
     ordered = dask.order.order(dsk)
     with dask.config.set({"distributed.scheduler.work-stealing": False}):
-        if engine == "python":
-            side = PythonSide(asyncio.new_event_loop(), validate=False)
-        else:
-            side = RustSide(validate=False)
+        side_class = PythonSide if engine == "python" else EngineSide
+        side = side_class(asyncio.new_event_loop(), validate=False)
         side.normalise = False
         side.add_client("c1")
         gc.collect()

@@ -4,8 +4,8 @@ side by side in one run.
 Both sides get the same stimuli: N workers join, a graph is submitted, and every
 `compute-task` is answered at once with a `task-finished` (fake in-process workers) until
 the graph is done. The pure-Python side is a real `distributed.Scheduler` driven through
-`_create_taskstate_from_graph` and `handle_task_finished`; the engine side is
-`dask_rsched.Engine` driven through its methods of the same names.
+`_create_taskstate_from_graph` and `handle_task_finished`; the engine side is the same
+Scheduler moved onto the engine (`dask_rsched.activate`), driven the same way.
 
     python benches/scheduler_only.py            # the default matrix
     python benches/scheduler_only.py --quick    # CI: checks that it runs
@@ -24,7 +24,7 @@ import dask
 from dask._task_spec import Task, TaskRef
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from differential import PythonSide, RustSide
+from differential import EngineSide, PythonSide
 
 
 def inc(x: int) -> int:
@@ -98,9 +98,12 @@ def main() -> None:
                 t_py, n_py = run(py, dsk, root, ordered, nw)
                 py.close()
                 loop.close()
-                rs = RustSide(validate=False)
+                loop = asyncio.new_event_loop()
+                rs = EngineSide(loop, validate=False)
                 rs.normalise = False
                 t_rs, n_rs = run(rs, dsk, root, ordered, nw)
+                rs.close()
+                loop.close()
                 assert n_py == n_rs == len(dsk), (n_py, n_rs, len(dsk))
                 us_py = t_py / len(dsk) * 1e6
                 us_rs = t_rs / len(dsk) * 1e6

@@ -2,9 +2,9 @@
 
 `PythonSide` is a real `distributed.Scheduler` (never started: no comms, no periodic
 callbacks) whose workers and clients are in-process collectors; its stimuli go through
-the same `SchedulerState`/`Scheduler` methods the comm handlers call. `RustSide` is
-`dask_rsched.Engine`. Both return per-stimulus messages per destination, normalised so
-they compare equal when the engines behave the same.
+the same `SchedulerState`/`Scheduler` methods the comm handlers call. `EngineSide` is the
+same Scheduler moved onto the engine. Both return per-stimulus messages per destination,
+normalised so they compare equal when the engines behave the same.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import dask
 import dask_rsched
+import dask_rsched._views
 from distributed import Scheduler
 from distributed.core import Status
 from distributed.protocol.serialize import Serialized, deserialize
@@ -96,6 +97,70 @@ def normalise(msg: dict, run_ids: dict) -> dict:
 
 def _config() -> Any:
     return dask.config.set({"distributed.scheduler.work-stealing": False})
+
+
+_ORDERED_SETS = ("dependencies", "dependents", "waiting_on", "waiters", "who_has", "who_wants")
+
+
+def engine_set_orders(s: Any) -> tuple | None:
+    """For a scheduler on the engine, the engine's own iteration order of the sets that
+    handles give as new Python sets (whose order can differ)."""
+    engine = getattr(s, "_rsched_engine", None)
+    return None if engine is None else engine.set_orders()
+
+
+def task_snapshot(tasks: Any, orders: dict | None = None) -> dict:
+    """Per task, the attributes both engines must agree on (sets in iteration order:
+    `orders`, the engine's, where handles would lose it)."""
+    out = {}
+
+    def keys(tasks: Any) -> list | None:
+        return None if tasks is None else [d.key for d in tasks]
+
+    for k, ts in tasks.items():
+        out[k] = {
+            "state": ts.state,
+            "processing_on": ts.processing_on.address if ts.processing_on else None,
+            "who_has": None if ts.who_has is None else [w.address for w in ts.who_has],
+            "waiting_on": keys(ts.waiting_on),
+            "waiters": keys(ts.waiters),
+            "dependencies": keys(ts.dependencies),
+            "dependents": keys(ts.dependents),
+            "priority": ts.priority,
+            "retries": ts.retries,
+            "host_restrictions": None
+            if ts.host_restrictions is None
+            else list(ts.host_restrictions),
+            "worker_restrictions": None
+            if ts.worker_restrictions is None
+            else list(ts.worker_restrictions),
+            "resource_restrictions": None
+            if ts.resource_restrictions is None
+            else [(k, float(v)) for k, v in ts.resource_restrictions.items()],
+            "loose_restrictions": bool(ts.loose_restrictions),
+            "nbytes": ts.nbytes,
+            "suspicious": ts.suspicious,
+            "exception_blame": ts.exception_blame.key if ts.exception_blame else None,
+            "who_wants": None if ts.who_wants is None else [c.client_key for c in ts.who_wants],
+        }
+        if orders is not None:
+            out[k].update(zip(_ORDERED_SETS, orders[k], strict=True))
+    return out
+
+
+def worker_snapshot(workers: Any, orders: dict | None = None) -> dict:
+    """Per worker, the attributes both engines must agree on (`processing` in iteration
+    order: `orders`, the engine's, where handles would lose it)."""
+    out = {}
+    for addr, ws in workers.items():
+        out[addr] = {
+            "processing": orders[addr] if orders else [ts.key for ts in ws.processing],
+            "has_what": [ts.key for ts in ws.has_what],
+            "nbytes": ws.nbytes,
+            "occupancy": ws.occupancy,
+            "status": ws.status.name,
+        }
+    return out
 
 
 class _Side:
@@ -300,50 +365,12 @@ class PythonSide(_Side):
         return self._collect()
 
     def snapshot(self) -> dict:
-        out = {}
-
-        def keys(tasks: Any) -> list | None:
-            return None if tasks is None else [d.key for d in tasks]
-
-        for k, ts in self.s.tasks.items():
-            out[k] = {
-                "state": ts.state,
-                "processing_on": ts.processing_on.address if ts.processing_on else None,
-                "who_has": None if ts.who_has is None else [w.address for w in ts.who_has],
-                "waiting_on": keys(ts.waiting_on),
-                "waiters": keys(ts.waiters),
-                "dependencies": keys(ts.dependencies),
-                "dependents": keys(ts.dependents),
-                "priority": ts.priority,
-                "retries": ts.retries,
-                "host_restrictions": None
-                if ts.host_restrictions is None
-                else list(ts.host_restrictions),
-                "worker_restrictions": None
-                if ts.worker_restrictions is None
-                else list(ts.worker_restrictions),
-                "resource_restrictions": None
-                if ts.resource_restrictions is None
-                else [(k, float(v)) for k, v in ts.resource_restrictions.items()],
-                "loose_restrictions": bool(ts.loose_restrictions),
-                "nbytes": ts.nbytes,
-                "suspicious": ts.suspicious,
-                "exception_blame": ts.exception_blame.key if ts.exception_blame else None,
-                "who_wants": None if ts.who_wants is None else [c.client_key for c in ts.who_wants],
-            }
-        return out
+        orders = engine_set_orders(self.s)
+        return task_snapshot(self.s.tasks, orders and orders[0])
 
     def worker_snapshot(self) -> dict:
-        out = {}
-        for addr, ws in self.s.workers.items():
-            out[addr] = {
-                "processing": [ts.key for ts in ws.processing],
-                "has_what": [ts.key for ts in ws.has_what],
-                "nbytes": ws.nbytes,
-                "occupancy": ws.occupancy,
-                "status": ws.status.name,
-            }
-        return out
+        orders = engine_set_orders(self.s)
+        return worker_snapshot(self.s.workers, orders and orders[1])
 
     def containers(self) -> dict:
         s = self.s
@@ -369,144 +396,26 @@ class PythonSide(_Side):
         self.s.client_comms.clear()
 
 
-class RustSide(_Side):
-    def __init__(self, validate: bool = True) -> None:
-        with _config():
-            self.e = dask_rsched.Engine(validate=validate)
-        self.run_ids: dict = {}
-        self.live: set[str] = set()
+class EngineSide(PythonSide):
+    """`PythonSide` on the engine: the same never-started Scheduler, moved onto the
+    engine (`dask_rsched.activate`) and driven through the same methods, so that
+    distributed's own code running on the engine (worker lifecycle, handlers) is what
+    is compared."""
 
-    def _norm(self, res: tuple) -> tuple:
-        cm, wm = res
-        # like Scheduler.send_all: messages to workers without a stream are dropped
-        wm = {w: ms for w, ms in wm.items() if w in self.live}
-        if not self.normalise:
-            return cm, wm
-        assign_run_ids(list(wm.values()), self.run_ids)
-        return (
-            {c: [normalise(m, self.run_ids) for m in ms] for c, ms in cm.items()},
-            {w: [normalise(m, self.run_ids) for m in ms] for w, ms in wm.items()},
-        )
+    def __init__(self, loop: asyncio.AbstractEventLoop, validate: bool = True) -> None:
+        super().__init__(loop, validate=False)
+        # the engine validates every transition; distributed's Python-side checks stay
+        # off, as on PythonSide
+        self.s.validate = validate
+        assert dask_rsched.activate(self.s)
+        self.s.validate = False
 
-    def add_client(self, client: str) -> None:
-        self.e.add_client(client)
-
-    def add_worker(
-        self, addr: str, server_id: str, nthreads: int, sid: str, resources: dict | None = None
-    ) -> tuple:
-        self.live.add(addr)
-        return self._norm(
-            self.e.add_worker(
-                addr,
-                resources=resources,
-                server_id=server_id,
-                nthreads=nthreads,
-                memory_limit=2**32,
-                name=addr,
-                stimulus_id=sid,
-            )
-        )
-
-    def remove_worker(self, addr: str, expected: bool, sid: str) -> tuple:
-        self.live.discard(addr)
-        return self._norm(self.e.remove_worker(addr, stimulus_id=sid, expected=expected))
-
-    def worker_status(self, addr: str, status: str, sid: str) -> tuple:
-        return self._norm(self.e.handle_worker_status_change(status, addr, sid))
-
-    def update_graph(
-        self,
-        dsk: dict,
-        keys: set,
-        ordered: dict,
-        client: str,
-        sid: str,
-        annotations: dict | None = None,
-        user_priority: int = 0,
-        actors: list | None = None,
-    ) -> tuple:
-        return self._norm(
-            self.e.update_graph(
-                user_priority=user_priority,
-                actors=actors,
-                annotations_by_type=annotations,
-                dsk=dsk,
-                keys=keys,
-                ordered=ordered,
-                client=client,
-                stimulus_id=sid,
-            )
-        )
-
-    def task_finished(
-        self, key: Any, worker: str, run_id: int, sid: str, nbytes: int = 28
-    ) -> tuple:
-        return self._norm(
-            self.e.handle_task_finished(
-                key,
-                worker,
-                sid,
-                run_id=run_id,
-                nbytes=nbytes,
-                type=b"int",
-                typename="int",
-                metadata={},
-                thread=0,
-                startstops=[{"action": "compute", "start": 1.0, "stop": 1.5}],
-            )
-        )
-
-    def task_erred(self, key: Any, worker: str, run_id: int, exc: Any, sid: str) -> tuple:
-        return self._norm(
-            self.e.handle_task_erred(
-                key,
-                sid,
-                worker=worker,
-                run_id=run_id,
-                exception=exc,
-                traceback=None,
-                exception_text="boom",
-                traceback_text="",
-            )
-        )
-
-    def release(self, keys: list, client: str, sid: str) -> tuple:
-        return self._norm(self.e.client_releases_keys(keys, client, sid))
-
-    def scatter(self, who_has: dict, nbytes: dict, client: str) -> tuple:
-        return self._norm(self.e.update_data(who_has=who_has, nbytes=nbytes, client=client))
-
-    def release_worker_data(self, key: Any, worker: str, sid: str) -> tuple:
-        return self._norm(self.e.release_worker_data(key, worker, sid))
-
-    def add_keys(self, worker: str, keys: list, sid: str) -> tuple:
-        status, wm = self.e.add_keys(worker, keys, sid)
-        cm, wm = self._norm(({}, wm))
-        return status, cm, wm
-
-    def long_running(self, key: Any, worker: str, run_id: int, sid: str) -> tuple:
-        return self._norm(self.e.handle_long_running(key, worker, run_id, 0.25, sid))
-
-    def cancel(self, keys: list, client: str, force: bool, sid: str) -> tuple:
-        return self._norm(self.e.stimulus_cancel(keys, client, force, "test", "m", "cancel-key"))
-
-    def retry(self, keys: list, client: str, sid: str) -> tuple:
-        _, cm, wm = self.e.stimulus_retry(keys, "stimulus-retry")
-        return self._norm((cm, wm))
-
-    def snapshot(self) -> dict:
-        return self.e.snapshot()
-
-    def worker_snapshot(self) -> dict:
-        return self.e.worker_snapshot()
+    @property
+    def e(self) -> dask_rsched.Engine:
+        return self.s._rsched_engine
 
     def containers(self) -> dict:
-        out = self.e.containers()
+        # the engine's own order: the views give new Python sets, whose order can differ
+        out = self.s._rsched_engine.containers()
         del out["unrunnable_since"]  # timestamps; the keys are compared
         return out
-
-    def validate(self) -> None:
-        self.e.validate_state()
-
-    def close(self) -> None:
-        pass

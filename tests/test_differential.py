@@ -14,7 +14,7 @@ import os
 import dask
 import pytest
 from dask._task_spec import Task, TaskRef
-from differential import PythonSide, RustSide
+from differential import EngineSide, PythonSide
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -88,7 +88,7 @@ class Differential(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.py = PythonSide(self.loop)
-        self.rs = RustSide()
+        self.rs = EngineSide(self.loop)
         self.workers: list[str] = []
         self.n_workers = 0
         self.n_graphs = 0

@@ -29,7 +29,7 @@ ENGINE = dask_rsched.__version__ and "dask-rsched"
 
 def engine_of(client: Client) -> str:
     return client.run_on_scheduler(
-        lambda dask_scheduler: dask_scheduler.identity().get("scheduler-engine", "python")
+        lambda dask_scheduler: dask_rsched.scheduler_engine(dask_scheduler) or "python"
     )
 
 
@@ -267,8 +267,9 @@ CHECK = """
 import dask, dask.array as da
 from distributed import Client
 {connect}
+import dask_rsched
 engine = c.run_on_scheduler(
-    lambda dask_scheduler: dask_scheduler.identity().get("scheduler-engine", "python"))
+    lambda dask_scheduler: dask_rsched.scheduler_engine(dask_scheduler) or "python")
 x = da.ones((400, 400), chunks=100)
 print(engine, "|", int(x.sum().compute()), "|", c.submit(lambda: 6 * 7).result())
 """

@@ -22,9 +22,11 @@ def engine() -> dask_rsched.Engine:
 
 
 def submit(e: dask_rsched.Engine, dsk: dict, keys: set) -> tuple:
-    return e.update_graph(
+    """`(client_msgs, worker_msgs)` of a graph submission."""
+    _, cm, wm = e.update_graph(
         dsk=dsk, keys=keys, ordered=dask.order.order(dsk), client="c", stimulus_id="ug"
     )
+    return cm, wm
 
 
 def test_duplicate_worker_is_value_error(engine: dask_rsched.Engine) -> None:
@@ -34,7 +36,7 @@ def test_duplicate_worker_is_value_error(engine: dask_rsched.Engine) -> None:
 
 def test_unknown_status_is_value_error(engine: dask_rsched.Engine) -> None:
     with pytest.raises(ValueError, match="unknown worker status"):
-        engine.handle_worker_status_change("sleepy", "tcp://127.0.0.1:1", "s")
+        engine.add_worker("tcp://127.0.0.1:3", server_id="w3", nthreads=1, status="sleepy")
 
 
 def test_unknown_dependency_is_key_error(engine: dask_rsched.Engine) -> None:
@@ -55,7 +57,8 @@ def test_unknown_key_and_worker_are_ignored_like_distributed(engine: dask_rsched
     _, wm = engine.handle_task_finished("x", "tcp://127.0.0.1:1", "s", run_id=0)
     assert wm == {"tcp://127.0.0.1:1": [{"op": "free-keys", "keys": ["x"], "stimulus_id": "s"}]}
     assert engine.handle_task_erred("x", "s", worker="tcp://127.0.0.1:1", run_id=0) == ({}, {})
-    assert engine.remove_worker("tcp://9.9.9.9:1", stimulus_id="s") == ({}, {})
+    with pytest.raises(KeyError):
+        engine.detach_worker("tcp://9.9.9.9:1")
     with pytest.raises(KeyError):
         engine.stimulus_retry(["x"], "s")
 

@@ -37,6 +37,7 @@ __all__ = [
     "dask_setup",
     "install",
     "is_installed",
+    "scheduler_engine",
     "supported",
     "uninstall",
 ]
@@ -80,6 +81,14 @@ def activate(scheduler: Any) -> bool:
         # the engine is set up before the scheduler is touched, so this leaves it whole
         logger.exception("dask-rsched could not start; the scheduler stays pure Python")
         return False
+
+
+def scheduler_engine(scheduler: Any) -> str | None:
+    """The engine a Scheduler runs on (``"dask-rsched <version> (Rust)"``), or None on
+    pure Python. distributed's own `identity()` is left as distributed makes it."""
+    from dask_rsched._scheduler import ENGINE_NAME, is_active
+
+    return ENGINE_NAME if is_active(scheduler) else None
 
 
 def dask_setup(server: Any) -> None:

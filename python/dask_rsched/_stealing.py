@@ -34,6 +34,8 @@ class EngineWorkStealing(SchedulerPlugin):
     log = WorkStealing.log
     story = WorkStealing.story
     _to_dict_no_nest = WorkStealing._to_dict_no_nest
+    stealing_objective = WorkStealing.stealing_objective
+    _combined_occupancy = WorkStealing._combined_occupancy
 
     def __init__(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -73,17 +75,22 @@ class EngineWorkStealing(SchedulerPlugin):
     def restart(self, scheduler: Any) -> None:
         self._engine.steal_restart()
 
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        self._engine.steal_remove_worker(worker)
+
     # ----- decisions (in the engine) ---------------------------------------------------
 
     def balance(self) -> None:
         start = time()
-        self._apply(self._engine.steal_balance())
+        self._apply(self.scheduler._rsched_call(self._engine.steal_balance))
         digests = self.scheduler.digests
         if digests:
             digests["steal-duration"].add(time() - start)
 
     def move_task_request(self, ts: Any, victim: Any, thief: Any) -> str:
-        stimulus_id, msgs = self._engine.steal_request(ts.key, victim.address, thief.address)
+        stimulus_id, *msgs = self.scheduler._rsched_call(
+            self._engine.steal_request, ts.key, victim.address, thief.address
+        )
         if stimulus_id == "in-flight":
             return stimulus_id
         # logged once the request is made, before it is sent, as distributed does
@@ -106,13 +113,9 @@ class EngineWorkStealing(SchedulerPlugin):
             logger.debug("Key released between request and confirm: %s", key)
             return
         try:
-            msgs = self._engine.steal_response(key, state, stimulus_id, worker)
-        except BaseException:
-            s._rsched_release()
+            s._rsched_run(self._engine.steal_response, key, state, stimulus_id, worker)
+        finally:
             self._log_events()
-            raise
-        s._rsched_apply(msgs)
-        self._log_events()
 
     def put_key_in_stealable(self, ts: Any) -> None:
         self._engine.steal_put_key(ts.key)

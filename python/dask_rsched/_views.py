@@ -1,18 +1,24 @@
-"""Read-only views of the engine's containers with the types distributed's code expects.
+"""Views of the engine's containers with the types distributed's code expects.
 
 `Scheduler.tasks` and `Scheduler.workers` are live mappings over the engine; the smaller
 scheduler-wide containers (`idle`, `running`, `queued`, ...) are rebuilt on each access,
-which only periodic callbacks, diagnostics and extensions do (the hot path never does).
+which only periodic callbacks, diagnostics, extensions and the worker lifecycle do (the
+hot path never does). The writes distributed's own worker lifecycle makes
+(`workers[address] = ws`, `del workers[address]`, `running.add(ws)`, `idle.pop(address)`,
+...) reach the engine.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 from typing import Any
 
+from distributed._stories import scheduler_story
+from distributed.scheduler import ErredTask, Transition
 from sortedcontainers import SortedDict
 
-from dask_rsched._core import Engine
+from dask_rsched._core import Engine, TaskState, WorkerState
 
 
 class TasksView(Mapping):
@@ -100,6 +106,28 @@ class WorkersView(Mapping):
     def __len__(self) -> int:
         return self._engine.worker_count()
 
+    def __setitem__(self, address: str, ws: Any) -> None:
+        """`workers[address] = WorkerState(...)` in distributed's `add_worker`: the
+        worker joins the engine, and the attributes only Python reads move to its
+        handle (which serves the rest)."""
+        self._engine.add_worker(
+            address,
+            server_id=ws.server_id,
+            nthreads=ws.nthreads,
+            memory_limit=ws.memory_limit,
+            name=ws.name,
+            status=ws.status.name,
+        )
+        handle = self._engine.get_worker(address)
+        served = type(handle)
+        for attr in type(ws).__slots__:
+            if not hasattr(served, attr) and hasattr(ws, attr):
+                handle.__dict__[attr] = getattr(ws, attr)
+
+    def __delitem__(self, address: str) -> None:
+        """`del workers[address]` in distributed's `remove_worker`."""
+        self._engine.detach_worker(address)
+
     def __repr__(self) -> str:
         return f"<WorkersView: {len(self)} workers>"
 
@@ -144,6 +172,95 @@ class QueuedView:
         return f"<QueuedView: {len(self)} items>"
 
 
+class HandleSet(set):
+    """A set of handles that iterates in the engine's order, which is distributed's
+    (a new Python set of the same objects can iterate in another order, and the order
+    decides ties where distributed's code iterates: `remove_worker`, `replicate`, ...).
+    Once changed, it iterates as a plain set."""
+
+    __slots__ = ("_order",)
+
+    def __init__(self, items: Any = ()) -> None:
+        order = tuple(items)
+        super().__init__(order)
+        self._order: tuple | None = order
+
+    def __iter__(self) -> Iterator[Any]:
+        return super().__iter__() if self._order is None else iter(self._order)
+
+
+def _forgetting_order(name: str) -> Any:
+    method = getattr(set, name)
+
+    def change(self: HandleSet, *args: Any) -> Any:
+        self._order = None
+        return method(self, *args)
+
+    change.__name__ = name
+    return change
+
+
+for _name in (
+    "add", "discard", "remove", "pop", "clear", "update", "difference_update",
+    "intersection_update", "symmetric_difference_update", "__ior__", "__iand__",
+    "__isub__", "__ixor__",
+):  # fmt: skip
+    setattr(HandleSet, _name, _forgetting_order(_name))
+
+
+class _WorkerSet(HandleSet):
+    """A snapshot of one of the engine's worker sets (`running`, `saturated`,
+    `idle_task_count`); `add` and `discard`, as distributed's worker lifecycle calls
+    them, change the engine's set."""
+
+    __slots__ = ("_engine", "_name")
+
+    def __init__(self, engine: Engine, name: str, workers: Any) -> None:
+        super().__init__(workers)
+        self._engine = engine
+        self._name = name
+
+    def add(self, ws: Any) -> None:
+        self._engine.update_worker_container(self._name, worker_ref(ws), True)
+        super().add(ws)
+
+    def discard(self, ws: Any) -> None:
+        self._engine.update_worker_container(self._name, worker_ref(ws), False)
+        super().discard(ws)
+
+
+class _IdleDict(SortedDict):
+    """A snapshot of `idle` (address -> WorkerState, sorted); `pop(address)`, as
+    distributed's worker lifecycle calls it, changes the engine's."""
+
+    def __init__(self, engine: Engine, items: Any) -> None:
+        super().__init__(items)
+        self._engine = engine
+
+    def pop(self, address: Any, *default: Any) -> Any:
+        if address in self:
+            self._engine.update_worker_container("idle", address, False)
+        return super().pop(address, *default)
+
+
+def worker_ref(ws: Any) -> Any:
+    """A worker as the engine is told of it: its handle, or (distributed's own
+    `WorkerState`, in `add_worker`) its address."""
+    return ws if isinstance(ws, WorkerState) else ws.address
+
+
+def story(engine: Engine, *keys_or_tasks_or_stimuli: Any) -> list:
+    """`SchedulerState.story`"""
+    keys = {k.key if isinstance(k, TaskState) else k for k in keys_or_tasks_or_stimuli}
+    return scheduler_story(keys, list(TransitionLogView(engine)))
+
+
+def erred_tasks(engine: Engine) -> deque:
+    """`SchedulerState.erred_tasks`, newest first."""
+    records, maxlen = engine.erred_task_records()
+    return deque((ErredTask(*fields) for fields in records), maxlen=maxlen)
+
+
 def container(engine: Engine, name: str) -> Any:
     """One scheduler-wide container as distributed's type, holding engine handles; only
     the requested one is converted."""
@@ -151,9 +268,9 @@ def container(engine: Engine, name: str) -> Any:
     worker = engine.get_worker
     task = engine.get_task
     if name == "idle":
-        return SortedDict((a, worker(a)) for a in raw["idle"])
+        return _IdleDict(engine, ((a, worker(a)) for a in raw["idle"]))
     if name in ("running", "saturated", "idle_task_count"):
-        return {worker(a) for a in raw[name]}
+        return _WorkerSet(engine, name, (worker(a) for a in raw[name]))
     if name == "queued":
         return QueuedView([task(k) for k in raw["queued"]])
     if name == "unrunnable":
@@ -162,7 +279,7 @@ def container(engine: Engine, name: str) -> Any:
             for k, since in zip(raw["unrunnable"], raw["unrunnable_since"], strict=True)
         }
     if name == "replicated_tasks":
-        return {task(k) for k in raw["replicated_tasks"]}
+        return HandleSet(task(k) for k in raw["replicated_tasks"])
     return raw[name]
 
 
@@ -182,10 +299,10 @@ class TransitionLogView(Sequence):
         if not isinstance(index, int):
             # as distributed's deque
             raise TypeError(f"sequence index must be integer, not '{type(index).__name__}'")
-        return self._engine.transition_log_entry(index)
+        return Transition(*self._engine.transition_log_entry(index))
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._engine.transition_log)
+        return (Transition(*fields) for fields in self._engine.transition_log_entries())
 
     def clear(self) -> None:
         self._engine.clear_transition_log()

@@ -1,6 +1,7 @@
 //! Core messages -> distributed's message dicts.
 
-use crate::core::state::{ClientMsg, Outbox, SchedulerState, WorkerMsg};
+use crate::core::messages::{ClientMsg, Outbox, WorkerMsg};
+use crate::core::state::SchedulerState;
 use crate::core::types::{Num, Priority, TaskStateState};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -103,17 +104,11 @@ pub fn worker_msg<'py>(
                 }
                 _ => d.set_item(intern!(py, "annotations"), PyDict::new(py))?,
             }
-            d.set_item(
-                intern!(py, "span_id"),
-                opt(py, &s.groups[ts.group.idx()].span_id),
-            )?;
+            d.set_item(intern!(py, "span_id"), opt(py, &s.group(ts.group).span_id))?;
         }
         WorkerMsg::FreeKeys { key, stimulus_id } => {
             d.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
-            d.set_item(
-                intern!(py, "keys"),
-                PyList::new(py, [s.ts(*key).key.bind(py)])?,
-            )?;
+            d.set_item(intern!(py, "keys"), PyList::new(py, [key.bind(py)])?)?;
             d.set_item(intern!(py, "stimulus_id"), stimulus_id.bind(py))?;
         }
         WorkerMsg::RemoveReplicas { keys, stimulus_id } => {
@@ -174,15 +169,22 @@ pub fn client_msg<'py>(
             d.set_item(intern!(py, "op"), intern!(py, "task-retried"))?;
             d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
         }
-        ClientMsg::CancelledKeys { keys, reason } => {
+        ClientMsg::AlreadyForgotten { key } => {
             d.set_item(intern!(py, "op"), intern!(py, "cancelled-keys"))?;
             d.set_item(
                 intern!(py, "keys"),
-                PyList::new(py, keys.iter().map(|k| s.ts(*k).key.bind(py)))?,
+                PyList::new(py, [s.ts(*key).key.bind(py)])?,
             )?;
-            if let Some(r) = reason {
-                d.set_item(intern!(py, "reason"), *r)?;
-            }
+            d.set_item(intern!(py, "reason"), intern!(py, "already forgotten"))?;
+        }
+        ClientMsg::Cancelled { keys, reason, msg } => {
+            d.set_item(intern!(py, "op"), intern!(py, "cancelled-keys"))?;
+            d.set_item(
+                intern!(py, "keys"),
+                PyList::new(py, keys.iter().map(|k| k.bind(py)))?,
+            )?;
+            d.set_item(intern!(py, "reason"), reason.bind(py))?;
+            d.set_item(intern!(py, "msg"), msg.bind(py))?;
         }
     }
     Ok(d)
@@ -197,14 +199,14 @@ pub fn outbox_to_py<'py>(
     let cm = PyDict::new(py);
     for (c, msgs) in out.client_msgs.iter() {
         // the fire-and-forget client has no comm: send_all drops these
-        if *c == s.fire_and_forget {
+        if *c == s.fire_and_forget() {
             continue;
         }
         let l = PyList::empty(py);
         for m in msgs {
             l.append(client_msg(py, s, m)?)?;
         }
-        cm.set_item(s.clients[c.idx()].client_key.bind(py), l)?;
+        cm.set_item(s.client(*c).client_key.bind(py), l)?;
     }
     let wm = PyDict::new(py);
     for (w, msgs) in out.worker_msgs.iter() {

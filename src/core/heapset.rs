@@ -32,7 +32,7 @@ impl PartialOrd for Entry {
 impl Ord for Entry {
     // Reversed: BinaryHeap is a max-heap and we want the smallest (priority, inc).
     fn cmp(&self, other: &Self) -> Ordering {
-        crate::core::transitions::cmp_opt_prio(&other.priority, &self.priority)
+        crate::core::types::cmp_opt_prio(&other.priority, &self.priority)
             .then(other.inc.cmp(&self.inc))
     }
 }

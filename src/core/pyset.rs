@@ -518,6 +518,15 @@ impl<T: Copy + Eq + fmt::Debug> fmt::Debug for PySet<T> {
     }
 }
 
+/// `if not s: s = set()`: an empty set (even an emptied one, whose table has grown) is
+/// replaced by a fresh one, which iterates differently.
+pub fn fresh_if_empty<T: Copy + Eq>(s: &mut Option<PySet<T>>) -> &mut PySet<T> {
+    if s.as_ref().is_none_or(|x| x.is_empty()) {
+        *s = Some(PySet::new());
+    }
+    s.as_mut().expect("just set")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -49,110 +49,6 @@ impl Default for Config {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct StartStop {
-    pub action: String,
-    pub start: f64,
-    pub stop: f64,
-}
-
-/// A message to a worker's stream.
-#[derive(Clone, Debug)]
-pub enum WorkerMsg<P> {
-    ComputeTask {
-        task: TaskId,
-        run_id: i64,
-        priority: Priority,
-        stimulus_time: f64,
-        who_has: Vec<(TaskId, SmallVec<[WorkerId; 2]>)>,
-        nbytes: Vec<(TaskId, i64)>,
-    },
-    FreeKeys {
-        key: TaskId,
-        stimulus_id: P,
-    },
-    RemoveReplicas {
-        keys: Vec<P>,
-        stimulus_id: P,
-    },
-    /// `{"op": "steal-request", "key": ..., "stimulus_id": "steal-<n>"}`
-    StealRequest {
-        task: TaskId,
-        stimulus_id: String,
-    },
-}
-
-/// A message to a client.
-#[derive(Clone, Debug)]
-pub enum ClientMsg<P> {
-    KeyInMemory {
-        key: TaskId,
-        type_: Option<P>,
-        /// `_add_to_memory` sends the type; `report_on_key` does not.
-        with_type: bool,
-    },
-    LostData {
-        key: TaskId,
-    },
-    /// `update_data`'s report: `{"op": "key-in-memory", "key": ..., "workers": [...]}`
-    KeyInMemoryWorkers {
-        key: TaskId,
-        workers: Vec<String>,
-    },
-    TaskErred {
-        key: TaskId,
-        exception: Option<P>,
-        traceback: Option<P>,
-    },
-    TaskRetried {
-        key: TaskId,
-    },
-    CancelledKeys {
-        keys: Vec<TaskId>,
-        reason: Option<&'static str>,
-    },
-}
-
-/// `client_msgs` and `worker_msgs` of a batch of transitions, in distributed's order.
-#[derive(Clone, Debug)]
-pub struct Outbox<P> {
-    pub client_msgs: OrderedMap<ClientId, Vec<ClientMsg<P>>>,
-    pub worker_msgs: OrderedMap<WorkerId, Vec<WorkerMsg<P>>>,
-}
-
-impl<P> Default for Outbox<P> {
-    fn default() -> Self {
-        Self {
-            client_msgs: OrderedMap::new(),
-            worker_msgs: OrderedMap::new(),
-        }
-    }
-}
-
-impl<P> Outbox<P> {
-    pub fn to_client(&mut self, c: ClientId, msg: ClientMsg<P>) {
-        match self.client_msgs.get_mut(&c) {
-            Some(v) => v.push(msg),
-            None => {
-                self.client_msgs.insert(c, vec![msg]);
-            }
-        }
-    }
-
-    pub fn to_worker(&mut self, w: WorkerId, msg: WorkerMsg<P>) {
-        match self.worker_msgs.get_mut(&w) {
-            Some(v) => v.push(msg),
-            None => {
-                self.worker_msgs.insert(w, vec![msg]);
-            }
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.client_msgs.is_empty() && self.worker_msgs.is_empty()
-    }
-}
-
 pub type Recs = OrderedMap<TaskId, TaskStateState>;
 
 /// A transition as `SchedulerPlugin.transition` is told of it.
@@ -162,6 +58,16 @@ pub struct ObservedTransition<'a, P> {
     pub start: TaskStateState,
     pub finish: TaskStateState,
     pub stimulus_id: &'a P,
+    /// The stimulus' own fields (`**kwargs` of `_transition`) for the transition the
+    /// stimulus asked for; `None` for the transitions it led to.
+    pub fields: Option<P>,
+}
+
+/// The transition a stimulus asks for, and the fields plugins get with it.
+pub struct OwnTransition<P> {
+    pub task: TaskId,
+    pub finish: TaskStateState,
+    pub fields: P,
 }
 
 /// Who `_transition` tells of each transition, right after it (before the next).
@@ -246,38 +152,42 @@ pub fn monotonic() -> f64 {
 }
 
 pub struct SchedulerState<P> {
-    pub config: Config,
-    pub tasks: Vec<Option<Task<P>>>,
-    pub n_live_tasks: usize,
+    pub(super) config: Config,
+    pub(super) tasks: Vec<Option<Task<P>>>,
+    pub(super) n_live_tasks: usize,
     free_tasks: Vec<TaskId>,
     /// Tasks forgotten during the current batch: freed at `flush`, so messages of the
     /// batch can still name them.
-    pub pending_free: Vec<TaskId>,
+    pub(super) pending_free: Vec<TaskId>,
     /// Groups that died since the bindings last looked (their handles are dropped).
-    pub dead_groups: Vec<GroupId>,
+    pub(super) dead_groups: Vec<GroupId>,
     /// The live groups in creation order (`task_groups`' order).
-    pub alive_groups: OrderedMap<GroupId, ()>,
+    pub(super) alive_groups: OrderedMap<GroupId, ()>,
+    /// Dead groups something outside the core still held when they died (see
+    /// `settle_dead_groups`), and how many make it look at them again.
+    pub(super) pinned_groups: Vec<GroupId>,
+    pub(super) pinned_recheck_at: usize,
     /// Slots of dead groups nothing refers to any more, for new groups.
-    pub free_groups: Vec<GroupId>,
-    pub workers: Vec<Worker>,
-    pub worker_by_address: HashMap<String, WorkerId>,
+    pub(super) free_groups: Vec<GroupId>,
+    pub(super) workers: Vec<Worker>,
+    pub(super) worker_by_address: HashMap<String, WorkerId>,
     /// `workers` is a SortedDict by address.
-    pub workers_sorted: Vec<WorkerId>,
-    pub running: PySet<WorkerId>,
+    pub(super) workers_sorted: Vec<WorkerId>,
+    pub(super) running: PySet<WorkerId>,
     /// `idle` is a SortedDict by address.
-    pub idle: Vec<WorkerId>,
-    pub idle_task_count: PySet<WorkerId>,
-    pub saturated: PySet<WorkerId>,
-    pub clients: Vec<Client<P>>,
-    pub fire_and_forget: ClientId,
-    pub groups: Vec<TaskGroup<P>>,
-    pub group_by_name: HashMap<String, GroupId>,
-    pub prefixes: Vec<TaskPrefix>,
-    pub prefix_by_name: HashMap<String, PrefixId>,
-    pub queued: HeapSet,
-    pub unrunnable: OrderedMap<TaskId, f64>,
-    pub replicated_tasks: PySet<TaskId>,
-    pub host_info: HashMap<String, HostInfo>,
+    pub(super) idle: Vec<WorkerId>,
+    pub(super) idle_task_count: PySet<WorkerId>,
+    pub(super) saturated: PySet<WorkerId>,
+    pub(super) clients: Vec<Client<P>>,
+    pub(super) fire_and_forget: ClientId,
+    pub(super) groups: Vec<TaskGroup<P>>,
+    pub(super) group_by_name: HashMap<String, GroupId>,
+    pub(super) prefixes: Vec<TaskPrefix>,
+    pub(super) prefix_by_name: HashMap<String, PrefixId>,
+    pub(super) queued: HeapSet,
+    pub(super) unrunnable: OrderedMap<TaskId, f64>,
+    pub(super) replicated_tasks: PySet<TaskId>,
+    pub(super) host_info: HashMap<String, HostInfo>,
     /// resource name -> {worker address: supplied}
     pub resources: OrderedMap<u32, OrderedMap<WorkerId, f64>>,
     pub strings: Interner,
@@ -296,12 +206,12 @@ pub struct SchedulerState<P> {
     pub task_prefix_count_global: OrderedMap<PrefixId, i64>,
     pub network_occ_global: i64,
     pub transition_log: VecDeque<TransitionLogEntry<P>>,
-    /// When set, forgotten tasks get their edges back for `transition` observers.
-    pub observe: bool,
+    /// The running stimulus' own transition, until the observer is told of it.
+    pub own_transition: Option<OwnTransition<P>>,
     /// Told of transitions as they happen, as `_transition` tells plugins.
     pub observer: Option<TransitionObserver<P>>,
     /// `WorkStealing` (off unless the binding enables it).
-    pub stealing: super::stealing::Stealing<P>,
+    pub stealing: super::stealing_state::Stealing<P>,
     pub erred_tasks: VecDeque<ErredTaskRecord<P>>,
     pub run_id_counter: i64,
     task_serial: u64,
@@ -330,6 +240,8 @@ impl<P: Clone> SchedulerState<P> {
             pending_free: Vec::new(),
             dead_groups: Vec::new(),
             alive_groups: OrderedMap::new(),
+            pinned_groups: Vec::new(),
+            pinned_recheck_at: 64,
             free_groups: Vec::new(),
             workers: Vec::new(),
             worker_by_address: HashMap::new(),
@@ -361,7 +273,7 @@ impl<P: Clone> SchedulerState<P> {
             task_prefix_count_global: OrderedMap::new(),
             network_occ_global: 0,
             transition_log: VecDeque::new(),
-            observe: false,
+            own_transition: None,
             stealing: Default::default(),
             observer: None,
             erred_tasks: VecDeque::new(),
@@ -385,7 +297,7 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     #[inline]
-    pub fn ts_mut(&mut self, t: TaskId) -> &mut Task<P> {
+    pub(super) fn ts_mut(&mut self, t: TaskId) -> &mut Task<P> {
         self.tasks[t.idx()].as_mut().expect("live task id")
     }
 
@@ -408,7 +320,7 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     #[inline]
-    pub fn ws_mut(&mut self, w: WorkerId) -> &mut Worker {
+    pub(super) fn ws_mut(&mut self, w: WorkerId) -> &mut Worker {
         &mut self.workers[w.idx()]
     }
 
@@ -463,56 +375,6 @@ impl<P: Clone> SchedulerState<P> {
         cs.wants_what = PySet::new();
         cs.alive = false;
         true
-    }
-
-    pub fn prefix_id(&mut self, name: &str) -> PrefixId {
-        if let Some(&p) = self.prefix_by_name.get(name) {
-            return p;
-        }
-        let id = PrefixId(self.prefixes.len() as u32);
-        let duration_average = self
-            .config
-            .default_task_durations
-            .get(name)
-            .copied()
-            .unwrap_or(-1.0);
-        self.prefixes.push(TaskPrefix {
-            name: name.to_owned(),
-            states: [0; 8],
-            state_counts: [0; 8],
-            size: 0,
-            nbytes_total: 0,
-            durations: Durations::default(),
-            types: OrderedMap::new(),
-            duration_average,
-            max_exec_time: -1.0,
-            suspicious: 0,
-            groups: OrderedMap::new(),
-        });
-        self.prefix_by_name.insert(name.to_owned(), id);
-        id
-    }
-
-    pub fn group_id(&mut self, group_name: &str, prefix_name: &str) -> GroupId {
-        if let Some(&g) = self.group_by_name.get(group_name) {
-            return g;
-        }
-        let prefix = self.prefix_id(prefix_name);
-        let group = TaskGroup::new(group_name.to_owned(), prefix);
-        let id = match self.free_groups.pop() {
-            Some(id) => {
-                self.groups[id.idx()] = group;
-                id
-            }
-            None => {
-                self.groups.push(group);
-                GroupId(self.groups.len() as u32 - 1)
-            }
-        };
-        self.alive_groups.insert(id, ());
-        self.prefixes[prefix.idx()].groups.insert(id, ());
-        self.group_by_name.insert(group_name.to_owned(), id);
-        id
     }
 
     /// `SchedulerState.new_task`: a task in `state`, added to its group.
@@ -644,540 +506,203 @@ impl<P: Clone> SchedulerState<P> {
         self.free_tasks.push(t);
     }
 
-    // ----- nbytes -------------------------------------------------------------------
+    // ----- what the binding reads -------------------------------------------------
 
-    /// `ts.set_nbytes(nbytes)`
-    pub fn set_nbytes(&mut self, t: TaskId, nbytes: i64) {
-        let ts = self.ts(t);
-        let old = ts.nbytes;
-        let diff = if old >= 0 { nbytes - old } else { nbytes };
-        let (g, p) = (ts.group, ts.prefix);
-        let holders: SmallVec<[WorkerId; 4]> = ts
-            .who_has
-            .as_ref()
-            .map(|s| s.iter().collect())
-            .unwrap_or_default();
-        self.groups[g.idx()].nbytes_total += diff;
-        self.prefixes[p.idx()].nbytes_total += diff;
-        for w in holders {
-            self.ws_mut(w).nbytes += diff;
-        }
-        self.ts_mut(t).nbytes = nbytes;
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
-    // ----- replicas -----------------------------------------------------------------
-
-    /// `ws in ts.who_has`
-    pub fn has_replica(&self, t: TaskId, w: WorkerId) -> bool {
-        self.ts(t)
-            .who_has
-            .as_ref()
-            .is_some_and(|s| s.contains(w, self.whash(w)))
+    /// A task's record, one forgotten in the current batch included (its slot is freed
+    /// when the batch ends).
+    pub fn task_slot(&self, t: TaskId) -> Option<&Task<P>> {
+        self.tasks.get(t.idx()).and_then(|o| o.as_ref())
     }
 
-    /// `SchedulerState.add_replica` (with `WorkerState.add_replica`).
-    pub fn add_replica(&mut self, t: TaskId, w: WorkerId) {
-        let (th, wh) = (self.thash(t), self.whash(w));
-        if self.ts(t).who_has.is_none() {
-            self.ts_mut(t).who_has = Some(PySet::new());
-        }
-        if !self.ws(w).has_what.contains_key(&t) {
-            let nbytes = self.ts(t).get_nbytes();
-            if self.ws(w).needs_what.contains_key(&t) {
-                let ws = self.ws_mut(w);
-                ws.needs_what.remove(&t);
-                ws.network_occ -= nbytes.min(ws.network_occ);
-                self.network_occ_global -= nbytes.min(self.network_occ_global);
-            }
-            self.ts_mut(t)
-                .who_has
-                .as_mut()
-                .expect("who_has")
-                .insert(w, wh);
-            let ws = self.ws_mut(w);
-            ws.nbytes += nbytes;
-            ws.has_what.insert(t, ());
-        }
-        if self.ts(t).who_has.as_ref().map_or(0, |s| s.len()) == 2 {
-            self.replicated_tasks.insert(t, th);
-        }
+    pub fn client(&self, c: ClientId) -> &Client<P> {
+        &self.clients[c.idx()]
     }
 
-    /// `SchedulerState.remove_replica`
-    pub fn remove_replica(&mut self, t: TaskId, w: WorkerId) {
-        let (th, wh) = (self.thash(t), self.whash(w));
-        let nbytes = self.ts(t).get_nbytes();
-        let ws = self.ws_mut(w);
-        ws.nbytes -= nbytes;
-        ws.has_what.remove(&t);
-        let ts = self.ts_mut(t);
-        if let Some(s) = ts.who_has.as_mut() {
-            s.remove(w, wh);
-            if s.is_empty() {
-                ts.who_has = None;
-            }
-        }
-        if self.ts(t).who_has.as_ref().map_or(0, |s| s.len()) == 1 {
-            self.replicated_tasks.remove(t, th);
-        }
+    pub fn fire_and_forget(&self) -> ClientId {
+        self.fire_and_forget
     }
 
-    /// `SchedulerState.remove_all_replicas`
-    pub fn remove_all_replicas(&mut self, t: TaskId) {
-        let nbytes = self.ts(t).get_nbytes();
-        let th = self.thash(t);
-        let Some(who_has) = self.ts_mut(t).who_has.take() else {
-            return;
-        };
-        for w in who_has.iter() {
-            let ws = self.ws_mut(w);
-            ws.nbytes -= nbytes;
-            ws.has_what.remove(&t);
-        }
-        if who_has.len() > 1 {
-            self.replicated_tasks.remove(t, th);
-        }
+    pub fn group(&self, g: GroupId) -> &TaskGroup<P> {
+        &self.groups[g.idx()]
     }
 
-    // ----- processing ---------------------------------------------------------------
-
-    fn inc_task_prefix_count(&mut self, w: WorkerId, p: PrefixId) {
-        let ws = self.ws_mut(w);
-        match ws.task_prefix_count.get_mut(&p) {
-            Some(c) => *c += 1,
-            None => {
-                ws.task_prefix_count.insert(p, 1);
-            }
-        }
-        match self.task_prefix_count_global.get_mut(&p) {
-            Some(c) => *c += 1,
-            None => {
-                self.task_prefix_count_global.insert(p, 1);
-            }
-        }
+    /// Slots in the group arena (live groups, dead ones still referred to, free ones).
+    pub fn group_slots(&self) -> usize {
+        self.groups.len()
     }
 
-    fn remove_from_task_prefix_count(&mut self, w: WorkerId, p: PrefixId) {
-        let ws = self.ws_mut(w);
-        let count = ws.task_prefix_count.get(&p).copied().unwrap_or(0) - 1;
-        if count != 0 {
-            ws.task_prefix_count.insert(p, count);
-        } else {
-            ws.task_prefix_count.remove(&p);
-        }
-        let count = self.task_prefix_count_global.get(&p).copied().unwrap_or(0) - 1;
-        if count != 0 {
-            self.task_prefix_count_global.insert(p, count);
-        } else {
-            self.task_prefix_count_global.remove(&p);
-        }
+    /// The live groups in creation order (`task_groups`' order).
+    pub fn alive_groups(&self) -> impl Iterator<Item = GroupId> + '_ {
+        self.alive_groups.keys()
     }
 
-    /// `WorkerState.add_to_processing`
-    pub fn ws_add_to_processing(&mut self, w: WorkerId, t: TaskId) {
-        let p = self.ts(t).prefix;
-        self.inc_task_prefix_count(w, p);
-        let th = self.thash(t);
-        self.ws_mut(w).processing.insert(t, th);
-        self.slots_changed(w, -1);
-        let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
-        for d in deps {
-            if !self.has_replica(d, w) {
-                self.inc_needs_replica(w, d);
-            }
-        }
+    pub fn prefix(&self, p: PrefixId) -> &TaskPrefix {
+        &self.prefixes[p.idx()]
     }
 
-    fn inc_needs_replica(&mut self, w: WorkerId, d: TaskId) {
-        let nbytes = self.ts(d).get_nbytes();
-        let ws = self.ws_mut(w);
-        match ws.needs_what.get_mut(&d) {
-            Some(c) => *c += 1,
-            None => {
-                ws.needs_what.insert(d, 1);
-                ws.network_occ += nbytes;
-                self.network_occ_global += nbytes;
-            }
-        }
+    pub fn prefixes(&self) -> &[TaskPrefix] {
+        &self.prefixes
     }
 
-    fn dec_needs_replica(&mut self, w: WorkerId, d: TaskId) {
-        let nbytes = self.ts(d).get_nbytes();
-        let ws = self.ws_mut(w);
-        let c = ws.needs_what.get_mut(&d).expect("needs_what entry");
-        *c -= 1;
-        if *c == 0 {
-            ws.needs_what.remove(&d);
-            ws.network_occ -= nbytes.min(ws.network_occ);
-            self.network_occ_global -= nbytes.min(self.network_occ_global);
-        }
+    /// An interned name (resource, action, type name).
+    pub fn string(&self, i: u32) -> &str {
+        self.strings.name(i)
     }
 
-    /// `WorkerState.remove_from_processing`
-    pub fn ws_remove_from_processing(&mut self, w: WorkerId, t: TaskId) {
-        let th = self.thash(t);
-        let was_long_running = self.ws_mut(w).long_running.remove(t, th);
-        if !was_long_running {
-            let p = self.ts(t).prefix;
-            self.remove_from_task_prefix_count(w, p);
-        }
-        self.ws_mut(w).processing.remove(t, th);
-        if !was_long_running {
-            self.slots_changed(w, 1);
-        }
-        let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
-        for d in deps {
-            if self.ws(w).needs_what.contains_key(&d) {
-                self.dec_needs_replica(w, d);
-            }
-        }
+    /// `workers`, in address order.
+    pub fn workers_sorted(&self) -> &[WorkerId] {
+        &self.workers_sorted
     }
 
-    /// `WorkerState.add_to_long_running`
-    pub fn ws_add_to_long_running(&mut self, w: WorkerId, t: TaskId) {
-        let p = self.ts(t).prefix;
-        self.remove_from_task_prefix_count(w, p);
-        let th = self.thash(t);
-        if self.ws_mut(w).long_running.insert(t, th) {
-            self.slots_changed(w, 1);
-        }
+    /// The latest worker with this address, removed or not.
+    pub fn any_worker_id(&self, address: &str) -> Option<WorkerId> {
+        self.any_worker_by_address.get(address).copied()
     }
 
-    // ----- occupancy ----------------------------------------------------------------
-
-    /// `SchedulerState._get_prefix_duration`
-    pub fn prefix_duration(&self, p: PrefixId) -> f64 {
-        let tp = &self.prefixes[p.idx()];
-        let mut duration = tp.duration_average;
-        if duration < 0.0 {
-            if tp.max_exec_time > 0.0 {
-                duration = 2.0 * tp.max_exec_time;
-            } else {
-                duration = self.config.unknown_task_duration;
-            }
-        }
-        duration
+    /// `idle`, in address order.
+    pub fn idle(&self) -> &[WorkerId] {
+        &self.idle
     }
 
-    /// `SchedulerState._calc_occupancy`
-    pub fn calc_occupancy(&self, counts: &OrderedMap<PrefixId, i64>, network_occ: i64) -> f64 {
-        let mut res = 0.0;
-        for (&p, &count) in counts.iter() {
-            res += self.prefix_duration(p) * count as f64;
-        }
-        let occ = res + network_occ as f64 / self.config.bandwidth;
-        occ.max(0.0)
+    pub fn running(&self) -> &PySet<WorkerId> {
+        &self.running
     }
 
-    /// `WorkerState.occupancy`
-    pub fn occupancy(&self, w: WorkerId) -> f64 {
-        let ws = self.ws(w);
-        self.calc_occupancy(&ws.task_prefix_count, ws.network_occ)
+    pub fn saturated(&self) -> &PySet<WorkerId> {
+        &self.saturated
     }
 
-    pub fn total_occupancy(&self) -> f64 {
-        self.calc_occupancy(&self.task_prefix_count_global, self.network_occ_global)
+    pub fn idle_task_count(&self) -> &PySet<WorkerId> {
+        &self.idle_task_count
     }
 
-    // ----- idle / saturated ---------------------------------------------------------
-
-    fn sorted_insert(list: &mut Vec<WorkerId>, workers: &[Worker], w: WorkerId) {
-        let addr = &workers[w.idx()].address;
-        match list.binary_search_by(|x| workers[x.idx()].address.as_str().cmp(addr)) {
-            Ok(_) => {}
-            Err(pos) => list.insert(pos, w),
-        }
+    pub fn queued(&self) -> &HeapSet {
+        &self.queued
     }
 
-    fn sorted_remove(list: &mut Vec<WorkerId>, workers: &[Worker], w: WorkerId) {
-        let addr = &workers[w.idx()].address;
-        if let Ok(pos) = list.binary_search_by(|x| workers[x.idx()].address.as_str().cmp(addr)) {
-            if list[pos] == w {
-                list.remove(pos);
-            }
-        }
+    /// `unrunnable`: task -> `monotonic()` when it became unrunnable.
+    pub fn unrunnable(&self) -> &OrderedMap<TaskId, f64> {
+        &self.unrunnable
     }
 
-    pub fn idle_insert(&mut self, w: WorkerId) {
-        Self::sorted_insert(&mut self.idle, &self.workers, w);
+    pub fn replicated_tasks(&self) -> &PySet<TaskId> {
+        &self.replicated_tasks
     }
 
-    pub fn idle_remove(&mut self, w: WorkerId) {
-        Self::sorted_remove(&mut self.idle, &self.workers, w);
+    pub fn total_nthreads(&self) -> i64 {
+        self.total_nthreads
     }
 
-    pub fn workers_sorted_insert(&mut self, w: WorkerId) {
-        Self::sorted_insert(&mut self.workers_sorted, &self.workers, w);
+    pub fn n_tasks(&self) -> i64 {
+        self.n_tasks
     }
 
-    pub fn workers_sorted_remove(&mut self, w: WorkerId) {
-        Self::sorted_remove(&mut self.workers_sorted, &self.workers, w);
+    pub fn n_live_tasks(&self) -> usize {
+        self.n_live_tasks
     }
 
-    pub fn is_idle_worker(&self, w: WorkerId) -> bool {
-        let addr = &self.ws(w).address;
-        self.idle
-            .binary_search_by(|x| self.ws(*x).address.as_str().cmp(addr))
-            .is_ok()
+    pub fn transition_counter(&self) -> i64 {
+        self.transition_counter
     }
 
-    /// `_task_slots_available`
-    pub fn task_slots_available(&self, w: WorkerId) -> i64 {
-        let ws = self.ws(w);
-        let cap = ((self.config.worker_saturation * ws.nthreads as f64).ceil() as i64).max(1);
-        cap - (ws.processing.len() as i64 - ws.long_running.len() as i64)
+    pub fn transition_log(&self) -> &VecDeque<TransitionLogEntry<P>> {
+        &self.transition_log
     }
 
-    /// `_worker_full`
-    pub fn worker_full(&self, w: WorkerId) -> bool {
-        if self.config.worker_saturation.is_infinite() {
-            return false;
-        }
-        self.task_slots_available(w) <= 0
+    pub fn clear_transition_log(&mut self) {
+        self.transition_log.clear();
     }
 
-    /// `SchedulerState.check_idle_saturated`
-    pub fn check_idle_saturated(&mut self, w: WorkerId) {
-        self.check_idle_saturated_occ(w, None);
+    /// `erred_tasks`, newest first.
+    pub fn erred_tasks(&self) -> &VecDeque<ErredTaskRecord<P>> {
+        &self.erred_tasks
     }
 
-    /// `check_idle_saturated(ws, occ=...)`: stealing passes the occupancy it counts
-    /// (a negative one means "use ws.occupancy", as in distributed).
-    pub fn check_idle_saturated_occ(&mut self, w: WorkerId, occ: Option<f64>) {
-        if self.total_nthreads == 0 || self.ws(w).status == WorkerStatus::Closed {
-            return;
-        }
-        let occ = match occ {
-            Some(o) if o >= 0.0 => o,
-            _ => self.occupancy(w),
-        };
-        let p = self.ws(w).processing.len() as i64;
-        let wh = self.whash(w);
-        self.saturated.remove(w, wh);
-        let status = self.ws(w).status;
-        if status != WorkerStatus::Running {
-            self.idle_remove(w);
-        } else if self.is_unoccupied(w, occ, p) {
-            self.idle_insert(w);
-        } else {
-            self.idle_remove(w);
-            let nc = self.ws(w).nthreads;
-            if p > nc {
-                let pending = occ * (p - nc) as f64 / (p * nc) as f64;
-                if 0.4 < pending
-                    && pending > 1.9 * (self.total_occupancy() / self.total_nthreads as f64)
-                {
-                    self.saturated.insert(w, wh);
-                }
-            }
-        }
-        if !self.worker_full(w) && status == WorkerStatus::Running {
-            self.idle_task_count_insert(w);
-        } else {
-            self.idle_task_count_remove(w);
-        }
+    pub fn stealing(&self) -> &super::stealing_state::Stealing<P> {
+        &self.stealing
     }
 
-    /// `WORKER_SATURATION = value` on a running scheduler. As in distributed, who is in
-    /// `idle_task_count` changes only at each worker's next check; `idle_slots` is
-    /// summed again for the new value.
-    pub fn set_worker_saturation(&mut self, value: f64) {
-        self.config.worker_saturation = value;
-        self.idle_slots = if value.is_infinite() {
-            0
-        } else {
-            self.idle_task_count
+    /// `is_idle`: every group done. A prefix counts the states of its live groups, so
+    /// this is "every prefix done": O(prefixes), where groups grow with every submission.
+    pub fn is_idle(&self) -> bool {
+        use TaskStateState as S;
+        self.prefixes.iter().all(|p| {
+            [S::Waiting, S::Queued, S::Processing, S::NoWorker]
                 .iter()
-                .map(|w| self.task_slots_available(w))
-                .sum()
-        };
+                .all(|s| p.states[s.index()] == 0)
+        })
     }
 
-    /// `idle_task_count.add(ws)`, keeping `idle_slots` (the sum of
-    /// `_task_slots_available` over `idle_task_count`) current.
-    pub fn idle_task_count_insert(&mut self, w: WorkerId) {
-        let wh = self.whash(w);
-        if self.idle_task_count.insert(w, wh) && !self.config.worker_saturation.is_infinite() {
-            self.idle_slots += self.task_slots_available(w);
-        }
+    // ----- settings -----------------------------------------------------------------
+
+    pub fn set_bandwidth(&mut self, value: f64) {
+        self.config.bandwidth = value;
     }
 
-    /// `idle_task_count.discard(ws)`
-    pub fn idle_task_count_remove(&mut self, w: WorkerId) {
-        let wh = self.whash(w);
-        if self.idle_task_count.remove(w, wh) && !self.config.worker_saturation.is_infinite() {
-            self.idle_slots -= self.task_slots_available(w);
-        }
+    pub fn set_transition_counter_max(&mut self, value: i64) {
+        self.config.transition_counter_max = value;
     }
 
-    /// A worker's free slots changed by `delta`; mirrored in `idle_slots` if it counts.
-    fn slots_changed(&mut self, w: WorkerId, delta: i64) {
-        if !self.config.worker_saturation.is_infinite()
-            && self.idle_task_count.contains(w, self.whash(w))
-        {
-            self.idle_slots += delta;
-        }
+    pub fn enable_stealing(&mut self, enabled: bool) {
+        self.stealing.enabled = enabled;
     }
 
-    pub fn is_unoccupied(&self, w: WorkerId, occupancy: f64, nprocessing: i64) -> bool {
-        let nthreads = self.ws(w).nthreads;
-        nprocessing < nthreads
-            || occupancy
-                < nthreads as f64 * (self.total_occupancy() / self.total_nthreads as f64) / 2.0
+    /// The payloads the core cannot make itself: the "Worker holding Actor was lost"
+    /// exception and the memory-limit `MemoryError` factory.
+    pub fn set_payload_factories(&mut self, actor_lost: P, memory_error: MemoryErrorFactory<P>) {
+        self.actor_lost_exception = Some(actor_lost);
+        self.memory_error = Some(memory_error);
     }
 
-    // ----- resources ----------------------------------------------------------------
+    // ----- observer and batch end ---------------------------------------------------
 
-    pub fn acquire_resources(&mut self, t: TaskId, w: WorkerId) {
-        self.adjust_used_resources(t, w, 1.0);
+    pub fn set_observer(&mut self, observer: Option<TransitionObserver<P>>) {
+        self.observer = observer;
     }
 
-    pub fn release_resources(&mut self, t: TaskId, w: WorkerId) {
-        self.adjust_used_resources(t, w, -1.0);
+    pub fn observer_data(&self) -> Option<&P> {
+        self.observer.as_ref().map(|o| &o.data)
     }
 
-    /// `ws.used_resources[r] += sign * required` for each of the task's restrictions.
-    /// `Scheduler.add_resources` (the `set_resources` handler): the worker's resources
-    /// are updated and, as in distributed, every `used_resources` entry is reset to 0.
-    pub fn add_resources(&mut self, w: WorkerId, resources: &[(String, f64)]) {
-        for (r, v) in resources {
-            let rid = self.strings.intern(r);
-            self.ws_mut(w).resources.insert(rid, *v);
-        }
-        let all: Vec<(u32, f64)> = self.ws(w).resources.iter().map(|(r, v)| (*r, *v)).collect();
-        self.ws_mut(w).used_resources = OrderedMap::new();
-        for (rid, quantity) in all {
-            self.ws_mut(w).used_resources.insert(rid, 0.0);
-            if self.resources.get(&rid).is_none() {
-                self.resources.insert(rid, OrderedMap::new());
-            }
-            self.resources
-                .get_mut(&rid)
-                .expect("inserted")
-                .insert(w, quantity);
-        }
+    /// The running stimulus asks for `t` to go to `finish`: the observer gets `fields`
+    /// with that transition (distributed passes a stimulus' `**kwargs` to plugins).
+    pub fn set_own_transition(&mut self, t: TaskId, finish: TaskStateState, fields: P) {
+        self.own_transition = Some(OwnTransition {
+            task: t,
+            finish,
+            fields,
+        });
     }
 
-    fn adjust_used_resources(&mut self, t: TaskId, w: WorkerId, sign: f64) {
-        let Some(rr) = self.ts(t).resource_restrictions.clone() else {
-            return;
-        };
-        for (r, required) in rr {
-            let rid = self.strings.intern(&r);
-            let ws = self.ws_mut(w);
-            let cur = ws.used_resources.get(&rid).copied().unwrap_or(0.0);
-            ws.used_resources.insert(rid, cur + sign * required);
-        }
+    /// `(task, start, finish)` of the transitions that failed, innermost first.
+    pub fn take_failed_transitions(&mut self) -> Vec<(TaskId, TaskStateState, TaskStateState)> {
+        std::mem::take(&mut self.failed_transitions)
     }
 
-    // ----- groups -------------------------------------------------------------------
-
-    pub fn group_len(&self, g: GroupId) -> i64 {
-        self.groups[g.idx()].size
+    /// The tasks forgotten in this batch (their records stay readable until it ends).
+    pub fn forgotten_in_batch(&self) -> &[TaskId] {
+        &self.pending_free
     }
 
-    /// TaskGroup.add_duration (and the prefix's)
-    pub fn add_duration(&mut self, g: GroupId, action: &str, start: f64, stop: f64) {
-        // Python's round(): halves to even
-        let duration_us = ((stop - start) * 1e6).round_ties_even().max(0.0) as i64;
-        let aid = self.strings.intern(action);
-        let tg = &mut self.groups[g.idx()];
-        tg.durations.duration_us += duration_us;
-        *entry(&mut tg.durations.all_durations_us, aid) += duration_us;
-        if action == "compute" {
-            if tg.stop < stop {
-                tg.stop = stop;
-            }
-            if tg.start == 0.0 || tg.start > start {
-                tg.start = start;
-            }
-        }
-        let p = tg.prefix;
-        let tp = &mut self.prefixes[p.idx()];
-        tp.durations.duration_us += duration_us;
-        *entry(&mut tp.durations.all_durations_us, aid) += duration_us;
-        let duration_s = duration_us as f64 / 1e6;
-        if action == "compute" {
-            let old = tp.duration_average;
-            if old < 0.0 {
-                tp.duration_average = duration_s;
-            } else {
-                tp.duration_average = 0.5 * duration_s + 0.5 * old;
-            }
-        }
+    /// A stimulus ended: nothing of its failures or own transition outlives it.
+    pub fn end_stimulus(&mut self) {
+        self.failed_transitions.clear();
+        self.own_transition = None;
     }
 
-    pub fn add_type(&mut self, g: GroupId, typename: &str) {
-        let tid = self.strings.intern(typename);
-        let tg = &mut self.groups[g.idx()];
-        *entry(&mut tg.types, tid) += 1;
-        let p = tg.prefix;
-        *entry(&mut self.prefixes[p.idx()].types, tid) += 1;
+    /// Whether the batch forgot tasks or killed groups (what `free_forgotten` and
+    /// `settle_dead_groups` clear up).
+    pub fn batch_left_garbage(&self) -> bool {
+        !self.pending_free.is_empty() || !self.dead_groups.is_empty()
     }
 
-    /// `TaskPrefix.remove_group` + `del task_groups[name]`
-    pub fn remove_group(&mut self, g: GroupId) {
-        let tg = self.groups[g.idx()].clone();
-        let tp = &mut self.prefixes[tg.prefix.idx()];
-        tp.groups.remove(&g);
-        for (i, count) in tg.states.iter().enumerate() {
-            tp.states[i] -= count;
-            tp.size -= count;
-        }
-        tp.durations.duration_us -= tg.durations.duration_us;
-        tp.nbytes_total -= tg.nbytes_total;
-        for (&tid, &count) in tg.types.iter() {
-            let c = entry(&mut tp.types, tid);
-            *c -= count;
-            if *c == 0 {
-                tp.types.remove(&tid);
-            }
-        }
-        self.group_by_name.remove(&tg.name);
-        self.groups[g.idx()].alive = false;
-        self.alive_groups.remove(&g);
-        self.dead_groups.push(g);
+    /// Frees the slots of the tasks forgotten in the batch that just ended.
+    pub fn free_forgotten(&mut self) {
+        self.forget_restored_edges();
+        self.flush();
     }
-
-    /// Whether the slot of group `g` may be reused: it is dead and no group lists it in
-    /// its `dependencies` (the bindings also check that no Python object holds it).
-    pub fn group_reclaimable(&self, g: GroupId) -> bool {
-        let tg = &self.groups[g.idx()];
-        !tg.alive && !tg.freed && tg.dep_refs == 0
-    }
-
-    /// Frees the slot of a reclaimable group for a new group; returns the dead groups
-    /// that no group lists any more because of it.
-    pub fn reclaim_group(&mut self, g: GroupId) -> SmallVec<[GroupId; 4]> {
-        debug_assert!(self.group_reclaimable(g));
-        let prefix = self.groups[g.idx()].prefix;
-        let dead = std::mem::replace(
-            &mut self.groups[g.idx()],
-            TaskGroup {
-                alive: false,
-                freed: true,
-                ..TaskGroup::new(String::new(), prefix)
-            },
-        );
-        let mut freed = SmallVec::new();
-        for dg in dead.dependencies {
-            if dg == g {
-                continue;
-            }
-            let d = &mut self.groups[dg.idx()];
-            d.dep_refs -= 1;
-            if d.dep_refs == 0 && !d.alive {
-                freed.push(dg);
-            }
-        }
-        self.free_groups.push(g);
-        freed
-    }
-}
-
-fn entry<K: Copy + Eq + std::hash::Hash>(m: &mut OrderedMap<K, i64>, k: K) -> &mut i64 {
-    if !m.contains_key(&k) {
-        m.insert(k, 0);
-    }
-    m.get_mut(&k).expect("just inserted")
 }

@@ -6,18 +6,16 @@
 //! first (`stealable`, `unknown_durations`, the thieves) are CPython-ordered `PySet`s.
 
 use super::entities::{TaskSet, WorkerSet};
+use super::messages::{Outbox, WorkerMsg};
 use super::ordered::OrderedMap;
 use super::pyset::PySet;
-use super::state::{now, Outbox, Recs, SchedulerState, WorkerMsg};
+use super::state::{now, Recs, SchedulerState};
+use super::stealing_state::*;
 use super::types::*;
-use hashbrown::HashMap;
 use std::cmp::Ordering;
 
 /// `stealing.LATENCY`: the conservative cost of a steal's network round trips.
 pub const LATENCY: f64 = 0.1;
-/// `len(WorkStealing.cost_multipliers)`
-pub const LEVELS: usize = 15;
-
 /// A failed assertion (or lookup) inside the plugin's hook: distributed logs it and
 /// skips the rest of that hook, so the engine does too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,99 +31,6 @@ pub fn cost_multipliers() -> [f64; LEVELS] {
         *v = 1.0 + 2f64.powi(i as i32 - 6);
     }
     m
-}
-
-/// One entry of `WorkStealing.in_flight`.
-#[derive(Clone, Debug)]
-pub struct InFlight {
-    pub victim: WorkerId,
-    pub thief: WorkerId,
-    pub victim_duration: f64,
-    pub thief_duration: f64,
-    pub stimulus_id: String,
-}
-
-/// One `(start, level, key, cost, victim, occ_victim, thief, occ_thief)` of a balance.
-#[derive(Clone, Debug)]
-pub struct StealRequestLog<P> {
-    pub start: f64,
-    pub level: usize,
-    pub key: P,
-    pub cost: f64,
-    pub victim: String,
-    pub occ_victim: f64,
-    pub thief: String,
-    pub occ_thief: f64,
-}
-
-/// What `WorkStealing.log` records (`scheduler.log_event("stealing", ...)`).
-#[derive(Clone, Debug)]
-pub enum StealEvent<P> {
-    /// `("request", [...])`, one per balance that requested moves.
-    Request(Vec<StealRequestLog<P>>),
-    /// `(kind, key, state, worker, stimulus_id)`: stale-response, already-aborted.
-    Dropped {
-        kind: &'static str,
-        key: P,
-        state: Option<String>,
-        worker: Option<String>,
-        stimulus_id: String,
-    },
-    /// `(kind, key, state, victim, thief, stimulus_id)` (reschedule adds whether the
-    /// thief is gone after `kind`): reschedule, already-computing, confirm.
-    Move {
-        kind: &'static str,
-        thief_gone: Option<bool>,
-        key: P,
-        state: Option<String>,
-        victim: String,
-        thief: String,
-        stimulus_id: String,
-    },
-}
-
-/// The state of `WorkStealing`.
-#[derive(Clone, Debug)]
-pub struct Stealing<P> {
-    pub enabled: bool,
-    /// `stealable[worker][level]`, by worker index (`None`: not a current worker).
-    pub stealable: Vec<Option<Box<[TaskSet; LEVELS]>>>,
-    pub key_stealable: HashMap<TaskId, (WorkerId, usize)>,
-    pub in_flight: OrderedMap<TaskId, InFlight>,
-    /// `in_flight_occupancy` (a defaultdict: workers appear once touched).
-    pub in_flight_occupancy: OrderedMap<WorkerId, f64>,
-    pub in_flight_tasks: OrderedMap<WorkerId, i64>,
-    /// `unknown_durations`: by prefix.
-    pub unknown_durations: OrderedMap<PrefixId, TaskSet>,
-    pub request_counter: u64,
-    pub count: u64,
-    /// `metrics["request_count_total"]` / `["request_cost_total"]` by level.
-    pub request_count_total: OrderedMap<usize, i64>,
-    pub request_cost_total: OrderedMap<usize, f64>,
-    /// Events for `scheduler.log_event("stealing", ...)`, drained by the binding.
-    pub events: Vec<StealEvent<P>>,
-    /// Forgotten tasks kept alive by `unknown_durations` (see `steal_keeps_record`).
-    pub zombies: hashbrown::HashSet<TaskId>,
-}
-
-impl<P> Default for Stealing<P> {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            stealable: Vec::new(),
-            key_stealable: HashMap::new(),
-            in_flight: OrderedMap::new(),
-            in_flight_occupancy: OrderedMap::new(),
-            in_flight_tasks: OrderedMap::new(),
-            unknown_durations: OrderedMap::new(),
-            request_counter: 0,
-            count: 0,
-            request_count_total: OrderedMap::new(),
-            request_cost_total: OrderedMap::new(),
-            events: Vec::new(),
-            zombies: hashbrown::HashSet::new(),
-        }
-    }
 }
 
 /// `d[k] += v` on a `defaultdict(int)` (`0 + v`: Python's `0 + -0.0` is `0.0`).
@@ -170,6 +75,11 @@ fn classify(state: Option<&str>) -> Option<Response> {
 
 impl<P: Clone> SchedulerState<P> {
     // ----- workers ------------------------------------------------------------------
+
+    /// The stealing log since the last call, for `log_event("stealing", ...)`.
+    pub fn take_steal_events(&mut self) -> Vec<StealEvent<P>> {
+        std::mem::take(&mut self.stealing.events)
+    }
 
     /// `WorkStealing.add_worker`
     pub fn steal_add_worker(&mut self, w: WorkerId) {
@@ -765,5 +675,13 @@ fn objective_less(a: &StealObjective, b: &StealObjective) -> bool {
         Some(Ordering::Less) => true,
         Some(Ordering::Greater) => false,
         _ => a.2 < b.2,
+    }
+}
+
+/// A failed assertion in a stealing hook, called from outside the hook (the Python face's
+/// `put_key_in_stealable`, `steal_time_ratio`): an `AssertionError`, as distributed's.
+impl From<HookFailed> for CoreError {
+    fn from(_: HookFailed) -> Self {
+        CoreError::Validation("assertion failed in WorkStealing (a task without compute time must be long-running, a stealable task must be processing)".into())
     }
 }

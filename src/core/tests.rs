@@ -1,10 +1,12 @@
 //! Core invariants without Python: payloads are `String`s.
 
-use crate::core::state::{Config, Outbox, SchedulerState, WorkerMsg};
-use crate::core::stimuli::{GraphTask, KeyRef, NewWorker};
+use crate::core::graph::{GraphTask, KeyRef};
+use crate::core::messages::{Outbox, WorkerMsg};
+use crate::core::state::{Config, SchedulerState};
 use crate::core::transitions::TransitionArgs;
 use crate::core::types::TaskStateState as S;
 use crate::core::types::*;
+use crate::core::workers::NewWorker;
 
 type St = SchedulerState<String>;
 
@@ -118,8 +120,9 @@ fn run_to_completion(s: &mut St, mut pending: Vec<(WorkerId, TaskId, i64)>) {
         let mut out = Outbox::default();
         let addr = s.ws(w).address.clone();
         let args = finished(s, w);
-        let (recs, _) = s
-            .stimulus_task_finished(Some(t), &addr, run_id, args, &mut out, &sid, None)
+        let key = s.ts(t).key.clone();
+        let recs = s
+            .stimulus_task_finished(&key, Some(t), &addr, run_id, args, |_| {}, &mut out, &sid)
             .unwrap();
         s.transitions_then_fill_queue(recs, &mut out, &sid).unwrap();
         s.flush();
@@ -158,8 +161,24 @@ fn removing_a_worker_recomputes_lost_results() {
     let (root, out) = submit_tree(&mut s, 8);
     let first = drain_compute(&out);
     let mut out = Outbox::default();
-    let killed = |k: &String, _| format!("killed {k}");
-    s.remove_worker(w1, false, &killed, &mut out, &"rw".to_string())
+    // what distributed's `remove_worker` does, through the engine's seams
+    s.idle_remove(w1);
+    s.idle_task_count_remove(w1);
+    s.saturated_remove(w1);
+    s.detach_worker(w1);
+    s.set_worker_status(w1, WorkerStatus::Closed);
+    s.set_running(w1, false);
+    let mut recs = crate::core::state::Recs::new();
+    for t in s.ws(w1).processing.iter().collect::<Vec<_>>() {
+        recs.insert(t, S::Released);
+    }
+    for t in s.ws(w1).has_what.keys().collect::<Vec<_>>() {
+        s.remove_replica(t, w1);
+        if !s.ts(t).has_who_has() {
+            recs.insert(t, S::Released);
+        }
+    }
+    s.transitions_loop(recs, &mut out, &"rw".to_string())
         .unwrap();
     s.flush();
     s.validate_state().unwrap();

@@ -1,7 +1,8 @@
 //! The transition engine: `SchedulerState._transition`, `_transitions` and every entry
 //! of `_TRANSITIONS_TABLE`, in distributed's order of effects.
 
-use crate::core::pyset::PySet;
+use crate::core::messages::*;
+use crate::core::pyset::{fresh_if_empty, PySet};
 use crate::core::state::*;
 use crate::core::types::TaskStateState as S;
 use crate::core::types::*;
@@ -27,14 +28,6 @@ pub enum TransitionArgs<P> {
         exception_text: Option<P>,
         traceback_text: Option<P>,
     },
-}
-
-/// distributed's `assert x` on a value the transition needs: an error (AssertionError in
-/// Python), never a panic.
-macro_rules! required {
-    ($opt:expr, $what:expr) => {
-        $opt.ok_or_else(|| CoreError::Validation(format!("assertion failed: {}", $what)))?
-    };
 }
 
 impl<P: Clone> SchedulerState<P> {
@@ -91,7 +84,7 @@ impl<P: Clone> SchedulerState<P> {
     ) -> CoreResult<Recs> {
         let ts = self.ts(t);
         // distributed shows plugins a forgotten task with the edges it had before
-        let edges = (self.observe && finish == S::Forgotten)
+        let edges = (finish == S::Forgotten && self.observes(S::Forgotten))
             .then(|| (ts.dependents.clone(), ts.dependencies.clone()));
         self.transition_counter += 1;
         if self.config.transition_counter_max > 0
@@ -167,12 +160,16 @@ impl<P: Clone> SchedulerState<P> {
             if obs.finishes & (1 << actual_finish.index()) != 0 {
                 let notify = obs.notify;
                 let key = self.ts(t).key.clone();
+                let own = self
+                    .own_transition
+                    .take_if(|o| o.task == t && o.finish == actual_finish);
                 let observed = ObservedTransition {
                     task: t,
                     key: &key,
                     start,
                     finish: actual_finish,
                     stimulus_id,
+                    fields: own.map(|o| o.fields),
                 };
                 notify(self, &observed);
             }
@@ -189,6 +186,13 @@ impl<P: Clone> SchedulerState<P> {
             }
         }
         Ok(recs)
+    }
+
+    /// Whether an observer is told of transitions into `finish`.
+    pub fn observes(&self, finish: S) -> bool {
+        self.observer
+            .as_ref()
+            .is_some_and(|o| o.finishes & (1 << finish.index()) != 0)
     }
 
     fn has_transition(&self, start: S, finish: S) -> bool {
@@ -255,7 +259,7 @@ impl<P: Clone> SchedulerState<P> {
                     out.to_worker(
                         w,
                         WorkerMsg::FreeKeys {
-                            key: t,
+                            key: self.ts(t).key.clone(),
                             stimulus_id: stimulus_id.clone(),
                         },
                     );
@@ -445,7 +449,7 @@ impl<P: Clone> SchedulerState<P> {
             out.to_worker(
                 w,
                 WorkerMsg::FreeKeys {
-                    key: t,
+                    key: self.ts(t).key.clone(),
                     stimulus_id: stimulus_id.clone(),
                 },
             );
@@ -526,7 +530,7 @@ impl<P: Clone> SchedulerState<P> {
                     out.to_worker(
                         w,
                         WorkerMsg::FreeKeys {
-                            key: t,
+                            key: self.ts(t).key.clone(),
                             stimulus_id: stimulus_id.clone(),
                         },
                     );
@@ -563,103 +567,6 @@ impl<P: Clone> SchedulerState<P> {
         } else {
             self.ts_mut(t).waiters = None;
         }
-    }
-
-    /// `_propagate_erred`
-    pub(crate) fn propagate_erred(
-        &mut self,
-        t: TaskId,
-        args: TransitionArgs<P>,
-        recs: &mut Recs,
-        out: &mut Outbox<P>,
-    ) -> CoreResult<()> {
-        let (worker, cause, exception, traceback, exception_text, traceback_text) = match args {
-            TransitionArgs::Erred {
-                worker,
-                cause,
-                exception,
-                traceback,
-                exception_text,
-                traceback_text,
-            } => (
-                worker,
-                cause,
-                exception,
-                traceback,
-                exception_text,
-                traceback_text,
-            ),
-            _ => (None, None, None, None, None, None),
-        };
-        self.set_state(t, S::Erred);
-        {
-            let ts = self.ts_mut(t);
-            let erred_on = ts.erred_on.get_or_insert_with(Vec::new);
-            if let Some(w) = worker {
-                if !erred_on.contains(&w) {
-                    erred_on.push(w);
-                }
-            }
-            if exception.is_some() {
-                ts.exception = exception;
-                ts.exception_text = exception_text.clone();
-            }
-            if traceback.is_some() {
-                ts.traceback = traceback;
-                ts.traceback_text = traceback_text.clone();
-            }
-        }
-        let failing = match cause {
-            Some(c) => {
-                self.ts_mut(t).exception_blame = Some(c);
-                c
-            }
-            None => required!(self.ts(t).exception_blame, "ts.exception_blame is not None"),
-        };
-        if self.config.erred_tasks_maxlen > 0 {
-            let ts = self.ts(t);
-            let rec = ErredTaskRecord {
-                key: ts.key.clone(),
-                timestamp: now(),
-                erred_on: ts.erred_on.clone().unwrap_or_default(),
-                exception_text,
-                traceback_text,
-            };
-            if self.erred_tasks.len() >= self.config.erred_tasks_maxlen {
-                self.erred_tasks.pop_back();
-            }
-            self.erred_tasks.push_front(rec);
-        }
-        let waiters: SmallVec<[TaskId; 8]> = self
-            .ts(t)
-            .waiters
-            .as_ref()
-            .map(|s| s.iter().collect())
-            .unwrap_or_default();
-        for d in waiters {
-            self.ts_mut(d).exception_blame = Some(failing);
-            recs.insert(d, S::Erred);
-        }
-        let th = self.thash(t);
-        let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
-        for d in deps {
-            let dts = self.ts_mut(d);
-            if let Some(s) = dts.waiters.as_mut() {
-                if !s.is_empty() {
-                    s.remove(t, th);
-                }
-            }
-            if !dts.has_waiters() && !dts.has_who_wants() {
-                recs.insert(d, S::Released);
-            }
-        }
-        self.ts_mut(t).waiters = None;
-        self.report_erred(t, failing, out);
-        let ff = self.fire_and_forget;
-        if self.clients[ff.idx()].wants_what.contains(t, th) {
-            self.client_releases_keys_inner(&[t], ff, recs);
-        }
-        Ok(())
     }
 
     fn t_memory_erred(
@@ -707,366 +614,8 @@ impl<P: Clone> SchedulerState<P> {
         self.propagate_forgotten(t, stimulus_id, recs, out);
         // _task_to_client_msgs(ts): state is "forgotten" now.
         for c in self.wanters(t) {
-            out.to_client(
-                c,
-                ClientMsg::CancelledKeys {
-                    keys: vec![t],
-                    reason: Some("already forgotten"),
-                },
-            );
+            out.to_client(c, ClientMsg::AlreadyForgotten { key: t });
         }
         self.remove_key(t);
-    }
-
-    /// `_remove_key`
-    fn remove_key(&mut self, t: TaskId) {
-        self.unrunnable.remove(&t);
-        let th = self.thash(t);
-        let wanters = self.wanters(t);
-        for c in wanters {
-            self.clients[c.idx()].wants_what.remove(t, th);
-        }
-        let ts = self.ts_mut(t);
-        ts.who_wants = None;
-        ts.processing_on = None;
-        ts.exception_blame = None;
-        ts.exception = None;
-        ts.traceback = None;
-        self.n_live_tasks -= 1;
-        self.pending_free.push(t);
-    }
-
-    /// `_propagate_released`
-    pub(crate) fn propagate_released(&mut self, t: TaskId, recs: &mut Recs) {
-        self.set_state(t, S::Released);
-        let ts = self.ts(t);
-        if ts.has_lost_dependencies {
-            recs.insert(t, S::Forgotten);
-        } else if ts.has_waiters() || ts.has_who_wants() {
-            recs.insert(t, S::Waiting);
-        }
-        if recs.get(&t) != Some(&S::Waiting) {
-            let th = self.thash(t);
-            let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
-            for d in deps {
-                let dts = self.ts_mut(d);
-                if dts.state != S::Released {
-                    if let Some(s) = dts.waiters.as_mut() {
-                        if !s.is_empty() {
-                            s.remove(t, th);
-                        }
-                    }
-                    if !dts.has_waiters() && !dts.has_who_wants() {
-                        recs.insert(d, S::Released);
-                    }
-                }
-            }
-            self.ts_mut(t).waiters = None;
-        }
-    }
-
-    /// `_propagate_forgotten`
-    fn propagate_forgotten(
-        &mut self,
-        t: TaskId,
-        stimulus_id: &P,
-        recs: &mut Recs,
-        out: &mut Outbox<P>,
-    ) {
-        self.set_state(t, S::Forgotten);
-        let th = self.thash(t);
-        let dependents: SmallVec<[TaskId; 8]> = self.ts(t).dependents.iter().collect();
-        for d in dependents {
-            let dts = self.ts_mut(d);
-            dts.has_lost_dependencies = true;
-            dts.dependencies.remove(t, th);
-            if let Some(s) = dts.waiting_on.as_mut() {
-                if !s.is_empty() {
-                    s.remove(t, th);
-                }
-            }
-            if dts.state != S::Memory && dts.state != S::Erred {
-                recs.insert(d, S::Forgotten);
-            }
-        }
-        self.ts_mut(t).dependents.clear();
-        self.ts_mut(t).waiters = None;
-        let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
-        for d in deps {
-            let dts = self.ts_mut(d);
-            dts.dependents.remove(t, th);
-            if let Some(s) = dts.waiters.as_mut() {
-                if !s.is_empty() {
-                    s.remove(t, th);
-                }
-            }
-            if dts.dependents.is_empty() && !dts.has_who_wants() {
-                recs.insert(d, S::Forgotten);
-            }
-        }
-        self.ts_mut(t).dependencies.clear();
-        self.ts_mut(t).waiting_on = None;
-        for w in self.holders(t) {
-            if self.is_current_worker(w) {
-                out.to_worker(
-                    w,
-                    WorkerMsg::FreeKeys {
-                        key: t,
-                        stimulus_id: stimulus_id.clone(),
-                    },
-                );
-            }
-        }
-        self.remove_all_replicas(t);
-    }
-
-    /// `_add_to_processing`
-    pub(crate) fn add_to_processing(
-        &mut self,
-        t: TaskId,
-        w: WorkerId,
-        stimulus_id: &P,
-        recs: &mut Recs,
-        out: &mut Outbox<P>,
-    ) -> CoreResult<()> {
-        self.ws_add_to_processing(w, t);
-        self.ts_mut(t).processing_on = Some(w);
-        self.set_state(t, S::Processing);
-        self.acquire_resources(t, w);
-        self.check_idle_saturated(w);
-        self.n_tasks += 1;
-        if self.ts(t).actor {
-            let th = self.thash(t);
-            self.ws_mut(w).actors.insert(t, th);
-        }
-        let ndep_bytes: i64 = self
-            .ts(t)
-            .dependencies
-            .iter()
-            .map(|d| self.ts(d).nbytes)
-            .sum();
-        let memory_limit = self.ws(w).memory_limit;
-        if memory_limit != 0 && ndep_bytes > memory_limit && self.config.memory_terminate {
-            let exception = self.memory_error.as_ref().map(|f| {
-                f(
-                    &self.ts(t).key,
-                    ndep_bytes,
-                    &self.ws(w).address,
-                    memory_limit,
-                    !self.ts(t).dependents.is_empty(),
-                )
-            });
-            let new = self.transition(
-                t,
-                S::Erred,
-                stimulus_id,
-                TransitionArgs::Erred {
-                    worker: Some(self.ws(w).address.clone()),
-                    cause: Some(t),
-                    exception,
-                    traceback: None,
-                    exception_text: None,
-                    traceback_text: None,
-                },
-                out,
-            )?;
-            for (k, v) in new.iter() {
-                recs.insert(*k, *v);
-            }
-            return Ok(());
-        }
-        let msg = self.task_to_msg(t)?;
-        out.to_worker(w, msg);
-        Ok(())
-    }
-
-    /// `_task_to_msg` (the payload fields are read by the binding when it builds the dict)
-    pub(crate) fn task_to_msg(&mut self, t: TaskId) -> CoreResult<WorkerMsg<P>> {
-        let run_id = self.run_id_counter;
-        self.run_id_counter += 1;
-        self.ts_mut(t).run_id = Some(run_id);
-        let ts = self.ts(t);
-        let who_has = ts
-            .dependencies
-            .iter()
-            .map(|d| (d, self.holders(d)))
-            .collect();
-        let nbytes = ts
-            .dependencies
-            .iter()
-            .map(|d| (d, self.ts(d).nbytes))
-            .collect();
-        Ok(WorkerMsg::ComputeTask {
-            task: t,
-            run_id,
-            priority: required!(ts.priority, "ts.priority"),
-            stimulus_time: now(),
-            who_has,
-            nbytes,
-        })
-    }
-
-    /// `_exit_processing_common`
-    pub(crate) fn exit_processing_common(&mut self, t: TaskId) -> CoreResult<Option<WorkerId>> {
-        let w = required!(self.ts_mut(t).processing_on.take(), "ws");
-        self.ws_remove_from_processing(w, t);
-        if !self.is_current_worker(w) {
-            return Ok(None);
-        }
-        self.check_idle_saturated(w);
-        self.release_resources(t, w);
-        Ok(Some(w))
-    }
-
-    /// `_add_to_memory`
-    pub(crate) fn add_to_memory(
-        &mut self,
-        t: TaskId,
-        w: WorkerId,
-        recs: &mut Recs,
-        out: &mut Outbox<P>,
-        type_: Option<P>,
-        typename: &str,
-    ) {
-        self.add_replica(t, w);
-        let th = self.thash(t);
-        let mut deps: Vec<TaskId> = self.ts(t).dependents.iter().collect();
-        if deps.len() > 1 {
-            // list.sort is stable: equal priorities keep set order, reversed as a whole
-            // by `reverse=True` which Python implements as a stable descending sort.
-            deps.sort_by(|a, b| {
-                let pa = self.ts(*a).priority;
-                let pb = self.ts(*b).priority;
-                cmp_opt_prio(&pb, &pa)
-            });
-        }
-        for d in deps {
-            let dts = self.ts_mut(d);
-            if let Some(s) = dts.waiting_on.as_mut() {
-                if !s.is_empty() && s.contains(t, th) {
-                    s.remove(t, th);
-                    if s.is_empty() {
-                        recs.insert(d, S::Processing);
-                    }
-                }
-            }
-        }
-        let own_deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
-        for d in own_deps {
-            let dts = self.ts_mut(d);
-            if let Some(s) = dts.waiters.as_mut() {
-                if !s.is_empty() {
-                    s.remove(t, th);
-                }
-            }
-            if !dts.has_waiters() && !dts.has_who_wants() {
-                recs.insert(d, S::Released);
-            }
-        }
-        let ts = self.ts(t);
-        if !ts.has_waiters() && !ts.has_who_wants() {
-            recs.insert(t, S::Released);
-        } else {
-            for c in self.wanters(t) {
-                out.to_client(
-                    c,
-                    ClientMsg::KeyInMemory {
-                        key: t,
-                        type_: type_.clone(),
-                        with_type: true,
-                    },
-                );
-            }
-        }
-        self.set_state(t, S::Memory);
-        self.ts_mut(t).type_ = Some(typename.to_owned());
-        let g = self.ts(t).group;
-        self.add_type(g, typename);
-        let ff = self.fire_and_forget;
-        if self.clients[ff.idx()].wants_what.contains(t, th) {
-            self.client_releases_keys_inner(&[t], ff, recs);
-        }
-    }
-
-    /// `_client_releases_keys`
-    pub fn client_releases_keys_inner(&mut self, keys: &[TaskId], c: ClientId, recs: &mut Recs) {
-        let ch = self.chash(c);
-        for &t in keys {
-            if self.task(t).is_none() {
-                continue;
-            }
-            let th = self.thash(t);
-            if !self.clients[c.idx()].wants_what.contains(t, th) {
-                continue;
-            }
-            self.clients[c.idx()].wants_what.remove(t, th);
-            let ts = self.ts_mut(t);
-            if let Some(s) = ts.who_wants.as_mut() {
-                if !s.is_empty() {
-                    s.remove(c, ch);
-                }
-            }
-            if !ts.has_who_wants() {
-                if ts.dependents.is_empty() {
-                    recs.insert(t, S::Forgotten);
-                } else if ts.state != S::Erred && !ts.has_waiters() {
-                    recs.insert(t, S::Released);
-                }
-            }
-        }
-    }
-
-    // ----- small helpers ------------------------------------------------------------
-
-    /// `{"op": "task-erred", "key": key, "exception": ..., "traceback": ...}` with the
-    /// blamed task's exception, to every client wanting `t`.
-    fn report_erred(&self, t: TaskId, failing: TaskId, out: &mut Outbox<P>) {
-        let f = self.ts(failing);
-        for c in self.wanters(t) {
-            out.to_client(
-                c,
-                ClientMsg::TaskErred {
-                    key: t,
-                    exception: f.exception.clone(),
-                    traceback: f.traceback.clone(),
-                },
-            );
-        }
-    }
-
-    /// `ts.who_has or ()` in iteration order.
-    pub fn holders(&self, t: TaskId) -> SmallVec<[WorkerId; 2]> {
-        self.ts(t)
-            .who_has
-            .as_ref()
-            .map(|s| s.iter().collect())
-            .unwrap_or_default()
-    }
-
-    /// `ts.who_wants or ()` in iteration order.
-    pub fn wanters(&self, t: TaskId) -> SmallVec<[ClientId; 2]> {
-        self.ts(t)
-            .who_wants
-            .as_ref()
-            .map(|s| s.iter().collect())
-            .unwrap_or_default()
-    }
-}
-
-/// `if not s: s = set()`: an empty set (even an emptied one, whose table has grown) is
-/// replaced by a fresh one, which iterates differently.
-fn fresh_if_empty<T: Copy + Eq>(s: &mut Option<PySet<T>>) -> &mut PySet<T> {
-    if s.as_ref().is_none_or(|x| x.is_empty()) {
-        *s = Some(PySet::new());
-    }
-    s.as_mut().expect("just set")
-}
-
-pub fn cmp_opt_prio(a: &Option<Priority>, b: &Option<Priority>) -> std::cmp::Ordering {
-    match (a, b) {
-        (Some(a), Some(b)) => a.cmp_prio(b),
-        (None, None) => std::cmp::Ordering::Equal,
-        (None, Some(_)) => std::cmp::Ordering::Less,
-        (Some(_), None) => std::cmp::Ordering::Greater,
     }
 }

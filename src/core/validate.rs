@@ -124,7 +124,8 @@ impl<P: Clone> SchedulerState<P> {
         Ok(())
     }
 
-    fn validate_task(&self, t: TaskId) -> CoreResult<()> {
+    /// `validate_key`: one task's invariants.
+    pub fn validate_task(&self, t: TaskId) -> CoreResult<()> {
         let ts = self.ts(t);
         let th = ts.hash;
         if let Some(w) = &ts.waiting_on {

@@ -1,4 +1,5 @@
 //! `StateCell`: the engine's state behind a borrow flag that a running stimulus can lend.
+//! Plain Rust (no Python): the bindings turn `Busy` into a `RuntimeError`.
 //!
 //! distributed calls `SchedulerPlugin.transition` inside `_transition`, between one
 //! transition and the next, and plugins read (and sometimes change) the scheduler there.
@@ -7,8 +8,6 @@
 //! the state the core is suspended on. Borrows are checked at run time: a conflicting
 //! one is a `RuntimeError`, never aliasing.
 
-use pyo3::exceptions::PyRuntimeError;
-use pyo3::prelude::*;
 use std::cell::{RefCell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -26,6 +25,8 @@ struct Lend {
 
 thread_local! {
     static LENDS: RefCell<Vec<Lend>> = const { RefCell::new(Vec::new()) };
+    /// The cells this thread holds shared borrows of (outside a lend), one entry each.
+    static READS: RefCell<Vec<*const ()>> = const { RefCell::new(Vec::new()) };
 }
 
 pub(crate) struct StateCell<T> {
@@ -39,11 +40,21 @@ pub(crate) struct StateCell<T> {
 // thread can see.
 unsafe impl<T: Send + Sync> Sync for StateCell<T> {}
 
-fn busy() -> PyErr {
-    PyRuntimeError::new_err(
-        "the scheduler engine is busy: its state is borrowed by a running stimulus",
-    )
+/// A borrow that conflicts with one already open: another thread's (`elsewhere`: it
+/// ends when that thread lets go, so the caller may wait for it), or one of this
+/// thread's own outside a lend (waiting would never end).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Busy {
+    pub elsewhere: bool,
 }
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the scheduler engine is busy: its state is borrowed by a running stimulus")
+    }
+}
+
+impl std::error::Error for Busy {}
 
 impl<T> StateCell<T> {
     pub(crate) fn new(value: T) -> Self {
@@ -76,7 +87,7 @@ impl<T> StateCell<T> {
         })
     }
 
-    pub(crate) fn borrow(&self) -> PyResult<StateRef<'_, T>> {
+    pub(crate) fn borrow(&self) -> Result<StateRef<'_, T>, Busy> {
         let mut n = self.flag.load(Ordering::Acquire);
         while n >= 0 {
             match self
@@ -84,11 +95,12 @@ impl<T> StateCell<T> {
                 .compare_exchange_weak(n, n + 1, Ordering::Acquire, Ordering::Acquire)
             {
                 Ok(_) => {
+                    READS.with(|r| r.borrow_mut().push(self.id()));
                     return Ok(StateRef {
                         cell: self,
                         value: self.value.get(),
                         lent: false,
-                    })
+                    });
                 }
                 Err(m) => n = m,
             }
@@ -104,10 +116,45 @@ impl<T> StateCell<T> {
             value,
             lent: true,
         })
-        .ok_or_else(busy)
+        .ok_or_else(|| self.busy())
     }
 
-    pub(crate) fn borrow_mut(&self) -> PyResult<StateMut<'_, T>> {
+    /// Why a borrow was refused: whether a borrow of this thread's stands in the way.
+    fn busy(&self) -> Busy {
+        let id = self.id();
+        let here = LENDS.with(|l| l.borrow().iter().any(|e| e.cell == id))
+            || READS.with(|r| r.borrow().contains(&id));
+        Busy { elsewhere: !here }
+    }
+
+    /// `borrow`, calling `wait()` while another thread holds a conflicting borrow, until
+    /// `wait` gives up (returns false).
+    pub(crate) fn borrow_waiting(
+        &self,
+        mut wait: impl FnMut() -> bool,
+    ) -> Result<StateRef<'_, T>, Busy> {
+        loop {
+            match self.borrow() {
+                Err(b) if b.elsewhere && wait() => continue,
+                r => return r,
+            }
+        }
+    }
+
+    /// `borrow_mut`, waiting as `borrow_waiting` does.
+    pub(crate) fn borrow_mut_waiting(
+        &self,
+        mut wait: impl FnMut() -> bool,
+    ) -> Result<StateMut<'_, T>, Busy> {
+        loop {
+            match self.borrow_mut() {
+                Err(b) if b.elsewhere && wait() => continue,
+                r => return r,
+            }
+        }
+    }
+
+    pub(crate) fn borrow_mut(&self) -> Result<StateMut<'_, T>, Busy> {
         let lent = self
             .flag
             .compare_exchange(0, -1, Ordering::Acquire, Ordering::Relaxed)
@@ -121,7 +168,7 @@ impl<T> StateCell<T> {
                     lend.state as *mut T
                 })
             })
-            .ok_or_else(busy)?
+            .ok_or_else(|| self.busy())?
         };
         // a nested stimulus (from a plugin hook) can lend in turn
         LENDS.with(|l| {
@@ -196,6 +243,13 @@ impl<T> Drop for StateRef<'_, T> {
                 Some(())
             });
         } else {
+            let id = self.cell.id();
+            READS.with(|r| {
+                let mut r = r.borrow_mut();
+                if let Some(i) = r.iter().rposition(|c| *c == id) {
+                    r.swap_remove(i);
+                }
+            });
             self.cell.flag.fetch_sub(1, Ordering::Release);
         }
     }

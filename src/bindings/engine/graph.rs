@@ -1,0 +1,319 @@
+//! Graph submission (`_create_taskstate_from_graph`'s state part, annotations included),
+//! `new_task`, and scattered data (`update_data`).
+
+use crate::bindings::handles;
+use crate::bindings::naming::data_producer;
+use crate::bindings::shared::{byte_count, worker_of, Engine, State, View};
+use crate::cell::StateCell;
+use crate::core::graph::{first_lost_dependency, GraphTask, KeyRef};
+use crate::core::replicas::ScatteredKey;
+use crate::core::types::*;
+use pyo3::exceptions::{PyKeyError, PyValueError};
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+/// A submitted graph's entries, as the core takes them.
+type Graph = Vec<GraphTask<Py<PyAny>>>;
+
+fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
+    if let Ok(i) = v.extract::<i64>() {
+        Ok(Num::Int(i))
+    } else {
+        Ok(Num::Float(v.extract::<f64>()?))
+    }
+}
+
+impl Engine {
+    /// `(user priority, internal priority)` of each touched task, as `_set_priorities`
+    /// reads them.
+    fn priorities(
+        &self,
+        py: Python<'_>,
+        st: &State,
+        touched: &[TaskId],
+        user_priority: Option<&Bound<'_, PyAny>>,
+        ordered: &Bound<'_, PyDict>,
+    ) -> PyResult<Vec<(Num, Option<i64>)>> {
+        let mut prios = Vec::with_capacity(touched.len());
+        for t in touched {
+            let key = st.ts(*t).key.bind(py);
+            let user = match user_priority {
+                Some(up) if up.is_instance_of::<PyDict>() => match up.get_item(key) {
+                    Ok(v) => py_num(&v)?,
+                    Err(_) => Num::Int(0),
+                },
+                Some(up) if !up.is_none() => py_num(up)?,
+                _ => Num::Int(0),
+            };
+            let user = match &st.ts(*t).annotations {
+                Some(a) => match a.bind(py).get_item(intern!(py, "priority")) {
+                    Ok(v) => py_num(&v)?,
+                    Err(_) => user,
+                },
+                None => user,
+            };
+            let internal = match ordered.get_item(key)? {
+                Some(v) => Some(v.extract::<i64>()?),
+                None => None,
+            };
+            prios.push((user, internal));
+        }
+        Ok(prios)
+    }
+
+    /// The submitted graph as the core takes it: its entries, then one for each key
+    /// only named (neither in `dsk` nor known: distributed creates a task without
+    /// run_spec for it when the walk reaches it), and the wanted keys.
+    fn resolve_graph(
+        &self,
+        py: Python<'_>,
+        dsk: &Bound<'_, PyDict>,
+        keys: &Bound<'_, PyAny>,
+    ) -> PyResult<(Graph, Vec<KeyRef>)> {
+        let index = PyDict::new(py);
+        for (i, k) in dsk.keys().iter().enumerate() {
+            index.set_item(k, i)?;
+        }
+        let extra = PyList::empty(py);
+        let resolve = |k: &Bound<'_, PyAny>| -> PyResult<KeyRef> {
+            if let Some(i) = index.get_item(k)? {
+                return Ok(KeyRef::Graph(i.extract()?));
+            }
+            if let Some(t) = self.tid(py, k)? {
+                return Ok(KeyRef::Existing(t));
+            }
+            let i = dsk.len() + extra.len();
+            index.set_item(k, i)?;
+            extra.append(k)?;
+            Ok(KeyRef::Graph(i))
+        };
+        let entry = |k: Bound<'_, PyAny>,
+                     run_spec: Option<Py<PyAny>>,
+                     producer: bool,
+                     dependencies: Vec<KeyRef>,
+                     in_dsk: bool|
+         -> PyResult<GraphTask<Py<PyAny>>> {
+            let (group, prefix) = self.group_and_prefix(&k)?;
+            Ok(GraphTask {
+                hash: k.hash()? as i64,
+                group,
+                prefix,
+                run_spec,
+                data_producer: producer,
+                dependencies,
+                existing: if in_dsk { self.tid(py, &k)? } else { None },
+                in_dsk,
+                key: k.unbind(),
+            })
+        };
+        let mut graph = Vec::with_capacity(dsk.len());
+        for (k, spec) in dsk.iter() {
+            graph.push(if spec.is_none() {
+                entry(k, None, false, Vec::new(), true)?
+            } else {
+                let mut deps = Vec::new();
+                for d in spec.getattr(intern!(py, "dependencies"))?.try_iter()? {
+                    deps.push(resolve(&d?)?);
+                }
+                let producer = data_producer(&spec);
+                entry(k, Some(spec.unbind()), producer, deps, true)?
+            });
+        }
+        let wanted = py.import("builtins")?.getattr("set")?.call1((keys,))?;
+        let key_refs = wanted
+            .try_iter()?
+            .map(|k| resolve(&k?))
+            .collect::<PyResult<Vec<_>>>()?;
+        for k in extra.iter() {
+            graph.push(entry(k, None, false, Vec::new(), false)?);
+        }
+        Ok((graph, key_refs))
+    }
+}
+
+#[pymethods]
+impl Engine {
+    /// `_create_taskstate_from_graph`'s state part: `((new_tasks, collisions),
+    /// client_msgs, worker_msgs)`. `dsk` maps key -> dask Task (or None), `ordered` is
+    /// dask.order's result. Python runs where distributed's own code runs between the
+    /// steps, with the state lent to it: `annotate(new_keys)` (`_apply_annotations`)
+    /// once the tasks exist, before priorities; `observe(touched_keys, collisions)`
+    /// before the transitions (the spans extension and `update_graph` plugins);
+    /// `collisions` are the keys whose submitted run_spec has other dependencies than
+    /// the existing task's.
+    #[pyo3(signature = (*, dsk, keys, ordered, client, stimulus_id, user_priority = None,
+                        fifo_timeout = None, start = 0.0, submitting_task = None, actors = None,
+                        annotate = None, observe = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn update_graph<'py>(
+        &self,
+        py: Python<'py>,
+        dsk: &Bound<'py, PyDict>,
+        keys: &Bound<'py, PyAny>,
+        ordered: &Bound<'py, PyDict>,
+        client: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        user_priority: Option<&Bound<'py, PyAny>>,
+        fifo_timeout: Option<&Bound<'py, PyAny>>,
+        start: f64,
+        submitting_task: Option<&Bound<'py, PyAny>>,
+        actors: Option<&Bound<'py, PyAny>>,
+        annotate: Option<&Bound<'py, PyAny>>,
+        observe: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        // fifo_timeout arrives as a number or a string ("100 ms")
+        let fifo_timeout: f64 = match fifo_timeout {
+            Some(f) if !f.is_none() => py
+                .import("dask.utils")?
+                .getattr("parse_timedelta")?
+                .call1((f,))?
+                .extract()?,
+            _ => 0.0,
+        };
+        let (graph, key_refs) = self.resolve_graph(py, dsk, keys)?;
+        // distributed cancels a graph whose keys depend on data it no longer has
+        // (`_find_lost_dependencies`); here that is a KeyError before any state changes
+        if let Some(i) = first_lost_dependency(&key_refs, &graph) {
+            return Err(PyKeyError::new_err(graph[i].key.clone_ref(py)));
+        }
+        let r = b.st.generate_taskstates(&key_refs, &graph);
+        let generated = b.check(py, r)?;
+        for t in &generated.new {
+            self.register(py, &b.st, *t)?;
+        }
+        let key_of =
+            |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
+        if let Some(annotate) = annotate {
+            let new = key_of(&b.st, &generated.new)?;
+            StateCell::lend(&mut *b.st, || annotate.call1((new,)))?;
+        }
+        let prios = self.priorities(py, &b.st, &generated.touched, user_priority, ordered)?;
+        let submitting = match submitting_task {
+            Some(k) if k.is_truthy()? => Some(self.tid(py, k)?),
+            _ => None,
+        };
+        b.st.set_priorities(
+            &generated.touched,
+            &prios,
+            submitting.flatten(),
+            submitting.is_some(),
+            fifo_timeout,
+            start,
+        );
+        let c = self.client_id(py, &mut b.st, client)?;
+        let key_ids = generated.key_ids(&key_refs);
+        b.st.client_desires_keys(&key_ids, c, &mut b.out);
+        if let Some(a) = actors.filter(|a| !a.is_none()) {
+            let list: Vec<TaskId> = if a.extract::<bool>().is_ok() {
+                if a.is_truthy()? {
+                    key_ids.clone()
+                } else {
+                    Vec::new()
+                }
+            } else {
+                a.try_iter()?
+                    .map(|k| self.tid_required(py, &k?))
+                    .collect::<PyResult<_>>()?
+            };
+            b.st.set_actors(&list);
+        }
+        let recs = b.st.graph_recommendations(&key_ids, &generated.touched);
+        let key_of =
+            |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
+        let collisions = key_of(&b.st, &generated.collisions)?;
+        if let Some(observe) = observe {
+            let touched = key_of(&b.st, &generated.touched)?;
+            StateCell::lend(&mut *b.st, || observe.call1((touched, &collisions)))?;
+        }
+        let r = b.st.transitions_loop(recs, &mut b.out, &b.sid);
+        b.check(py, r)?;
+        for &t in &generated.touched {
+            b.st.report_if_done(t, c, &mut b.out);
+        }
+        b.finish_with(py, (generated.new.len(), collisions))
+    }
+
+    /// `SchedulerState.new_task`: a task without dependencies in its group and prefix
+    /// (created when new). Only `released`: a task put straight into another state
+    /// would lack what that state implies (replicas, a worker, a queue place).
+    fn new_task(
+        slf: &Bound<'_, Self>,
+        key: &Bound<'_, PyAny>,
+        spec: &Bound<'_, PyAny>,
+        state: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if state != "released" {
+            return Err(PyValueError::new_err(format!(
+                "dask-rsched creates new tasks in state 'released' only, not {state:?}"
+            )));
+        }
+        let e = slf.borrow();
+        let (group, prefix) = e.group_and_prefix(key)?;
+        let mut st = e.write()?;
+        if e.tid(py, key)?.is_some() {
+            return Err(PyValueError::new_err(format!(
+                "task {} already exists",
+                key.repr()?
+            )));
+        }
+        let (run_spec, producer) = match spec.is_none() {
+            true => (None, false),
+            false => (Some(spec.clone().unbind()), data_producer(spec)),
+        };
+        let t = st.new_task(
+            key.clone().unbind(),
+            key.hash()? as i64,
+            &group,
+            &prefix,
+            run_spec,
+            producer,
+            TaskStateState::Released,
+        );
+        e.register(py, &st, t)?;
+        handles::task_handle(py, &slf.clone().unbind(), &View::new(&e, &st), t)
+    }
+
+    /// `Scheduler.update_data` (scatter): `who_has` maps key -> worker addresses.
+    #[pyo3(signature = (*, who_has, nbytes, client = None))]
+    fn update_data<'py>(
+        &self,
+        py: Python<'py>,
+        who_has: &Bound<'py, PyDict>,
+        nbytes: &Bound<'py, PyDict>,
+        client: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(&py.None().into_bound(py))?;
+        let mut items = Vec::with_capacity(who_has.len());
+        // resolve everything first: an unknown worker leaves the state untouched
+        for (k, workers) in who_has.iter() {
+            let workers = workers
+                .try_iter()?
+                .map(|w| worker_of(&b.st, &w?.extract::<String>()?))
+                .collect::<PyResult<Vec<_>>>()?;
+            let (group, prefix) = self.group_and_prefix(&k)?;
+            items.push(ScatteredKey {
+                existing: self.tid(py, &k)?,
+                hash: k.hash()? as i64,
+                group,
+                prefix,
+                workers,
+                nbytes: match nbytes.get_item(&k)? {
+                    Some(n) => byte_count(&n)?,
+                    None => -1,
+                },
+                key: k.unbind(),
+            });
+        }
+        let c = match client.filter(|c| !c.is_none()) {
+            Some(c) => Some(self.client_id(py, &mut b.st, c)?),
+            None => None,
+        };
+        for t in b.st.update_data(items, c, &mut b.out) {
+            self.register(py, &b.st, t)?;
+        }
+        b.finish(py, Ok(()))
+    }
+}

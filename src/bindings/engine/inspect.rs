@@ -1,0 +1,389 @@
+//! Reading the state: handles by key or address, the scheduler-wide containers, groups
+//! and prefixes, the transition log, `story`, erred tasks, validation.
+
+use crate::bindings::handles;
+use crate::bindings::shared::{Engine, State, View};
+use crate::core::entities::TaskSet;
+use crate::core::state::TransitionLogEntry;
+use crate::core::types::*;
+use pyo3::exceptions::PyIndexError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyIterator, PyList, PySet, PyTuple};
+
+/// One `transition_log` entry: the fields of distributed's `Transition`.
+fn transition_fields<'py>(
+    py: Python<'py>,
+    entry: &TransitionLogEntry<Py<PyAny>>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let recs = PyDict::new(py);
+    for (k, v) in &entry.recommendations {
+        recs.set_item(k.bind(py), v.as_str())?;
+    }
+    (
+        entry.key.bind(py),
+        entry.start.as_str(),
+        entry.finish.as_str(),
+        recs,
+        entry.stimulus_id.bind(py),
+        entry.timestamp,
+    )
+        .into_pyobject(py)
+}
+
+fn addresses(st: &State, ws: impl IntoIterator<Item = WorkerId>) -> Vec<String> {
+    ws.into_iter().map(|w| st.ws(w).address.clone()).collect()
+}
+
+#[pymethods]
+impl Engine {
+    /// The `TaskState` of `key`, or `None` (as `SchedulerState.tasks.get(key)`).
+    fn get_task(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        match e.tid(py, key)? {
+            Some(t) => {
+                let st = e.read()?;
+                handles::task_handle(py, &slf.clone().unbind(), &View::new(&e, &st), t)
+            }
+            None => Ok(py.None()),
+        }
+    }
+
+    /// The `WorkerState` of `address`, or `None`.
+    fn get_worker(slf: &Bound<'_, Self>, address: &str) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        let st = e.read()?;
+        match st.worker_id(address) {
+            Some(w) => handles::worker_handle(py, &slf.clone().unbind(), &View::new(&e, &st), w),
+            None => Ok(py.None()),
+        }
+    }
+
+    /// The `ClientState` of `client`, or `None`.
+    fn get_client(slf: &Bound<'_, Self>, client: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        match e.known_client(py, client)? {
+            Some(c) => {
+                let st = e.read()?;
+                handles::client_handle(py, &slf.clone().unbind(), &View::new(&e, &st), c)
+            }
+            None => Ok(py.None()),
+        }
+    }
+
+    /// `SchedulerState.task_prefixes`: name -> TaskPrefix, every prefix seen (distributed
+    /// keeps them until restart).
+    fn task_prefixes<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        let st = e.read()?;
+        let v = View::new(&e, &st);
+        let out = PyDict::new(py);
+        let engine = slf.clone().unbind();
+        for (i, p) in st.prefixes().iter().enumerate() {
+            let h = handles::prefix_handle(py, &engine, &v, PrefixId(i as u32))?;
+            out.set_item(p.name.as_str(), h)?;
+        }
+        Ok(out)
+    }
+
+    /// `SchedulerState.task_groups`: name -> TaskGroup, the groups still alive.
+    fn task_groups<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
+        let py = slf.py();
+        let e = slf.borrow();
+        let st = e.read()?;
+        let v = View::new(&e, &st);
+        let out = PyDict::new(py);
+        let engine = slf.clone().unbind();
+        for g in st.alive_groups() {
+            let h = handles::group_handle(py, &engine, &v, g)?;
+            out.set_item(e.group_name(py, &st.group(g).name)?, h)?;
+        }
+        Ok(out)
+    }
+
+    /// `SchedulerState.is_idle`: every task group is done (nothing waiting, queued,
+    /// processing or without a worker).
+    #[getter]
+    fn is_idle(&self) -> PyResult<bool> {
+        Ok(self.read()?.is_idle())
+    }
+
+    /// Addresses of the workers in `Scheduler.workers` order (sorted).
+    fn worker_addresses(&self) -> PyResult<Vec<String>> {
+        let st = self.read()?;
+        Ok(addresses(&st, st.workers_sorted().iter().copied()))
+    }
+
+    fn worker_count(&self) -> PyResult<usize> {
+        Ok(self.read()?.workers_sorted().len())
+    }
+
+    /// `iter(SchedulerState.tasks)`: a live iterator over the task keys in creation
+    /// order, without copying them; like a dict's, it fails if tasks are added or
+    /// forgotten during the iteration.
+    fn iter_task_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        self.keys.bind(py).as_any().try_iter()
+    }
+
+    /// `iter(SchedulerState.tasks.items())` (`values=False`) or `.values()`
+    /// (`values=True`): live, in creation order, nothing copied.
+    #[pyo3(signature = (values=false))]
+    fn iter_task_items(slf: &Bound<'_, Self>, values: bool) -> PyResult<TaskItemsIter> {
+        let py = slf.py();
+        let inner = slf
+            .borrow()
+            .keys
+            .bind(py)
+            .call_method0(intern!(py, "items"))?
+            .try_iter()?;
+        Ok(TaskItemsIter {
+            engine: slf.clone().unbind(),
+            inner: inner.unbind(),
+            values,
+        })
+    }
+
+    /// The keys of the live tasks, in creation order (like `SchedulerState.tasks`).
+    fn task_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        Ok(self.keys.bind(py).keys())
+    }
+
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.read()?.n_live_tasks())
+    }
+
+    /// `SchedulerState.n_tasks`: how many times a task was sent to a worker.
+    #[getter]
+    fn n_tasks(&self) -> PyResult<i64> {
+        Ok(self.read()?.n_tasks())
+    }
+
+    #[getter]
+    fn transition_counter(&self) -> PyResult<i64> {
+        Ok(self.read()?.transition_counter())
+    }
+
+    /// Slots in the group arena (live groups, dead ones still referred to, free slots):
+    /// stays bounded while groups come and go.
+    #[getter]
+    fn n_group_slots(&self) -> PyResult<usize> {
+        Ok(self.read()?.group_slots())
+    }
+
+    /// The state string of a task, or "forgotten" for unknown keys.
+    fn task_state(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+        let st = self.read()?;
+        Ok(match self.tid(py, key)? {
+            Some(t) => st.ts(t).state.as_str(),
+            None => "forgotten",
+        })
+    }
+
+    /// `transition_log`: each entry's fields, for distributed's `Transition`.
+    fn transition_log_entries<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let st = self.read()?;
+        let entries = st.transition_log().iter().map(|e| transition_fields(py, e));
+        PyList::new(py, entries.collect::<PyResult<Vec<_>>>()?)
+    }
+
+    /// `transition_log[index]`'s fields (negative counts from the end), without
+    /// building the rest of the log.
+    fn transition_log_entry<'py>(
+        &self,
+        py: Python<'py>,
+        index: isize,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let st = self.read()?;
+        let log = st.transition_log();
+        let i = if index < 0 {
+            index + log.len() as isize
+        } else {
+            index
+        };
+        let entry = usize::try_from(i)
+            .ok()
+            .and_then(|i| log.get(i))
+            .ok_or_else(|| PyIndexError::new_err("deque index out of range"))?;
+        transition_fields(py, entry)
+    }
+
+    /// `len(SchedulerState.transition_log)`
+    fn transition_log_len(&self) -> PyResult<usize> {
+        Ok(self.read()?.transition_log().len())
+    }
+
+    /// `SchedulerState.transition_log.clear()`
+    fn clear_transition_log(&self) -> PyResult<()> {
+        self.write()?.clear_transition_log();
+        Ok(())
+    }
+
+    /// `SchedulerState.erred_tasks`, newest first: each record's fields, for
+    /// distributed's `ErredTask`, and the deque's `maxlen`.
+    fn erred_task_records<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyList>, Option<usize>)> {
+        let st = self.read()?;
+        let records = PyList::empty(py);
+        for r in st.erred_tasks() {
+            let text = |t: &Option<Py<PyAny>>| t.as_ref().map(|t| t.clone_ref(py));
+            let erred_on = PySet::new(py, &r.erred_on)?;
+            records.append((
+                &r.key,
+                r.timestamp,
+                erred_on,
+                text(&r.exception_text),
+                text(&r.traceback_text),
+            ))?;
+        }
+        let maxlen = Some(st.config().erred_tasks_maxlen).filter(|m| *m != usize::MAX);
+        Ok((records, maxlen))
+    }
+
+    /// `Scheduler.validate_key`: one task's invariants, natively (unknown keys pass).
+    fn validate_key(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+        let st = self.read()?;
+        match self.tid(py, key)? {
+            Some(t) => Ok(st.validate_task(t)?),
+            None => Ok(()),
+        }
+    }
+
+    /// `SchedulerState.validate_state`, natively.
+    fn validate_state(&self) -> PyResult<()> {
+        Ok(self.read()?.validate_state()?)
+    }
+
+    /// The engine's iteration order of each task's sets (`dependencies`, `dependents`,
+    /// `waiting_on`, `waiters` as keys, `who_has` as addresses, `who_wants` as clients;
+    /// `None` for no set) and of each worker's `processing`. Handles give these as new
+    /// Python sets, which need not iterate in the order the scheduler's did.
+    fn set_orders<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+        let st = self.read()?;
+        let s = &*st;
+        let keys = |set: Option<&TaskSet>| {
+            set.map(|set| {
+                set.iter()
+                    .map(|t| s.ts(t).key.clone_ref(py))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let tasks = PyDict::new(py);
+        for (k, v) in self.keys.bind(py).iter() {
+            let ts = s.ts(TaskId(v.extract()?));
+            let who_has = ts.who_has.as_ref().map(|h| addresses(s, h.iter()));
+            let who_wants = ts.who_wants.as_ref().map(|c| {
+                c.iter()
+                    .map(|c| s.client(c).client_key.clone_ref(py))
+                    .collect::<Vec<_>>()
+            });
+            let entry = (
+                keys(Some(&ts.dependencies)),
+                keys(Some(&ts.dependents)),
+                keys(ts.waiting_on.as_ref()),
+                keys(ts.waiters.as_ref()),
+                who_has,
+                who_wants,
+            );
+            tasks.set_item(k, entry)?;
+        }
+        let workers = PyDict::new(py);
+        for &w in s.workers_sorted() {
+            workers.set_item(&s.ws(w).address, keys(Some(&s.ws(w).processing)))?;
+        }
+        Ok((tasks, workers))
+    }
+
+    /// Scheduler-wide containers, as lists of keys / addresses in iteration order.
+    #[pyo3(signature = (only = None))]
+    fn containers<'py>(&self, py: Python<'py>, only: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
+        let st = self.read()?;
+        let s = &*st;
+        let d = PyDict::new(py);
+        let key_list = |ts: &mut dyn Iterator<Item = TaskId>| {
+            PyList::new(py, ts.map(|t| s.ts(t).key.bind(py)))
+        };
+        // `only`: build just that container (sorting `queued` is O(n log n))
+        let want =
+            |k: &str| only.is_none_or(|o| o == k || (o == "unrunnable" && k == "unrunnable_since"));
+        if want("idle") {
+            d.set_item("idle", addresses(s, s.idle().iter().copied()))?;
+        }
+        if want("running") {
+            d.set_item("running", addresses(s, s.running().iter()))?;
+        }
+        if want("saturated") {
+            d.set_item("saturated", addresses(s, s.saturated().iter()))?;
+        }
+        if want("idle_task_count") {
+            d.set_item("idle_task_count", addresses(s, s.idle_task_count().iter()))?;
+        }
+        if want("queued") {
+            d.set_item("queued", key_list(&mut s.queued().sorted().into_iter())?)?;
+        }
+        if want("unrunnable") {
+            d.set_item("unrunnable", key_list(&mut s.unrunnable().keys())?)?;
+        }
+        if want("unrunnable_since") {
+            // monotonic() when each task became unrunnable (the no-workers timeout reads it)
+            let since: Vec<f64> = s.unrunnable().iter().map(|(_, v)| *v).collect();
+            d.set_item("unrunnable_since", since)?;
+        }
+        if want("replicated_tasks") {
+            d.set_item(
+                "replicated_tasks",
+                key_list(&mut s.replicated_tasks().iter())?,
+            )?;
+        }
+        if want("total_nthreads") {
+            d.set_item("total_nthreads", s.total_nthreads())?;
+        }
+        if want("n_tasks") {
+            d.set_item("n_tasks", s.n_tasks())?;
+        }
+        if want("total_occupancy") {
+            d.set_item("total_occupancy", s.total_occupancy())?;
+        }
+        Ok(d)
+    }
+}
+
+/// Iterator behind `TasksView.items()`/`.values()`: walks the engine's key index and
+/// turns each task id into its canonical `TaskState` handle.
+#[pyclass(frozen, module = "dask_rsched._core")]
+pub struct TaskItemsIter {
+    engine: Py<Engine>,
+    inner: Py<PyIterator>,
+    values: bool,
+}
+
+#[pymethods]
+impl TaskItemsIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let Some(item) = self.inner.bind(py).clone().next() else {
+            return Ok(None);
+        };
+        let (key, tid): (Bound<'_, PyAny>, u32) = item?.extract()?;
+        let e = self.engine.bind(py).borrow();
+        let st = e.read()?;
+        let ts = handles::task_handle(py, &self.engine, &View::new(&e, &st), TaskId(tid))?;
+        if self.values {
+            return Ok(Some(ts));
+        }
+        Ok(Some(
+            PyTuple::new(py, [key.unbind(), ts])?.into_any().unbind(),
+        ))
+    }
+}

@@ -1,0 +1,348 @@
+//! Task events: a worker's `task-finished`, `task-erred`, `long-running`; transitions
+//! asked for by name; retries; filling queue slots.
+
+use super::batch::Batch;
+use crate::bindings::shared::{byte_count, parse_state, Engine};
+use crate::core::messages::StartStop;
+use crate::core::state::Recs;
+use crate::core::transitions::TransitionArgs;
+use crate::core::types::*;
+use pyo3::exceptions::PyKeyError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+/// `msg[name]`, a `KeyError` naming the field when it is missing.
+fn field<'py>(
+    msg: &Bound<'py, PyDict>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    msg.get_item(name)?
+        .ok_or_else(|| PyKeyError::new_err(name.clone().unbind()))
+}
+
+/// `msg[name]` unless missing or `None`.
+fn opt_field<'py>(
+    msg: &Bound<'py, PyDict>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Option<Py<PyAny>>> {
+    Ok(msg
+        .get_item(name)?
+        .filter(|v| !v.is_none())
+        .map(Bound::unbind))
+}
+
+/// The transition fields of a `task-erred` message (or of `_transition(..., "erred")`).
+fn erred_args(
+    msg: &Bound<'_, PyDict>,
+    worker: Option<String>,
+    cause: Option<TaskId>,
+) -> PyResult<TransitionArgs<Py<PyAny>>> {
+    Ok(TransitionArgs::Erred {
+        worker,
+        cause,
+        exception: opt_field(msg, intern!(msg.py(), "exception"))?,
+        traceback: opt_field(msg, intern!(msg.py(), "traceback"))?,
+        exception_text: opt_field(msg, intern!(msg.py(), "exception_text"))?,
+        traceback_text: opt_field(msg, intern!(msg.py(), "traceback_text"))?,
+    })
+}
+
+/// `msg` without `run_id`, with `extra`: what plugins get with the stimulus' own
+/// transition (distributed's `stimulus_task_*` pass the message on to `_transition`).
+fn plugin_fields<'py>(
+    msg: &Bound<'py, PyDict>,
+    extra: &[(&str, &Bound<'py, PyAny>)],
+) -> PyResult<Py<PyAny>> {
+    let fields = msg.copy()?;
+    if fields.contains("run_id")? {
+        fields.del_item("run_id")?;
+    }
+    for (k, v) in extra {
+        fields.set_item(k, v)?;
+    }
+    Ok(fields.into_any().unbind())
+}
+
+fn msg_dict<'py>(py: Python<'py>, msg: Option<&Bound<'py, PyDict>>) -> Bound<'py, PyDict> {
+    msg.cloned().unwrap_or_else(|| PyDict::new(py))
+}
+
+impl Engine {
+    /// `stimulus_task_finished` in `b`: the recommendations it leaves.
+    fn task_finished(
+        &self,
+        py: Python<'_>,
+        b: &mut Batch<'_>,
+        key: &Bound<'_, PyAny>,
+        worker: &Bound<'_, PyAny>,
+        worker_addr: &str,
+        msg: &Bound<'_, PyDict>,
+    ) -> PyResult<Recs> {
+        let t = self.tid(py, key)?;
+        let run_id: i64 = field(msg, intern!(msg.py(), "run_id"))?.extract()?;
+        let mut startstops = Vec::new();
+        if let Some(s) = opt_field(msg, intern!(msg.py(), "startstops"))? {
+            for item in s.bind(py).try_iter()? {
+                let item = item?;
+                startstops.push(StartStop {
+                    action: item.get_item(intern!(py, "action"))?.extract()?,
+                    start: item.get_item(intern!(py, "start"))?.extract()?,
+                    stop: item.get_item(intern!(py, "stop"))?.extract()?,
+                });
+            }
+        }
+        let args = TransitionArgs::Finished {
+            worker: worker_addr.to_owned(),
+            nbytes: match opt_field(msg, intern!(msg.py(), "nbytes"))? {
+                Some(n) => byte_count(n.bind(py))?,
+                None => -1,
+            },
+            type_: opt_field(msg, intern!(msg.py(), "type"))?,
+            typename: match opt_field(msg, intern!(msg.py(), "typename"))? {
+                Some(t) => t.bind(py).str()?.to_string(),
+                None => String::new(),
+            },
+            startstops,
+        };
+        if let Some(t) = t.filter(|_| b.st.observes(TaskStateState::Memory)) {
+            let fields = plugin_fields(msg, &[("worker", worker)])?;
+            b.st.set_own_transition(t, TaskStateState::Memory, fields);
+        }
+        let metadata = opt_field(msg, intern!(msg.py(), "metadata"))?;
+        let mut merge_err = None;
+        let merge = |md: &mut Option<Py<PyAny>>| {
+            let Some(m) = metadata.filter(|m| m.bind(py).is_truthy().unwrap_or(false)) else {
+                return;
+            };
+            let md = md.get_or_insert_with(|| PyDict::new(py).into_any().unbind());
+            if let Err(e) = md.bind(py).call_method1(intern!(py, "update"), (m,)) {
+                merge_err = Some(e);
+            }
+        };
+        let key_p = key.clone().unbind();
+        let r = b.st.stimulus_task_finished(
+            &key_p,
+            t,
+            worker_addr,
+            run_id,
+            args,
+            merge,
+            &mut b.out,
+            &b.sid,
+        );
+        if let Some(e) = merge_err {
+            return Err(e);
+        }
+        b.check(py, r)
+    }
+
+    /// `stimulus_task_erred` in `b`: the recommendations it leaves.
+    fn task_erred(
+        &self,
+        py: Python<'_>,
+        b: &mut Batch<'_>,
+        key: &Bound<'_, PyAny>,
+        msg: &Bound<'_, PyDict>,
+    ) -> PyResult<Recs> {
+        let t = self.tid(py, key)?;
+        let worker = field(msg, intern!(msg.py(), "worker"))?;
+        let worker_addr: String = worker.extract()?;
+        let run_id: i64 = field(msg, intern!(msg.py(), "run_id"))?.extract()?;
+        if let Some(t) = t.filter(|_| b.st.observes(TaskStateState::Erred)) {
+            let fields = plugin_fields(msg, &[("cause", key), ("worker", &worker)])?;
+            b.st.set_own_transition(t, TaskStateState::Erred, fields);
+        }
+        let args = erred_args(msg, None, None)?;
+        let r =
+            b.st.stimulus_task_erred(t, &worker_addr, run_id, args, &mut b.out, &b.sid);
+        b.check(py, r)
+    }
+}
+
+#[pymethods]
+impl Engine {
+    /// `Scheduler.handle_task_finished`: the stimulus, its recommendations carried out,
+    /// then `stimulus_queue_slots_maybe_opened`. A worker the scheduler does not know
+    /// is ignored.
+    #[pyo3(signature = (key, worker, stimulus_id, **msg))]
+    fn handle_task_finished<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        worker: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        msg: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        let addr = worker.extract::<String>()?;
+        if b.st.worker_id(&addr).is_none() {
+            return b.finish(py, Ok(()));
+        }
+        let recs = self.task_finished(py, &mut b, key, worker, &addr, &msg_dict(py, msg))?;
+        let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
+        b.finish(py, r)
+    }
+
+    /// `SchedulerState.stimulus_task_finished`: `(recommendations, client_msgs,
+    /// worker_msgs)`, the recommendations not yet carried out.
+    #[pyo3(signature = (key, worker, stimulus_id, **msg))]
+    fn stimulus_task_finished<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        worker: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        msg: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        let addr = worker.extract::<String>()?;
+        let recs = self.task_finished(py, &mut b, key, worker, &addr, &msg_dict(py, msg))?;
+        let recs = b.recs_py(py, &recs)?;
+        b.finish_with(py, recs)
+    }
+
+    /// `Scheduler.handle_task_erred`: the stimulus, its recommendations carried out,
+    /// then `stimulus_queue_slots_maybe_opened`.
+    #[pyo3(signature = (key, stimulus_id, **msg))]
+    fn handle_task_erred<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        msg: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        let recs = self.task_erred(py, &mut b, key, &msg_dict(py, msg))?;
+        let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
+        b.finish(py, r)
+    }
+
+    /// `SchedulerState.stimulus_task_erred`: `(recommendations, client_msgs,
+    /// worker_msgs)`, the recommendations not yet carried out.
+    #[pyo3(signature = (key, stimulus_id, **msg))]
+    fn stimulus_task_erred<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+        msg: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        let recs = self.task_erred(py, &mut b, key, &msg_dict(py, msg))?;
+        let recs = b.recs_py(py, &recs)?;
+        b.finish_with(py, recs)
+    }
+
+    /// `SchedulerState._transition(key, finish, stimulus_id, **kwargs)`: one transition
+    /// (an `erred` one with the exception and cause the kwargs give, as the no-worker
+    /// timeouts and `remove_worker` pass them); plugins get the kwargs with it.
+    /// `(recommendations, client_msgs, worker_msgs)`, the recommendations not carried
+    /// out. Unknown keys are ignored.
+    #[pyo3(signature = (key, finish, stimulus_id, **kwargs))]
+    fn transition<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        finish: &str,
+        stimulus_id: &Bound<'py, PyAny>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let finish = parse_state(finish)?;
+        let mut b = self.batch(stimulus_id)?;
+        let Some(t) = self.tid(py, key)? else {
+            return b.finish_with(py, PyDict::new(py));
+        };
+        let kwargs = msg_dict(py, kwargs);
+        let cause = kwargs.get_item("cause")?.filter(|c| !c.is_none());
+        let args = if finish == TaskStateState::Erred
+            && (cause.is_some() || opt_field(&kwargs, intern!(kwargs.py(), "exception"))?.is_some())
+        {
+            let cause = match cause {
+                Some(c) => self.tid(py, &c)?,
+                None => Some(t),
+            };
+            let worker = match kwargs.get_item("worker")?.filter(|w| !w.is_none()) {
+                Some(w) => Some(w.extract()?),
+                None => None,
+            };
+            erred_args(&kwargs, worker, cause)?
+        } else {
+            TransitionArgs::None
+        };
+        if b.st.observes(finish) {
+            b.st.set_own_transition(t, finish, kwargs.copy()?.into_any().unbind());
+        }
+        let r = b.st.transition(t, finish, &b.sid, args, &mut b.out);
+        let recs = b.check(py, r)?;
+        let recs = b.recs_py(py, &recs)?;
+        b.finish_with(py, recs)
+    }
+
+    /// `SchedulerState.transitions`: runs `recommendations` (key -> state name) to
+    /// completion. Unknown keys are ignored as distributed ignores them.
+    fn transitions<'py>(
+        &self,
+        py: Python<'py>,
+        recommendations: &Bound<'py, PyDict>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        let mut recs = Recs::new();
+        for (k, v) in recommendations.iter() {
+            let finish = parse_state(&v.extract::<String>()?)?;
+            if let Some(t) = self.tid(py, &k)? {
+                recs.insert(t, finish);
+            }
+        }
+        let r = b.st.transitions_loop(recs, &mut b.out, &b.sid);
+        b.finish(py, r)
+    }
+
+    /// `Scheduler.stimulus_queue_slots_maybe_opened`
+    fn stimulus_queue_slots_maybe_opened<'py>(
+        &self,
+        py: Python<'py>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        let r = b.st.stimulus_queue_slots_maybe_opened(&mut b.out, &b.sid);
+        b.finish(py, r)
+    }
+
+    /// `Scheduler.handle_long_running`
+    #[pyo3(signature = (key, worker, run_id, compute_duration, stimulus_id))]
+    fn handle_long_running<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+        worker: &str,
+        run_id: i64,
+        compute_duration: Option<f64>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        let t = self.tid(py, key)?;
+        let r =
+            b.st.handle_long_running(t, worker, run_id, compute_duration, &mut b.out, &b.sid);
+        b.finish(py, r)
+    }
+
+    /// `Scheduler.stimulus_retry`: `(seen keys, client_msgs, worker_msgs)`.
+    fn stimulus_retry<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &Bound<'py, PyAny>,
+        stimulus_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let mut b = self.batch(stimulus_id)?;
+        let ids = keys
+            .try_iter()?
+            .map(|k| self.tid_required(py, &k?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let r = b.st.stimulus_retry(&ids, &mut b.out, &b.sid);
+        let seen = b.check(py, r)?;
+        let seen = PyTuple::new(py, seen.iter().map(|t| b.st.ts(*t).key.bind(py)))?;
+        b.finish_with(py, seen)
+    }
+}

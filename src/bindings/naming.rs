@@ -1,0 +1,77 @@
+//! Names the engine derives from keys: a task's group and prefix (`key_split_group`,
+//! `key_split`), and a run_spec's `data_producer` flag.
+
+use super::shared::Engine;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyString;
+
+static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
+
+fn key_splitters(py: Python<'_>) -> PyResult<&(Py<PyAny>, Py<PyAny>)> {
+    KEY_SPLIT.get_or_try_init(py, || -> PyResult<_> {
+        let ks = py.import("dask.utils")?.getattr("key_split")?.unbind();
+        let ksg = py
+            .import("distributed.utils")?
+            .getattr("key_split_group")?
+            .unbind();
+        Ok((ks, ksg))
+    })
+}
+
+impl Engine {
+    /// The (group, prefix) names of a key: `key_split_group(key)`, `key_split(key)`.
+    /// The core names groups with strings. A group named with another object (a key
+    /// such as `((1, 2), "x")` is grouped under the tuple `(1, 2)`) gets "\0" and a
+    /// number, one per name as Python's dicts tell names apart (`1` and `1.0` are one
+    /// group, as in distributed's `task_groups`); a str name starting with "\0" gets
+    /// another "\0" in front. `group_name` gives the name back.
+    pub(crate) fn group_and_prefix(&self, key: &Bound<'_, PyAny>) -> PyResult<(String, String)> {
+        let py = key.py();
+        let (key_split, key_split_group) = key_splitters(py)?;
+        let group = key_split_group.bind(py).call1((key,))?;
+        let group = match group.extract::<String>() {
+            Ok(name) if name.starts_with('\0') => format!("\0{name}"),
+            Ok(name) => name,
+            Err(_) => {
+                let names = self.other_group_names.bind(py);
+                match names.get_item(&group)? {
+                    Some(encoded) => encoded.extract()?,
+                    None => {
+                        let encoded = format!("\0{}", names.len() / 2);
+                        names.set_item(&group, &encoded)?;
+                        names.set_item(&encoded, &group)?;
+                        encoded
+                    }
+                }
+            }
+        };
+        Ok((group, key_split.bind(py).call1((key,))?.extract()?))
+    }
+
+    /// A group's name as distributed has it (`TaskGroup.name`, the keys of `task_groups`).
+    pub(crate) fn group_name<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(escaped) = name.strip_prefix('\0') else {
+            return Ok(PyString::new(py, name).into_any());
+        };
+        if escaped.starts_with('\0') {
+            return Ok(PyString::new(py, escaped).into_any());
+        }
+        match self.other_group_names.bind(py).get_item(name)? {
+            Some(obj) => Ok(obj),
+            None => Ok(PyString::new(py, name).into_any()),
+        }
+    }
+}
+
+/// `run_spec.data_producer` of a task spec (false where it has none).
+pub(crate) fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
+    spec.getattr(intern!(spec.py(), "data_producer"))
+        .and_then(|v| v.is_truthy())
+        .unwrap_or(false)
+}

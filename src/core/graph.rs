@@ -1,0 +1,245 @@
+//! Graph submission: `_generate_taskstates`, `_set_priorities` and the recommendations
+//! of `_create_taskstate_from_graph`.
+
+use crate::core::state::*;
+use crate::core::types::TaskStateState as S;
+use crate::core::types::*;
+use smallvec::SmallVec;
+
+/// A reference from a submitted graph to a key.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum KeyRef {
+    /// Index into the submitted graph's tasks.
+    Graph(usize),
+    /// A key the scheduler already knows that is not in the submitted graph.
+    Existing(TaskId),
+}
+
+/// One entry of the submitted graph, resolved by the binding.
+#[derive(Clone, Debug)]
+pub struct GraphTask<P> {
+    pub key: P,
+    pub hash: i64,
+    pub group: String,
+    pub prefix: String,
+    pub run_spec: Option<P>,
+    pub data_producer: bool,
+    /// `tspec.dependencies`, in its iteration order.
+    pub dependencies: Vec<KeyRef>,
+    /// The scheduler's task for this key, if it already exists.
+    pub existing: Option<TaskId>,
+    /// False for a key only named as a dependency (not a key of the submitted dict).
+    pub in_dsk: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct GeneratedTasks {
+    pub touched: Vec<TaskId>,
+    pub new: Vec<TaskId>,
+    pub colliding_task_count: usize,
+    /// Existing tasks whose submitted run_spec has other dependencies, in the order
+    /// found (distributed warns once per group, in this order).
+    pub collisions: Vec<TaskId>,
+    /// TaskId of each graph entry (after creation).
+    pub graph_ids: Vec<Option<TaskId>>,
+}
+
+/// `_find_lost_dependencies`: the first entry reachable from `keys` that is neither in
+/// the submitted graph nor a known task (an entry only named, with no task), walked as
+/// distributed walks it.
+pub fn first_lost_dependency<P>(keys: &[KeyRef], graph: &[GraphTask<P>]) -> Option<usize> {
+    let mut seen = vec![false; graph.len()];
+    let mut work: Vec<KeyRef> = keys.to_vec();
+    while let Some(k) = work.pop() {
+        let KeyRef::Graph(i) = k else { continue };
+        if std::mem::replace(&mut seen[i], true) {
+            continue;
+        }
+        let g = &graph[i];
+        if !g.in_dsk {
+            return Some(i);
+        }
+        if g.run_spec.is_some() {
+            work.extend(g.dependencies.iter().copied());
+        }
+    }
+    None
+}
+
+impl GeneratedTasks {
+    /// The tasks of the wanted keys, in their order.
+    pub fn key_ids(&self, keys: &[KeyRef]) -> Vec<TaskId> {
+        keys.iter()
+            .map(|r| match r {
+                KeyRef::Graph(i) => self.graph_ids[*i].expect("created"),
+                KeyRef::Existing(t) => *t,
+            })
+            .collect()
+    }
+}
+
+impl<P: Clone> SchedulerState<P> {
+    /// `Scheduler._generate_taskstates`. `keys` in `set(keys)` iteration order;
+    /// `deps_equal(ts, entry)` answers the run_spec collision check for existing tasks.
+    pub fn generate_taskstates(
+        &mut self,
+        keys: &[KeyRef],
+        dsk: &[GraphTask<P>],
+    ) -> CoreResult<GeneratedTasks> {
+        let mut out = GeneratedTasks {
+            graph_ids: dsk
+                .iter()
+                .map(|g| g.existing.filter(|t| self.task(*t).is_some()))
+                .collect(),
+            ..Default::default()
+        };
+        let mut touched_graph = vec![false; dsk.len()];
+        let mut touched_existing: hashbrown::HashSet<TaskId> = hashbrown::HashSet::new();
+        let mut collisions = vec![false; dsk.len()];
+        let mut stack: Vec<KeyRef> = keys.to_vec();
+        while let Some(k) = stack.pop() {
+            match k {
+                KeyRef::Existing(t) => {
+                    if !touched_existing.insert(t) {
+                        continue;
+                    }
+                    out.touched.push(t);
+                }
+                KeyRef::Graph(i) => {
+                    if touched_graph[i] {
+                        continue;
+                    }
+                    let g = &dsk[i];
+                    let t = match out.graph_ids[i] {
+                        None => {
+                            let t = self.new_task(
+                                g.key.clone(),
+                                g.hash,
+                                &g.group,
+                                &g.prefix,
+                                g.run_spec.clone(),
+                                g.data_producer,
+                                S::Released,
+                            );
+                            out.graph_ids[i] = Some(t);
+                            out.new.push(t);
+                            t
+                        }
+                        Some(t) => {
+                            if self.ts(t).run_spec.is_none() {
+                                let ts = self.ts_mut(t);
+                                ts.run_spec = g.run_spec.clone();
+                                ts.data_producer = g.data_producer;
+                            } else {
+                                let lhs: hashbrown::HashSet<TaskId> =
+                                    self.ts(t).dependencies.iter().collect();
+                                let rhs: Option<hashbrown::HashSet<TaskId>> = g
+                                    .dependencies
+                                    .iter()
+                                    .map(|d| match d {
+                                        KeyRef::Existing(x) => Some(*x),
+                                        KeyRef::Graph(j) => out.graph_ids[*j],
+                                    })
+                                    .collect();
+                                if rhs.as_ref() != Some(&lhs) {
+                                    collisions[i] = true;
+                                    out.colliding_task_count += 1;
+                                    out.collisions.push(t);
+                                }
+                            }
+                            t
+                        }
+                    };
+                    touched_graph[i] = true;
+                    out.touched.push(t);
+                    if g.run_spec.is_some() {
+                        stack.extend(g.dependencies.iter().copied());
+                    }
+                }
+            }
+        }
+        for (i, g) in dsk.iter().enumerate() {
+            let Some(t) = out.graph_ids[i] else { continue };
+            if collisions[i] || !g.in_dsk {
+                continue;
+            }
+            for d in &g.dependencies {
+                let dt = match d {
+                    KeyRef::Existing(x) => Some(*x),
+                    KeyRef::Graph(j) => out.graph_ids[*j],
+                };
+                // `self.tasks[dep]` raises KeyError for a dependency never created
+                let dt = dt.ok_or_else(|| CoreError::UnknownKey(format!("dependency {d:?}")))?;
+                self.add_dependency(t, dt);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `Scheduler._set_priorities`. `prios[i]` is `(annotated user priority,
+    /// internal priority)` for `tasks[i]`; generation bookkeeping as distributed's.
+    pub fn set_priorities(
+        &mut self,
+        tasks: &[TaskId],
+        prios: &[(Num, Option<i64>)],
+        submitting_task: Option<TaskId>,
+        submitting_known: bool,
+        fifo_timeout: f64,
+        start: f64,
+    ) {
+        let generation: Num = if submitting_known || submitting_task.is_some() {
+            match submitting_task
+                .and_then(|t| self.task(t))
+                .and_then(|ts| ts.priority)
+            {
+                Some(p) => Num::Float(p.0[0].as_f64() - 0.01),
+                None => Num::Int(self.generation),
+            }
+        } else if self.last_time + fifo_timeout < start {
+            self.generation += 1;
+            self.last_time = start;
+            Num::Int(self.generation)
+        } else {
+            Num::Int(self.generation)
+        };
+        for (&t, &(user, internal)) in tasks.iter().zip(prios) {
+            if self.ts(t).priority.is_none() {
+                if let Some(internal) = internal {
+                    let neg = match user {
+                        // -(-2**63) does not fit: Python's unbounded int, as a float
+                        Num::Int(i) => i.checked_neg().map_or(Num::Float(-(i as f64)), Num::Int),
+                        Num::Float(f) => Num::Float(-f),
+                    };
+                    self.ts_mut(t).priority = Some(Priority([neg, generation, Num::Int(internal)]));
+                }
+            }
+        }
+    }
+
+    /// The recommendations of `_create_taskstate_from_graph` after state creation.
+    pub fn graph_recommendations(&mut self, keys: &[TaskId], touched: &[TaskId]) -> Recs {
+        let mut recs = Recs::new();
+        let mut released: Vec<TaskId> = keys
+            .iter()
+            .copied()
+            .filter(|t| self.ts(*t).state == S::Released)
+            .collect();
+        released.sort_by(|a, b| {
+            crate::core::types::cmp_opt_prio(&self.ts(*b).priority, &self.ts(*a).priority)
+        });
+        for t in released {
+            recs.insert(t, S::Waiting);
+        }
+        for &t in touched {
+            let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
+            for d in deps {
+                if let Some(blame) = self.ts(d).exception_blame {
+                    self.ts_mut(t).exception_blame = Some(blame);
+                    recs.insert(t, S::Erred);
+                    break;
+                }
+            }
+        }
+        recs
+    }
+}

@@ -1,0 +1,174 @@
+"""Bad input and odd use, on both engines: the same outcome as pure Python (issue 18)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import dask_rsched
+import pytest
+from dask._task_spec import Task, TaskRef
+from distributed import Client
+from distributed.utils_test import gen_cluster, inc
+
+
+@pytest.fixture(params=["python", "rust"], autouse=True)
+def engine(request):
+    if request.param == "rust":
+        dask_rsched.install()
+    yield request.param
+    dask_rsched.uninstall()
+
+
+def first(a, b):
+    return a
+
+
+class BadRepr:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@gen_cluster(client=True)
+async def test_a_failing_graph_does_not_block_later_graphs(c, s, a, b, engine):
+    # a resubmitted key with other dependencies whose run_spec cannot be shown: the
+    # collision warning fails, as on pure Python; the next graphs still run
+    s._create_taskstate_from_graph(
+        start=0.0,
+        dsk={"x": Task("x", inc, 1)},
+        keys={"x"},
+        ordered={"x": 0},
+        client="c",
+        annotations_by_type={},
+        global_annotations=None,
+        stimulus_id="one",
+        submitting_task=None,
+        span_metadata={"collections": []},
+    )
+    dsk = {"y": Task("y", inc, 1), "x": Task("x", first, TaskRef("y"), BadRepr())}
+    with pytest.raises(RuntimeError, match="no repr"):
+        s._create_taskstate_from_graph(
+            start=0.0,
+            dsk=dsk,
+            keys={"x"},
+            ordered={"x": 1, "y": 0},
+            client="c",
+            annotations_by_type={},
+            global_annotations=None,
+            stimulus_id="two",
+            submitting_task=None,
+            span_metadata={"collections": []},
+        )
+    assert await c.submit(inc, 41) == 42
+
+
+@gen_cluster(client=True)
+async def test_readers_on_other_threads_do_not_break_stimuli(c, s, a, b, engine):
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        while not stop.is_set():
+            try:
+                for ts in list(s.tasks.values()):
+                    s.story(ts)
+                list(s.transition_log)
+            except RuntimeError:
+                # a reader may meet a change (pure Python: "deque mutated during
+                # iteration"; the engine: "busy"); the scheduler's stimuli never do
+                pass
+            except Exception as e:
+                errors.append(e)
+            stop.wait(0.001)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for r in readers:
+        r.start()
+    try:
+        futs = c.map(inc, range(200))
+        assert sum(await c.gather(futs)) == sum(range(1, 201))
+    finally:
+        stop.set()
+        for r in readers:
+            r.join()
+    assert not errors
+    s.validate_state()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_float_nbytes_from_workers_and_scatter(c, s, a, engine):
+    class Weird:
+        def __sizeof__(self) -> int:
+            return 100
+
+    # a worker reporting a float size (a user's sizeof) keeps its worker
+    key = "weird"
+    fut = c.submit(Weird, key=key)
+    await fut
+    s.handle_task_finished(
+        key=key,
+        worker=a.address,
+        stimulus_id="float",
+        run_id=-1,
+        nbytes=12.5,
+        typename="W",
+        metadata={},
+    )
+    assert a.address in s.workers
+    s.update_data(who_has={"scattered": [a.address]}, nbytes={"scattered": 8.0}, client=c.id)
+    assert s.tasks["scattered"].nbytes == 8
+    s.validate_state()
+
+
+@gen_cluster(client=True)
+async def test_lowest_priority_stays_lowest(c, s, a, b, engine):
+    low = c.submit(inc, 1, priority=-(2**63), key="low")
+    high = c.submit(inc, 2, priority=0, key="high")
+    await asyncio.gather(low, high)
+    assert s.tasks["low"].priority > s.tasks["high"].priority
+
+
+@gen_cluster(client=True)
+async def test_group_names_as_distributed_keys_them(c, s, a, b, engine):
+    # a tuple key groups under its first element: equal names are one group, and a str
+    # name is never mistaken for another object's
+    futs = [
+        c.submit(inc, 1, key=(1, "a")),
+        c.submit(inc, 2, key=(1.0, "b")),
+        c.submit(inc, 3, key=("\x00(1, 2)", 0)),
+        c.submit(inc, 4, key=((1, 2), 0)),
+    ]
+    await asyncio.gather(*futs)
+    groups = s.task_groups
+    assert {k for k in groups} >= {1, "\x00(1, 2)", (1, 2)}
+    assert len(groups[1]) == 2
+    assert s.tasks[("\x00(1, 2)", 0)].group.name == "\x00(1, 2)"
+    assert s.tasks[((1, 2), 0)].group.name == (1, 2)
+
+
+@gen_cluster(client=True)
+async def test_stealing_objective_and_identity_keys(c, s, a, b, engine):
+    fut = c.submit(inc, 1)
+    await fut
+    steal = s.extensions["stealing"]
+    ws = s.workers[a.address]
+    objective = steal.stealing_objective(s.tasks[fut.key], ws, occupancies={ws: 0.0})
+    assert isinstance(objective, tuple)
+    # distributed's identity() keys are left as they are
+    assert "scheduler-engine" not in s.identity()
+    assert (dask_rsched.scheduler_engine(s) is not None) == (engine == "rust")
+
+
+def test_scheduler_engine_on_a_client() -> None:
+    from distributed import LocalCluster
+
+    dask_rsched.install()
+    try:
+        with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cl:
+            with Client(cl) as client:
+                name = client.run_on_scheduler(
+                    lambda dask_scheduler: dask_rsched.scheduler_engine(dask_scheduler)
+                )
+                assert name and "dask-rsched" in name
+    finally:
+        dask_rsched.uninstall()
