@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import dask
 import dask_rsched
 import pytest
 from dask._task_spec import Task, TaskRef
@@ -70,16 +71,17 @@ async def test_readers_on_other_threads_do_not_break_stimuli(c, s, a, b, engine)
     def read() -> None:
         while not stop.is_set():
             try:
-                for ts in list(s.tasks.values()):
+                # a few tasks per round: pure Python's reads hold the GIL too
+                for ts in list(s.tasks.values())[:10]:
                     s.story(ts)
-                list(s.transition_log)
+                list(s.transition_log)[-100:]
             except RuntimeError:
                 # a reader may meet a change (pure Python: "deque mutated during
                 # iteration"; the engine: "busy"); the scheduler's stimuli never do
                 pass
             except Exception as e:
                 errors.append(e)
-            stop.wait(0.001)
+            stop.wait(0.005)
 
     readers = [threading.Thread(target=read) for _ in range(2)]
     for r in readers:
@@ -117,6 +119,21 @@ async def test_float_nbytes_from_workers_and_scatter(c, s, a, engine):
     assert a.address in s.workers
     s.update_data(who_has={"scattered": [a.address]}, nbytes={"scattered": 8.0}, client=c.id)
     assert s.tasks["scattered"].nbytes == 8
+    s.validate_state()
+
+
+@gen_cluster(client=True, nthreads=[("", 1)])
+async def test_huge_sizes_add_up_without_wrapping(c, s, a, engine):
+    big = 2**63 - 1
+    s.update_data(
+        who_has={"b1": [a.address], "b2": [a.address]}, nbytes={"b1": big, "b2": big}, client=c.id
+    )
+    ws = s.workers[a.address]
+    assert ws.nbytes == 2 * big
+    assert s.tasks["b1"].group.nbytes_total == big
+    assert sum(tp.nbytes_total for tp in s.task_prefixes.values()) == 2 * big
+    s.client_releases_keys(keys=["b1"], client=c.id, stimulus_id="rel")
+    assert ws.nbytes == big
     s.validate_state()
 
 
@@ -172,3 +189,46 @@ def test_scheduler_engine_on_a_client() -> None:
                 assert name and "dask-rsched" in name
     finally:
         dask_rsched.uninstall()
+
+
+@gen_cluster(client=True)
+async def test_bad_annotations_name_key_and_annotation(c, s, a, b, engine):
+    x = c.submit(inc, 1, key="x")
+    await x
+    bad = [{"resources": {"GPU": "a"}}, {"resources": {1: 1}}]
+    if engine == "rust":
+        # pure Python accepts it and then cannot encode the task's message: the batched
+        # stream to the worker fails on every later write
+        bad.append({"retries": 2**70})
+    for i, annotated in enumerate(bad):
+        key = f"bad-{i}"
+        with dask.annotate(**annotated):
+            fut = c.submit(inc, x, key=key)
+        if engine == "rust":
+            # refused at submission, naming the key and the annotation; the graph's
+            # tasks are taken back
+            name = next(iter(annotated))
+            with pytest.raises((TypeError, ValueError), match=f"{key}.*{name}"):
+                await fut
+            assert key not in s.tasks
+            assert [d.key for d in s.tasks["x"].dependents] == []
+        else:
+            # pure Python accepts them: the task can never run (or its message to the
+            # worker cannot be encoded); the engine's refusal is the documented difference
+            while key not in s.tasks:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            assert s.tasks[key].state != "memory"
+        del fut
+    s.validate_state()
+    assert await c.submit(inc, 41) == 42
+
+
+@gen_cluster(client=True, config={"distributed.scheduler.validate": True})
+async def test_validate_refuses_to_forget_a_wanted_task(c, s, a, b, engine):
+    fut = c.submit(inc, 1, key="wanted")
+    await fut
+    with pytest.raises(AssertionError, match="Unreachable"):
+        s.transitions({"wanted": "forgotten"}, "test-forget")
+    assert s.tasks["wanted"].state == "memory"
+    assert await fut == 2

@@ -36,6 +36,7 @@ impl From<CoreError> for PyErr {
             }
             CoreError::ImpossibleTransition { .. } => PyRuntimeError::new_err(e.to_string()),
             CoreError::Validation(m) => PyAssertionError::new_err(m),
+            CoreError::Unreachable(_) => PyAssertionError::new_err(("Unreachable",)),
         }
     }
 }

@@ -12,7 +12,7 @@ use std::cmp::Ordering;
 pub struct Objective {
     pub actors: Option<usize>,
     pub start_time: f64,
-    pub nbytes: i64,
+    pub nbytes: ByteTotal,
 }
 
 impl Objective {
@@ -74,12 +74,12 @@ impl<P: Clone> SchedulerState<P> {
     /// `SchedulerState.get_comm_cost`
     pub fn get_comm_cost(&self, t: TaskId, w: WorkerId) -> f64 {
         let ws = self.ws(w);
-        let nbytes: i64 = self
+        let nbytes: ByteTotal = self
             .ts(t)
             .dependencies
             .iter()
             .filter(|d| !ws.has_what.contains_key(d))
-            .map(|d| self.ts(d).get_nbytes())
+            .map(|d| ByteTotal::from(self.ts(d).get_nbytes()))
             .sum();
         nbytes as f64 / self.config.bandwidth
     }

@@ -1,6 +1,7 @@
 //! Graph submission: `_generate_taskstates`, `_set_priorities` and the recommendations
 //! of `_create_taskstate_from_graph`.
 
+use crate::core::messages::Outbox;
 use crate::core::state::*;
 use crate::core::types::TaskStateState as S;
 use crate::core::types::*;
@@ -241,5 +242,23 @@ impl<P: Clone> SchedulerState<P> {
             }
         }
         recs
+    }
+
+    /// Takes back a submission that failed before its transitions (a bad annotation):
+    /// the tasks it created are forgotten, so nothing of it is left behind.
+    pub fn discard_new_tasks(
+        &mut self,
+        new: &[TaskId],
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+    ) -> CoreResult<()> {
+        let mut recs = Recs::new();
+        for &t in new {
+            let ts = self.ts(t);
+            if ts.dependents.is_empty() && !ts.has_who_wants() && ts.state == S::Released {
+                recs.insert(t, S::Forgotten);
+            }
+        }
+        self.transitions_loop(recs, out, stimulus_id)
     }
 }

@@ -57,7 +57,7 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     pub(super) fn inc_needs_replica(&mut self, w: WorkerId, d: TaskId) {
-        let nbytes = self.ts(d).get_nbytes();
+        let nbytes = ByteTotal::from(self.ts(d).get_nbytes());
         let ws = self.ws_mut(w);
         match ws.needs_what.get_mut(&d) {
             Some(c) => *c += 1,
@@ -70,7 +70,7 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     pub(super) fn dec_needs_replica(&mut self, w: WorkerId, d: TaskId) {
-        let nbytes = self.ts(d).get_nbytes();
+        let nbytes = ByteTotal::from(self.ts(d).get_nbytes());
         let ws = self.ws_mut(w);
         let c = ws.needs_what.get_mut(&d).expect("needs_what entry");
         *c -= 1;
@@ -128,7 +128,11 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// `SchedulerState._calc_occupancy`
-    pub fn calc_occupancy(&self, counts: &OrderedMap<PrefixId, i64>, network_occ: i64) -> f64 {
+    pub fn calc_occupancy(
+        &self,
+        counts: &OrderedMap<PrefixId, i64>,
+        network_occ: ByteTotal,
+    ) -> f64 {
         let mut res = 0.0;
         for (&p, &count) in counts.iter() {
             res += self.prefix_duration(p) * count as f64;

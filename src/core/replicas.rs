@@ -14,7 +14,7 @@ impl<P: Clone> SchedulerState<P> {
     pub fn set_nbytes(&mut self, t: TaskId, nbytes: i64) {
         let ts = self.ts(t);
         let old = ts.nbytes;
-        let diff = if old >= 0 { nbytes - old } else { nbytes };
+        let diff = ByteTotal::from(nbytes) - ByteTotal::from(old.max(0));
         let (g, p) = (ts.group, ts.prefix);
         let holders: SmallVec<[WorkerId; 4]> = ts
             .who_has
@@ -46,7 +46,7 @@ impl<P: Clone> SchedulerState<P> {
             self.ts_mut(t).who_has = Some(PySet::new());
         }
         if !self.ws(w).has_what.contains_key(&t) {
-            let nbytes = self.ts(t).get_nbytes();
+            let nbytes = ByteTotal::from(self.ts(t).get_nbytes());
             if self.ws(w).needs_what.contains_key(&t) {
                 let ws = self.ws_mut(w);
                 ws.needs_what.remove(&t);
@@ -70,7 +70,7 @@ impl<P: Clone> SchedulerState<P> {
     /// `SchedulerState.remove_replica`
     pub fn remove_replica(&mut self, t: TaskId, w: WorkerId) {
         let (th, wh) = (self.thash(t), self.whash(w));
-        let nbytes = self.ts(t).get_nbytes();
+        let nbytes = ByteTotal::from(self.ts(t).get_nbytes());
         let ws = self.ws_mut(w);
         ws.nbytes -= nbytes;
         ws.has_what.remove(&t);
@@ -88,7 +88,7 @@ impl<P: Clone> SchedulerState<P> {
 
     /// `SchedulerState.remove_all_replicas`
     pub fn remove_all_replicas(&mut self, t: TaskId) {
-        let nbytes = self.ts(t).get_nbytes();
+        let nbytes = ByteTotal::from(self.ts(t).get_nbytes());
         let th = self.thash(t);
         let Some(who_has) = self.ts_mut(t).who_has.take() else {
             return;

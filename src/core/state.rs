@@ -204,7 +204,7 @@ pub struct SchedulerState<P> {
     pub generation: i64,
     pub last_time: f64,
     pub task_prefix_count_global: OrderedMap<PrefixId, i64>,
-    pub network_occ_global: i64,
+    pub network_occ_global: ByteTotal,
     pub transition_log: VecDeque<TransitionLogEntry<P>>,
     /// The running stimulus' own transition, until the observer is told of it.
     pub own_transition: Option<OwnTransition<P>>,

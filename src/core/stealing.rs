@@ -22,7 +22,7 @@ pub const LATENCY: f64 = 0.1;
 pub struct HookFailed;
 
 /// `stealing_objective`: `(len(ws.actors) for actors, start time, ws.nbytes)`.
-type StealObjective = (Option<usize>, f64, i64);
+type StealObjective = (Option<usize>, f64, ByteTotal);
 
 /// `WorkStealing.cost_multipliers`
 pub fn cost_multipliers() -> [f64; LEVELS] {
@@ -256,10 +256,10 @@ impl<P: Clone> SchedulerState<P> {
             }
             return Ok(None);
         }
-        let nbytes: i64 = ts
+        let nbytes: ByteTotal = ts
             .dependencies
             .iter()
-            .map(|d| self.ts(d).get_nbytes())
+            .map(|d| ByteTotal::from(self.ts(d).get_nbytes()))
             .sum();
         let transfer_time = nbytes as f64 / self.config.bandwidth + LATENCY;
         let cost_multiplier = transfer_time / compute_time;

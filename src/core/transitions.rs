@@ -291,6 +291,9 @@ impl<P: Clone> SchedulerState<P> {
                 self.propagate_erred(t, args, recs, out)?;
             }
             (S::Released, S::Forgotten) | (S::Memory, S::Forgotten) => {
+                if self.config.validate && !self.may_forget(t) {
+                    return Err(CoreError::Unreachable(t));
+                }
                 self.t_to_forgotten(t, stimulus_id, recs, out)
             }
             (S::Memory, S::Erred) => self.t_memory_erred(t, args, recs, out)?,
@@ -602,6 +605,15 @@ impl<P: Clone> SchedulerState<P> {
             recs,
             out,
         )
+    }
+
+    /// Whether forgetting `t` loses nothing: a pure data task, a task with lost
+    /// dependencies, or one nobody needs.
+    fn may_forget(&self, t: TaskId) -> bool {
+        let ts = self.ts(t);
+        ts.run_spec.is_none()
+            || ts.has_lost_dependencies
+            || (!ts.has_who_wants() && !ts.has_waiters() && ts.dependents.is_empty())
     }
 
     fn t_to_forgotten(&mut self, t: TaskId, stimulus_id: &P, recs: &mut Recs, out: &mut Outbox<P>) {

@@ -194,6 +194,9 @@ pub enum CoreError {
     },
     Invalid(String),
     Validation(String),
+    /// `validate=True`: a task forgotten though something still needs it (distributed's
+    /// `AssertionError("Unreachable", str(ts))`).
+    Unreachable(TaskId),
 }
 
 impl std::fmt::Display for CoreError {
@@ -210,6 +213,7 @@ impl std::fmt::Display for CoreError {
                 )
             }
             CoreError::Invalid(m) | CoreError::Validation(m) => f.write_str(m),
+            CoreError::Unreachable(t) => write!(f, "Unreachable: {t:?}"),
         }
     }
 }
@@ -217,6 +221,10 @@ impl std::fmt::Display for CoreError {
 impl std::error::Error for CoreError {}
 
 pub type CoreResult<T> = Result<T, CoreError>;
+
+/// A sum of task sizes: each size fits an `i64`, so their sums (unbounded ints in
+/// distributed) are kept wide enough never to wrap.
+pub type ByteTotal = i128;
 
 pub fn cmp_opt_prio(a: &Option<Priority>, b: &Option<Priority>) -> std::cmp::Ordering {
     match (a, b) {

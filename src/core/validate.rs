@@ -84,7 +84,11 @@ impl<P: Clone> SchedulerState<P> {
                     "has_what/who_has mismatch"
                 );
             }
-            let nbytes: i64 = ws.has_what.keys().map(|t| self.ts(t).get_nbytes()).sum();
+            let nbytes: ByteTotal = ws
+                .has_what
+                .keys()
+                .map(|t| ByteTotal::from(self.ts(t).get_nbytes()))
+                .sum();
             check!(
                 nbytes == ws.nbytes,
                 "worker nbytes {} != {}",

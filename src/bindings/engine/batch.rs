@@ -7,7 +7,8 @@ use crate::bindings::shared::{forget_key, Engine, State};
 use crate::cell::StateMut;
 use crate::core::messages::Outbox;
 use crate::core::state::Recs;
-use crate::core::types::CoreResult;
+use crate::core::types::{CoreError, CoreResult};
+use pyo3::exceptions::PyAssertionError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
@@ -37,7 +38,19 @@ impl Batch<'_> {
     /// scheduler logs as `_transition` does on the way up.
     pub(crate) fn check<R>(&mut self, py: Python<'_>, r: CoreResult<R>) -> PyResult<R> {
         r.map_err(|e| {
-            let err = PyErr::from(e);
+            let err = match e {
+                CoreError::Unreachable(t) => {
+                    let ts = self.st.ts(t);
+                    let key = ts
+                        .key
+                        .bind(py)
+                        .repr()
+                        .map_or_else(|_| "?".into(), |r| r.to_string());
+                    let shown = format!("<TaskState {key} {}>", ts.state.as_str());
+                    PyAssertionError::new_err(("Unreachable", shown))
+                }
+                e => PyErr::from(e),
+            };
             let failed = self.st.take_failed_transitions();
             let failed = PyList::new(
                 py,

@@ -86,7 +86,7 @@ getters!(TaskGroupHandle {
     /// The span the group belongs to (set by the spans extension on submission; sent to
     /// workers with `compute-task`).
     span_id(py, _, _, tg) -> Py<PyAny> = opt_obj(py, &tg.span_id), or py.None();
-    nbytes_total(py, _, _, tg) -> i64 = tg.nbytes_total, or 0;
+    nbytes_total(py, _, _, tg) -> i128 = tg.nbytes_total, or 0;
     start(py, _, _, tg) -> f64 = tg.start, or 0.0;
     stop(py, _, _, tg) -> f64 = tg.stop, or 0.0;
     prefix(py, e, v, tg) -> Py<PyAny> = prefix_handle(py, e, v, tg.prefix)?, or py.None();
@@ -163,7 +163,7 @@ getters!(TaskPrefixHandle {
     duration_average(py, _, _, tp) -> f64 = tp.duration_average, or -1.0;
     max_exec_time(py, _, _, tp) -> f64 = tp.max_exec_time, or -1.0;
     suspicious(py, _, _, tp) -> i64 = tp.suspicious, or 0;
-    nbytes_total(py, _, _, tp) -> i64 = tp.nbytes_total, or 0;
+    nbytes_total(py, _, _, tp) -> i128 = tp.nbytes_total, or 0;
 });
 
 #[pymethods]

@@ -8,8 +8,9 @@ use crate::bindings::messages::{priority_to_py, py_state};
 use crate::bindings::shared::{Engine, State, View};
 use crate::core::entities::{default_data_size, Task};
 use crate::core::types::*;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{IntoPyDict, PyCFunction, PyDict, PySet};
+use pyo3::types::{IntoPyDict, PyCFunction, PyDict, PyInt, PySet};
 
 /// A collection of str as distributed keeps it (a set), in that set's order.
 fn str_vec(py: Python<'_>, value: Option<Bound<'_, PyAny>>) -> PyResult<Option<Vec<String>>> {
@@ -47,6 +48,26 @@ impl TaskStateHandle {
     }
 
     /// Writes through to the live task (a forgotten one ignores writes).
+    /// A value distributed's annotations may carry but no task can hold, named with its
+    /// task and annotation.
+    fn bad_annotation(
+        &self,
+        py: Python<'_>,
+        annotation: &str,
+        value: &Bound<'_, PyAny>,
+        expected: &str,
+    ) -> String {
+        let show = |o: &Bound<'_, PyAny>| {
+            o.repr()
+                .map_or_else(|_| "<unprintable>".to_owned(), |r| r.to_string())
+        };
+        format!(
+            "task {}: annotation {annotation:?} must be {expected}, got {}",
+            show(self.key.bind(py)),
+            show(value)
+        )
+    }
+
     fn update(&self, py: Python<'_>, f: impl FnOnce(&mut State, TaskId)) -> PyResult<()> {
         let e = self.engine.bind(py).borrow();
         let mut st = e.write()?;
@@ -192,14 +213,24 @@ impl TaskStateHandle {
     fn set_resource_restrictions(
         &self,
         py: Python<'_>,
-        value: Option<Bound<'_, PyDict>>,
+        value: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let resources = match value {
-            Some(d) => Some(
-                d.iter()
-                    .map(|(r, q)| Ok((r.extract()?, q.extract()?)))
-                    .collect::<PyResult<_>>()?,
-            ),
+        let resources = match value.filter(|v| !v.is_none()) {
+            Some(v) => {
+                let parsed = v.cast::<PyDict>().ok().and_then(|d| {
+                    d.iter()
+                        .map(|(r, q)| Some((r.extract().ok()?, q.extract().ok()?)))
+                        .collect::<Option<_>>()
+                });
+                match parsed {
+                    Some(r) => Some(r),
+                    None => {
+                        let msg =
+                            self.bad_annotation(py, "resources", &v, "a dict of str to numbers");
+                        return Err(PyTypeError::new_err(msg));
+                    }
+                }
+            }
             None => None,
         };
         self.update(py, |st, t| st.set_resource_restrictions(t, resources))
@@ -207,8 +238,15 @@ impl TaskStateHandle {
 
     /// `_apply_annotations` (`retries`)
     #[setter]
-    fn set_retries(&self, py: Python<'_>, value: i64) -> PyResult<()> {
-        self.update(py, |st, t| st.set_retries(t, value))
+    fn set_retries(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Ok(retries) = value.extract::<i64>() else {
+            let msg = self.bad_annotation(py, "retries", value, "an int in the range of int64");
+            return Err(match value.is_instance_of::<PyInt>() {
+                true => PyValueError::new_err(msg),
+                false => PyTypeError::new_err(msg),
+            });
+        };
+        self.update(py, |st, t| st.set_retries(t, retries))
     }
 
     /// `get_nbytes()`: a getter named `nbytes` and a method named `get_nbytes` would clash

@@ -23,7 +23,7 @@ getters!(WorkerStateHandle {
     host(py, _, _, ws) -> String = ws.host.clone(), or String::new();
     nthreads(py, _, _, ws) -> i64 = ws.nthreads, or 0;
     memory_limit(py, _, _, ws) -> i64 = ws.memory_limit, or 0;
-    nbytes(py, _, _, ws) -> i64 = ws.nbytes, or 0;
+    nbytes(py, _, _, ws) -> i128 = ws.nbytes, or 0;
     processing(py, e, v, ws) -> Py<PyAny> = task_set(py, e, v, Some(&ws.processing))?, or py.None();
     long_running(py, e, v, ws) -> Py<PyAny> = task_set(py, e, v, Some(&ws.long_running))?,
         or py.None();
@@ -52,7 +52,7 @@ getters!(WorkerStateHandle {
         }
         d.into_any().unbind()
     }, or py.None();
-    _network_occ(py, _, _, ws) -> i64 = ws.network_occ, or 0;
+    _network_occ(py, _, _, ws) -> i128 = ws.network_occ, or 0;
     resources(py, _, v, ws) -> Py<PyAny> =
         named(py, v, ws.resources.iter().map(|(r, q)| (*r, *q)))?.into_any().unbind(), or py.None();
     used_resources(py, _, v, ws) -> Py<PyAny> =
