@@ -113,7 +113,15 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
         };
         let key = s.ts(t).key;
         let recs = s
-            .stimulus_task_finished(&key, Some(t), &worker, run_id, args, |_| {}, &mut out, &sid)
+            .stimulus_task_finished(
+                &key,
+                Some(t),
+                &worker,
+                run_id,
+                |_| Some(args),
+                &mut out,
+                &sid,
+            )
             .unwrap();
         s.transitions_then_fill_queue(recs, &mut out, &sid).unwrap();
         finished += 1;

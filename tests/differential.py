@@ -414,6 +414,11 @@ class EngineSide(PythonSide):
     def e(self) -> dask_rsched.Engine:
         return self.s._rsched_engine
 
+    def close(self) -> None:
+        super().close()
+        # as Scheduler.close does: the Scheduler can be freed (its sockets closed)
+        self.s._rsched_engine.release_handles()
+
     def containers(self) -> dict:
         # the engine's own order: the views give new Python sets, whose order can differ
         out = self.s._rsched_engine.containers()

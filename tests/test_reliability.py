@@ -70,14 +70,23 @@ async def test_readers_on_other_threads_do_not_break_stimuli(c, s, a, b, engine)
 
     def read() -> None:
         while not stop.is_set():
+            seen: list = []
             try:
                 # a few tasks per round: pure Python's reads hold the GIL too
                 for ts in list(s.tasks.values())[:10]:
                     s.story(ts)
+                    seen.append((ts.state, ts.priority, ts.who_has, ts.dependents, ts.group.name))
                 list(s.transition_log)[-100:]
+                for ws in list(s.workers.values()):
+                    seen.append((ws.processing, ws.has_what, ws.nbytes, ws.occupancy, ws.status))
+                for view in (s.queued, s.unrunnable, s.idle, s.saturated, s.running):
+                    list(view)
+                for groups in (s.task_groups, s.task_prefixes, s.clients):
+                    list(groups.values())
+                list(s.replicated_tasks)
             except RuntimeError:
-                # a reader may meet a change (pure Python: "deque mutated during
-                # iteration"; the engine: "busy"); the scheduler's stimuli never do
+                # a reader may meet a change (pure Python: "changed size during
+                # iteration"); the scheduler's stimuli never do
                 pass
             except Exception as e:
                 errors.append(e)
@@ -88,7 +97,11 @@ async def test_readers_on_other_threads_do_not_break_stimuli(c, s, a, b, engine)
         r.start()
     try:
         futs = c.map(inc, range(200))
-        assert sum(await c.gather(futs)) == sum(range(1, 201))
+        total = c.submit(sum, futs)
+        assert await total == sum(range(1, 201))
+        del futs, total
+        while s.tasks:
+            await asyncio.sleep(0.01)
     finally:
         stop.set()
         for r in readers:

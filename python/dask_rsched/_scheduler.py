@@ -253,6 +253,14 @@ class EngineSchedulerMixin:
         # gen_cluster sets it; tests lower it on a running scheduler
         self._rsched_engine.transition_counter_max = int(value or 0)
 
+    async def close(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().close(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            # the handles and the engine refer to each other in a way the garbage
+            # collector cannot see: break it so the closed Scheduler can be freed
+            self._rsched_engine.release_handles()
+
     def validate_state(self, allow_overlap: bool = False) -> None:
         self._rsched_engine.validate_state()
         if set(self.workers) != set(self.stream_comms):

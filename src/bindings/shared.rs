@@ -203,6 +203,18 @@ pub(crate) fn worker_of(st: &State, address: &str) -> PyResult<WorkerId> {
         .ok_or_else(|| PyKeyError::new_err(address.to_owned()))
 }
 
+/// The address a worker's message names. Workers are keyed by their address (a str):
+/// anything else names no worker, as `workers.get(5)` finds none; "" is no address.
+pub(crate) fn address_of(worker: &Bound<'_, PyAny>) -> String {
+    worker.extract::<String>().unwrap_or_default()
+}
+
+/// The run id a worker's message carries. Run ids are counted from 1; anything that is
+/// not an int of 64 bits matches no run, as it never equals `ts.run_id` in distributed.
+pub(crate) fn run_id_of(run_id: &Bound<'_, PyAny>) -> i64 {
+    run_id.extract::<i64>().unwrap_or(i64::MIN)
+}
+
 /// A task state by distributed's name.
 pub(crate) fn parse_state(name: &str) -> PyResult<TaskStateState> {
     TaskStateState::parse(name)

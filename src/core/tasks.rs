@@ -43,9 +43,10 @@ impl<P: Clone> SchedulerState<P> {
 
     /// `Scheduler.stimulus_task_finished`: a stale report gets `free-keys` to the worker
     /// (or, from the worker the task now runs on, a release); a task already in memory
-    /// gains the replica; otherwise the report's metadata is merged into the task's
-    /// (`merge_metadata`, which only the binding can do) and the task transitions to
-    /// memory. Returns the recommendations, not carried out.
+    /// gains the replica; otherwise `prepare` (the binding) merges the report's
+    /// metadata into the task's and reads the report's fields, and the task transitions
+    /// to memory. Fields are read only then, as distributed reads them in the
+    /// transition: a malformed field of a stale report is never an error. Returns the recommendations, not carried out.
     #[allow(clippy::too_many_arguments)]
     pub fn stimulus_task_finished(
         &mut self,
@@ -53,8 +54,7 @@ impl<P: Clone> SchedulerState<P> {
         t: Option<TaskId>,
         worker: &str,
         run_id: i64,
-        args: TransitionArgs<P>,
-        merge_metadata: impl FnOnce(&mut Option<P>),
+        prepare: impl FnOnce(&mut Option<P>) -> Option<TransitionArgs<P>>,
         out: &mut Outbox<P>,
         stimulus_id: &P,
     ) -> CoreResult<Recs> {
@@ -78,7 +78,9 @@ impl<P: Clone> SchedulerState<P> {
                 }
                 return Ok(recs);
             } else if !stale {
-                merge_metadata(&mut self.ts_mut(t).metadata);
+                let Some(args) = prepare(&mut self.ts_mut(t).metadata) else {
+                    return Err(CoreError::Invalid("malformed task-finished message".into()));
+                };
                 return self.transition(t, S::Memory, stimulus_id, args, out);
             }
         }
@@ -178,13 +180,14 @@ impl<P: Clone> SchedulerState<P> {
 }
 
 impl<P: Clone> SchedulerState<P> {
-    /// `Scheduler.handle_long_running`
+    /// `Scheduler.handle_long_running`. A malformed `compute_duration` is an error only
+    /// where distributed reads it (a current report).
     pub fn handle_long_running(
         &mut self,
         t: Option<TaskId>,
         worker: &str,
         run_id: i64,
-        compute_duration: Option<f64>,
+        compute_duration: CoreResult<Option<f64>>,
         out: &mut Outbox<P>,
         stimulus_id: &P,
     ) -> CoreResult<()> {
@@ -200,7 +203,7 @@ impl<P: Clone> SchedulerState<P> {
         if self.ws(w).address != worker || self.ts(t).run_id != Some(run_id) {
             return Ok(());
         }
-        if let Some(d) = compute_duration {
+        if let Some(d) = compute_duration? {
             let p = self.ts(t).prefix;
             let tp = &mut self.prefixes[p.idx()];
             tp.duration_average = if tp.duration_average < 0.0 {

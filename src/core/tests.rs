@@ -122,7 +122,7 @@ fn run_to_completion(s: &mut St, mut pending: Vec<(WorkerId, TaskId, i64)>) {
         let args = finished(s, w);
         let key = s.ts(t).key.clone();
         let recs = s
-            .stimulus_task_finished(&key, Some(t), &addr, run_id, args, |_| {}, &mut out, &sid)
+            .stimulus_task_finished(&key, Some(t), &addr, run_id, |_| Some(args), &mut out, &sid)
             .unwrap();
         s.transitions_then_fill_queue(recs, &mut out, &sid).unwrap();
         s.flush();

@@ -174,6 +174,38 @@ impl Engine {
         Ok(self.read()?.group_slots())
     }
 
+    /// How many handles each cache holds (tasks, workers, clients, groups, prefixes):
+    /// with nothing held by Python, they follow the live entities.
+    fn handle_counts(&self) -> std::collections::HashMap<&'static str, usize> {
+        std::collections::HashMap::from([
+            ("tasks", self.task_handles.lock().len()),
+            ("workers", self.worker_handles.lock().len()),
+            ("clients", self.client_handles.lock().len()),
+            ("groups", self.group_handles.lock().len()),
+            ("prefixes", self.prefix_handles.lock().len()),
+        ])
+    }
+
+    /// Drops every cached handle and the transition hook (`Scheduler.close`). A handle
+    /// refers to its engine and the engine's caches to the handles; the garbage
+    /// collector cannot follow a handle's references (its `__dict__` is made after the
+    /// object is tracked, so it may not traverse), so the Scheduler that owns the
+    /// engine is only freed once this breaks the cycle. Handles Python still holds stay
+    /// readable; later lookups make new ones.
+    fn release_handles(&self) -> PyResult<()> {
+        self.write()?.set_observer(None);
+        let dropped = (
+            std::mem::take(&mut *self.task_handles.lock()),
+            std::mem::take(&mut *self.worker_handles.lock()),
+            std::mem::take(&mut *self.client_handles.lock()),
+            std::mem::take(&mut *self.group_handles.lock()),
+            std::mem::take(&mut *self.prefix_handles.lock()),
+        );
+        // released outside the locks: a handle's dict may run Python when it goes
+        drop(dropped);
+        Ok(())
+    }
+
     /// The state string of a task, or "forgotten" for unknown keys.
     fn task_state(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<&'static str> {
         let st = self.read()?;
@@ -367,6 +399,11 @@ pub struct TaskItemsIter {
 
 #[pymethods]
 impl TaskItemsIter {
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.engine)?;
+        visit.call(&self.inner)
+    }
+
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
         slf
     }

@@ -214,6 +214,8 @@ impl Engine {
         self.task_handles.traverse(&visit)?;
         self.worker_handles.traverse(&visit)?;
         self.client_handles.traverse(&visit)?;
+        self.group_handles.traverse(&visit)?;
+        self.prefix_handles.traverse(&visit)?;
         Ok(())
     }
 
@@ -222,5 +224,7 @@ impl Engine {
         self.task_handles.lock().clear();
         self.worker_handles.lock().clear();
         self.client_handles.lock().clear();
+        self.group_handles.lock().clear();
+        self.prefix_handles.lock().clear();
     }
 }

@@ -2,7 +2,7 @@
 //! asked for by name; retries; filling queue slots.
 
 use super::batch::Batch;
-use crate::bindings::shared::{byte_count, parse_state, Engine};
+use crate::bindings::shared::{address_of, byte_count, parse_state, run_id_of, Engine};
 use crate::core::messages::StartStop;
 use crate::core::state::Recs;
 use crate::core::transitions::TransitionArgs;
@@ -68,6 +68,53 @@ fn msg_dict<'py>(py: Python<'py>, msg: Option<&Bound<'py, PyDict>>) -> Bound<'py
     msg.cloned().unwrap_or_else(|| PyDict::new(py))
 }
 
+/// `ts.metadata.update(msg["metadata"])` when the report has metadata.
+fn merge_metadata(
+    py: Python<'_>,
+    md: &mut Option<Py<PyAny>>,
+    msg: &Bound<'_, PyDict>,
+) -> PyResult<()> {
+    let metadata = opt_field(msg, intern!(py, "metadata"))?;
+    let Some(m) = metadata.filter(|m| m.bind(py).is_truthy().unwrap_or(false)) else {
+        return Ok(());
+    };
+    let md = md.get_or_insert_with(|| PyDict::new(py).into_any().unbind());
+    md.bind(py).call_method1(intern!(py, "update"), (m,))?;
+    Ok(())
+}
+
+/// The fields of a `task-finished` report the transition to memory reads.
+fn finished_args(
+    py: Python<'_>,
+    worker_addr: &str,
+    msg: &Bound<'_, PyDict>,
+) -> PyResult<TransitionArgs<Py<PyAny>>> {
+    let mut startstops = Vec::new();
+    if let Some(s) = opt_field(msg, intern!(py, "startstops"))? {
+        for item in s.bind(py).try_iter()? {
+            let item = item?;
+            startstops.push(StartStop {
+                action: item.get_item(intern!(py, "action"))?.extract()?,
+                start: item.get_item(intern!(py, "start"))?.extract()?,
+                stop: item.get_item(intern!(py, "stop"))?.extract()?,
+            });
+        }
+    }
+    Ok(TransitionArgs::Finished {
+        worker: worker_addr.to_owned(),
+        nbytes: match opt_field(msg, intern!(py, "nbytes"))? {
+            Some(n) => byte_count(n.bind(py))?,
+            None => -1,
+        },
+        type_: opt_field(msg, intern!(py, "type"))?,
+        typename: match opt_field(msg, intern!(py, "typename"))? {
+            Some(t) => t.bind(py).str()?.to_string(),
+            None => String::new(),
+        },
+        startstops,
+    })
+}
+
 impl Engine {
     /// `stimulus_task_finished` in `b`: the recommendations it leaves.
     fn task_finished(
@@ -80,45 +127,15 @@ impl Engine {
         msg: &Bound<'_, PyDict>,
     ) -> PyResult<Recs> {
         let t = self.tid(py, key)?;
-        let run_id: i64 = field(msg, intern!(msg.py(), "run_id"))?.extract()?;
-        let mut startstops = Vec::new();
-        if let Some(s) = opt_field(msg, intern!(msg.py(), "startstops"))? {
-            for item in s.bind(py).try_iter()? {
-                let item = item?;
-                startstops.push(StartStop {
-                    action: item.get_item(intern!(py, "action"))?.extract()?,
-                    start: item.get_item(intern!(py, "start"))?.extract()?,
-                    stop: item.get_item(intern!(py, "stop"))?.extract()?,
-                });
-            }
-        }
-        let args = TransitionArgs::Finished {
-            worker: worker_addr.to_owned(),
-            nbytes: match opt_field(msg, intern!(msg.py(), "nbytes"))? {
-                Some(n) => byte_count(n.bind(py))?,
-                None => -1,
-            },
-            type_: opt_field(msg, intern!(msg.py(), "type"))?,
-            typename: match opt_field(msg, intern!(msg.py(), "typename"))? {
-                Some(t) => t.bind(py).str()?.to_string(),
-                None => String::new(),
-            },
-            startstops,
-        };
+        let run_id = run_id_of(&field(msg, intern!(msg.py(), "run_id"))?);
         if let Some(t) = t.filter(|_| b.st.observes(TaskStateState::Memory)) {
             let fields = plugin_fields(msg, &[("worker", worker)])?;
             b.st.set_own_transition(t, TaskStateState::Memory, fields);
         }
-        let metadata = opt_field(msg, intern!(msg.py(), "metadata"))?;
-        let mut merge_err = None;
-        let merge = |md: &mut Option<Py<PyAny>>| {
-            let Some(m) = metadata.filter(|m| m.bind(py).is_truthy().unwrap_or(false)) else {
-                return;
-            };
-            let md = md.get_or_insert_with(|| PyDict::new(py).into_any().unbind());
-            if let Err(e) = md.bind(py).call_method1(intern!(py, "update"), (m,)) {
-                merge_err = Some(e);
-            }
+        let mut prepare_err = None;
+        let prepare = |md: &mut Option<Py<PyAny>>| {
+            let r = merge_metadata(py, md, msg).and_then(|()| finished_args(py, worker_addr, msg));
+            r.map_err(|e| prepare_err = Some(e)).ok()
         };
         let key_p = key.clone().unbind();
         let r = b.st.stimulus_task_finished(
@@ -126,12 +143,11 @@ impl Engine {
             t,
             worker_addr,
             run_id,
-            args,
-            merge,
+            prepare,
             &mut b.out,
             &b.sid,
         );
-        if let Some(e) = merge_err {
+        if let Some(e) = prepare_err {
             return Err(e);
         }
         b.check(py, r)
@@ -147,8 +163,8 @@ impl Engine {
     ) -> PyResult<Recs> {
         let t = self.tid(py, key)?;
         let worker = field(msg, intern!(msg.py(), "worker"))?;
-        let worker_addr: String = worker.extract()?;
-        let run_id: i64 = field(msg, intern!(msg.py(), "run_id"))?.extract()?;
+        let worker_addr = address_of(&worker);
+        let run_id = run_id_of(&field(msg, intern!(msg.py(), "run_id"))?);
         if let Some(t) = t.filter(|_| b.st.observes(TaskStateState::Erred)) {
             let fields = plugin_fields(msg, &[("cause", key), ("worker", &worker)])?;
             b.st.set_own_transition(t, TaskStateState::Erred, fields);
@@ -175,7 +191,7 @@ impl Engine {
         msg: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(stimulus_id)?;
-        let addr = worker.extract::<String>()?;
+        let addr = address_of(worker);
         if b.st.worker_id(&addr).is_none() {
             return b.finish(py, Ok(()));
         }
@@ -196,7 +212,7 @@ impl Engine {
         msg: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(stimulus_id)?;
-        let addr = worker.extract::<String>()?;
+        let addr = address_of(worker);
         let recs = self.task_finished(py, &mut b, key, worker, &addr, &msg_dict(py, msg))?;
         let recs = b.recs_py(py, &recs)?;
         b.finish_with(py, recs)
@@ -316,15 +332,33 @@ impl Engine {
         &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
-        worker: &str,
-        run_id: i64,
-        compute_duration: Option<f64>,
+        worker: &Bound<'py, PyAny>,
+        run_id: &Bound<'py, PyAny>,
+        compute_duration: &Bound<'py, PyAny>,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(stimulus_id)?;
+        let worker = address_of(worker);
+        // distributed ignores an unknown worker's report before it looks at the key
+        if b.st.worker_id(&worker).is_none() {
+            return b.finish(py, Ok(()));
+        }
         let t = self.tid(py, key)?;
-        let r =
-            b.st.handle_long_running(t, worker, run_id, compute_duration, &mut b.out, &b.sid);
+        let compute_duration = match compute_duration.extract::<Option<f64>>() {
+            Ok(d) => Ok(d),
+            Err(_) => Err(CoreError::Invalid(format!(
+                "long-running: compute_duration must be a number or None, got {}",
+                compute_duration.repr()?
+            ))),
+        };
+        let r = b.st.handle_long_running(
+            t,
+            &worker,
+            run_id_of(run_id),
+            compute_duration,
+            &mut b.out,
+            &b.sid,
+        );
         b.finish(py, r)
     }
 

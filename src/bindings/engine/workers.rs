@@ -3,7 +3,7 @@
 
 use super::batch::recs_py;
 use crate::bindings::handles::{TaskStateHandle, WorkerStateHandle};
-use crate::bindings::shared::{locked, parse_status, worker_of, Engine, State};
+use crate::bindings::shared::{address_of, locked, parse_status, worker_of, Engine, State};
 use crate::core::types::*;
 use crate::core::workers::NewWorker;
 use pyo3::exceptions::PyValueError;
@@ -193,7 +193,7 @@ impl Engine {
             .cloned()
             .unwrap_or_else(|| py.None().into_bound(py));
         let mut b = self.batch(&sid)?;
-        let Some(w) = b.st.worker_id(&worker.extract::<String>()?) else {
+        let Some(w) = b.st.worker_id(&address_of(worker)) else {
             return b.finish_with(py, "not found");
         };
         let keys = keys
@@ -224,12 +224,13 @@ impl Engine {
         &self,
         py: Python<'py>,
         key: &Bound<'py, PyAny>,
-        worker: &str,
+        worker: &Bound<'py, PyAny>,
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(stimulus_id)?;
         let t = self.tid(py, key)?;
-        let r = b.st.release_worker_data(t, worker, &mut b.out, &b.sid);
+        let r =
+            b.st.release_worker_data(t, &address_of(worker), &mut b.out, &b.sid);
         b.finish(py, r)
     }
 }
