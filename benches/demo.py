@@ -47,8 +47,9 @@ def run(engine: str, n_tasks: int, n_workers: int, threads: int) -> tuple[str, f
         dask_rsched.uninstall()
     with cluster, Client(cluster) as client:
         in_use = client.run_on_scheduler(
-            lambda dask_scheduler: dask_rsched.scheduler_engine(dask_scheduler)
-            or "distributed (pure Python)"
+            lambda dask_scheduler: (
+                dask_rsched.scheduler_engine(dask_scheduler) or "distributed (pure Python)"
+            )
         )
         client.submit(inc, 0).result()  # warm up the workers
         start = time.perf_counter()
