@@ -162,24 +162,20 @@ impl Engine {
         key_refs: &[KeyRef],
         args: PrepareArgs<'_, '_>,
     ) -> PyResult<(ClientId, Vec<TaskId>)> {
-        let PrepareArgs {
-            ordered,
-            client,
-            user_priority,
-            fifo_timeout,
-            start,
-            submitting_task,
-            actors,
-            annotate,
-        } = args;
         let key_of =
             |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
-        if let Some(annotate) = annotate {
+        if let Some(annotate) = args.annotate {
             let new = key_of(&b.st, &generated.new)?;
             StateCell::lend(&mut *b.st, || annotate.call1((new,)))?;
         }
-        let prios = self.priorities(py, &b.st, &generated.touched, user_priority, ordered)?;
-        let submitting = match submitting_task {
+        let prios = self.priorities(
+            py,
+            &b.st,
+            &generated.touched,
+            args.user_priority,
+            args.ordered,
+        )?;
+        let submitting = match args.submitting_task {
             Some(k) if k.is_truthy()? => Some(self.tid(py, k)?),
             _ => None,
         };
@@ -188,11 +184,11 @@ impl Engine {
             &prios,
             submitting.flatten(),
             submitting.is_some(),
-            fifo_timeout,
-            start,
+            args.fifo_timeout,
+            args.start,
         );
         let key_ids = generated.key_ids(key_refs);
-        let actor_list: Option<Vec<TaskId>> = match actors.filter(|a| !a.is_none()) {
+        let actor_list: Option<Vec<TaskId>> = match args.actors.filter(|a| !a.is_none()) {
             Some(a) if a.extract::<bool>().is_ok() => Some(if a.is_truthy()? {
                 key_ids.clone()
             } else {
@@ -206,7 +202,7 @@ impl Engine {
             None => None,
         };
         // nothing below fails: the tasks are the client's from here on
-        let c = self.client_id(py, &mut b.st, client)?;
+        let c = self.client_id(py, &mut b.st, args.client)?;
         b.st.client_desires_keys(&key_ids, c, &mut b.out);
         if let Some(list) = actor_list {
             b.st.set_actors(&list);
