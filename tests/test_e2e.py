@@ -254,7 +254,7 @@ def test_unsupported_version_leaves_python(monkeypatch, caplog):
 
     monkeypatch.setattr(distributed, "__version__", "1999.1.0")
     monkeypatch.setattr(dask_rsched, "_warned", False)
-    with caplog.at_level("WARNING", logger="dask_rsched"):
+    with caplog.at_level("WARNING", logger="distributed.dask_rsched"):
         assert dask_rsched.install() is False
     assert not dask_rsched.is_installed()
     assert sum("supports distributed" in r.getMessage() for r in caplog.records) == 1

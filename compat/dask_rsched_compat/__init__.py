@@ -504,6 +504,12 @@ def legacy_views(scheduler: Any) -> LegacyViews:
     ``tasks``/``workers``/``clients`` attribute API).  The views are live: they
     reflect the scheduler's state at the time they are read.
     """
+    missing = [a for a in ("tasks", "workers", "clients") if not hasattr(scheduler, a)]
+    if missing:
+        raise TypeError(
+            f"expected a distributed.Scheduler, got {type(scheduler).__name__} "
+            f"(it has no {', '.join(missing)})"
+        )
     return LegacyViews(scheduler)
 
 

@@ -45,7 +45,8 @@ __all__ = [
 #: The distributed releases whose scheduler.py the engine reproduces.
 SUPPORTED_DISTRIBUTED = ("2026.8.0",)
 
-logger = logging.getLogger("dask_rsched")
+# under distributed's logger, so that its logging config (handlers, format, levels) applies
+logger = logging.getLogger("distributed.dask_rsched")
 _warned = False
 _original_init: Any = None
 
@@ -54,8 +55,7 @@ def supported() -> bool:
     """True if the installed distributed is one the engine reproduces; otherwise logs
     one warning (once per process) and the scheduler stays pure Python."""
     global _warned
-    import distributed
-
+    distributed = _import_distributed()
     if distributed.__version__ in SUPPORTED_DISTRIBUTED:
         return True
     if not _warned:
@@ -69,8 +69,27 @@ def supported() -> bool:
     return False
 
 
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as e:
+        raise ImportError(
+            "dask-rsched runs inside Dask's distributed scheduler, which is not installed: "
+            f"pip install 'distributed=={SUPPORTED_DISTRIBUTED[-1]}'"
+        ) from e
+    return distributed
+
+
+def _require_scheduler(scheduler: Any, what: str) -> None:
+    from distributed import Scheduler
+
+    if not isinstance(scheduler, Scheduler):
+        raise TypeError(f"{what}: expected a distributed.Scheduler, got {type(scheduler).__name__}")
+
+
 def activate(scheduler: Any) -> bool:
     """Moves one Scheduler (with no workers or tasks yet) onto the engine."""
+    _require_scheduler(scheduler, "activate")
     if not supported():
         return False
     from dask_rsched._scheduler import activate as _activate
@@ -97,6 +116,12 @@ def dask_setup(server: Any) -> None:
 
     if isinstance(server, Scheduler):
         activate(server)
+    else:
+        logger.warning(
+            "dask-rsched: the preload was given to a %s, where it does nothing; it moves a "
+            "scheduler onto the engine (dask scheduler --preload dask_rsched)",
+            type(server).__name__,
+        )
 
 
 def install() -> bool:

@@ -707,7 +707,7 @@ def activate(scheduler: Any) -> bool:
     if is_active(scheduler):
         return True
     if scheduler.tasks or scheduler.workers:
-        logging.getLogger("dask_rsched").warning(
+        logging.getLogger("distributed.dask_rsched").warning(
             "dask-rsched: the scheduler already holds tasks or workers; "
             "it keeps running on the pure-Python engine"
         )

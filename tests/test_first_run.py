@@ -1,0 +1,63 @@
+"""First run as an operator meets it (issue 17): wrong input is refused early and
+clearly, the preload on a worker says so, the engine logs through distributed's logging
+config, and `python -m dask_rsched` reports the environment."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+
+import dask_rsched
+import pytest
+from dask_rsched_compat import install_legacy_attributes, legacy_views
+
+
+@pytest.mark.parametrize(
+    "call",
+    [dask_rsched.activate, legacy_views, install_legacy_attributes],
+    ids=lambda c: c.__name__,
+)
+def test_not_a_scheduler_is_a_type_error(call) -> None:
+    with pytest.raises(TypeError, match=r"expected a distributed\.Scheduler, got object"):
+        call(object())
+
+
+def test_preload_on_a_worker_warns(caplog) -> None:
+    class NotAScheduler:
+        pass
+
+    with caplog.at_level(logging.WARNING, logger="distributed.dask_rsched"):
+        dask_rsched.dask_setup(NotAScheduler())
+    assert any("does nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_logger_is_under_distributed() -> None:
+    # distributed's logging config (handlers, format) applies to everything it logs
+    assert dask_rsched.logger.name.startswith("distributed.")
+
+
+def test_missing_distributed_is_named(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)
+    with pytest.raises(ImportError, match="distributed scheduler, which is not installed"):
+        dask_rsched.supported()
+
+
+def test_python_m_dask_rsched_reports_the_environment() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dask_rsched"], capture_output=True, text=True, check=True
+    ).stdout
+    assert f"dask-rsched {dask_rsched.__version__}" in out
+    assert "compiled engine: loads" in out
+    assert "(supported)" in out
+
+
+def test_python_m_dask_rsched_bench() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "dask_rsched", "bench", "--tasks", "400"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout
+    assert "[2/2]" in out and "x the pure-Python scheduler's speed" in out
