@@ -106,6 +106,7 @@ class Differential(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.py.close()
+        self.rs.close()
         self.loop.close()
 
     def sid(self, what: str) -> str:
