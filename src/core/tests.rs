@@ -223,3 +223,100 @@ fn record_sizes() {
     println!("Task<String>: {task} bytes, PySet: {set} bytes");
     assert!(task <= 680, "Task grew to {task} bytes");
 }
+
+#[test]
+fn byte_totals_do_not_wrap() {
+    let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
+    let w = worker(&mut s, 1, 4);
+    let (root, out) = submit_tree(&mut s, 4);
+    let leaves: Vec<TaskId> = drain_compute(&out).iter().map(|(_, t, _)| *t).collect();
+    for &t in &leaves {
+        s.set_nbytes(t, i64::MAX);
+        s.add_replica(t, w);
+    }
+    let total = ByteTotal::from(i64::MAX) * leaves.len() as ByteTotal;
+    assert_eq!(s.ws(w).nbytes, total);
+    assert_eq!(s.group(s.ts(root).group).nbytes_total, 0);
+    assert_eq!(s.group(s.ts(leaves[0]).group).nbytes_total, total);
+}
+
+#[test]
+fn a_stale_report_is_never_prepared() {
+    let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
+    let w = worker(&mut s, 1, 4);
+    let (_, out) = submit_tree(&mut s, 4);
+    let (_, t, run_id) = drain_compute(&out)[0];
+    let (key, addr, sid) = (
+        s.ts(t).key.clone(),
+        s.ws(w).address.clone(),
+        "tf".to_string(),
+    );
+    let mut out = Outbox::default();
+    let stale = s.stimulus_task_finished(
+        &key,
+        Some(t),
+        &addr,
+        run_id + 100,
+        |_| unreachable!(),
+        &mut out,
+        &sid,
+    );
+    assert!(stale.is_ok());
+    // a current report whose fields cannot be read fails before any change
+    let before = s.ts(t).state;
+    let bad = s.stimulus_task_finished(&key, Some(t), &addr, run_id, |_| None, &mut out, &sid);
+    assert!(matches!(bad, Err(CoreError::Invalid(_))));
+    assert_eq!(s.ts(t).state, before);
+    s.validate_state().unwrap();
+}
+
+#[test]
+fn discarded_submission_leaves_nothing() {
+    let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
+    worker(&mut s, 1, 4);
+    let dsk: Vec<GraphTask<String>> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| GraphTask {
+            hash: fnv(k),
+            group: (*k).into(),
+            prefix: (*k).into(),
+            run_spec: Some("spec".into()),
+            data_producer: false,
+            dependencies: if i == 1 {
+                vec![KeyRef::Graph(0)]
+            } else {
+                vec![]
+            },
+            existing: None,
+            in_dsk: true,
+            key: (*k).into(),
+        })
+        .collect();
+    let g = s.generate_taskstates(&[KeyRef::Graph(1)], &dsk).unwrap();
+    assert_eq!(g.new.len(), 2);
+    let mut out = Outbox::default();
+    s.discard_new_tasks(&g.new, &mut out, &"bad-annotation".to_string())
+        .unwrap();
+    s.flush();
+    assert_eq!(s.n_live_tasks(), 0);
+    s.validate_state().unwrap();
+}
+
+#[test]
+fn validate_refuses_to_forget_a_wanted_task() {
+    let config = Config {
+        validate: true,
+        ..Config::default()
+    };
+    let mut s = St::new(config, "fire-and-forget".into(), 1);
+    worker(&mut s, 1, 4);
+    let (root, out) = submit_tree(&mut s, 4);
+    run_to_completion(&mut s, drain_compute(&out));
+    let mut recs = crate::core::state::Recs::new();
+    recs.insert(root, S::Forgotten);
+    let mut out = Outbox::default();
+    let r = s.transitions_loop(recs, &mut out, &"forget".to_string());
+    assert!(matches!(r, Err(CoreError::Unreachable(t)) if t == root));
+    assert_eq!(s.ts(root).state, S::Memory);
+}

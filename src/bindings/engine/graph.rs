@@ -1,12 +1,11 @@
 //! Graph submission (`_create_taskstate_from_graph`'s state part, annotations included),
 //! `new_task`, and scattered data (`update_data`).
 
-use crate::bindings::engine::batch::Batch;
 use crate::bindings::handles;
 use crate::bindings::naming::data_producer;
 use crate::bindings::shared::{byte_count, worker_of, Engine, State, View};
 use crate::cell::StateCell;
-use crate::core::graph::{first_lost_dependency, GeneratedTasks, GraphTask, KeyRef};
+use crate::core::graph::{first_lost_dependency, GraphTask, KeyRef};
 use crate::core::replicas::ScatteredKey;
 use crate::core::types::*;
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
@@ -139,78 +138,6 @@ impl Engine {
     }
 }
 
-/// The Python-facing inputs of a submission's steps before its transitions.
-struct PrepareArgs<'a, 'py> {
-    ordered: &'a Bound<'py, PyDict>,
-    client: &'a Bound<'py, PyAny>,
-    user_priority: Option<&'a Bound<'py, PyAny>>,
-    fifo_timeout: f64,
-    start: f64,
-    submitting_task: Option<&'a Bound<'py, PyAny>>,
-    actors: Option<&'a Bound<'py, PyAny>>,
-    annotate: Option<&'a Bound<'py, PyAny>>,
-}
-
-impl Engine {
-    /// Annotations, priorities, the client's wish and actors of a generated graph:
-    /// `(client, wanted task ids)`.
-    fn prepare_graph(
-        &self,
-        py: Python<'_>,
-        b: &mut Batch<'_>,
-        generated: &GeneratedTasks,
-        key_refs: &[KeyRef],
-        args: PrepareArgs<'_, '_>,
-    ) -> PyResult<(ClientId, Vec<TaskId>)> {
-        let key_of =
-            |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
-        if let Some(annotate) = args.annotate {
-            let new = key_of(&b.st, &generated.new)?;
-            StateCell::lend(&mut *b.st, || annotate.call1((new,)))?;
-        }
-        let prios = self.priorities(
-            py,
-            &b.st,
-            &generated.touched,
-            args.user_priority,
-            args.ordered,
-        )?;
-        let submitting = match args.submitting_task {
-            Some(k) if k.is_truthy()? => Some(self.tid(py, k)?),
-            _ => None,
-        };
-        b.st.set_priorities(
-            &generated.touched,
-            &prios,
-            submitting.flatten(),
-            submitting.is_some(),
-            args.fifo_timeout,
-            args.start,
-        );
-        let key_ids = generated.key_ids(key_refs);
-        let actor_list: Option<Vec<TaskId>> = match args.actors.filter(|a| !a.is_none()) {
-            Some(a) if a.extract::<bool>().is_ok() => Some(if a.is_truthy()? {
-                key_ids.clone()
-            } else {
-                Vec::new()
-            }),
-            Some(a) => Some(
-                a.try_iter()?
-                    .map(|k| self.tid_required(py, &k?))
-                    .collect::<PyResult<_>>()?,
-            ),
-            None => None,
-        };
-        // nothing below fails: the tasks are the client's from here on
-        let c = self.client_id(py, &mut b.st, args.client)?;
-        b.st.client_desires_keys(&key_ids, c, &mut b.out);
-        if let Some(list) = actor_list {
-            b.st.set_actors(&list);
-        }
-        Ok((c, key_ids))
-    }
-}
-
 #[pymethods]
 impl Engine {
     /// `_create_taskstate_from_graph`'s state part: `((new_tasks, collisions),
@@ -262,23 +189,49 @@ impl Engine {
         for t in &generated.new {
             self.register(py, &b.st, *t)?;
         }
+        let key_of =
+            |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
         // up to the transitions a failure (a bad annotation) takes the new tasks back
-        let prepared = self.prepare_graph(
-            py,
-            &mut b,
-            &generated,
-            &key_refs,
-            PrepareArgs {
-                ordered,
-                client,
-                user_priority,
+        let prepared = (|| -> PyResult<(ClientId, Vec<TaskId>)> {
+            if let Some(annotate) = annotate {
+                let new = key_of(&b.st, &generated.new)?;
+                StateCell::lend(&mut *b.st, || annotate.call1((new,)))?;
+            }
+            let prios = self.priorities(py, &b.st, &generated.touched, user_priority, ordered)?;
+            let submitting = match submitting_task {
+                Some(k) if k.is_truthy()? => Some(self.tid(py, k)?),
+                _ => None,
+            };
+            b.st.set_priorities(
+                &generated.touched,
+                &prios,
+                submitting.flatten(),
+                submitting.is_some(),
                 fifo_timeout,
                 start,
-                submitting_task,
-                actors,
-                annotate,
-            },
-        );
+            );
+            let key_ids = generated.key_ids(&key_refs);
+            let actor_list: Option<Vec<TaskId>> = match actors.filter(|a| !a.is_none()) {
+                Some(a) if a.extract::<bool>().is_ok() => Some(if a.is_truthy()? {
+                    key_ids.clone()
+                } else {
+                    Vec::new()
+                }),
+                Some(a) => Some(
+                    a.try_iter()?
+                        .map(|k| self.tid_required(py, &k?))
+                        .collect::<PyResult<_>>()?,
+                ),
+                None => None,
+            };
+            // nothing below fails: the tasks are the client's from here on
+            let c = self.client_id(py, &mut b.st, client)?;
+            b.st.client_desires_keys(&key_ids, c, &mut b.out);
+            if let Some(list) = actor_list {
+                b.st.set_actors(&list);
+            }
+            Ok((c, key_ids))
+        })();
         let (c, key_ids) = match prepared {
             Ok(v) => v,
             Err(e) => {
@@ -288,8 +241,6 @@ impl Engine {
             }
         };
         let recs = b.st.graph_recommendations(&key_ids, &generated.touched);
-        let key_of =
-            |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
         let collisions = key_of(&b.st, &generated.collisions)?;
         if let Some(observe) = observe {
             let touched = key_of(&b.st, &generated.touched)?;
