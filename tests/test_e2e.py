@@ -306,7 +306,10 @@ def test_pytest_plugin_reaches_child_processes(monkeypatch):
     assert testing.preload_env_value("['a']") == "['a', 'dask_rsched']"
     assert testing.preload_env_value("a") == "['a', 'dask_rsched']"
     assert testing.preload_env_value("['dask_rsched']") == "['dask_rsched']"
-    monkeypatch.delenv(testing.PRELOAD_ENV, raising=False)
+    # recorded by setenv, so that the value pytest_configure writes is undone afterwards
+    # (delenv of an unset variable records nothing)
+    monkeypatch.setenv(testing.PRELOAD_ENV, "")
+    monkeypatch.delenv(testing.PRELOAD_ENV)
     try:
         testing.pytest_configure(None)
         env_value = os.environ[testing.PRELOAD_ENV]

@@ -71,12 +71,15 @@ def test_wrong_types_are_type_errors(engine: dask_rsched.Engine) -> None:
     dsk = {"x": Task("x", inc)}
     submit(engine, dsk, {"x"})
     with pytest.raises(TypeError):
-        engine.handle_task_finished(
-            "x",
-            "tcp://127.0.0.1:1",
-            "s",
-            run_id="zero",  # type: ignore[arg-type]
-        )
+        engine.handle_task_finished(["x"], "tcp://127.0.0.1:1", "s", run_id=1)
+    # a run id that is no int matches no run, as in distributed: a stale report
+    _, wm = engine.handle_task_finished(
+        "x",
+        "tcp://127.0.0.1:1",
+        "s",
+        run_id="zero",  # type: ignore[arg-type]
+    )
+    assert wm["tcp://127.0.0.1:1"][0]["op"] == "free-keys"
     engine.validate_state()
 
 

@@ -38,17 +38,21 @@ def info() -> int:
 
 def _timed_run(engine: str, n: int) -> float:
     """Seconds for an n-task tree reduction on a fresh in-process cluster."""
+    import dask
     from dask import delayed
     from distributed import Client, LocalCluster
 
     import dask_rsched
 
+    # the engine is chosen here, not by a preload in the environment's config
+    preload = [p for p in dask.config.get("distributed.scheduler.preload") if p != "dask_rsched"]
     if engine == "rust":
         dask_rsched.install()
     try:
-        cluster = LocalCluster(
-            n_workers=4, threads_per_worker=1, processes=False, dashboard_address=None
-        )
+        with dask.config.set({"distributed.scheduler.preload": preload}):
+            cluster = LocalCluster(
+                n_workers=4, threads_per_worker=1, processes=False, dashboard_address=None
+            )
     finally:
         dask_rsched.uninstall()
     with cluster, Client(cluster) as client:
