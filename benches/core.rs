@@ -117,7 +117,7 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
                 &key,
                 Some(t),
                 &worker,
-                run_id,
+                Some(run_id),
                 |_| Some(args),
                 &mut out,
                 &sid,

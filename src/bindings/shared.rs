@@ -209,10 +209,14 @@ pub(crate) fn address_of(worker: &Bound<'_, PyAny>) -> String {
     worker.extract::<String>().unwrap_or_default()
 }
 
-/// The run id a worker's message carries. Run ids are counted from 1; anything that is
-/// not an int of 64 bits matches no run, as it never equals `ts.run_id` in distributed.
-pub(crate) fn run_id_of(run_id: &Bound<'_, PyAny>) -> i64 {
-    run_id.extract::<i64>().unwrap_or(i64::MIN)
+/// The run id a worker's message carries, compared with `ts.run_id` as distributed
+/// compares them: `None` equals a task's unset run id; anything that is not an int of
+/// 64 bits matches no run (run ids are counted from 1).
+pub(crate) fn run_id_of(run_id: &Bound<'_, PyAny>) -> Option<i64> {
+    if run_id.is_none() {
+        return None;
+    }
+    Some(run_id.extract::<i64>().unwrap_or(i64::MIN))
 }
 
 /// A task state by distributed's name.

@@ -53,7 +53,7 @@ impl<P: Clone> SchedulerState<P> {
         key: &P,
         t: Option<TaskId>,
         worker: &str,
-        run_id: i64,
+        run_id: Option<i64>,
         prepare: impl FnOnce(&mut Option<P>) -> Option<TransitionArgs<P>>,
         out: &mut Outbox<P>,
         stimulus_id: &P,
@@ -63,7 +63,7 @@ impl<P: Clone> SchedulerState<P> {
         if let Some(t) = live {
             let ts = self.ts(t);
             let stale = matches!(ts.state, S::Released | S::Queued | S::NoWorker | S::Erred);
-            if !stale && ts.run_id != Some(run_id) {
+            if !stale && ts.run_id != run_id {
                 if ts
                     .processing_on
                     .is_some_and(|w| self.ws(w).address == worker)
@@ -101,7 +101,7 @@ impl<P: Clone> SchedulerState<P> {
         &mut self,
         t: Option<TaskId>,
         worker: &str,
-        run_id: i64,
+        run_id: Option<i64>,
         args: TransitionArgs<P>,
         out: &mut Outbox<P>,
         stimulus_id: &P,
@@ -112,7 +112,7 @@ impl<P: Clone> SchedulerState<P> {
         if self.ts(t).state != S::Processing {
             return Ok(Recs::new());
         }
-        if self.ts(t).run_id != Some(run_id) {
+        if self.ts(t).run_id != run_id {
             let on_worker = self
                 .ts(t)
                 .processing_on
@@ -186,7 +186,7 @@ impl<P: Clone> SchedulerState<P> {
         &mut self,
         t: Option<TaskId>,
         worker: &str,
-        run_id: i64,
+        run_id: Option<i64>,
         compute_duration: CoreResult<Option<f64>>,
         out: &mut Outbox<P>,
         stimulus_id: &P,
@@ -200,7 +200,7 @@ impl<P: Clone> SchedulerState<P> {
         let Some(w) = self.ts(t).processing_on else {
             return Ok(());
         };
-        if self.ws(w).address != worker || self.ts(t).run_id != Some(run_id) {
+        if self.ws(w).address != worker || self.ts(t).run_id != run_id {
             return Ok(());
         }
         if let Some(d) = compute_duration? {

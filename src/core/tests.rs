@@ -122,7 +122,15 @@ fn run_to_completion(s: &mut St, mut pending: Vec<(WorkerId, TaskId, i64)>) {
         let args = finished(s, w);
         let key = s.ts(t).key.clone();
         let recs = s
-            .stimulus_task_finished(&key, Some(t), &addr, run_id, |_| Some(args), &mut out, &sid)
+            .stimulus_task_finished(
+                &key,
+                Some(t),
+                &addr,
+                Some(run_id),
+                |_| Some(args),
+                &mut out,
+                &sid,
+            )
             .unwrap();
         s.transitions_then_fill_queue(recs, &mut out, &sid).unwrap();
         s.flush();
@@ -207,7 +215,7 @@ fn erred_task_blames_dependents() {
     };
     let addr = s.ws(w).address.clone();
     let recs = s
-        .stimulus_task_erred(Some(t), &addr, run_id, args, &mut out, &sid)
+        .stimulus_task_erred(Some(t), &addr, Some(run_id), args, &mut out, &sid)
         .unwrap();
     s.transitions_loop(recs, &mut out, &sid).unwrap();
     s.validate_state().unwrap();
@@ -256,7 +264,7 @@ fn a_stale_report_is_never_prepared() {
         &key,
         Some(t),
         &addr,
-        run_id + 100,
+        Some(run_id + 100),
         |_| unreachable!(),
         &mut out,
         &sid,
@@ -264,7 +272,8 @@ fn a_stale_report_is_never_prepared() {
     assert!(stale.is_ok());
     // a current report whose fields cannot be read fails before any change
     let before = s.ts(t).state;
-    let bad = s.stimulus_task_finished(&key, Some(t), &addr, run_id, |_| None, &mut out, &sid);
+    let bad =
+        s.stimulus_task_finished(&key, Some(t), &addr, Some(run_id), |_| None, &mut out, &sid);
     assert!(matches!(bad, Err(CoreError::Invalid(_))));
     assert_eq!(s.ts(t).state, before);
     s.validate_state().unwrap();
