@@ -10,6 +10,7 @@ import dask_rsched
 import pytest
 from dask._task_spec import Task, TaskRef
 from distributed import Client
+from distributed.utils import key_split, key_split_group
 from distributed.utils_test import gen_cluster, inc
 
 
@@ -108,6 +109,22 @@ async def test_readers_on_other_threads_do_not_break_stimuli(c, s, a, b, engine)
             r.join()
     assert not errors
     s.validate_state()
+
+
+@gen_cluster(client=True)
+async def test_a_forgotten_task_keeps_its_group_and_prefix(c, s, a, b, engine):
+    # a reader on another thread may hold a TaskState while it is forgotten
+    fut = c.submit(inc, 1, key="inc-forgotten")
+    await fut
+    ts = s.tasks["inc-forgotten"]
+    group = ts.group
+    del fut
+    while s.tasks:
+        await asyncio.sleep(0.01)
+    assert ts.state == "forgotten"
+    assert ts.group is group
+    assert ts.group.name == ts.group_key == key_split_group("inc-forgotten")
+    assert ts.prefix.name == key_split("inc-forgotten")
 
 
 @gen_cluster(client=True, nthreads=[("", 1)])

@@ -150,14 +150,15 @@ impl Engine {
             let mut handles = self.task_handles.lock();
             forgotten.iter().filter_map(|t| handles.remove(t)).collect()
         };
+        // released outside the lock, and before the groups are settled: a task handle
+        // holds its group's
+        drop(dropped);
         let dropped_groups: Vec<_> = {
             let mut handles = self.group_handles.lock();
             let held = &mut |g| handles.get(&g).is_some_and(held_elsewhere);
             let released = st.settle_dead_groups(held);
             released.iter().filter_map(|g| handles.remove(g)).collect()
         };
-        // handles (and their attribute dicts) are released outside the locks
-        drop(dropped);
         drop(dropped_groups);
         let keys = self.keys.bind(py);
         let metadata = self.task_metadata.bind(py);

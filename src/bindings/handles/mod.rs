@@ -183,6 +183,7 @@ pub fn task_handle(
             serial: ts.serial,
             key: ts.key.clone_ref(py),
             hash: ts.hash as isize,
+            group: group_handle(py, engine, v, ts.group)?,
         };
         Ok(Py::new(py, h)?.into_any())
     })

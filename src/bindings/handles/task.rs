@@ -1,8 +1,8 @@
 //! `TaskState`
 
 use super::{
-    client_set, distributed_fallback, getters, group_handle, handle_access, opt_obj, prefix_handle,
-    str_set, task_handle, task_set, worker_handle, worker_set, WorkerStateHandle,
+    client_set, distributed_fallback, getters, handle_access, opt_obj, str_set, task_handle,
+    task_set, worker_handle, worker_set, WorkerStateHandle,
 };
 use crate::bindings::messages::{priority_to_py, py_state};
 use crate::bindings::shared::{Engine, State, View};
@@ -31,6 +31,9 @@ pub struct TaskStateHandle {
     pub serial: u64,
     pub key: Py<PyAny>,
     pub hash: isize,
+    /// The task's `TaskGroup` (a task never changes group, and distributed's forgotten
+    /// `TaskState` still names its group; holding it keeps the group's slot).
+    pub group: Py<PyAny>,
 }
 
 // until the end of the batch that forgot it, a task reads as distributed's TaskState
@@ -127,11 +130,31 @@ getters!(TaskStateHandle {
         None => py.None(),
         Some(rr) => rr.iter().cloned().into_py_dict(py)?.into_any().unbind(),
     }, or py.None();
-    group_key(py, _, v, ts) -> Py<PyAny> = v.group_name(py, &v.state.group(ts.group).name)?.unbind(),
-        or py.None();
-    group(py, e, v, ts) -> Py<PyAny> = group_handle(py, e, v, ts.group)?, or py.None();
-    prefix(py, e, v, ts) -> Py<PyAny> = prefix_handle(py, e, v, ts.prefix)?, or py.None();
 });
+
+#[pymethods]
+impl TaskStateHandle {
+    #[getter]
+    fn group(&self, py: Python<'_>) -> Py<PyAny> {
+        self.group.clone_ref(py)
+    }
+
+    #[getter]
+    fn group_key(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.group
+            .bind(py)
+            .getattr(pyo3::intern!(py, "name"))
+            .map(Bound::unbind)
+    }
+
+    #[getter]
+    fn prefix(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.group
+            .bind(py)
+            .getattr(pyo3::intern!(py, "prefix"))
+            .map(Bound::unbind)
+    }
+}
 
 #[pymethods]
 impl TaskStateHandle {
