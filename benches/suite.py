@@ -141,8 +141,18 @@ def series_key(cfg: dict) -> tuple:
     return tuple(sorted((k, v) for k, v in cfg.items() if k != "tasks"))
 
 
+class _NoBar(list):
+    def set_description(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+
 def execute(runs: list[dict], budget: float, partial: Path | None = None) -> list[dict]:
-    from tqdm import tqdm
+    try:
+        from tqdm import tqdm
+    except ImportError:  # no progress bar without the bench extra
+
+        def tqdm(runs, **_):  # type: ignore[no-redef]
+            return _NoBar(runs)
 
     done: list[dict] = []
     last: dict[tuple, dict] = {}  # the previous size of each series
@@ -310,7 +320,7 @@ def markdown(results: list[dict], quick: bool) -> str:
                 f"{r['wall']:.2f} | {r['scheduler_cpu']:.2f} | "
                 f"{r['scheduler_cpu'] / r['tasks'] * 1e6:.0f} |"
             )
-    lines += ["", "### Targets (issue 6)", "", *targets(results)]
+    lines += ["", "### Targets", "", *targets(results)]
     return "\n".join(lines) + "\n"
 
 
@@ -361,7 +371,11 @@ def targets(results: list[dict]) -> list[str]:
 
 
 def plots(results: list[dict], out: Path) -> list[Path]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install '.[bench]')", file=sys.stderr)
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

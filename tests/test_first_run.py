@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import dask_rsched
 import pytest
@@ -61,3 +62,33 @@ def test_python_m_dask_rsched_bench() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[2/2]" in proc.stdout and "x the pure-Python scheduler's speed" in proc.stdout
+
+
+def test_demo_prints_both_engines_and_a_reading() -> None:
+    # the README's first command, small: real `dask scheduler` and `dask worker` processes
+    demo = Path(__file__).parent.parent / "benches" / "demo.py"
+    proc = subprocess.run(
+        [sys.executable, str(demo), "--tasks", "300", "--workers", "1", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "distributed (pure Python)" in out and "dask-rsched" in out, out
+    assert out.count("µs/task") == 2, out
+    assert "scheduler CPU per task" in out and "Reading:" in out, out
+
+
+def test_wheel_metadata_leaves_supported_deployments_alone() -> None:
+    # the declared range is exactly the supported releases: pip keeps a deployment's own
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    (dist,) = [Requirement(r) for r in requires("dask-rsched") if r.startswith("distributed")]
+    for release in dask_rsched.SUPPORTED_DISTRIBUTED:
+        assert Version(release) in dist.specifier, (release, dist)
+    assert Version("2026.5.0") not in dist.specifier
+    assert Version("2026.8.1") not in dist.specifier

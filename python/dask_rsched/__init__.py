@@ -42,8 +42,9 @@ __all__ = [
     "uninstall",
 ]
 
-#: The distributed releases whose scheduler.py the engine reproduces.
-SUPPORTED_DISTRIBUTED = ("2026.8.0",)
+#: The distributed releases whose scheduler the engine reproduces (their scheduler.py,
+#: stealing.py and collections.py differ only in how `close` stops services).
+SUPPORTED_DISTRIBUTED = ("2026.6.0", "2026.7.0", "2026.7.1", "2026.8.0")
 
 # under distributed's logger, so that its logging config (handlers, format, levels) applies
 logger = logging.getLogger("distributed.dask_rsched")
