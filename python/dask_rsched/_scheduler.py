@@ -16,7 +16,7 @@ import inspect
 import logging
 import textwrap
 from collections.abc import Callable, Collection
-from time import time
+from time import perf_counter, time
 from typing import Any
 
 from distributed import scheduler as _dsched
@@ -26,7 +26,7 @@ from distributed.shuffle._core import _BARRIER_PREFIX as _SHUFFLE_BARRIER_PREFIX
 from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _ShuffleSchedulerPlugin
 from distributed.utils import log_errors
 
-from dask_rsched import _views
+from dask_rsched import _monitoring, _views
 from dask_rsched._core import ClientState, Engine, __version__
 
 # the messages distributed's scheduler logs go to its logger, as on pure Python
@@ -310,7 +310,9 @@ class EngineSchedulerMixin:
         else:
             result, client_msgs, worker_msgs = out
         if client_msgs or worker_msgs:
+            sending = perf_counter()
             self.send_all(client_msgs, worker_msgs)
+            self._rsched_send_seconds += perf_counter() - sending
         return result
 
     def _rsched_log_failed(self, failed: Collection) -> None:
@@ -726,6 +728,8 @@ def activate(scheduler: Any) -> bool:
     for attr in _ENGINE_ATTRIBUTES:
         scheduler.__dict__.pop(attr, None)
     scheduler._rsched_engine = engine
+    # seconds `send_all` took for the engine's messages (the Prometheus metrics)
+    scheduler._rsched_send_seconds = 0.0
     scheduler._rsched_tasks = _views.TasksView(engine)
     scheduler._rsched_workers = _views.WorkersView(engine)
     scheduler.__class__ = engine_class(type(scheduler))
@@ -740,6 +744,7 @@ def activate(scheduler: Any) -> bool:
         _replace_stealing(scheduler, steal)
     scheduler._rsched_configure_hook()
     plugins.on_change = scheduler._rsched_configure_hook
+    _monitoring.install(scheduler)
     # on distributed's scheduler logger, which `dask scheduler` shows at INFO
     logger.info("Scheduler engine: %s", ENGINE_NAME)
     return True

@@ -10,6 +10,7 @@ use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use pyo3::{PyTraverseError, PyVisit};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 pub(crate) type State = SchedulerState<Py<PyAny>>;
@@ -38,6 +39,9 @@ pub struct Engine {
     /// For the groups `key_split_group` names with another object than a str (the core
     /// names groups with strings): name -> encoded name and encoded name -> name.
     pub(crate) other_group_names: Py<PyDict>,
+    /// Top-level stimuli run, and the nanoseconds they took (plugin hooks included).
+    pub(crate) stimuli: AtomicU64,
+    pub(crate) stimulus_ns: AtomicU64,
 }
 
 /// A lock whose holder never runs Python (poisoning cannot leave it half-updated).

@@ -210,6 +210,8 @@ pub struct SchedulerState<P> {
     pub own_transition: Option<OwnTransition<P>>,
     /// Told of transitions as they happen, as `_transition` tells plugins.
     pub observer: Option<TransitionObserver<P>>,
+    /// Nanoseconds spent in the observer (the bindings' plugin hooks).
+    pub(super) observer_ns: u64,
     /// `WorkStealing` (off unless the binding enables it).
     pub stealing: super::stealing_state::Stealing<P>,
     pub erred_tasks: VecDeque<ErredTaskRecord<P>>,
@@ -276,6 +278,7 @@ impl<P: Clone> SchedulerState<P> {
             own_transition: None,
             stealing: Default::default(),
             observer: None,
+            observer_ns: 0,
             erred_tasks: VecDeque::new(),
             run_id_counter: 0,
             task_serial: 0,
@@ -662,6 +665,11 @@ impl<P: Clone> SchedulerState<P> {
 
     pub fn set_observer(&mut self, observer: Option<TransitionObserver<P>>) {
         self.observer = observer;
+    }
+
+    /// Nanoseconds spent in the observer so far.
+    pub fn observer_ns(&self) -> u64 {
+        self.observer_ns
     }
 
     pub fn observer_data(&self) -> Option<&P> {

@@ -171,7 +171,9 @@ impl<P: Clone> SchedulerState<P> {
                     stimulus_id,
                     fields: own.map(|o| o.fields),
                 };
+                let started = std::time::Instant::now();
                 notify(self, &observed);
+                self.observer_ns += started.elapsed().as_nanos() as u64;
             }
         }
         if actual_finish == S::Forgotten {

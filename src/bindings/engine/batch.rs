@@ -12,12 +12,15 @@ use pyo3::exceptions::PyAssertionError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 pub(crate) struct Batch<'e> {
     engine: &'e Engine,
     pub(crate) st: StateMut<'e, State>,
     pub(crate) out: Outbox<Py<PyAny>>,
     pub(crate) sid: Py<PyAny>,
+    started: Instant,
 }
 
 impl Engine {
@@ -28,6 +31,7 @@ impl Engine {
             st: self.write()?,
             out: Outbox::default(),
             sid: stimulus_id.clone().unbind(),
+            started: Instant::now(),
         })
     }
 }
@@ -123,14 +127,16 @@ impl Drop for Batch<'_> {
             return;
         }
         self.st.end_stimulus();
-        if !self.st.batch_left_garbage() {
-            return;
+        if self.st.batch_left_garbage() {
+            Python::attach(|py| {
+                if let Err(e) = self.engine.free_forgotten(py, &mut self.st) {
+                    e.write_unraisable(py, None);
+                }
+            });
         }
-        Python::attach(|py| {
-            if let Err(e) = self.engine.free_forgotten(py, &mut self.st) {
-                e.write_unraisable(py, None);
-            }
-        });
+        let took = self.started.elapsed().as_nanos() as u64;
+        self.engine.stimuli.fetch_add(1, Ordering::Relaxed);
+        self.engine.stimulus_ns.fetch_add(took, Ordering::Relaxed);
     }
 }
 

@@ -10,6 +10,7 @@ use pyo3::exceptions::PyIndexError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyIterator, PyList, PySet, PyTuple};
+use std::sync::atomic::Ordering;
 
 /// One `transition_log` entry: the fields of distributed's `Transition`.
 fn transition_fields<'py>(
@@ -165,6 +166,25 @@ impl Engine {
     #[getter]
     fn transition_counter(&self) -> PyResult<i64> {
         Ok(self.read()?.transition_counter())
+    }
+
+    /// The engine's counters for monitoring (the Prometheus `/metrics` endpoint):
+    /// `stimuli` run and the seconds they took (`stimulus_seconds`, of which
+    /// `plugin_hook_seconds` went to Python plugin hooks called between transitions),
+    /// `transitions`, and the `tasks` and `workers` held.
+    fn metrics(&self, py: Python<'_>) -> PyResult<Py<PyDict>> {
+        let st = self.read()?;
+        let d = PyDict::new(py);
+        d.set_item("stimuli", self.stimuli.load(Ordering::Relaxed))?;
+        d.set_item(
+            "stimulus_seconds",
+            self.stimulus_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        )?;
+        d.set_item("plugin_hook_seconds", st.observer_ns() as f64 / 1e9)?;
+        d.set_item("transitions", st.transition_counter())?;
+        d.set_item("tasks", st.n_live_tasks())?;
+        d.set_item("workers", st.workers_sorted().len())?;
+        Ok(d.unbind())
     }
 
     /// Slots in the group arena (live groups, dead ones still referred to, free slots):

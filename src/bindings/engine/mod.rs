@@ -21,6 +21,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule};
 use pyo3::{PyTraverseError, PyVisit};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 static PAYLOADS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -155,6 +156,8 @@ impl Engine {
             aliases: new_dict(aliases),
             task_metadata: new_dict(task_metadata),
             other_group_names: PyDict::new(py).unbind(),
+            stimuli: AtomicU64::new(0),
+            stimulus_ns: AtomicU64::new(0),
         })
     }
 
