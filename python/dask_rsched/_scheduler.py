@@ -475,12 +475,19 @@ class EngineSchedulerMixin:
 
         failure: list[BaseException] = []
 
-        def observe(touched_keys: list, collisions: list) -> None:
+        def observe(touched_keys: list, collisions: list, first_keys: list) -> None:
             # the transitions run and their messages go out even if an observer fails
             try:
                 self._rsched_warn_collisions(collisions, dsk)
                 self._rsched_observe_graph(
-                    touched_keys, keys, client, stimulus_id, span_metadata, code, computation
+                    touched_keys,
+                    first_keys,
+                    keys,
+                    client,
+                    stimulus_id,
+                    span_metadata,
+                    code,
+                    computation,
                 )
             except BaseException as exc:
                 failure.append(exc)
@@ -519,6 +526,7 @@ class EngineSchedulerMixin:
     def _rsched_observe_graph(
         self,
         touched_keys: list,
+        first_keys: list,
         keys: Collection,
         client: str,
         stimulus_id: str,
@@ -528,15 +536,24 @@ class EngineSchedulerMixin:
     ) -> None:
         """The spans extension and `update_graph` plugins see the submitted tasks
         before their transitions run, as in `_create_taskstate_from_graph`."""
+        spans_ext = self.extensions.get("spans")
+        graph_plugins = _plugins_overriding(self.plugins, "update_graph")
+        if not graph_plugins:
+            # No handle per task: the spans extension gives every task of a group the
+            # span its first task gets, so it sees the first task of each group and the
+            # engine hands the result to the others.
+            firsts = [self.tasks[k] for k in first_keys]
+            computation.groups.update({ts.group for ts in firsts})
+            if spans_ext:
+                spans_ext.observe_tasks(firsts, span_metadata=span_metadata, code=code)
+                self._rsched_engine.spread_span_annotations(touched_keys, first_keys)
+            return
         touched = [self.tasks[k] for k in touched_keys]
         computation.groups.update({ts.group for ts in touched})
         annotations: dict[str, dict] = {}
-        graph_plugins = _plugins_overriding(self.plugins, "update_graph")
-        if graph_plugins:
-            for ts in touched:
-                for name, value in (ts.annotations or {}).items():
-                    annotations.setdefault(name, {})[ts.key] = value
-        spans_ext = self.extensions.get("spans")
+        for ts in touched:
+            for name, value in (ts.annotations or {}).items():
+                annotations.setdefault(name, {})[ts.key] = value
         if spans_ext:
             span_annotations = spans_ext.observe_tasks(
                 touched, span_metadata=span_metadata, code=code
@@ -545,8 +562,6 @@ class EngineSchedulerMixin:
                 annotations["span"] = span_annotations
             else:
                 annotations.pop("span", None)
-        if not graph_plugins:
-            return
         update = {
             "client": client,
             "tasks": [ts.key for ts in touched],
