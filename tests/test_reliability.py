@@ -193,6 +193,43 @@ async def test_group_names_as_distributed_keys_them(c, s, a, b, engine):
     assert s.tasks[((1, 2), 0)].group.name == (1, 2)
 
 
+class TupleKey(tuple):
+    pass
+
+
+NAMED_KEYS = [
+    "inc-1",
+    "x",
+    "hello-world-1",
+    "x-abcdefab",
+    "_(x)",
+    "('x-2', 1)",
+    "ae05086432ca935f6eba409a8ecd4896",
+    "AE05086432CA935F6EBA409A8ECD4896",
+    "<module.submodule.myclass object at 0xdaf372",
+    "ünïcode-1",
+    "1-2",
+    ("x-2", 1),
+    ("sum-aggregate-3f2a", 0, 1),
+    ("x-2", 2),
+    (("nested", 1), 0),
+    (7, "seven"),
+    TupleKey(("sub-1", 0)),
+]
+
+
+@gen_cluster(client=True, nthreads=[])
+async def test_group_and_prefix_names_follow_key_split(c, s, engine):
+    # the engine calls key_split/key_split_group less often (cached per tuple key's
+    # first element, once for most str keys); the names must stay theirs
+    for key in NAMED_KEYS:
+        s.new_task(key, None, "released")
+    for key in NAMED_KEYS:
+        ts = s.tasks[key]
+        assert ts.group.name == key_split_group(key), key
+        assert ts.prefix.name == key_split(key), key
+
+
 @gen_cluster(client=True)
 async def test_stealing_objective_and_identity_keys(c, s, a, b, engine):
     fut = c.submit(inc, 1)

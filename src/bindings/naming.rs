@@ -5,7 +5,7 @@ use super::shared::Engine;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyString;
+use pyo3::types::{PyString, PyTuple};
 
 static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
 
@@ -30,7 +30,30 @@ impl Engine {
     pub(crate) fn group_and_prefix(&self, key: &Bound<'_, PyAny>) -> PyResult<(String, String)> {
         let py = key.py();
         let (key_split, key_split_group) = key_splitters(py)?;
-        let group = key_split_group.bind(py).call1((key,))?;
+        // Fewer calls into Python, same names: a tuple key's group is its first element
+        // and an exact tuple's prefix is its first element's (`key_split` recurses),
+        // remembered per first element; a str key that `key_split_group` hands to
+        // `key_split` has its group as prefix.
+        let (group, prefix) = if let Ok(t) = key.cast::<PyTuple>() {
+            let first = t.get_item(0)?;
+            let prefix = if key.is_exact_instance_of::<PyTuple>() {
+                self.prefix_of_first(py, &first, key_split.bind(py))?
+            } else {
+                key_split.bind(py).call1((key,))?.extract()?
+            };
+            (first, Some(prefix))
+        } else {
+            let group = key_split_group.bind(py).call1((key,))?;
+            let prefix = match key.cast::<PyString>() {
+                Ok(s) if group_is_prefix(s.to_str()?) => group.extract().ok(),
+                _ => None,
+            };
+            (group, prefix)
+        };
+        let prefix = match prefix {
+            Some(p) => p,
+            None => key_split.bind(py).call1((key,))?.extract()?,
+        };
         let group = match group.extract::<String>() {
             Ok(name) if name.starts_with('\0') => format!("\0{name}"),
             Ok(name) => name,
@@ -47,7 +70,27 @@ impl Engine {
                 }
             }
         };
-        Ok((group, key_split.bind(py).call1((key,))?.extract()?))
+        Ok((group, prefix))
+    }
+
+    /// `key_split(first)`, remembered (a dask collection's chunk keys share their first
+    /// element); forgotten wholesale past 100,000 names, as `key_split`'s own cache.
+    fn prefix_of_first(
+        &self,
+        py: Python<'_>,
+        first: &Bound<'_, PyAny>,
+        key_split: &Bound<'_, PyAny>,
+    ) -> PyResult<String> {
+        let cache = self.prefix_of_first.bind(py);
+        if let Some(p) = cache.get_item(first)? {
+            return p.extract();
+        }
+        let p = key_split.call1((first,))?;
+        if cache.len() >= 100_000 {
+            cache.clear();
+        }
+        cache.set_item(first, &p)?;
+        p.extract()
     }
 
     /// A group's name as distributed has it (`TaskGroup.name`, the keys of `task_groups`).
@@ -74,4 +117,11 @@ pub(crate) fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
     spec.getattr(intern!(spec.py(), "data_producer"))
         .and_then(|v| v.is_truthy())
         .unwrap_or(false)
+}
+
+/// Whether `key_split_group` names this str key with `key_split(key)`: not "(...",
+/// not 32 hex digits, not "<...".
+fn group_is_prefix(key: &str) -> bool {
+    let hex32 = key.len() == 32 && key.bytes().all(|b| matches!(b, b'a'..=b'f' | b'0'..=b'9'));
+    !(key.starts_with('(') || key.starts_with('<') || hex32)
 }

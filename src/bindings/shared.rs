@@ -39,6 +39,8 @@ pub struct Engine {
     /// For the groups `key_split_group` names with another object than a str (the core
     /// names groups with strings): name -> encoded name and encoded name -> name.
     pub(crate) other_group_names: Py<PyDict>,
+    /// `key_split` of tuple keys' first elements (`naming`).
+    pub(crate) prefix_of_first: Py<PyDict>,
     /// Top-level stimuli run, and the nanoseconds they took (plugin hooks included).
     pub(crate) stimuli: AtomicU64,
     pub(crate) stimulus_ns: AtomicU64,

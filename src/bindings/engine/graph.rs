@@ -100,7 +100,12 @@ impl Engine {
                      dependencies: Vec<KeyRef>,
                      in_dsk: bool|
          -> PyResult<GraphTask<Py<PyAny>>> {
-            let (group, prefix) = self.group_and_prefix(&k)?;
+            let existing = if in_dsk { self.tid(py, &k)? } else { None };
+            // only a new task is named
+            let (group, prefix) = match existing {
+                Some(_) => Default::default(),
+                None => self.group_and_prefix(&k)?,
+            };
             Ok(GraphTask {
                 hash: k.hash()? as i64,
                 group,
@@ -108,7 +113,7 @@ impl Engine {
                 run_spec,
                 data_producer: producer,
                 dependencies,
-                existing: if in_dsk { self.tid(py, &k)? } else { None },
+                existing,
                 in_dsk,
                 key: k.unbind(),
             })

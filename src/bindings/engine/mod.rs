@@ -156,6 +156,7 @@ impl Engine {
             aliases: new_dict(aliases),
             task_metadata: new_dict(task_metadata),
             other_group_names: PyDict::new(py).unbind(),
+            prefix_of_first: PyDict::new(py).unbind(),
             stimuli: AtomicU64::new(0),
             stimulus_ns: AtomicU64::new(0),
         })
