@@ -740,7 +740,8 @@ async def test_transition_returns_its_recommendations(c, s, a, engine):
     ev = Event()
     blocked = c.submit(lambda ev: ev.wait() or 1, ev, key="blocked")
     dep = c.submit(inc, blocked, key="dep")
-    while "blocked" not in s.tasks or s.tasks["blocked"].state != "processing":
+    # the two submissions may reach the scheduler in separate messages
+    while "dep" not in s.tasks or s.tasks["blocked"].state != "processing":
         await asyncio.sleep(0.01)
     recs = s.transition("blocked", "released", "test-release")
     assert recs == {"blocked": "waiting"}
