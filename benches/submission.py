@@ -1,0 +1,126 @@
+"""Graph submission side by side: a real `distributed.Scheduler`, pure Python vs on the
+engine, taking a graph through `_create_taskstate_from_graph` (what `update-graph` calls
+once the graph is deserialised, materialised and ordered; `dask.order` is timed apart).
+
+    python benches/submission.py [--tasks 200000] [--workloads tree array] [--quick]
+
+Per engine and workload, each in a fresh process: microseconds per task of submission
+(no workers: the tasks end up `no-worker` or queued, so no messages go out), the longest
+full garbage collection (`gc.collect()`) with the graph held, and the RSS growth per task
+(which includes the graph's own run_spec objects, the same on both engines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def build(workload: str, n: int) -> tuple[dict, set]:
+    if workload == "tree":
+        from scheduler_e2e import build_graph
+
+        dsk, wanted, _ = build_graph("tree", n, [])
+        return dsk, wanted
+    import dask
+    import dask.array as da
+    from dask._task_spec import convert_legacy_graph
+
+    side = max(int((n / 2.5) ** 0.5), 2) * 10
+    y = (da.ones((side, side), chunks=(10, 10)) + 1).sum()
+    expr = dask.base.collections_to_expr([y]).optimize()
+    dsk = convert_legacy_graph(dict(expr.__dask_graph__()))
+    return dsk, set(dask.core.flatten(expr.__dask_keys__()))
+
+
+async def measure(engine: str, workload: str, n: int) -> dict:
+    import dask
+    import dask_rsched
+    from distributed import Scheduler
+    from scheduler_e2e import rss, submit
+
+    if engine == "rust":
+        dask_rsched.install()
+    try:
+        s = Scheduler(dashboard=False, validate=False, port=0)
+    finally:
+        dask_rsched.uninstall()
+    async with s:
+        s.client_desires_keys(keys=[], client="bench-client")
+        dsk, wanted = build(workload, n)
+        t = time.perf_counter()
+        ordered = dask.order.order(dsk)
+        order_s = time.perf_counter() - t
+        gc.collect()
+        before = rss()
+        t = time.perf_counter()
+        submit(s, dsk, wanted, {}, ordered, "bench-graph")
+        submit_s = time.perf_counter() - t
+        del dsk, ordered
+        gc.collect()
+        grown = rss() - before
+        pauses = []
+        for _ in range(3):
+            t = time.perf_counter()
+            gc.collect()
+            pauses.append(time.perf_counter() - t)
+        tasks = len(s.tasks)
+        return {
+            "engine": engine,
+            "workload": workload,
+            "tasks": tasks,
+            "order_us": order_s / tasks * 1e6,
+            "submit_us": submit_s / tasks * 1e6,
+            "gc_pause_ms": max(pauses) * 1e3,
+            "rss_per_task": grown / tasks,
+        }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=200_000)
+    ap.add_argument("--workloads", nargs="+", default=["tree", "array"])
+    ap.add_argument("--quick", action="store_true", help="10,000 tasks")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        engine, workload, n = args.one.split(",")
+        print(json.dumps(asyncio.run(measure(engine, workload, int(n)))))
+        return
+    n = 10_000 if args.quick else args.tasks
+    print(
+        f"{'workload':8s} {'tasks':>9s} {'engine':12s} {'submit µs/task':>15s} "
+        f"{'gc pause ms':>12s} {'RSS B/task':>11s} {'order µs/task':>14s}"
+    )
+    for workload in args.workloads:
+        rows = {}
+        for engine in ("python", "rust"):
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", f"{engine},{workload},{n}"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            r = rows[engine] = json.loads(out.strip().splitlines()[-1])
+            name = "pure Python" if engine == "python" else "dask-rsched"
+            print(
+                f"{workload:8s} {r['tasks']:9,d} {name:12s} {r['submit_us']:15.2f} "
+                f"{r['gc_pause_ms']:12.1f} {r['rss_per_task']:11.0f} {r['order_us']:14.2f}",
+                flush=True,
+            )
+        p, e = rows["python"], rows["rust"]
+        ratio = p["submit_us"] / e["submit_us"]
+        gc_ratio = p["gc_pause_ms"] / max(e["gc_pause_ms"], 1e-3)
+        print(f"{workload:8s} pure Python / engine: submission {ratio:.1f}x, GC {gc_ratio:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
