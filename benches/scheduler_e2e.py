@@ -323,6 +323,19 @@ def build_graph(workload: str, n: int, addresses: list[str]) -> tuple[dict, set,
     raise ValueError(f"unknown workload {workload!r}")
 
 
+def new_scheduler(engine: str):
+    """A Scheduler (not started) on `engine`: "python" or "rust"."""
+    import dask_rsched
+    from distributed import Scheduler
+
+    if engine == "rust":
+        dask_rsched.install()
+    try:
+        return Scheduler(dashboard=False, validate=False, port=0)
+    finally:
+        dask_rsched.uninstall()
+
+
 async def run(
     engine: str,
     n: int,
@@ -338,19 +351,15 @@ async def run(
 
     `memory=True` traces Python allocations (tracemalloc) during submission and stops
     there; tracemalloc slows the submission, so its timings are not reported."""
-    import dask_rsched
-    from distributed import Scheduler
+    # distributed's config defaults are registered on import: before the config is set
+    # (leaving `dask.config.set` would otherwise take them away again)
+    import distributed  # noqa: F401
 
     config = {"distributed.scheduler.work-stealing": stealing}
     if not queuing:
         config["distributed.scheduler.worker-saturation"] = float("inf")
     with dask.config.set(config):
-        if engine == "rust":
-            dask_rsched.install()
-        try:
-            s = Scheduler(dashboard=False, validate=False, port=0)
-        finally:
-            dask_rsched.uninstall()
+        s = new_scheduler(engine)
         await s
         try:
             return await _drive(s, n, n_workers, task_duration, workload, memory)

@@ -43,17 +43,9 @@ def build(workload: str, n: int) -> tuple[dict, set]:
 
 async def measure(engine: str, workload: str, n: int) -> dict:
     import dask
-    import dask_rsched
-    from distributed import Scheduler
-    from scheduler_e2e import rss, submit
+    from scheduler_e2e import new_scheduler, rss, submit
 
-    if engine == "rust":
-        dask_rsched.install()
-    try:
-        s = Scheduler(dashboard=False, validate=False, port=0)
-    finally:
-        dask_rsched.uninstall()
-    async with s:
+    async with new_scheduler(engine) as s:
         s.client_desires_keys(keys=[], client="bench-client")
         dsk, wanted = build(workload, n)
         t = time.perf_counter()

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import dask_rsched
 import pytest
-from distributed import Client, Scheduler, Worker
+from distributed import Client, Worker
 from distributed.utils_test import gen_test, inc
+from engines import scheduler_on
 from tornado.httpclient import AsyncHTTPClient
 
 pytest.importorskip("prometheus_client")
@@ -33,12 +34,7 @@ def parse_metrics(text: str) -> dict[str, float]:
 @pytest.mark.parametrize("engine", ["python", "rust"])
 @gen_test(timeout=60)
 async def test_metrics_and_info_page(engine):
-    if engine == "rust":
-        dask_rsched.install()
-    try:
-        scheduler = Scheduler(dashboard_address=":0", host="127.0.0.1")
-    finally:
-        dask_rsched.uninstall()
+    scheduler = scheduler_on(engine)
     http = AsyncHTTPClient()
     async with scheduler as s, Worker(s.address), Client(s.address, asynchronous=True) as c:
         base = f"http://127.0.0.1:{s.http_server.port}"

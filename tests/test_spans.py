@@ -13,6 +13,7 @@ import dask_rsched
 from dask.utils import key_split
 from distributed import Client, Scheduler, Worker, span
 from distributed.utils_test import gen_test, inc
+from engines import scheduler_on
 
 
 def snapshot(s: Scheduler) -> dict:
@@ -42,12 +43,7 @@ def snapshot(s: Scheduler) -> dict:
 
 
 async def scenario(engine: str) -> dict:
-    if engine == "rust":
-        dask_rsched.install()
-    try:
-        scheduler = Scheduler(dashboard_address=":0", host="127.0.0.1")
-    finally:
-        dask_rsched.uninstall()
+    scheduler = scheduler_on(engine)
     async with scheduler as s, Worker(s.address, nthreads=2):
         async with Client(s.address, asynchronous=True) as c:
             assert (dask_rsched.scheduler_engine(s) is None) == (engine == "python")
