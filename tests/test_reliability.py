@@ -12,6 +12,8 @@ from dask._task_spec import Task, TaskRef
 from distributed import Client
 from distributed.utils import key_split, key_split_group
 from distributed.utils_test import gen_cluster, inc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture(params=["python", "rust"], autouse=True)
@@ -228,6 +230,35 @@ async def test_group_and_prefix_names_follow_key_split(c, s, engine):
         ts = s.tasks[key]
         assert ts.group.name == key_split_group(key), key
         assert ts.prefix.name == key_split(key), key
+
+
+@settings(
+    max_examples=3000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    key=st.one_of(
+        st.text(alphabet="abcfgxyzABF019-_,()'\"<> .é", max_size=40),
+        st.lists(st.sampled_from(["inc", "x", "abcdefab", "deadbeef", "Sum", "1", ""])).map(
+            "-".join
+        ),
+        st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
+    )
+)
+def test_key_names_fuzzed(key, engine):
+    # the engine names plain ASCII str keys itself; the names must be key_split's
+    if engine == "python" or not key:
+        return
+    eng = dask_rsched.Engine()
+    try:
+        expected = (key_split_group(key), key_split(key))
+    except Exception as e:  # distributed's own naming fails on this key: so does ours
+        with pytest.raises(type(e)):
+            eng.new_task(key, None, "released")
+        return
+    ts = eng.new_task(key, None, "released")
+    assert (ts.group.name, ts.prefix.name) == expected, key
 
 
 @gen_cluster(client=True)

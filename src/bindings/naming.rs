@@ -33,7 +33,7 @@ impl Engine {
         // Fewer calls into Python, same names: a tuple key's group is its first element
         // and an exact tuple's prefix is its first element's (`key_split` recurses),
         // remembered per first element; a str key that `key_split_group` hands to
-        // `key_split` has its group as prefix.
+        // `key_split` has its group as prefix, named here when it is plain ASCII.
         let (group, prefix) = if let Ok(t) = key.cast::<PyTuple>() {
             let first = t.get_item(0)?;
             let prefix = if key.is_exact_instance_of::<PyTuple>() {
@@ -42,6 +42,12 @@ impl Engine {
                 key_split.bind(py).call1((key,))?.extract()?
             };
             (first, Some(prefix))
+        } else if let Some(name) = (key.cast::<PyString>().ok())
+            .and_then(|s| s.to_str().ok())
+            .filter(|s| group_is_prefix(s))
+            .and_then(ascii_key_split)
+        {
+            (PyString::new(py, &name).into_any(), Some(name))
         } else {
             let group = key_split_group.bind(py).call1((key,))?;
             let prefix = match key.cast::<PyString>() {
@@ -122,6 +128,48 @@ pub(crate) fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
 /// Whether `key_split_group` names this str key with `key_split(key)`: not "(...",
 /// not 32 hex digits, not "<...".
 fn group_is_prefix(key: &str) -> bool {
-    let hex32 = key.len() == 32 && key.bytes().all(|b| matches!(b, b'a'..=b'f' | b'0'..=b'9'));
-    !(key.starts_with('(') || key.starts_with('<') || hex32)
+    !(key.starts_with('(') || key.starts_with('<') || is_hex32(key))
+}
+
+/// `key_split(key)` of dask 2026.6–2026.8 for a plain ASCII str key, `None` where the
+/// engine leaves it to dask's own (non-ASCII, a name that would be empty or start with
+/// "<"): the first "-"-separated word (stripped of `_'()"` up to a comma unless it starts
+/// with a letter), then each following word made only of letters, up to the first one
+/// that is not or that looks like a hex token (8 letters starting with a-f); a 32-digit
+/// hex name is "data".
+fn ascii_key_split(key: &str) -> Option<String> {
+    if !key.is_ascii() {
+        return None;
+    }
+    let mut words = key.split('-');
+    let first = words.next()?;
+    let mut name = match first.as_bytes().first() {
+        None => return None,
+        Some(c) if c.is_ascii_alphabetic() => first.to_owned(),
+        Some(_) => {
+            let head = first.split(',').next().unwrap_or("");
+            head.trim_matches(|c| matches!(c, '_' | '\'' | '(' | ')' | '"'))
+                .to_owned()
+        }
+    };
+    for word in words {
+        let alpha = !word.is_empty() && word.bytes().all(|b| b.is_ascii_alphabetic());
+        let hex_token = word.len() == 8 && matches!(word.as_bytes()[0], b'a'..=b'f');
+        if !alpha || hex_token {
+            break;
+        }
+        name.push('-');
+        name.push_str(word);
+    }
+    if is_hex32(&name) {
+        return Some("data".to_owned());
+    }
+    if name.is_empty() || name.starts_with('<') {
+        return None;
+    }
+    Some(name)
+}
+
+fn is_hex32(s: &str) -> bool {
+    s.len() == 32 && s.bytes().all(|b| matches!(b, b'a'..=b'f' | b'0'..=b'9'))
 }
