@@ -475,11 +475,11 @@ class EngineSchedulerMixin:
 
         failure: list[BaseException] = []
 
-        def observe(touched_keys: list, collisions: list, first_keys: list) -> None:
+        def observe(touched_keys: list, collisions: list, first_keys: list) -> bool:
             # the transitions run and their messages go out even if an observer fails
             try:
                 self._rsched_warn_collisions(collisions, dsk)
-                self._rsched_observe_graph(
+                return self._rsched_observe_graph(
                     touched_keys,
                     first_keys,
                     keys,
@@ -491,6 +491,7 @@ class EngineSchedulerMixin:
                 )
             except BaseException as exc:
                 failure.append(exc)
+                return False
 
         new_tasks, collisions = self._rsched_run(
             self._rsched_engine.update_graph,
@@ -533,9 +534,11 @@ class EngineSchedulerMixin:
         span_metadata: Any,
         code: tuple,
         computation: Any,
-    ) -> None:
+    ) -> bool:
         """The spans extension and `update_graph` plugins see the submitted tasks
-        before their transitions run, as in `_create_taskstate_from_graph`."""
+        before their transitions run, as in `_create_taskstate_from_graph`. True if the
+        spans extension saw only the first task of each group (the engine then gives the
+        others their group's span annotation)."""
         spans_ext = self.extensions.get("spans")
         graph_plugins = _plugins_overriding(self.plugins, "update_graph")
         if not graph_plugins:
@@ -544,10 +547,10 @@ class EngineSchedulerMixin:
             # engine hands the result to the others.
             firsts = [self.tasks[k] for k in first_keys]
             computation.groups.update({ts.group for ts in firsts})
-            if spans_ext:
-                spans_ext.observe_tasks(firsts, span_metadata=span_metadata, code=code)
-                self._rsched_engine.spread_span_annotations(touched_keys, first_keys)
-            return
+            if not spans_ext:
+                return False
+            spans_ext.observe_tasks(firsts, span_metadata=span_metadata, code=code)
+            return True
         touched = [self.tasks[k] for k in touched_keys]
         computation.groups.update({ts.group for ts in touched})
         annotations: dict[str, dict] = {}
@@ -575,6 +578,7 @@ class EngineSchedulerMixin:
                 plugin.update_graph(self, **update)
             except Exception as e:
                 logger.exception(e)
+        return False
 
     # -------------------------------------------------------------- workers
 

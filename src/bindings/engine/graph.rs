@@ -153,7 +153,8 @@ impl Engine {
     /// first_keys)` before the transitions (the spans extension and `update_graph`
     /// plugins); `collisions` are the keys whose submitted run_spec has other
     /// dependencies than the existing task's, `first_keys` the first touched key of each
-    /// task group.
+    /// task group. `observe` returning true says the spans extension saw only those
+    /// first tasks: the engine then gives the others their group's span annotation.
     #[pyo3(signature = (*, dsk, keys, ordered, client, stimulus_id, user_priority = None,
                         fifo_timeout = None, start = 0.0, submitting_task = None, actors = None,
                         annotate = None, observe = None))]
@@ -254,8 +255,13 @@ impl Engine {
             let firsts: Vec<TaskId> = (generated.touched.iter().copied())
                 .filter(|t| seen.insert(b.st.ts(*t).group))
                 .collect();
-            let firsts = key_of(&b.st, &firsts)?;
-            StateCell::lend(&mut *b.st, || observe.call1((touched, &collisions, firsts)))?;
+            let first_keys = key_of(&b.st, &firsts)?;
+            let spans_saw_firsts = StateCell::lend(&mut *b.st, || {
+                observe.call1((touched, &collisions, first_keys))
+            })?;
+            if spans_saw_firsts.is_truthy()? {
+                spread_span_annotations(py, &mut b.st, &generated.touched, &firsts)?;
+            }
         }
         let r = b.st.transitions_loop(recs, &mut b.out, &b.sid);
         b.check(py, r)?;
@@ -263,62 +269,6 @@ impl Engine {
             b.st.report_if_done(t, c, &mut b.out);
         }
         b.finish_with(py, (generated.new.len(), collisions))
-    }
-
-    /// After the spans extension observed only the first task of each group
-    /// (`first_keys`), every task in `keys` gets what `observe_tasks` gives each task of
-    /// that group: an annotations dict, holding the group's `span` annotation (the one
-    /// its first task got) or none. (`observe_tasks` puts all of a group's tasks in the
-    /// span its first task chose.)
-    fn spread_span_annotations(
-        &self,
-        py: Python<'_>,
-        keys: Vec<Bound<'_, PyAny>>,
-        first_keys: Vec<Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let span = intern!(py, "span");
-        let mut st = self.write()?;
-        let mut of_group: hashbrown::HashMap<GroupId, Option<Bound<'_, PyAny>>> =
-            hashbrown::HashMap::with_capacity(first_keys.len());
-        for key in &first_keys {
-            let ts = st.ts(self.tid_required(py, key)?);
-            let ann = match &ts.annotations {
-                Some(a) => Some(a.bind(py).call_method1(intern!(py, "get"), (span,))?),
-                None => None,
-            };
-            of_group.insert(ts.group, ann.filter(|a| !a.is_none()));
-        }
-        for key in &keys {
-            let t = self.tid_required(py, key)?;
-            let ts = st.ts(t);
-            let Some(ann) = of_group.get(&ts.group) else {
-                continue;
-            };
-            match &ts.annotations {
-                None => {
-                    let d = PyDict::new(py);
-                    if let Some(ann) = ann {
-                        d.set_item(span, ann)?;
-                    }
-                    st.set_annotations(t, Some(d.into_any().unbind()));
-                }
-                Some(a) => {
-                    let a = a.bind(py);
-                    match (ann, a.cast::<PyDict>()) {
-                        (Some(ann), _) => a.set_item(span, ann)?,
-                        (None, Ok(d)) => {
-                            if d.contains(span)? {
-                                d.del_item(span)?;
-                            }
-                        }
-                        (None, Err(_)) => {
-                            a.call_method1(intern!(py, "pop"), (span, py.None()))?;
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     /// `SchedulerState.new_task`: a task without dependencies in its group and prefix
@@ -402,4 +352,58 @@ impl Engine {
         }
         b.finish(py, Ok(()))
     }
+}
+
+/// After the spans extension observed only the first touched task of each group
+/// (`firsts`), every other touched task gets what `observe_tasks` gives each task of that
+/// group: an annotations dict, holding the group's `span` annotation (the one its first
+/// task got) or none. (`observe_tasks` puts all of a group's tasks in the span its first
+/// task chose.)
+fn spread_span_annotations(
+    py: Python<'_>,
+    st: &mut State,
+    touched: &[TaskId],
+    firsts: &[TaskId],
+) -> PyResult<()> {
+    let span = intern!(py, "span");
+    let mut of_group: hashbrown::HashMap<GroupId, Option<Bound<'_, PyAny>>> =
+        hashbrown::HashMap::with_capacity(firsts.len());
+    for &t in firsts {
+        let ts = st.ts(t);
+        let ann = match &ts.annotations {
+            Some(a) => Some(a.bind(py).call_method1(intern!(py, "get"), (span,))?),
+            None => None,
+        };
+        of_group.insert(ts.group, ann.filter(|a| !a.is_none()));
+    }
+    for &t in touched {
+        let ts = st.ts(t);
+        let Some(ann) = of_group.get(&ts.group) else {
+            continue;
+        };
+        match &ts.annotations {
+            None => {
+                let d = PyDict::new(py);
+                if let Some(ann) = ann {
+                    d.set_item(span, ann)?;
+                }
+                st.set_annotations(t, Some(d.into_any().unbind()));
+            }
+            Some(a) => {
+                let a = a.bind(py);
+                match (ann, a.cast::<PyDict>()) {
+                    (Some(ann), _) => a.set_item(span, ann)?,
+                    (None, Ok(d)) => {
+                        if d.contains(span)? {
+                            d.del_item(span)?;
+                        }
+                    }
+                    (None, Err(_)) => {
+                        a.call_method1(intern!(py, "pop"), (span, py.None()))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
