@@ -92,3 +92,19 @@ def test_wheel_metadata_leaves_supported_deployments_alone() -> None:
         assert Version(release) in dist.specifier, (release, dist)
     assert Version("2026.5.0") not in dist.specifier
     assert Version("2026.8.1") not in dist.specifier
+
+
+def test_suite_without_matplotlib_or_tqdm_skips_plots(monkeypatch, tmp_path, capsys) -> None:
+    # the bench extra is optional: without it the suite still runs and says what it skips
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "suite", Path(__file__).parent.parent / "benches" / "suite.py"
+    )
+    suite = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(suite)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert suite.plots([], tmp_path) == []
+    assert "matplotlib is not installed" in capsys.readouterr().err
+    assert suite.execute([], budget=1.0) == []
