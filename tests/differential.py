@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import sys
 from typing import Any, ClassVar
 
 import dask
@@ -391,9 +392,19 @@ class PythonSide(_Side):
         self.s.validate_state()
 
     def close(self) -> None:
-        # never started: nothing to stop; drop the references
-        self.s.stream_comms.clear()
-        self.s.client_comms.clear()
+        # Never started, so there is nothing for Scheduler.close to stop; let go of what
+        # its constructor took, as close would: the dashboard's listening sockets, the
+        # scratch directory's lock and its sys.path entry (thousands of sequences made
+        # every import scan thousands of directories and ran out of file descriptors).
+        s = self.s
+        s.stream_comms.clear()
+        s.client_comms.clear()
+        if s.http_server is not None:
+            s.http_server.stop()
+        if s._workdir is not None:
+            s._workdir.release()
+        if s._updated_sys_path and s.local_directory in sys.path:
+            sys.path.remove(s.local_directory)
 
 
 class EngineSide(PythonSide):
