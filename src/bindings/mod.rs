@@ -9,6 +9,7 @@ mod engine;
 mod handles;
 mod messages;
 mod naming;
+mod order;
 mod shared;
 
 use crate::cell::Busy;
@@ -50,6 +51,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::ClientStateHandle>()?;
     m.add_class::<handles::TaskGroupHandle>()?;
     m.add_class::<handles::TaskPrefixHandle>()?;
+    m.add_function(wrap_pyfunction!(order::order_graph, m)?)?;
+    m.add_function(wrap_pyfunction!(order::pyset_order, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

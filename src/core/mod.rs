@@ -19,6 +19,7 @@ pub mod groups;
 pub mod heapset;
 pub mod messages;
 pub mod occupancy;
+pub mod order;
 pub mod ordered;
 pub mod propagate;
 pub mod pyset;

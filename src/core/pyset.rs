@@ -161,6 +161,35 @@ impl<T: Copy + Eq> PySet<T> {
         }
     }
 
+    /// Slots in the table minus one (CPython's `mask`; 7 for the smalltable).
+    #[inline]
+    pub fn table_mask(&self) -> usize {
+        self.mask()
+    }
+
+    /// Active plus dummy slots (CPython's `fill`).
+    #[inline]
+    pub fn fill(&self) -> usize {
+        self.fill as usize
+    }
+
+    /// A dummy-free table of `mask + 1` slots holding `items` placed in this order by
+    /// `set_insert_clean` (how `set_table_resize` and `set_merge` rebuild a table).
+    pub fn from_clean_inserts<I: IntoIterator<Item = (T, i64)>>(mask: usize, items: I) -> Self {
+        let mut table = new_table(mask + 1);
+        let mut used = 0;
+        for (k, h) in items {
+            insert_clean(&mut table, k, h);
+            used += 1;
+        }
+        PySet {
+            table: (used > 0 || mask + 1 != MINSIZE).then_some(table),
+            fill: used,
+            used,
+            finger: 0,
+        }
+    }
+
     /// Membership test (`item in s`).
     #[inline]
     pub fn contains(&self, item: T, hash: i64) -> bool {

@@ -1,0 +1,1078 @@
+//! `order`: the static priority dask gives every key of a graph (`dask.order.order`),
+//! with the same result for every key.
+//!
+//! dask's result depends on the order in which CPython iterates several of its sets
+//! (a key's dependents, the leaf and root sets, the data roots a task needs, and
+//! `dependencies[key].difference(result)` while the critical path is built), and so on
+//! the keys' Python hashes. Those sets are `PySet`s here, fed the same hashes in the
+//! same sequence of operations. A key's `dependencies` frozenset comes from Python as
+//! its iteration order and table size (`SetView`): that is all the operations dask
+//! applies to it depend on.
+//!
+//! Everything else (the hulls, the degree buckets, the cached paths) is only tested for
+//! membership, or is sorted by `sort_key` before use, so its order cannot matter.
+
+use crate::core::pyset::PySet;
+use hashbrown::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// The graph as dask sees it after `dsk = dict(dsk)`: ids `0..n_real` are the keys of
+/// `dsk` in its order, then the keys only named as dependencies ("external" keys), in
+/// the order `reverse_dict` first meets them.
+pub struct OrderGraph {
+    /// Python `hash(key)`.
+    pub hashes: Vec<i64>,
+    /// `istask(dsk[key])`: false for `DataNode`s and external keys.
+    pub is_task: Vec<bool>,
+    /// Each key's `dependencies` frozenset, in its iteration order (CSR).
+    pub dep_offsets: Vec<u32>,
+    pub dep_ids: Vec<u32>,
+    /// The frozenset's table mask, for keys whose frozenset is not in the 8-slot
+    /// smalltable.
+    pub dep_masks: HashMap<u32, u32>,
+    pub n_real: usize,
+    /// `str(key)`, compared when everything else in `sort_key` ties.
+    pub names: Vec<Box<str>>,
+}
+
+impl OrderGraph {
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    fn deps(&self, k: u32) -> &[u32] {
+        let k = k as usize;
+        &self.dep_ids[self.dep_offsets[k] as usize..self.dep_offsets[k + 1] as usize]
+    }
+
+    fn deps_view(&self, k: u32) -> SetView<'_> {
+        let items = self.deps(k);
+        SetView {
+            items,
+            mask: self.dep_masks.get(&k).map_or(7, |&m| m as usize),
+            fill: items.len(),
+        }
+    }
+}
+
+/// Why the Rust order did not produce a result; the caller then runs dask's own, which
+/// raises its own error for a bad graph.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderError {
+    /// `RuntimeError: Cycle detected ...` in dask.
+    Cycle,
+    /// Two different keys with the same `sort_key` (same `str`): dask keeps the one its
+    /// set iterates first.
+    AmbiguousTie,
+    /// A path count beyond `u64`; dask uses Python ints.
+    Overflow,
+    /// A state dask would fail an `assert`, an `IndexError` or `ValueError` in.
+    Inconsistent(&'static str),
+}
+
+impl std::fmt::Display for OrderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OrderError::Cycle => f.write_str("cycle"),
+            OrderError::AmbiguousTie => f.write_str("two keys with the same sort key"),
+            OrderError::Overflow => f.write_str("dependency count overflow"),
+            OrderError::Inconsistent(what) => write!(f, "inconsistent graph: {what}"),
+        }
+    }
+}
+
+/// One key's priority: `priority` and, doubled, `critical_path` (dask offsets it by 0.5
+/// inside `process_runnables`; -2 for the alias leaves it puts last).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assigned {
+    pub key: u32,
+    pub priority: i64,
+    pub critical_path2: i64,
+}
+
+/// A set known by its iteration order, table mask and fill (active + dummy slots):
+/// what `set_copy`, `difference` and iteration depend on.
+#[derive(Clone, Copy)]
+struct SetView<'a> {
+    items: &'a [u32],
+    mask: usize,
+    fill: usize,
+}
+
+#[derive(Clone)]
+struct OwnedSet {
+    items: Vec<u32>,
+    mask: usize,
+    fill: usize,
+}
+
+impl OwnedSet {
+    fn view(&self) -> SetView<'_> {
+        SetView {
+            items: &self.items,
+            mask: self.mask,
+            fill: self.fill,
+        }
+    }
+
+    fn from_pyset(s: &PySet<u32>) -> Self {
+        OwnedSet {
+            items: s.iter().collect(),
+            mask: s.table_mask(),
+            fill: s.fill(),
+        }
+    }
+}
+
+/// `set_table_resize`'s size: the smallest power of two (>= 8) above `minused`.
+fn table_mask_for(minused: usize) -> usize {
+    let mut size = 8;
+    while size <= minused {
+        size <<= 1;
+    }
+    size - 1
+}
+
+fn grow_target(used: usize) -> usize {
+    if used > 50000 {
+        used * 2
+    } else {
+        used * 4
+    }
+}
+
+/// `s.difference(other)` for a set `other` of `other_len` items (a dict or a set),
+/// `is_member` telling membership: CPython copies and discards when `s` is more than
+/// four times larger, otherwise inserts the survivors into a fresh set.
+fn difference(
+    s: SetView<'_>,
+    other_len: usize,
+    is_member: impl Fn(u32) -> bool,
+    hashes: &[i64],
+) -> OwnedSet {
+    let used = s.items.len();
+    if (used >> 2) > other_len {
+        // set_copy: `set_merge` into an empty 8-slot set.
+        let mut mask = 7;
+        if used * 5 >= 7 * 3 {
+            mask = table_mask_for(used * 2);
+        }
+        let mut items: Vec<u32> = if mask == s.mask && s.fill == used {
+            s.items.to_vec() // the layout is copied verbatim
+        } else {
+            clean_order(s.items.iter().copied(), mask, hashes)
+        };
+        let fill = used;
+        items.retain(|&k| !is_member(k)); // discards leave dummies in place
+        let now = items.len();
+        if fill - now > mask / 4 {
+            let mask = table_mask_for(grow_target(now));
+            let items = clean_order(items.into_iter(), mask, hashes);
+            return OwnedSet {
+                items,
+                mask,
+                fill: now,
+            };
+        }
+        return OwnedSet { items, mask, fill };
+    }
+    let mut r = PySet::new();
+    for &k in s.items {
+        if !is_member(k) {
+            r.insert(k, hashes[k as usize]);
+        }
+    }
+    OwnedSet::from_pyset(&r)
+}
+
+/// The order of `items` after `set_insert_clean` into a table of `mask + 1` slots.
+fn clean_order(items: impl Iterator<Item = u32>, mask: usize, hashes: &[i64]) -> Vec<u32> {
+    PySet::from_clean_inserts(mask, items.map(|k| (k, hashes[k as usize])))
+        .iter()
+        .collect()
+}
+
+/// Roots (or, reversed, leaves) reachable from a key: sorted ids, shared between keys.
+type Reach = Rc<Vec<u32>>;
+
+struct Orderer<'g> {
+    g: &'g OrderGraph,
+    stats: bool,
+    n: usize,
+    /// `dependencies[k]` once the alias leaves and data roots are gone, when it differs
+    /// from the frozenset (`deps - removed` builds a new set).
+    deps_now: Vec<Option<OwnedSet>>,
+    dependents: Vec<PySet<u32>>,
+    dependents_deleted: Vec<bool>,
+    in_dsk: Vec<bool>,
+    is_external: Vec<bool>,
+
+    assigned: Vec<Assigned>,
+    in_result: Vec<bool>,
+    i: i64,
+    crit_path_counter: i64,
+    offset_half: bool,
+
+    num_needed: Vec<u32>,
+    total_dependencies: Vec<u64>,
+    roots_connected_len: Vec<u32>,
+    max_dependents: Vec<u32>,
+    leafs_connected: Vec<Option<Reach>>,
+
+    leaf_nodes: Vec<bool>,
+    root_nodes: Vec<bool>,
+    requires_data_task: HashMap<u32, PySet<u32>>,
+    runnable_hull: Vec<bool>,
+    reachable_hull: HashSet<u32>,
+    runnable: Vec<u32>,
+    known_runnable_paths: HashMap<u32, Vec<Vec<u32>>>,
+
+    leafs_degree: HashMap<u32, usize>,
+    leafs_per_degree: HashMap<usize, HashSet<u32>>,
+    min_leaf_degree: usize,
+    max_leaf_degree: usize,
+    leaf_nodes_sorted: Vec<u32>,
+    critical_path: Vec<u32>,
+
+    tie: bool,
+    error: Option<OrderError>,
+}
+
+/// `dask.order.order(dsk)`: every key's priority, in the order dask assigns them.
+pub fn order(g: &OrderGraph, return_stats: bool) -> Result<Vec<Assigned>, OrderError> {
+    if g.n_real == 0 {
+        return Ok(Vec::new());
+    }
+    let mut o = Orderer::new(g, return_stats);
+    o.run()?;
+    if o.tie {
+        return Err(OrderError::AmbiguousTie);
+    }
+    if let Some(e) = o.error.take() {
+        return Err(e);
+    }
+    let n_real = g.n_real as u32;
+    o.assigned.retain(|a| a.key < n_real);
+    Ok(o.assigned)
+}
+
+impl<'g> Orderer<'g> {
+    fn new(g: &'g OrderGraph, stats: bool) -> Self {
+        let n = g.len();
+        Orderer {
+            g,
+            stats,
+            n,
+            deps_now: Vec::new(),
+            dependents: Vec::new(),
+            dependents_deleted: vec![false; n],
+            in_dsk: vec![true; n],
+            is_external: (0..n).map(|k| k >= g.n_real).collect(),
+            assigned: Vec::with_capacity(n),
+            in_result: vec![false; n],
+            i: 0,
+            crit_path_counter: 0,
+            offset_half: false,
+            num_needed: Vec::new(),
+            total_dependencies: Vec::new(),
+            roots_connected_len: Vec::new(),
+            max_dependents: Vec::new(),
+            leafs_connected: Vec::new(),
+            leaf_nodes: Vec::new(),
+            root_nodes: Vec::new(),
+            requires_data_task: HashMap::new(),
+            runnable_hull: vec![false; n],
+            reachable_hull: HashSet::new(),
+            runnable: Vec::new(),
+            known_runnable_paths: HashMap::new(),
+            leafs_degree: HashMap::new(),
+            leafs_per_degree: HashMap::new(),
+            min_leaf_degree: 0,
+            max_leaf_degree: 0,
+            leaf_nodes_sorted: Vec::new(),
+            critical_path: Vec::new(),
+            tie: false,
+            error: None,
+        }
+    }
+
+    #[inline]
+    fn h(&self, k: u32) -> i64 {
+        self.g.hashes[k as usize]
+    }
+
+    /// `dependencies[k]` as dask's `DependenciesMapping` gives it now.
+    #[inline]
+    fn deps_of(&self, k: u32) -> SetView<'_> {
+        match &self.deps_now[k as usize] {
+            Some(s) => s.view(),
+            None => self.g.deps_view(k),
+        }
+    }
+
+    fn assign(&mut self, key: u32, priority: i64, critical_path2: i64) {
+        self.in_result[key as usize] = true;
+        self.assigned.push(Assigned {
+            key,
+            priority,
+            critical_path2: if self.stats { critical_path2 } else { 0 },
+        });
+    }
+
+    /// `sort_key(a) < sort_key(b)` as a total order; a full tie of two different keys
+    /// is flagged (dask would keep whichever its set iterated first).
+    fn cmp_key(&mut self, a: u32, b: u32) -> Ordering {
+        let c = self.cmp_key_pure(a, b);
+        if c == Ordering::Equal && a != b {
+            self.tie = true;
+        }
+        c
+    }
+
+    fn sort_by_key(&mut self, v: &mut [u32]) {
+        let mut tie = false;
+        {
+            let this = &*self;
+            v.sort_by(|&a, &b| {
+                let c = this.cmp_key_pure(a, b);
+                tie |= c == Ordering::Equal && a != b;
+                c
+            });
+        }
+        self.tie |= tie;
+    }
+
+    fn cmp_key_pure(&self, a: u32, b: u32) -> Ordering {
+        let (x, y) = (a as usize, b as usize);
+        self.total_dependencies[x]
+            .cmp(&self.total_dependencies[y])
+            .then_with(|| {
+                self.deps_of(a)
+                    .items
+                    .len()
+                    .cmp(&self.deps_of(b).items.len())
+            })
+            .then_with(|| self.roots_connected_len[x].cmp(&self.roots_connected_len[y]))
+            .then_with(|| self.max_dependents[y].cmp(&self.max_dependents[x]))
+            .then_with(|| self.g.names[x].cmp(&self.g.names[y]))
+    }
+
+    /// Python's `max(items, key=sort_key)`: the first of the largest.
+    fn max_by_key(&mut self, items: &[u32]) -> Option<u32> {
+        let mut best: Option<u32> = None;
+        for &k in items {
+            best = match best {
+                None => Some(k),
+                Some(b) if self.cmp_key(k, b) == Ordering::Greater => Some(k),
+                keep => keep,
+            };
+        }
+        best
+    }
+
+    /// Python's `min(items, key=sort_key)`: the first of the smallest.
+    fn min_by_key(&mut self, items: impl Iterator<Item = u32>) -> Option<u32> {
+        let mut best: Option<u32> = None;
+        for k in items {
+            best = match best {
+                None => Some(k),
+                Some(b) if self.cmp_key(k, b) == Ordering::Less => Some(k),
+                keep => keep,
+            };
+        }
+        best
+    }
+
+    fn run(&mut self) -> Result<(), OrderError> {
+        let g = self.g;
+        let n = self.n;
+        let expected_len = n;
+        self.deps_now = vec![None; n];
+
+        // dependents = reverse_dict(dependencies), and the order its dict meets keys
+        let mut dependents: Vec<PySet<u32>> = (0..n).map(|_| PySet::new()).collect();
+        let mut seen = vec![false; n];
+        let mut dependents_order = Vec::with_capacity(n);
+        for k in 0..g.n_real as u32 {
+            if !std::mem::replace(&mut seen[k as usize], true) {
+                dependents_order.push(k);
+            }
+            for &v in g.deps(k) {
+                if !std::mem::replace(&mut seen[v as usize], true) {
+                    dependents_order.push(v);
+                }
+                dependents[v as usize].insert(k, self.h(k));
+            }
+        }
+        drop(seen);
+        self.dependents = dependents;
+
+        let mut leaf_nodes = PySet::new();
+        for &k in &dependents_order {
+            if self.dependents[k as usize].is_empty() {
+                leaf_nodes.insert(k, self.h(k));
+            }
+        }
+        let mut root_nodes = PySet::new();
+        for k in 0..n as u32 {
+            if g.deps(k).is_empty() {
+                root_nodes.insert(k, self.h(k));
+            }
+        }
+
+        self.remove_aliases_and_data_roots(&mut leaf_nodes, &mut root_nodes);
+
+        self.ndependencies()?;
+        self.connecting_to_roots();
+
+        self.leaf_nodes = vec![false; n];
+        for k in leaf_nodes.iter() {
+            self.leaf_nodes[k as usize] = true;
+        }
+        self.root_nodes = vec![false; n];
+        for k in root_nodes.iter() {
+            self.root_nodes[k as usize] = true;
+        }
+
+        let dsk_len = self.in_dsk.iter().filter(|&&b| b).count();
+        self.min_leaf_degree = dsk_len;
+        self.max_leaf_degree = dsk_len;
+        for leaf in leaf_nodes.iter() {
+            if self.root_nodes[leaf as usize] {
+                continue;
+            }
+            let degree = self.roots_connected_len[leaf as usize] as usize;
+            self.min_leaf_degree = self.min_leaf_degree.min(degree);
+            self.max_leaf_degree = self.max_leaf_degree.max(degree);
+            self.leafs_degree.insert(leaf, degree);
+            self.leafs_per_degree
+                .entry(degree)
+                .or_default()
+                .insert(leaf);
+        }
+
+        let longest_path = self.use_longest_path(&leaf_nodes, &root_nodes);
+        let mut sorted: Vec<u32> = leaf_nodes.iter().collect();
+        self.sort_by_key(&mut sorted);
+        if !longest_path {
+            // sorted(reverse=True) keeps equal keys in their order; keys never tie here
+            sorted.reverse();
+        }
+        self.leaf_nodes_sorted = sorted;
+
+        while self.assigned.len() < expected_len {
+            if self.error.is_some() {
+                return Ok(());
+            }
+            self.crit_path_counter += 1;
+            debug_assert!(self.critical_path.is_empty());
+
+            // A. Build the critical path
+            let target = self.get_target()?;
+            self.critical_path.push(target);
+            let mut next_deps: Vec<u32> = self.deps_of(target).items.to_vec();
+            while !next_deps.is_empty() {
+                let item = self.max_by_key(&next_deps).expect("non-empty");
+                self.critical_path.push(item);
+                let result_len = self.assigned.len();
+                let in_result = &self.in_result;
+                next_deps = difference(
+                    self.deps_of(item),
+                    result_len,
+                    |k| in_result[k as usize],
+                    &g.hashes,
+                )
+                .items;
+                self.critical_path.extend_from_slice(&next_deps);
+            }
+
+            // B. Walk the critical path
+            let mut walked_back = false;
+            while let Some(item) = self.critical_path.pop() {
+                if self.in_result[item as usize] {
+                    continue;
+                }
+                if self.num_needed[item as usize] != 0 {
+                    self.critical_path.push(item);
+                    let mut deps: Vec<u32> = self
+                        .deps_of(item)
+                        .items
+                        .iter()
+                        .copied()
+                        .filter(|&d| !self.in_result[d as usize])
+                        .collect();
+                    self.sort_by_key(&mut deps);
+                    let (known, unknown): (Vec<u32>, Vec<u32>) = deps
+                        .into_iter()
+                        .partition(|d| self.known_runnable_paths.contains_key(d));
+                    if unknown.len() > 1 {
+                        walked_back = true;
+                    }
+                    self.critical_path.extend_from_slice(&unknown);
+                    for d in known {
+                        if let Some(paths) = self.known_runnable_paths.remove(&d) {
+                            for path in paths {
+                                self.critical_path.extend(path.iter().rev());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                if walked_back && self.runnable.len() < self.critical_path.len() {
+                    self.process_runnables();
+                }
+                self.add_to_result(item);
+            }
+            self.process_runnables();
+        }
+        if self.assigned.len() != expected_len {
+            return Err(OrderError::Inconsistent("result size"));
+        }
+        Ok(())
+    }
+
+    /// dask's first loop: alias leaves (non-tasks with several dependencies) get the
+    /// last priorities and leave the graph; data roots with several dependents leave it
+    /// too and are run just before the first task that needs them.
+    fn remove_aliases_and_data_roots(
+        &mut self,
+        leaf_nodes: &mut PySet<u32>,
+        root_nodes: &mut PySet<u32>,
+    ) {
+        let g = self.g;
+        let mut removed: PySet<u32> = PySet::new();
+        let mut dsk_len = self.n as i64;
+        let mut n_removed_leaves: i64 = 0;
+        let mut all_tasks = false;
+        while !all_tasks {
+            all_tasks = true;
+            let leaves: Vec<u32> = leaf_nodes.iter().collect();
+            for leaf in leaves {
+                if root_nodes.contains(leaf, self.h(leaf)) {
+                    continue;
+                }
+                if g.is_task[leaf as usize] {
+                    continue;
+                }
+                let deps = self.current_deps(leaf, &removed);
+                if deps.items.len() <= 1 {
+                    continue;
+                }
+                all_tasks = false;
+                let prio = dsk_len - 1 - n_removed_leaves;
+                self.assign(leaf, prio, -2);
+                n_removed_leaves += 1;
+                leaf_nodes.remove(leaf, self.h(leaf));
+                let leaf_hash = self.h(leaf);
+                for &dep in &deps.items {
+                    self.dependents[dep as usize].remove(leaf, leaf_hash);
+                    if self.dependents[dep as usize].is_empty() {
+                        leaf_nodes.insert(dep, self.h(dep));
+                    }
+                }
+                self.in_dsk[leaf as usize] = false;
+                dsk_len -= 1;
+                removed.insert(leaf, self.h(leaf));
+                self.dependents_deleted[leaf as usize] = true;
+            }
+            let roots: Vec<u32> = root_nodes.iter().collect();
+            for root in roots {
+                if leaf_nodes.contains(root, self.h(root)) {
+                    continue;
+                }
+                if g.is_task[root as usize] || self.dependents[root as usize].len() <= 1 {
+                    continue;
+                }
+                self.in_dsk[root as usize] = false;
+                dsk_len -= 1;
+                removed.insert(root, self.h(root));
+                root_nodes.remove(root, self.h(root));
+                self.dependents_deleted[root as usize] = true;
+                let deps_root: Vec<u32> = self.dependents[root as usize].iter().collect();
+                let root_hash = self.h(root);
+                for dep in deps_root {
+                    self.requires_data_task
+                        .entry(dep)
+                        .or_default()
+                        .insert(root, root_hash);
+                    if self.current_deps(dep, &removed).items.is_empty() {
+                        root_nodes.insert(dep, self.h(dep));
+                    }
+                }
+            }
+        }
+        if !removed.is_empty() {
+            for k in 0..self.n as u32 {
+                if self.in_dsk[k as usize] {
+                    self.deps_now[k as usize] = Some(self.current_deps(k, &removed));
+                }
+            }
+        }
+        for k in 0..self.n {
+            if self.dependents_deleted[k] {
+                self.dependents[k] = PySet::new();
+            }
+        }
+    }
+
+    /// `DependenciesMapping[k]`: the frozenset, or `frozenset - removed` once any key
+    /// was deleted.
+    fn current_deps(&self, k: u32, removed: &PySet<u32>) -> OwnedSet {
+        let view = self.g.deps_view(k);
+        if removed.is_empty() {
+            return OwnedSet {
+                items: view.items.to_vec(),
+                mask: view.mask,
+                fill: view.fill,
+            };
+        }
+        difference(
+            view,
+            removed.len(),
+            |d| removed.contains(d, self.g.hashes[d as usize]),
+            &self.g.hashes,
+        )
+    }
+
+    fn alive_keys(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.n as u32).filter(|&k| self.in_dsk[k as usize])
+    }
+
+    /// `ndependencies`: how many dependencies each key still waits for, and the number of
+    /// tasks (counted along every path) that must run before it. A key never reached
+    /// is on a cycle.
+    fn ndependencies(&mut self) -> Result<(), OrderError> {
+        let n = self.n;
+        let mut num_needed = vec![0u32; n];
+        let mut total = vec![0u64; n];
+        let mut waiting = vec![0u32; n];
+        let mut stack: Vec<u32> = Vec::new();
+        let mut reached = 0usize;
+        let alive: Vec<u32> = self.alive_keys().collect();
+        for &k in &alive {
+            let d = self.deps_of(k).items.len() as u32;
+            num_needed[k as usize] = d;
+            waiting[k as usize] = d;
+            if d == 0 {
+                stack.push(k);
+            }
+        }
+        while let Some(k) = stack.pop() {
+            reached += 1;
+            let mut t: u64 = 1;
+            for &c in self.deps_of(k).items {
+                t = t
+                    .checked_add(total[c as usize])
+                    .ok_or(OrderError::Overflow)?;
+            }
+            total[k as usize] = t;
+            for p in self.dependents[k as usize].iter() {
+                waiting[p as usize] -= 1;
+                if waiting[p as usize] == 0 {
+                    stack.push(p);
+                }
+            }
+        }
+        if reached != alive.len() {
+            return Err(OrderError::Cycle);
+        }
+        self.num_needed = num_needed;
+        self.total_dependencies = total;
+        Ok(())
+    }
+
+    /// `_connecting_to_roots` both ways: how many roots each key descends from (and the
+    /// largest dependents count among them), and the leaves each root leads to.
+    fn connecting_to_roots(&mut self) {
+        let n = self.n;
+        let alive: Vec<u32> = self.alive_keys().collect();
+        // upwards: roots
+        let mut max_dependents = vec![0u32; n];
+        let mut roots_len = vec![0u32; n];
+        {
+            let reach = self.propagate(
+                &alive,
+                |o, k| o.deps_of(k).items.to_vec(),
+                |o, k| o.dependents[k as usize].iter().collect(),
+                Some(&mut max_dependents),
+            );
+            for &k in &alive {
+                if let Some(r) = &reach[k as usize] {
+                    roots_len[k as usize] = r.len() as u32;
+                }
+                if self.deps_of(k).items.is_empty() {
+                    roots_len[k as usize] = 0;
+                }
+            }
+        }
+        // downwards: leaves, kept for roots only
+        let mut reach = self.propagate(
+            &alive,
+            |o, k| o.dependents[k as usize].iter().collect(),
+            |o, k| o.deps_of(k).items.to_vec(),
+            None,
+        );
+        for &k in &alive {
+            let is_leaf = self.dependents[k as usize].is_empty();
+            let is_root = self.deps_of(k).items.is_empty();
+            if is_leaf {
+                // dask gives the leaves themselves no leaves
+                reach[k as usize] = Some(Rc::new(Vec::new()));
+            } else if !is_root {
+                reach[k as usize] = None; // only roots' leaves are read
+            }
+        }
+        self.roots_connected_len = roots_len;
+        self.max_dependents = max_dependents;
+        self.leafs_connected = reach;
+    }
+
+    /// For every key, the set of sources (keys without `inputs`) it is reached from,
+    /// following `outputs`. Sources get themselves.
+    fn propagate(
+        &self,
+        alive: &[u32],
+        inputs: impl Fn(&Self, u32) -> Vec<u32>,
+        outputs: impl Fn(&Self, u32) -> Vec<u32>,
+        mut max_dependents: Option<&mut Vec<u32>>,
+    ) -> Vec<Option<Reach>> {
+        let n = self.n;
+        let mut reach: Vec<Option<Reach>> = vec![None; n];
+        let mut waiting = vec![0u32; n];
+        let mut stack = Vec::new();
+        for &k in alive {
+            let ins = inputs(self, k).len() as u32;
+            waiting[k as usize] = ins;
+            if ins == 0 {
+                reach[k as usize] = Some(Rc::new(vec![k]));
+                if let Some(md) = max_dependents.as_deref_mut() {
+                    md[k as usize] = self.dependents[k as usize].len() as u32;
+                }
+                stack.push(k);
+            }
+        }
+        let mut dedup: HashMap<Vec<u32>, Reach> = HashMap::new();
+        while let Some(k) = stack.pop() {
+            if reach[k as usize].is_none() {
+                let ins = inputs(self, k);
+                let mut distinct: Vec<Reach> = Vec::new();
+                let mut md = 0;
+                for &c in &ins {
+                    let r = reach[c as usize].as_ref().expect("input done");
+                    if let Some(m) = max_dependents.as_deref() {
+                        md = md.max(m[c as usize]);
+                    }
+                    if !distinct.iter().any(|d| Rc::ptr_eq(d, r)) {
+                        distinct.push(r.clone());
+                    }
+                }
+                if let Some(m) = max_dependents.as_deref_mut() {
+                    m[k as usize] = md;
+                }
+                let r = if distinct.len() == 1 {
+                    distinct.pop().expect("one")
+                } else {
+                    distinct.sort_by_key(|d| std::cmp::Reverse(d.len()));
+                    let mut union: Vec<u32> = distinct[0].to_vec();
+                    let mut grew = false;
+                    for d in &distinct[1..] {
+                        let merged = merge_sorted(&union, d);
+                        grew |= merged.len() != union.len();
+                        union = merged;
+                    }
+                    if !grew {
+                        distinct[0].clone()
+                    } else if let Some(r) = dedup.get(&union) {
+                        r.clone()
+                    } else {
+                        let r = Rc::new(union.clone());
+                        dedup.insert(union, r.clone());
+                        r
+                    }
+                };
+                reach[k as usize] = Some(r);
+            }
+            for p in outputs(self, k) {
+                waiting[p as usize] -= 1;
+                if waiting[p as usize] == 0 {
+                    stack.push(p);
+                }
+            }
+        }
+        reach
+    }
+
+    fn use_longest_path(&self, leaf_nodes: &PySet<u32>, root_nodes: &PySet<u32>) -> bool {
+        let (nr, nl) = (root_nodes.len() as f64, leaf_nodes.len() as f64);
+        if (nr - nl).abs() / nr < 0.8 {
+            let mut size = 0;
+            for r in root_nodes.iter() {
+                let l = self.leafs_connected[r as usize]
+                    .as_ref()
+                    .map_or(0, |s| s.len());
+                if size == 0 {
+                    size = l;
+                } else if size != l {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    fn get_target(&mut self) -> Result<u32, OrderError> {
+        let all_leafs_accessible = self.min_leaf_degree == self.max_leaf_degree;
+        let is_trivial_lookup = self.reachable_hull.is_empty() || all_leafs_accessible;
+        if !is_trivial_lookup {
+            let empty = HashSet::new();
+            let bucket = self
+                .leafs_per_degree
+                .get(&self.min_leaf_degree)
+                .unwrap_or(&empty);
+            let (small, large) = if bucket.len() <= self.reachable_hull.len() {
+                (bucket, &self.reachable_hull)
+            } else {
+                (&self.reachable_hull, bucket)
+            };
+            let mut candidates: Vec<u32> = small
+                .iter()
+                .copied()
+                .filter(|k| large.contains(k))
+                .collect();
+            if candidates.is_empty() {
+                candidates = bucket.iter().copied().collect();
+            }
+            return self
+                .min_by_key(candidates.into_iter())
+                .ok_or(OrderError::Inconsistent("min() of no candidates"));
+        }
+        self.leaf_nodes_sorted
+            .pop()
+            .ok_or(OrderError::Inconsistent("pop from an empty leaf list"))
+    }
+
+    fn add_to_result(&mut self, item: u32) {
+        let mut next_items = vec![item];
+        while let Some(item) = next_items.pop() {
+            let k = item as usize;
+            self.runnable_hull[k] = false;
+            self.reachable_hull.remove(&item);
+            self.leaf_nodes[k] = false;
+            if self.in_result[k] {
+                continue;
+            }
+            while let Some(data) = self.requires_data_task.get_mut(&item).and_then(|s| s.pop()) {
+                self.add_to_result(data);
+            }
+            let cp2 = 2 * self.crit_path_counter - i64::from(self.offset_half);
+            self.assign(item, self.i, cp2);
+            if !self.is_external[k] {
+                self.i += 1;
+            }
+            if self.root_nodes[k] {
+                if let Some(leaves) = self.leafs_connected[k].clone() {
+                    for &leaf in leaves.iter() {
+                        if self.leaf_nodes[leaf as usize] {
+                            self.lower_leaf_degree(leaf);
+                        }
+                    }
+                }
+            }
+            let single = self.dependents[k].len() == 1;
+            for dep in self.dependents[k].iter() {
+                let d = dep as usize;
+                self.num_needed[d] -= 1;
+                self.reachable_hull.insert(dep);
+                if self.num_needed[d] == 0 {
+                    if single {
+                        next_items.push(dep);
+                    } else {
+                        self.runnable.push(dep);
+                    }
+                }
+            }
+        }
+    }
+
+    fn lower_leaf_degree(&mut self, leaf: u32) {
+        let Some(degree) = self.leafs_degree.remove(&leaf) else {
+            self.error = Some(OrderError::Inconsistent("leaf without a degree"));
+            return;
+        };
+        if let Some(b) = self.leafs_per_degree.get_mut(&degree) {
+            b.remove(&leaf);
+        }
+        let new_degree = degree - 1;
+        if new_degree > 0 {
+            if new_degree < self.min_leaf_degree {
+                self.min_leaf_degree = new_degree;
+            }
+            self.leafs_per_degree
+                .entry(new_degree)
+                .or_default()
+                .insert(leaf);
+            self.leafs_degree.insert(leaf, new_degree);
+        } else if self
+            .leafs_per_degree
+            .get(&degree)
+            .is_none_or(|b| b.is_empty())
+        {
+            if degree != self.min_leaf_degree {
+                self.error = Some(OrderError::Inconsistent("leaf degree"));
+                return;
+            }
+            while self.min_leaf_degree != self.max_leaf_degree
+                && self
+                    .leafs_per_degree
+                    .get(&self.min_leaf_degree)
+                    .is_none_or(|b| b.is_empty())
+            {
+                self.min_leaf_degree += 1;
+            }
+        }
+    }
+
+    /// dask's `process_runnables`: walk forward from every runnable task to the next
+    /// reducer, and run the paths that lead to a leaf or complete a reducer.
+    fn process_runnables(&mut self) {
+        self.offset_half = true;
+        while !self.runnable.is_empty() {
+            let mut candidates = std::mem::take(&mut self.runnable);
+            while let Some(key) = candidates.pop() {
+                if self.runnable_hull[key as usize] || self.in_result[key as usize] {
+                    continue;
+                }
+                if self.leaf_nodes[key as usize] {
+                    self.add_to_result(key);
+                    continue;
+                }
+                let mut branches: VecDeque<(usize, Vec<u32>)> = VecDeque::new();
+                branches.push_back((0, vec![key]));
+                while let Some((mut nsplits, mut path)) = branches.pop_front() {
+                    loop {
+                        let current = *path.last().expect("non-empty path");
+                        let c = current as usize;
+                        self.runnable_hull[c] = true;
+                        let n_down = self.dependents[c].len();
+                        let n_up = self.deps_of(current).items.len();
+                        if n_down == 0 {
+                            if self.num_needed[c] <= 1 {
+                                for &k in &path {
+                                    self.add_to_result(k);
+                                }
+                            } else {
+                                self.runnable_hull[c] = false;
+                            }
+                        } else if path.len() == 1 || n_up == 1 {
+                            if n_down > 1 {
+                                nsplits += 1;
+                                let mut down: Vec<u32> = self.dependents[c].iter().collect();
+                                self.sort_by_key(&mut down);
+                                for d in down {
+                                    if self.deps_of(d).items.len() == 1 {
+                                        let mut branch = path.clone();
+                                        branch.push(d);
+                                        branches.push_back((nsplits, branch));
+                                    }
+                                }
+                                break;
+                            }
+                            path.extend(self.dependents[c].iter());
+                            continue;
+                        } else if self.known_runnable_paths.contains_key(&current) {
+                            self.runnable_hull[c] = false;
+                            let paths = self
+                                .known_runnable_paths
+                                .get_mut(&current)
+                                .expect("checked");
+                            paths.push(path);
+                            if paths.len() >= self.num_needed[c] as usize {
+                                let paths =
+                                    self.known_runnable_paths.remove(&current).expect("checked");
+                                let mut pruned: VecDeque<Vec<u32>> = VecDeque::new();
+                                for p in paths {
+                                    if p.len() < 2 {
+                                        self.error = Some(OrderError::Inconsistent("short path"));
+                                        break;
+                                    }
+                                    if !self.in_result[p[p.len() - 2] as usize] {
+                                        pruned.push_back(p);
+                                    }
+                                }
+                                if pruned.len() < self.num_needed[c] as usize {
+                                    self.known_runnable_paths
+                                        .insert(current, pruned.into_iter().collect());
+                                } else {
+                                    if nsplits > 1 {
+                                        let mut joined = Vec::new();
+                                        for p in pruned {
+                                            joined.extend(p);
+                                        }
+                                        branches.push_back((nsplits - 1, joined));
+                                        break;
+                                    }
+                                    while let Some(p) = pruned.pop_front() {
+                                        let mut blocked = false;
+                                        for &k in &p {
+                                            if self.num_needed[k as usize] != 0 {
+                                                blocked = true;
+                                                break;
+                                            }
+                                            self.add_to_result(k);
+                                        }
+                                        if blocked {
+                                            pruned.push_back(p);
+                                        }
+                                        if self.error.is_some() {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                        } else if n_up > 1 && self.num_needed[c] <= 1 {
+                            for &k in &path {
+                                self.add_to_result(k);
+                            }
+                        } else {
+                            self.known_runnable_paths.insert(current, vec![path]);
+                            self.runnable_hull[c] = false;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        self.offset_half = false;
+    }
+}
+
+fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            Ordering::Equal => {
+                out.push(a[i]);
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
