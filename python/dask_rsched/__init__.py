@@ -23,6 +23,7 @@ from dask_rsched._core import (
     WorkerState,
     __version__,
 )
+from dask_rsched._order import order
 
 __all__ = [
     "SUPPORTED_DISTRIBUTED",
@@ -37,6 +38,7 @@ __all__ = [
     "dask_setup",
     "install",
     "is_installed",
+    "order",
     "scheduler_engine",
     "supported",
     "uninstall",

@@ -26,7 +26,7 @@ from distributed.shuffle._core import _BARRIER_PREFIX as _SHUFFLE_BARRIER_PREFIX
 from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _ShuffleSchedulerPlugin
 from distributed.utils import log_errors
 
-from dask_rsched import _monitoring, _views
+from dask_rsched import _monitoring, _order, _views
 from dask_rsched._core import ClientState, Engine, __version__
 
 # the messages distributed's scheduler logs go to its logger, as on pure Python
@@ -434,6 +434,14 @@ class EngineSchedulerMixin:
 
     # --------------------------------------------------------------- graphs
 
+    async def update_graph(self, *args: Any, **kwargs: Any) -> None:
+        # the graph's `dask.order.order` runs in Rust (same priorities)
+        token = _order.ENGINE_ORDER.set(True)
+        try:
+            await super().update_graph(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            _order.ENGINE_ORDER.reset(token)
+
     def _create_taskstate_from_graph(
         self,
         *,
@@ -764,6 +772,7 @@ def activate(scheduler: Any) -> bool:
     scheduler._rsched_configure_hook()
     plugins.on_change = scheduler._rsched_configure_hook
     _monitoring.install(scheduler)
+    _order.install_scheduler_order()
     # on distributed's scheduler logger, which `dask scheduler` shows at INFO
     logger.info("Scheduler engine: %s", ENGINE_NAME)
     return True

@@ -1,0 +1,106 @@
+"""`order`: dask's static task priorities (`dask.order.order`) computed in Rust, the
+same priority for every key.
+
+dask's result depends on the order this interpreter iterates its sets; the engine lays
+sets out as CPython does, which is checked against real sets once per process. Graphs
+the Rust order does not reproduce (values that are not dask `GraphNode`s, cycles, two
+keys with the same ``str``) go to dask's own function.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from dask_rsched import _core
+
+#: True inside an engine-backed scheduler's `update_graph`: the `dask.order.order` it
+#: calls is this module's (distributed offloads it to a thread with this context).
+ENGINE_ORDER: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "dask_rsched_engine_order", default=False
+)
+
+_layout_matches: bool | None = None
+
+
+def set_layout_matches() -> bool:
+    """Whether the engine's set layout gives this interpreter's set iteration order
+    (checked once, on sets of ints after adds, discards and pops)."""
+    global _layout_matches
+    if _layout_matches is None:
+        rng = random.Random(20261204)
+        ok = True
+        for length in (3, 9, 30, 100, 400, 3000):
+            ops = []
+            for _ in range(length):
+                r = rng.random()
+                op = 0 if r < 0.65 else 1 if r < 0.9 else 2
+                ops.append((op, rng.randrange(-64, 4 * length) * rng.choice((1, 8, 32, 1 << 20))))
+            s: set[int] = set()
+            popped = []
+            for op, v in ops:
+                if op == 0:
+                    s.add(v)
+                elif op == 1:
+                    s.discard(v)
+                elif s:
+                    popped.append(s.pop())
+            ok = ok and _core.pyset_order(ops) == [tuple(s), tuple(popped)]
+        _layout_matches = ok
+    return _layout_matches
+
+
+def order(
+    dsk: Mapping[Any, Any],
+    dependencies: Mapping[Any, Any] | None = None,
+    *,
+    return_stats: bool = False,
+) -> dict[Any, Any]:
+    """`dask.order.order` in Rust: ``{key: priority}``, or ``{key: Order(priority,
+    critical_path)}`` with ``return_stats=True``, as dask gives them.
+
+    ``dependencies`` is accepted and ignored, as dask ignores it (it reads each task's
+    own). The GIL is released while the order is computed.
+    """
+    if not dsk:
+        return {}
+    graph = dsk if type(dsk) is dict else dict(dsk)
+    if set_layout_matches():
+        result = _core.order_graph(graph, return_stats)
+        if result is not None:
+            return result
+    return _dask_order(graph, return_stats=return_stats)
+
+
+def _dask_order(dsk: Any, dependencies: Any = None, **kwargs: Any) -> Any:
+    import dask.order
+
+    original = getattr(dask.order.order, "__wrapped__", dask.order.order)
+    return original(dsk, dependencies, **kwargs)
+
+
+def _scheduler_order(
+    dsk: Mapping[Any, Any],
+    dependencies: Mapping[Any, Any] | None = None,
+    *,
+    return_stats: bool = False,
+) -> dict[Any, Any]:
+    if ENGINE_ORDER.get():
+        return order(dsk, return_stats=return_stats)
+    return _dask_order(dsk, dependencies, return_stats=return_stats)
+
+
+def install_scheduler_order() -> None:
+    """`dask.order.order` becomes a dispatcher: the Rust order inside an engine-backed
+    scheduler's `update_graph`, dask's own everywhere else."""
+    import dask.order
+
+    if getattr(dask.order.order, "_dask_rsched", False):
+        return
+    original = dask.order.order
+    _scheduler_order.__wrapped__ = original  # type: ignore[attr-defined]
+    _scheduler_order._dask_rsched = True  # type: ignore[attr-defined]
+    _scheduler_order.__doc__ = original.__doc__
+    dask.order.order = _scheduler_order  # type: ignore[assignment]

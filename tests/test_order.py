@@ -1,0 +1,186 @@
+"""`dask_rsched.order` against `dask.order.order`: the same priority (and stats) for
+every key, on random DAGs of many shapes and on real dask collections' graphs."""
+
+from __future__ import annotations
+
+import random
+
+import dask
+import dask.order
+import pytest
+from dask._task_spec import Alias, DataNode, Task, TaskRef, convert_legacy_graph
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import dask_rsched
+from dask_rsched import _core, _order
+
+dask_order = getattr(dask.order.order, "__wrapped__", dask.order.order)
+
+
+def _f(*args):
+    return None
+
+
+def assert_same(dsk, *, must_be_rust=True):
+    assert _order.set_layout_matches()
+    for stats in (False, True):
+        expected = dask_order(dict(dsk), return_stats=stats)
+        rust = _core.order_graph(dict(dsk), stats)
+        if must_be_rust:
+            assert rust is not None, "the graph went to dask's order"
+        if rust is None:
+            continue
+        assert rust == expected
+        assert list(rust) == list(expected)  # the same insertion order, too
+        if stats:
+            for k, v in expected.items():
+                assert type(rust[k].critical_path) is type(v.critical_path)
+        assert dask_rsched.order(dsk, return_stats=stats) == expected
+
+
+def random_dag(rng: random.Random, n: int, shape: str) -> dict:
+    keys: list = []
+    for i in range(n):
+        style = rng.random()
+        if style < 0.45:
+            keys.append(f"{rng.choice('abcxyz')}-{rng.randrange(10**6):x}-{i}")
+        elif style < 0.9:
+            keys.append((rng.choice(["x-1f3a", "sum-aggregate-9", "getitem-77"]), i, rng.randrange(4)))
+        else:
+            keys.append(i * 7919)
+    dsk: dict = {}
+    external = [f"missing-{j}" for j in range(rng.randrange(3))]
+    for i, key in enumerate(keys):
+        if shape == "tree":
+            candidates = keys[max(0, i - 8) : i]
+            k = min(len(candidates), rng.choice((0, 2, 2, 3, 4)))
+        elif shape == "wide":
+            candidates = keys[:i]
+            k = min(len(candidates), rng.choice((0, 0, 1, 1, 5, 12)))
+        elif shape == "chain":
+            candidates = keys[max(0, i - 2) : i]
+            k = min(len(candidates), rng.choice((0, 1, 1, 1, 2)))
+        else:
+            candidates = keys[:i]
+            k = min(len(candidates), rng.randrange(0, 7))
+        deps = rng.sample(candidates, k) if k else []
+        if external and rng.random() < 0.1:
+            deps.append(rng.choice(external))
+        if not deps and rng.random() < 0.3:
+            dsk[key] = DataNode(key, i)
+        elif len(deps) == 1 and rng.random() < 0.1:
+            dsk[key] = Alias(key, deps[0])
+        else:
+            dsk[key] = Task(key, _f, *(TaskRef(d) for d in deps))
+    if rng.random() < 0.5:
+        items = list(dsk.items())
+        rng.shuffle(items)
+        dsk = dict(items)
+    return dsk
+
+
+@settings(
+    max_examples=int(__import__("os").environ.get("ORDER_EXAMPLES", "300")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2**32),
+    n=st.integers(1, 120),
+    shape=st.sampled_from(["tree", "wide", "chain", "random"]),
+)
+def test_random_dags(seed, n, shape):
+    assert_same(random_dag(random.Random(seed), n, shape))
+
+
+def _collections():
+    import dask.array as da
+    import dask.bag as db
+    import numpy as np
+
+    x = da.ones((300, 300), chunks=(20, 20))
+    yield "array-reduction", (x + x.T).sum(axis=0).mean()
+    y = da.ones((120, 120), chunks=10)
+    yield "matmul", (y @ y.T).sum()
+    yield "rechunk", (da.ones((600, 600), chunks=(50, 50)).rechunk((100, 20)) * 2).std()
+    yield "cumsum", da.ones((400, 400), chunks=(40, 40)).cumsum(axis=0).sum()
+    yield "bag-fold", db.from_sequence(range(500), npartitions=50).map(str).fold(lambda a, b: a + b, split_every=3)
+    yield "store", da.store([x], [np.empty(x.shape)], compute=False, lock=False)
+    try:
+        import dask.dataframe as dd
+        import pandas as pd
+    except ImportError:  # pragma: no cover - pandas is in the test extra
+        return
+    df = dd.from_pandas(pd.DataFrame({"a": range(2000), "b": range(2000)}), npartitions=40)
+    yield "shuffle", df.shuffle("a", npartitions=15).b.sum()
+    yield "groupby", df.groupby("a").b.mean()
+    yield "merge", df.merge(df, on="a").b_x.sum()
+
+
+@pytest.mark.parametrize("name", [name for name, _ in _collections()])
+def test_collections(name):
+    (coll,) = [c for n, c in _collections() if n == name]
+    if isinstance(coll, list):  # da.store(compute=False) gives a Delayed or a list
+        coll = coll[0]
+    dsk = convert_legacy_graph(dict(coll.__dask_graph__()))
+    assert_same(dsk)
+
+
+def test_empty_and_single():
+    assert dask_rsched.order({}) == {}
+    assert_same({"a": Task("a", _f)})
+    assert_same({"a": DataNode("a", 1)})
+
+
+def test_external_keys_are_left_out():
+    dsk = {"b": Task("b", _f, TaskRef("a")), "c": Task("c", _f, TaskRef("a"), TaskRef("z"))}
+    assert_same(dsk)
+    assert set(dask_rsched.order(dsk)) == {"b", "c"}
+
+
+def test_data_roots_with_several_dependents():
+    dsk = {"d": DataNode("d", 1)}
+    for i in range(6):
+        dsk[f"t{i}"] = Task(f"t{i}", _f, TaskRef("d"), *(TaskRef(f"t{j}") for j in range(i)))
+    assert_same(dsk)
+
+
+def test_cycle_raises_what_dask_raises():
+    dsk = {"a": Task("a", _f, TaskRef("b")), "b": Task("b", _f, TaskRef("a")), "c": Task("c", _f)}
+    assert _core.order_graph(dsk) is None
+    with pytest.raises(RuntimeError, match="Cycle detected"):
+        dask_rsched.order(dsk)
+
+
+def test_legacy_graph_goes_to_dask():
+    dsk = {"a": 1, "b": (_f, "a"), "c": (_f, "b", "a")}
+    assert _core.order_graph(dsk) is None
+    assert dask_rsched.order(dsk) == dask_order(dsk)
+
+
+def test_same_str_keys_go_to_dask():
+    # 1 and "1" have the same str: dask breaks their tie by set order
+    dsk = {1: Task(1, _f), "1": Task("1", _f), "z": Task("z", _f, TaskRef(1), TaskRef("1"))}
+    assert dask_rsched.order(dsk) == dask_order(dsk)
+
+
+def test_not_a_mapping_raises_like_dask():
+    with pytest.raises((TypeError, ValueError)):
+        dask_order([1, 2])  # the sanity check on what dask raises
+    with pytest.raises((TypeError, ValueError)):
+        dask_rsched.order([1, 2])
+
+
+def test_scheduler_order_dispatch():
+    """Inside an engine scheduler's update_graph `dask.order.order` is the Rust one;
+    everywhere else it is dask's."""
+    _order.install_scheduler_order()
+    dsk = {"a": Task("a", _f), "b": Task("b", _f, TaskRef("a"))}
+    assert dask.order.order.__wrapped__ is dask_order
+    token = _order.ENGINE_ORDER.set(True)
+    try:
+        assert dask.order.order(dsk) == {"a": 0, "b": 1}
+    finally:
+        _order.ENGINE_ORDER.reset(token)
+    assert dask.order.order(dsk) == {"a": 0, "b": 1}
