@@ -184,3 +184,30 @@ def test_scheduler_order_dispatch():
     finally:
         _order.ENGINE_ORDER.reset(token)
     assert dask.order.order(dsk) == {"a": 0, "b": 1}
+
+
+def test_dask_own_test_order(tmp_path):
+    """dask's `dask/tests/test_order.py` (shipped in its wheel) passes against the Rust
+    order, and every graph it orders gets dask's priorities from it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    suite = os.path.join(os.path.dirname(dask.__file__), "tests", "test_order.py")
+    stats_path = tmp_path / "stats.json"
+    env = dict(os.environ, DASK_ORDER_STATS=str(stats_path))
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(__file__), *filter(None, [env.get("PYTHONPATH")])]
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "dask_order_plugin", "-p", "no:cacheprovider",
+         "-W", "ignore", "--rootdir", str(tmp_path), suite],
+        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    tail = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, tail
+    stats = json.loads(stats_path.read_text())
+    print(stats)
+    assert stats["mismatch"] == 0
+    assert stats["rust"] >= 100, stats
