@@ -160,10 +160,16 @@ pub fn order_graph<'py>(
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     let py = dsk.py();
     let types = dask_types(py)?;
+    let t0 = std::time::Instant::now();
     let Some((graph, keys)) = read_graph(dsk, types)? else {
         return Ok(None);
     };
+    let t1 = std::time::Instant::now();
     let outcome = py.detach(|| order(&graph, return_stats));
+    let t2 = std::time::Instant::now();
+    if std::env::var_os("RSCHED_ORDER_TIMING").is_some() {
+        eprintln!("read {:?} order {:?}", t1 - t0, t2 - t1);
+    }
     let assigned = match outcome {
         Ok(a) => a,
         Err(

@@ -12,8 +12,9 @@
 //! Everything else (the hulls, the degree buckets, the cached paths) is only tested for
 //! membership, or is sorted by `sort_key` before use, so its order cannot matter.
 
-use crate::core::pyset::PySet;
+use crate::core::pyset::{insertion_order, PySet};
 use hashbrown::{HashMap, HashSet};
+use smallvec::SmallVec;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -182,11 +183,26 @@ fn difference(
         }
         return OwnedSet { items, mask, fill };
     }
+    let survivors: SmallVec<[(u32, i64); 8]> = s
+        .items
+        .iter()
+        .filter(|&&k| !is_member(k))
+        .map(|&k| (k, hashes[k as usize]))
+        .collect();
+    if survivors.len() <= 4 {
+        // a fresh set of up to four never leaves the 8-slot smalltable
+        let mut items = Vec::with_capacity(survivors.len());
+        insertion_order(&survivors, &mut items);
+        let fill = items.len();
+        return OwnedSet {
+            items,
+            mask: 7,
+            fill,
+        };
+    }
     let mut r = PySet::new();
-    for &k in s.items {
-        if !is_member(k) {
-            r.insert(k, hashes[k as usize]);
-        }
+    for &(k, h) in &survivors {
+        r.insert(k, h);
     }
     OwnedSet::from_pyset(&r)
 }
@@ -199,7 +215,36 @@ fn clean_order(items: impl Iterator<Item = u32>, mask: usize, hashes: &[i64]) ->
 }
 
 /// Roots (or, reversed, leaves) reachable from a key: sorted ids, shared between keys.
-type Reach = Rc<Vec<u32>>;
+#[derive(Clone)]
+enum Reach {
+    Empty,
+    One(u32),
+    Many(Rc<[u32]>),
+}
+
+impl Reach {
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Reach::Empty => &[],
+            Reach::One(k) => std::slice::from_ref(k),
+            Reach::Many(v) => v,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    /// The same shared set (dask compares the frozensets' ids).
+    fn same(&self, other: &Reach) -> bool {
+        match (self, other) {
+            (Reach::Many(a), Reach::Many(b)) => Rc::ptr_eq(a, b),
+            (Reach::One(a), Reach::One(b)) => a == b,
+            (Reach::Empty, Reach::Empty) => true,
+            _ => false,
+        }
+    }
+}
 
 struct Orderer<'g> {
     g: &'g OrderGraph,
@@ -208,7 +253,9 @@ struct Orderer<'g> {
     /// `dependencies[k]` once the alias leaves and data roots are gone, when it differs
     /// from the frozenset (`deps - removed` builds a new set).
     deps_now: Vec<Option<OwnedSet>>,
-    dependents: Vec<PySet<u32>>,
+    /// `dependents[k]` in its set's iteration order (CSR); deleted keys have none.
+    dependents_off: Vec<u32>,
+    dependents_ids: Vec<u32>,
     dependents_deleted: Vec<bool>,
     in_dsk: Vec<bool>,
     is_external: Vec<bool>,
@@ -229,7 +276,10 @@ struct Orderer<'g> {
     root_nodes: Vec<bool>,
     requires_data_task: HashMap<u32, PySet<u32>>,
     runnable_hull: Vec<bool>,
-    reachable_hull: HashSet<u32>,
+    /// `reachable_hull`: flags, a count, and the keys ever added (for iteration).
+    in_reachable_hull: Vec<bool>,
+    reachable_len: usize,
+    reachable_added: Vec<u32>,
     runnable: Vec<u32>,
     known_runnable_paths: HashMap<u32, Vec<Vec<u32>>>,
 
@@ -270,7 +320,8 @@ impl<'g> Orderer<'g> {
             stats,
             n,
             deps_now: Vec::new(),
-            dependents: Vec::new(),
+            dependents_off: Vec::new(),
+            dependents_ids: Vec::new(),
             dependents_deleted: vec![false; n],
             in_dsk: vec![true; n],
             is_external: (0..n).map(|k| k >= g.n_real).collect(),
@@ -288,7 +339,9 @@ impl<'g> Orderer<'g> {
             root_nodes: Vec::new(),
             requires_data_task: HashMap::new(),
             runnable_hull: vec![false; n],
-            reachable_hull: HashSet::new(),
+            in_reachable_hull: vec![false; n],
+            reachable_len: 0,
+            reachable_added: Vec::new(),
             runnable: Vec::new(),
             known_runnable_paths: HashMap::new(),
             leafs_degree: HashMap::new(),
@@ -305,6 +358,38 @@ impl<'g> Orderer<'g> {
     #[inline]
     fn h(&self, k: u32) -> i64 {
         self.g.hashes[k as usize]
+    }
+
+    /// `dependents[k]` in its set's iteration order.
+    #[inline]
+    fn dependents_of(&self, k: u32) -> &[u32] {
+        let k = k as usize;
+        if self.dependents_deleted[k] {
+            return &[];
+        }
+        &self.dependents_ids[self.dependents_off[k] as usize..self.dependents_off[k + 1] as usize]
+    }
+
+    fn hull_add(&mut self, k: u32) {
+        if !std::mem::replace(&mut self.in_reachable_hull[k as usize], true) {
+            self.reachable_len += 1;
+            self.reachable_added.push(k);
+        }
+    }
+
+    fn hull_discard(&mut self, k: u32) {
+        if std::mem::replace(&mut self.in_reachable_hull[k as usize], false) {
+            self.reachable_len -= 1;
+            if self.reachable_added.len() > 64
+                && self.reachable_added.len() > 4 * self.reachable_len
+            {
+                let flags = &self.in_reachable_hull;
+                self.reachable_added.retain(|&x| flags[x as usize]);
+                // a key added twice since the last compaction is listed twice
+                self.reachable_added.sort_unstable();
+                self.reachable_added.dedup();
+            }
+        }
     }
 
     /// `dependencies[k]` as dask's `DependenciesMapping` gives it now.
@@ -396,54 +481,55 @@ impl<'g> Orderer<'g> {
         self.deps_now = vec![None; n];
 
         // dependents = reverse_dict(dependencies), and the order its dict meets keys
-        let mut dependents: Vec<PySet<u32>> = (0..n).map(|_| PySet::new()).collect();
-        let mut seen = vec![false; n];
-        let mut dependents_order = Vec::with_capacity(n);
-        for k in 0..g.n_real as u32 {
-            if !std::mem::replace(&mut seen[k as usize], true) {
-                dependents_order.push(k);
-            }
-            for &v in g.deps(k) {
-                if !std::mem::replace(&mut seen[v as usize], true) {
-                    dependents_order.push(v);
+        self.build_dependents();
+
+        // Only data roots (and external keys) with several dependents make dask's first
+        // loop change the graph; the sets it iterates are built when one exists.
+        let removal =
+            (0..n as u32).any(|k| !g.is_task[k as usize] && self.dependents_of(k).len() > 1);
+        let (leaf_list, root_count, root_set): (Vec<u32>, usize, Option<PySet<u32>>) = if removal {
+            let mut leaf_nodes = PySet::new();
+            for &k in &self.dependents_dict_order() {
+                if self.dependents_of(k).is_empty() {
+                    leaf_nodes.insert(k, self.h(k));
                 }
-                dependents[v as usize].insert(k, self.h(k));
             }
-        }
-        drop(seen);
-        self.dependents = dependents;
-
-        let mut leaf_nodes = PySet::new();
-        for &k in &dependents_order {
-            if self.dependents[k as usize].is_empty() {
-                leaf_nodes.insert(k, self.h(k));
+            let mut root_nodes = PySet::new();
+            for k in 0..n as u32 {
+                if g.deps(k).is_empty() {
+                    root_nodes.insert(k, self.h(k));
+                }
             }
-        }
-        let mut root_nodes = PySet::new();
-        for k in 0..n as u32 {
-            if g.deps(k).is_empty() {
-                root_nodes.insert(k, self.h(k));
+            self.remove_aliases_and_data_roots(&mut leaf_nodes, &mut root_nodes)?;
+            self.root_nodes = vec![false; n];
+            for k in root_nodes.iter() {
+                self.root_nodes[k as usize] = true;
             }
-        }
-
-        self.remove_aliases_and_data_roots(&mut leaf_nodes, &mut root_nodes);
+            (
+                leaf_nodes.iter().collect(),
+                root_nodes.len(),
+                Some(root_nodes),
+            )
+        } else {
+            self.root_nodes = (0..n as u32).map(|k| g.deps(k).is_empty()).collect();
+            let leaves = (0..n as u32)
+                .filter(|&k| self.dependents_of(k).is_empty())
+                .collect();
+            (leaves, self.root_nodes.iter().filter(|&&r| r).count(), None)
+        };
 
         self.ndependencies()?;
         self.connecting_to_roots();
 
         self.leaf_nodes = vec![false; n];
-        for k in leaf_nodes.iter() {
+        for &k in &leaf_list {
             self.leaf_nodes[k as usize] = true;
-        }
-        self.root_nodes = vec![false; n];
-        for k in root_nodes.iter() {
-            self.root_nodes[k as usize] = true;
         }
 
         let dsk_len = self.in_dsk.iter().filter(|&&b| b).count();
         self.min_leaf_degree = dsk_len;
         self.max_leaf_degree = dsk_len;
-        for leaf in leaf_nodes.iter() {
+        for &leaf in &leaf_list {
             if self.root_nodes[leaf as usize] {
                 continue;
             }
@@ -457,8 +543,8 @@ impl<'g> Orderer<'g> {
                 .insert(leaf);
         }
 
-        let longest_path = self.use_longest_path(&leaf_nodes, &root_nodes);
-        let mut sorted: Vec<u32> = leaf_nodes.iter().collect();
+        let longest_path = self.use_longest_path(leaf_list.len(), root_count, root_set);
+        let mut sorted: Vec<u32> = leaf_list;
         self.sort_by_key(&mut sorted);
         if !longest_path {
             // sorted(reverse=True) keeps equal keys in their order; keys never tie here
@@ -537,6 +623,60 @@ impl<'g> Orderer<'g> {
         Ok(())
     }
 
+    /// `reverse_dict(dependencies)`: each key's dependents, inserted in `dsk` order,
+    /// laid out in the order its set iterates them.
+    fn build_dependents(&mut self) {
+        let g = self.g;
+        let n = self.n;
+        let mut off = vec![0u32; n + 1];
+        for &v in &g.dep_ids {
+            off[v as usize + 1] += 1;
+        }
+        for i in 0..n {
+            off[i + 1] += off[i];
+        }
+        let mut ids = vec![0u32; g.dep_ids.len()];
+        let mut next: Vec<u32> = off[..n].to_vec();
+        for k in 0..g.n_real as u32 {
+            for &v in g.deps(k) {
+                ids[next[v as usize] as usize] = k;
+                next[v as usize] += 1;
+            }
+        }
+        let mut hashed: Vec<(u32, i64)> = Vec::new();
+        let mut ordered: Vec<u32> = Vec::new();
+        for v in 0..n {
+            let slice = &mut ids[off[v] as usize..off[v + 1] as usize];
+            if slice.len() > 1 {
+                hashed.clear();
+                hashed.extend(slice.iter().map(|&k| (k, g.hashes[k as usize])));
+                ordered.clear();
+                insertion_order(&hashed, &mut ordered);
+                slice.copy_from_slice(&ordered);
+            }
+        }
+        self.dependents_off = off;
+        self.dependents_ids = ids;
+    }
+
+    /// The order `reverse_dict`'s dict first meets keys: each key of `dsk`, then the
+    /// dependencies it names.
+    fn dependents_dict_order(&self) -> Vec<u32> {
+        let mut seen = vec![false; self.n];
+        let mut order = Vec::with_capacity(self.n);
+        for k in 0..self.g.n_real as u32 {
+            if !std::mem::replace(&mut seen[k as usize], true) {
+                order.push(k);
+            }
+            for &v in self.g.deps(k) {
+                if !std::mem::replace(&mut seen[v as usize], true) {
+                    order.push(v);
+                }
+            }
+        }
+        order
+    }
+
     /// dask's first loop: alias leaves (non-tasks with several dependencies) get the
     /// last priorities and leave the graph; data roots with several dependents leave it
     /// too and are run just before the first task that needs them.
@@ -544,66 +684,43 @@ impl<'g> Orderer<'g> {
         &mut self,
         leaf_nodes: &mut PySet<u32>,
         root_nodes: &mut PySet<u32>,
-    ) {
+    ) -> Result<(), OrderError> {
         let g = self.g;
         let mut removed: PySet<u32> = PySet::new();
-        let mut dsk_len = self.n as i64;
-        let mut n_removed_leaves: i64 = 0;
-        let mut all_tasks = false;
-        while !all_tasks {
-            all_tasks = true;
-            let leaves: Vec<u32> = leaf_nodes.iter().collect();
-            for leaf in leaves {
-                if root_nodes.contains(leaf, self.h(leaf)) {
-                    continue;
-                }
-                if g.is_task[leaf as usize] {
-                    continue;
-                }
-                let deps = self.current_deps(leaf, &removed);
-                if deps.items.len() <= 1 {
-                    continue;
-                }
-                all_tasks = false;
-                let prio = dsk_len - 1 - n_removed_leaves;
-                self.assign(leaf, prio, -2);
-                n_removed_leaves += 1;
-                leaf_nodes.remove(leaf, self.h(leaf));
-                let leaf_hash = self.h(leaf);
-                for &dep in &deps.items {
-                    self.dependents[dep as usize].remove(leaf, leaf_hash);
-                    if self.dependents[dep as usize].is_empty() {
-                        leaf_nodes.insert(dep, self.h(dep));
-                    }
-                }
-                self.in_dsk[leaf as usize] = false;
-                dsk_len -= 1;
-                removed.insert(leaf, self.h(leaf));
-                self.dependents_deleted[leaf as usize] = true;
+        let leaves: Vec<u32> = leaf_nodes.iter().collect();
+        for leaf in leaves {
+            if root_nodes.contains(leaf, self.h(leaf)) || g.is_task[leaf as usize] {
+                continue;
             }
-            let roots: Vec<u32> = root_nodes.iter().collect();
-            for root in roots {
-                if leaf_nodes.contains(root, self.h(root)) {
-                    continue;
-                }
-                if g.is_task[root as usize] || self.dependents[root as usize].len() <= 1 {
-                    continue;
-                }
-                self.in_dsk[root as usize] = false;
-                dsk_len -= 1;
-                removed.insert(root, self.h(root));
-                root_nodes.remove(root, self.h(root));
-                self.dependents_deleted[root as usize] = true;
-                let deps_root: Vec<u32> = self.dependents[root as usize].iter().collect();
-                let root_hash = self.h(root);
-                for dep in deps_root {
-                    self.requires_data_task
-                        .entry(dep)
-                        .or_default()
-                        .insert(root, root_hash);
-                    if self.current_deps(dep, &removed).items.is_empty() {
-                        root_nodes.insert(dep, self.h(dep));
-                    }
+            if g.deps(leaf).len() > 1 {
+                // a non-task with dependencies is a legacy graph's alias list; a
+                // `GraphNode` graph has none (a `DataNode` depends on nothing)
+                return Err(OrderError::Inconsistent("alias leaf"));
+            }
+        }
+        // No leaf left the graph, so dask's loop runs once: the data roots with several
+        // dependents leave it.
+        let roots: Vec<u32> = root_nodes.iter().collect();
+        for root in roots {
+            if leaf_nodes.contains(root, self.h(root)) {
+                continue;
+            }
+            if g.is_task[root as usize] || self.dependents_of(root).len() <= 1 {
+                continue;
+            }
+            self.in_dsk[root as usize] = false;
+            removed.insert(root, self.h(root));
+            root_nodes.remove(root, self.h(root));
+            let deps_root: Vec<u32> = self.dependents_of(root).to_vec();
+            self.dependents_deleted[root as usize] = true;
+            let root_hash = self.h(root);
+            for dep in deps_root {
+                self.requires_data_task
+                    .entry(dep)
+                    .or_default()
+                    .insert(root, root_hash);
+                if self.current_deps(dep, &removed).items.is_empty() {
+                    root_nodes.insert(dep, self.h(dep));
                 }
             }
         }
@@ -614,11 +731,7 @@ impl<'g> Orderer<'g> {
                 }
             }
         }
-        for k in 0..self.n {
-            if self.dependents_deleted[k] {
-                self.dependents[k] = PySet::new();
-            }
-        }
+        Ok(())
     }
 
     /// `DependenciesMapping[k]`: the frozenset, or `frozenset - removed` once any key
@@ -672,7 +785,7 @@ impl<'g> Orderer<'g> {
                     .ok_or(OrderError::Overflow)?;
             }
             total[k as usize] = t;
-            for p in self.dependents[k as usize].iter() {
+            for &p in self.dependents_of(k) {
                 waiting[p as usize] -= 1;
                 if waiting[p as usize] == 0 {
                     stack.push(p);
@@ -692,39 +805,21 @@ impl<'g> Orderer<'g> {
     fn connecting_to_roots(&mut self) {
         let n = self.n;
         let alive: Vec<u32> = self.alive_keys().collect();
-        // upwards: roots
         let mut max_dependents = vec![0u32; n];
         let mut roots_len = vec![0u32; n];
-        {
-            let reach = self.propagate(
-                &alive,
-                |o, k| o.deps_of(k).items.to_vec(),
-                |o, k| o.dependents[k as usize].iter().collect(),
-                Some(&mut max_dependents),
-            );
-            for &k in &alive {
-                if let Some(r) = &reach[k as usize] {
-                    roots_len[k as usize] = r.len() as u32;
-                }
-                if self.deps_of(k).items.is_empty() {
-                    roots_len[k as usize] = 0;
-                }
+        let reach = self.propagate(&alive, true, Some(&mut max_dependents));
+        for &k in &alive {
+            // dask gives the roots themselves no roots
+            if !self.deps_of(k).items.is_empty() {
+                roots_len[k as usize] = reach[k as usize].as_ref().map_or(0, |r| r.len()) as u32;
             }
         }
-        // downwards: leaves, kept for roots only
-        let mut reach = self.propagate(
-            &alive,
-            |o, k| o.dependents[k as usize].iter().collect(),
-            |o, k| o.deps_of(k).items.to_vec(),
-            None,
-        );
+        drop(reach);
+        let mut reach = self.propagate(&alive, false, None);
         for &k in &alive {
-            let is_leaf = self.dependents[k as usize].is_empty();
-            let is_root = self.deps_of(k).items.is_empty();
-            if is_leaf {
-                // dask gives the leaves themselves no leaves
-                reach[k as usize] = Some(Rc::new(Vec::new()));
-            } else if !is_root {
+            if self.dependents_of(k).is_empty() {
+                reach[k as usize] = Some(Reach::Empty); // nor the leaves any leaves
+            } else if !self.deps_of(k).items.is_empty() {
                 reach[k as usize] = None; // only roots' leaves are read
             }
         }
@@ -733,72 +828,96 @@ impl<'g> Orderer<'g> {
         self.leafs_connected = reach;
     }
 
-    /// For every key, the set of sources (keys without `inputs`) it is reached from,
-    /// following `outputs`. Sources get themselves.
+    /// For every key, the sources (keys with no inputs) it is reached from: following
+    /// dependents from the roots (`up`), or dependencies from the leaves.
     fn propagate(
         &self,
         alive: &[u32],
-        inputs: impl Fn(&Self, u32) -> Vec<u32>,
-        outputs: impl Fn(&Self, u32) -> Vec<u32>,
+        up: bool,
         mut max_dependents: Option<&mut Vec<u32>>,
     ) -> Vec<Option<Reach>> {
         let n = self.n;
+        let inputs = |k: u32| -> &[u32] {
+            if up {
+                self.deps_of(k).items
+            } else {
+                self.dependents_of(k)
+            }
+        };
+        let outputs = |k: u32| -> &[u32] {
+            if up {
+                self.dependents_of(k)
+            } else {
+                self.deps_of(k).items
+            }
+        };
         let mut reach: Vec<Option<Reach>> = vec![None; n];
         let mut waiting = vec![0u32; n];
         let mut stack = Vec::new();
         for &k in alive {
-            let ins = inputs(self, k).len() as u32;
+            let ins = inputs(k).len() as u32;
             waiting[k as usize] = ins;
             if ins == 0 {
-                reach[k as usize] = Some(Rc::new(vec![k]));
+                reach[k as usize] = Some(Reach::One(k));
                 if let Some(md) = max_dependents.as_deref_mut() {
-                    md[k as usize] = self.dependents[k as usize].len() as u32;
+                    md[k as usize] = self.dependents_of(k).len() as u32;
                 }
                 stack.push(k);
             }
         }
-        let mut dedup: HashMap<Vec<u32>, Reach> = HashMap::new();
+        let mut dedup: HashMap<Rc<[u32]>, ()> = HashMap::new();
+        // the inputs with distinct sets, by id
+        let mut distinct: Vec<u32> = Vec::new();
+        let mut union: Vec<u32> = Vec::new();
+        let mut scratch: Vec<u32> = Vec::new();
         while let Some(k) = stack.pop() {
             if reach[k as usize].is_none() {
-                let ins = inputs(self, k);
-                let mut distinct: Vec<Reach> = Vec::new();
+                distinct.clear();
                 let mut md = 0;
-                for &c in &ins {
-                    let r = reach[c as usize].as_ref().expect("input done");
+                for &c in inputs(k) {
                     if let Some(m) = max_dependents.as_deref() {
                         md = md.max(m[c as usize]);
                     }
-                    if !distinct.iter().any(|d| Rc::ptr_eq(d, r)) {
-                        distinct.push(r.clone());
+                    let r = reach[c as usize].as_ref().expect("input done");
+                    if !distinct
+                        .iter()
+                        .any(|&d| reach[d as usize].as_ref().expect("input done").same(r))
+                    {
+                        distinct.push(c);
                     }
                 }
+                let set = |d: u32| reach[d as usize].as_ref().expect("input done");
+                let r = if distinct.len() == 1 {
+                    set(distinct[0]).clone()
+                } else {
+                    let largest = *distinct
+                        .iter()
+                        .max_by_key(|&&d| set(d).len())
+                        .expect("inputs");
+                    union.clear();
+                    union.extend_from_slice(set(largest).as_slice());
+                    for &d in &distinct {
+                        if d != largest {
+                            merge_sorted_into(&union, set(d).as_slice(), &mut scratch);
+                            std::mem::swap(&mut union, &mut scratch);
+                        }
+                    }
+                    if union.len() == set(largest).len() {
+                        set(largest).clone()
+                    } else if let Some((shared, ())) = dedup.get_key_value(union.as_slice()) {
+                        Reach::Many(shared.clone())
+                    } else {
+                        let shared: Rc<[u32]> = Rc::from(union.as_slice());
+                        dedup.insert(shared.clone(), ());
+                        Reach::Many(shared)
+                    }
+                };
                 if let Some(m) = max_dependents.as_deref_mut() {
                     m[k as usize] = md;
                 }
-                let r = if distinct.len() == 1 {
-                    distinct.pop().expect("one")
-                } else {
-                    distinct.sort_by_key(|d| std::cmp::Reverse(d.len()));
-                    let mut union: Vec<u32> = distinct[0].to_vec();
-                    let mut grew = false;
-                    for d in &distinct[1..] {
-                        let merged = merge_sorted(&union, d);
-                        grew |= merged.len() != union.len();
-                        union = merged;
-                    }
-                    if !grew {
-                        distinct[0].clone()
-                    } else if let Some(r) = dedup.get(&union) {
-                        r.clone()
-                    } else {
-                        let r = Rc::new(union.clone());
-                        dedup.insert(union, r.clone());
-                        r
-                    }
-                };
                 reach[k as usize] = Some(r);
             }
-            for p in outputs(self, k) {
+            for &p in outputs(k) {
                 waiting[p as usize] -= 1;
                 if waiting[p as usize] == 0 {
                     stack.push(p);
@@ -808,19 +927,46 @@ impl<'g> Orderer<'g> {
         reach
     }
 
-    fn use_longest_path(&self, leaf_nodes: &PySet<u32>, root_nodes: &PySet<u32>) -> bool {
-        let (nr, nl) = (root_nodes.len() as f64, leaf_nodes.len() as f64);
-        if (nr - nl).abs() / nr < 0.8 {
-            let mut size = 0;
-            for r in root_nodes.iter() {
-                let l = self.leafs_connected[r as usize]
-                    .as_ref()
-                    .map_or(0, |s| s.len());
-                if size == 0 {
-                    size = l;
-                } else if size != l {
-                    return false;
+    /// dask's `use_longest_path`. Its loop over `root_nodes` keeps the first non-zero
+    /// number of leaves a root leads to and compares the rest with it, so an isolated
+    /// root (no leaves) decides by where the set iterates it: then the set is built.
+    fn use_longest_path(
+        &self,
+        n_leaves: usize,
+        n_roots: usize,
+        root_set: Option<PySet<u32>>,
+    ) -> bool {
+        let (nr, nl) = (n_roots as f64, n_leaves as f64);
+        if (nr - nl).abs() / nr >= 0.8 {
+            return true;
+        }
+        let leaves_of = |r: u32| {
+            self.leafs_connected[r as usize]
+                .as_ref()
+                .map_or(0, |s| s.len())
+        };
+        let roots: Vec<u32> = match root_set {
+            Some(set) => set.iter().collect(),
+            None => {
+                let roots = (0..self.n as u32).filter(|&r| self.root_nodes[r as usize]);
+                if roots.clone().any(|r| leaves_of(r) == 0) {
+                    let mut set = PySet::new();
+                    for r in roots {
+                        set.insert(r, self.h(r));
+                    }
+                    set.iter().collect()
+                } else {
+                    roots.collect()
                 }
+            }
+        };
+        let mut size = 0;
+        for r in roots {
+            let l = leaves_of(r);
+            if size == 0 {
+                size = l;
+            } else if size != l {
+                return false;
             }
         }
         true
@@ -828,23 +974,30 @@ impl<'g> Orderer<'g> {
 
     fn get_target(&mut self) -> Result<u32, OrderError> {
         let all_leafs_accessible = self.min_leaf_degree == self.max_leaf_degree;
-        let is_trivial_lookup = self.reachable_hull.is_empty() || all_leafs_accessible;
+        let is_trivial_lookup = self.reachable_len == 0 || all_leafs_accessible;
         if !is_trivial_lookup {
             let empty = HashSet::new();
             let bucket = self
                 .leafs_per_degree
                 .get(&self.min_leaf_degree)
                 .unwrap_or(&empty);
-            let (small, large) = if bucket.len() <= self.reachable_hull.len() {
-                (bucket, &self.reachable_hull)
+            let mut candidates: Vec<u32> = if bucket.len() <= self.reachable_len {
+                bucket
+                    .iter()
+                    .copied()
+                    .filter(|&k| self.in_reachable_hull[k as usize])
+                    .collect()
             } else {
-                (&self.reachable_hull, bucket)
+                let mut c: Vec<u32> = self
+                    .reachable_added
+                    .iter()
+                    .copied()
+                    .filter(|&k| self.in_reachable_hull[k as usize] && bucket.contains(&k))
+                    .collect();
+                c.sort_unstable();
+                c.dedup();
+                c
             };
-            let mut candidates: Vec<u32> = small
-                .iter()
-                .copied()
-                .filter(|k| large.contains(k))
-                .collect();
             if candidates.is_empty() {
                 candidates = bucket.iter().copied().collect();
             }
@@ -862,7 +1015,7 @@ impl<'g> Orderer<'g> {
         while let Some(item) = next_items.pop() {
             let k = item as usize;
             self.runnable_hull[k] = false;
-            self.reachable_hull.remove(&item);
+            self.hull_discard(item);
             self.leaf_nodes[k] = false;
             if self.in_result[k] {
                 continue;
@@ -877,18 +1030,19 @@ impl<'g> Orderer<'g> {
             }
             if self.root_nodes[k] {
                 if let Some(leaves) = self.leafs_connected[k].clone() {
-                    for &leaf in leaves.iter() {
+                    for &leaf in leaves.as_slice() {
                         if self.leaf_nodes[leaf as usize] {
                             self.lower_leaf_degree(leaf);
                         }
                     }
                 }
             }
-            let single = self.dependents[k].len() == 1;
-            for dep in self.dependents[k].iter() {
+            let single = self.dependents_of(item).len() == 1;
+            for i in 0..self.dependents_of(item).len() {
+                let dep = self.dependents_of(item)[i];
                 let d = dep as usize;
                 self.num_needed[d] -= 1;
-                self.reachable_hull.insert(dep);
+                self.hull_add(dep);
                 if self.num_needed[d] == 0 {
                     if single {
                         next_items.push(dep);
@@ -959,7 +1113,7 @@ impl<'g> Orderer<'g> {
                         let current = *path.last().expect("non-empty path");
                         let c = current as usize;
                         self.runnable_hull[c] = true;
-                        let n_down = self.dependents[c].len();
+                        let n_down = self.dependents_of(current).len();
                         let n_up = self.deps_of(current).items.len();
                         if n_down == 0 {
                             if self.num_needed[c] <= 1 {
@@ -972,7 +1126,7 @@ impl<'g> Orderer<'g> {
                         } else if path.len() == 1 || n_up == 1 {
                             if n_down > 1 {
                                 nsplits += 1;
-                                let mut down: Vec<u32> = self.dependents[c].iter().collect();
+                                let mut down: Vec<u32> = self.dependents_of(current).to_vec();
                                 self.sort_by_key(&mut down);
                                 for d in down {
                                     if self.deps_of(d).items.len() == 1 {
@@ -983,7 +1137,7 @@ impl<'g> Orderer<'g> {
                                 }
                                 break;
                             }
-                            path.extend(self.dependents[c].iter());
+                            path.extend_from_slice(self.dependents_of(current));
                             continue;
                         } else if self.known_runnable_paths.contains_key(&current) {
                             self.runnable_hull[c] = false;
@@ -1052,8 +1206,9 @@ impl<'g> Orderer<'g> {
     }
 }
 
-fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
+fn merge_sorted_into(a: &[u32], b: &[u32], out: &mut Vec<u32>) {
+    out.clear();
+    out.reserve(a.len() + b.len());
     let (mut i, mut j) = (0, 0);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
@@ -1074,5 +1229,4 @@ fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
     }
     out.extend_from_slice(&a[i..]);
     out.extend_from_slice(&b[j..]);
-    out
 }

@@ -103,6 +103,35 @@ fn insert_clean<T: Copy>(table: &mut [Entry<T>], key: T, hash: i64) {
     }
 }
 
+/// The iteration order of a fresh set after inserting `items` (distinct elements) in
+/// order, written to `out`; up to four elements stay in CPython's 8-slot smalltable,
+/// which is laid out here without allocating.
+pub fn insertion_order<T: Copy + Eq>(items: &[(T, i64)], out: &mut Vec<T>) {
+    if items.len() <= 1 {
+        out.extend(items.iter().map(|&(k, _)| k));
+        return;
+    }
+    if items.len() <= 4 {
+        // fill stays below 5, so no resize; mask 7 leaves no room for linear probes
+        let mut slots: [Option<T>; MINSIZE] = [None; MINSIZE];
+        for &(k, h) in items {
+            let mut perturb = h as usize;
+            let mut i = h as usize & (MINSIZE - 1);
+            while slots[i].is_some() {
+                i = next_probe(i, &mut perturb, MINSIZE - 1);
+            }
+            slots[i] = Some(k);
+        }
+        out.extend(slots.iter().flatten().copied());
+        return;
+    }
+    let mut s = PySet::new();
+    for &(k, h) in items {
+        s.insert(k, h);
+    }
+    out.extend(s.iter());
+}
+
 /// Growth/shrink target used by `set_add_entry` and `set_difference_update`.
 #[inline]
 fn grow_target(used: usize) -> usize {
