@@ -8,7 +8,8 @@ use hashbrown::HashMap;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyFrozenSet, PyList, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyFrozenSet, PyInt, PyList, PyString, PyTuple, PyType};
+use std::borrow::Cow;
 
 struct DaskTypes {
     graph_node: Py<PyType>,
@@ -35,20 +36,34 @@ fn dask_types(py: Python<'_>) -> PyResult<&DaskTypes> {
     })
 }
 
-/// What a value's type says: `Some(is_task)` for a `GraphNode`, `None` otherwise.
+/// What a value's type says about it.
+#[derive(Clone, Copy)]
+struct Kind {
+    /// `istask(value)`: a `GraphNode` but not a `DataNode`.
+    task: bool,
+    /// Its `dependencies` is `GraphNode`'s property, which returns `_dependencies`.
+    plain_dependencies: bool,
+}
+
+/// `None` for a value that is not a `GraphNode`.
 fn classify(
     value: &Bound<'_, PyAny>,
     types: &DaskTypes,
-    seen: &mut HashMap<usize, Option<bool>>,
-) -> PyResult<Option<bool>> {
+    seen: &mut HashMap<usize, Option<Kind>>,
+) -> PyResult<Option<Kind>> {
     let ty = value.get_type();
     let ptr = ty.as_ptr() as usize;
     if let Some(&c) = seen.get(&ptr) {
         return Ok(c);
     }
     let py = value.py();
-    let c = if ty.is_subclass(types.graph_node.bind(py))? {
-        Some(!ty.is_subclass(types.data_node.bind(py))?)
+    let graph_node = types.graph_node.bind(py);
+    let c = if ty.is_subclass(graph_node)? {
+        let name = intern!(py, "dependencies");
+        Some(Kind {
+            task: !ty.is_subclass(types.data_node.bind(py))?,
+            plain_dependencies: ty.getattr(name)?.is(&graph_node.getattr(name)?),
+        })
     } else {
         None
     };
@@ -56,97 +71,126 @@ fn classify(
     Ok(c)
 }
 
-fn key_name(key: &Bound<'_, PyAny>) -> PyResult<Option<Box<str>>> {
-    let s = match key.cast::<PyString>() {
-        Ok(s) if key.is_exact_instance_of::<PyString>() => s.clone(),
-        _ => key.str()?,
-    };
-    // a str that is not valid UTF-8 (lone surrogates) cannot be compared here
-    Ok(s.to_str().ok().map(Box::from))
+/// Holds the cyclic GC off while the graph is read and the result built: the set
+/// iterators it creates would otherwise start collections over the whole heap.
+struct GcPause(bool);
+
+impl GcPause {
+    fn new(_py: Python<'_>) -> Self {
+        // SAFETY: the GIL is held (the `Python` token); this only flips the GC's flag.
+        GcPause(unsafe { pyo3::ffi::PyGC_Disable() } == 1)
+    }
 }
 
-/// Reads `dsk`; `None` if a value is not a `GraphNode` with a frozenset of dependencies.
-fn read_graph<'py>(
+impl Drop for GcPause {
+    fn drop(&mut self) {
+        if self.0 {
+            // SAFETY: dropped in the call that made it, with the GIL held.
+            unsafe { pyo3::ffi::PyGC_Enable() };
+        }
+    }
+}
+
+/// `str(key)` for a tuple of plain ASCII strs (no quote or backslash), ints and such
+/// tuples, written as Python writes it; `None` for anything else.
+fn tuple_str(t: &Bound<'_, PyTuple>, out: &mut String) -> Option<()> {
+    use std::fmt::Write;
+    out.push('(');
+    let n = t.len();
+    for (i, item) in t.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        if item.is_exact_instance_of::<PyString>() {
+            let s = item.cast::<PyString>().ok()?.to_str().ok()?;
+            if !s
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'\'' && b != b'\\')
+            {
+                return None;
+            }
+            out.push('\'');
+            out.push_str(s);
+            out.push('\'');
+        } else if item.is_exact_instance_of::<PyInt>() {
+            let v: i64 = item.extract().ok()?;
+            write!(out, "{v}").ok()?;
+        } else if item.is_exact_instance_of::<PyTuple>() {
+            tuple_str(item.cast::<PyTuple>().ok()?, out)?;
+        } else {
+            return None;
+        }
+    }
+    if n == 1 {
+        out.push(',');
+    }
+    out.push(')');
+    Some(())
+}
+
+/// `str(key)` of every key, borrowed from the key when it is a str; `None` if one is
+/// not valid UTF-8 (lone surrogates), which the Rust order cannot compare.
+fn key_names<'a>(keys: &'a [Bound<'_, PyAny>]) -> PyResult<Option<Vec<Cow<'a, str>>>> {
+    let mut names = Vec::with_capacity(keys.len());
+    let mut buf = String::new();
+    for key in keys {
+        if key.is_exact_instance_of::<PyString>() {
+            match key.cast::<PyString>()?.to_str() {
+                Ok(s) => names.push(Cow::Borrowed(s)),
+                Err(_) => return Ok(None),
+            }
+            continue;
+        }
+        if key.is_exact_instance_of::<PyTuple>() {
+            buf.clear();
+            if tuple_str(key.cast::<PyTuple>()?, &mut buf).is_some() {
+                names.push(Cow::Owned(buf.clone()));
+                continue;
+            }
+        }
+        match key.str()?.to_str() {
+            Ok(s) => names.push(Cow::Owned(s.to_owned())),
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(Some(names))
+}
+
+/// The graph's keys, each key's `istask`, and its `dependencies` frozenset.
+type ReadKeys<'py> = (
+    Vec<Bound<'py, PyAny>>,
+    Vec<bool>,
+    Vec<Bound<'py, PyFrozenSet>>,
+);
+
+/// `None` if a value is not a `GraphNode` with a frozenset of dependencies.
+fn read_keys<'py>(
     dsk: &Bound<'py, PyDict>,
     types: &DaskTypes,
-) -> PyResult<Option<(OrderGraph, Vec<Bound<'py, PyAny>>)>> {
+) -> PyResult<Option<ReadKeys<'py>>> {
     let py = dsk.py();
-    let n_real = dsk.len();
-    let ids = PyDict::new(py);
-    let mut keys = Vec::with_capacity(n_real);
-    let mut hashes = Vec::with_capacity(n_real);
-    let mut is_task = Vec::with_capacity(n_real);
-    let mut names = Vec::with_capacity(n_real);
-    let mut dep_sets = Vec::with_capacity(n_real);
+    let n = dsk.len();
+    let mut keys = Vec::with_capacity(n);
+    let mut is_task = Vec::with_capacity(n);
+    let mut dep_sets = Vec::with_capacity(n);
     let mut seen_types = HashMap::new();
-    for (i, (key, value)) in dsk.iter().enumerate() {
-        let Some(task) = classify(&value, types, &mut seen_types)? else {
+    for (key, value) in dsk.iter() {
+        let Some(kind) = classify(&value, types, &mut seen_types)? else {
             return Ok(None);
         };
-        let deps = value.getattr(intern!(py, "dependencies"))?;
+        let deps = if kind.plain_dependencies {
+            value.getattr(intern!(py, "_dependencies"))?
+        } else {
+            value.getattr(intern!(py, "dependencies"))?
+        };
         if !deps.is_exact_instance_of::<PyFrozenSet>() {
             return Ok(None);
         }
-        let Some(name) = key_name(&key)? else {
-            return Ok(None);
-        };
-        hashes.push(key.hash()? as i64);
-        ids.set_item(&key, i)?;
-        is_task.push(task);
-        names.push(name);
+        is_task.push(kind.task);
         dep_sets.push(deps.cast_into::<PyFrozenSet>()?);
         keys.push(key);
     }
-    let mut dep_offsets = Vec::with_capacity(n_real + 1);
-    let mut dep_ids: Vec<u32> = Vec::new();
-    let mut dep_masks = HashMap::new();
-    dep_offsets.push(0u32);
-    for (i, deps) in dep_sets.iter().enumerate() {
-        for dep in deps.iter() {
-            let id = match ids.get_item(&dep)? {
-                Some(id) => id.extract::<u32>()?,
-                None => {
-                    // a key only named as a dependency: dask adds a DataNode for it
-                    let id = keys.len() as u32;
-                    let Some(name) = key_name(&dep)? else {
-                        return Ok(None);
-                    };
-                    hashes.push(dep.hash()? as i64);
-                    ids.set_item(&dep, id)?;
-                    is_task.push(false);
-                    names.push(name);
-                    keys.push(dep);
-                    id
-                }
-            };
-            dep_ids.push(id);
-        }
-        if deps.len() >= 5 {
-            // the table may be larger than the 8-slot smalltable: its size says by how much
-            let size: usize = deps.call_method0(intern!(py, "__sizeof__"))?.extract()?;
-            let slots = size.saturating_sub(types.frozenset_base_size) / 16;
-            if slots > 0 {
-                dep_masks.insert(i as u32, (slots - 1) as u32);
-            }
-        }
-        dep_offsets.push(dep_ids.len() as u32);
-    }
-    // external keys have no dependencies
-    for _ in n_real..keys.len() {
-        dep_offsets.push(dep_ids.len() as u32);
-    }
-    Ok(Some((
-        OrderGraph {
-            hashes,
-            is_task,
-            dep_offsets,
-            dep_ids,
-            dep_masks,
-            n_real,
-            names,
-        },
-        keys,
-    )))
+    Ok(Some((keys, is_task, dep_sets)))
 }
 
 /// `dask.order.order(dsk, return_stats=...)` for a dict of `GraphNode`s, or `None` when
@@ -161,8 +205,66 @@ pub fn order_graph<'py>(
     let py = dsk.py();
     let types = dask_types(py)?;
     let t0 = std::time::Instant::now();
-    let Some((graph, keys)) = read_graph(dsk, types)? else {
+    let gc = GcPause::new(py);
+    let Some((mut keys, mut is_task, dep_sets)) = read_keys(dsk, types)? else {
         return Ok(None);
+    };
+    let n_real = keys.len();
+    let ids = PyDict::new(py);
+    let mut hashes = Vec::with_capacity(n_real);
+    for (i, key) in keys.iter().enumerate() {
+        hashes.push(key.hash()? as i64);
+        ids.set_item(key, i)?;
+    }
+    let mut dep_offsets = Vec::with_capacity(n_real + 1);
+    let mut dep_ids: Vec<u32> = Vec::with_capacity(n_real);
+    let mut dep_masks = HashMap::new();
+    dep_offsets.push(0u32);
+    for (i, deps) in dep_sets.iter().enumerate() {
+        for dep in deps.iter() {
+            let id = match ids.get_item(&dep)? {
+                Some(id) => id.extract::<u32>()?,
+                None => {
+                    // a key only named as a dependency: dask adds a DataNode for it
+                    let id = keys.len() as u32;
+                    hashes.push(dep.hash()? as i64);
+                    ids.set_item(&dep, id)?;
+                    is_task.push(false);
+                    keys.push(dep);
+                    id
+                }
+            };
+            dep_ids.push(id);
+        }
+        if deps.len() >= 5 {
+            // the table may be larger than the 8-slot smalltable: its size says by how much
+            let size: usize = deps
+                .call_method0(intern!(py, "__sizeof__"))?
+                .extract()?;
+            let slots = size.saturating_sub(types.frozenset_base_size) / 16;
+            if slots > 0 {
+                dep_masks.insert(i as u32, (slots - 1) as u32);
+            }
+        }
+        dep_offsets.push(dep_ids.len() as u32);
+    }
+    drop(dep_sets);
+    drop(ids);
+    // external keys have no dependencies
+    for _ in n_real..keys.len() {
+        dep_offsets.push(dep_ids.len() as u32);
+    }
+    let Some(names) = key_names(&keys)? else {
+        return Ok(None);
+    };
+    let graph = OrderGraph {
+        hashes,
+        is_task,
+        dep_offsets,
+        dep_ids,
+        dep_masks,
+        n_real,
+        names,
     };
     let t1 = std::time::Instant::now();
     let outcome = py.detach(|| order(&graph, return_stats));
@@ -196,6 +298,7 @@ pub fn order_graph<'py>(
             result.set_item(key, a.priority)?;
         }
     }
+    drop(gc);
     Ok(Some(result))
 }
 

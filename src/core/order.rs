@@ -15,6 +15,7 @@
 use crate::core::pyset::{insertion_order, PySet};
 use hashbrown::{HashMap, HashSet};
 use smallvec::SmallVec;
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -22,7 +23,7 @@ use std::rc::Rc;
 /// The graph as dask sees it after `dsk = dict(dsk)`: ids `0..n_real` are the keys of
 /// `dsk` in its order, then the keys only named as dependencies ("external" keys), in
 /// the order `reverse_dict` first meets them.
-pub struct OrderGraph {
+pub struct OrderGraph<'a> {
     /// Python `hash(key)`.
     pub hashes: Vec<i64>,
     /// `istask(dsk[key])`: false for `DataNode`s and external keys.
@@ -35,10 +36,10 @@ pub struct OrderGraph {
     pub dep_masks: HashMap<u32, u32>,
     pub n_real: usize,
     /// `str(key)`, compared when everything else in `sort_key` ties.
-    pub names: Vec<Box<str>>,
+    pub names: Vec<Cow<'a, str>>,
 }
 
-impl OrderGraph {
+impl OrderGraph<'_> {
     pub fn len(&self) -> usize {
         self.hashes.len()
     }
@@ -247,7 +248,7 @@ impl Reach {
 }
 
 struct Orderer<'g> {
-    g: &'g OrderGraph,
+    g: &'g OrderGraph<'g>,
     stats: bool,
     n: usize,
     /// `dependencies[k]` once the alias leaves and data roots are gone, when it differs
@@ -295,7 +296,7 @@ struct Orderer<'g> {
 }
 
 /// `dask.order.order(dsk)`: every key's priority, in the order dask assigns them.
-pub fn order(g: &OrderGraph, return_stats: bool) -> Result<Vec<Assigned>, OrderError> {
+pub fn order(g: &OrderGraph<'_>, return_stats: bool) -> Result<Vec<Assigned>, OrderError> {
     if g.n_real == 0 {
         return Ok(Vec::new());
     }
@@ -313,7 +314,7 @@ pub fn order(g: &OrderGraph, return_stats: bool) -> Result<Vec<Assigned>, OrderE
 }
 
 impl<'g> Orderer<'g> {
-    fn new(g: &'g OrderGraph, stats: bool) -> Self {
+    fn new(g: &'g OrderGraph<'g>, stats: bool) -> Self {
         let n = g.len();
         Orderer {
             g,
