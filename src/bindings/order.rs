@@ -11,12 +11,67 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFrozenSet, PyInt, PyList, PyString, PyTuple, PyType};
 use std::borrow::Cow;
 
+/// Reads a frozenset's hash table in place (CPython's `PySetObject` and `setentry`
+/// layout of the default build, 3.10 to 3.13): iteration order, element hashes, mask
+/// and fill, without an iterator object per set. Checked against real frozensets
+/// before first use; if the layout differs, sets are iterated instead.
+mod raw_set {
+    use pyo3::ffi;
+
+    const FILL: usize = 16;
+    const USED: usize = 24;
+    const MASK: usize = 32;
+    const TABLE: usize = 40;
+
+    /// One set's table: (mask, fill, used, entries).
+    pub struct Table {
+        pub mask: usize,
+        pub fill: usize,
+        pub used: usize,
+        entries: *const [usize; 2],
+    }
+
+    impl Table {
+        /// # Safety
+        /// `set` is a live exact frozenset, the layout was verified, and the GIL is held
+        /// while the table is read.
+        pub unsafe fn of(set: *mut ffi::PyObject) -> Table {
+            let base = set as *const u8;
+            let word = |off: usize| *(base.add(off) as *const usize);
+            Table {
+                fill: word(FILL),
+                used: word(USED),
+                mask: word(MASK),
+                entries: word(TABLE) as *const [usize; 2],
+            }
+        }
+
+        /// Whether the table is the one `offset` bytes into the object.
+        pub fn entries_at(&self, set: *mut ffi::PyObject, offset: usize) -> bool {
+            self.entries as usize == set as usize + offset
+        }
+
+        /// Active entries in table order: (borrowed key, hash).
+        ///
+        /// # Safety
+        /// As for [`Table::of`]; the set outlives the iteration.
+        pub unsafe fn active(&self) -> impl Iterator<Item = (*mut ffi::PyObject, i64)> + '_ {
+            (0..=self.mask).filter_map(move |i| {
+                let [key, hash] = *self.entries.add(i);
+                (key != 0 && hash as i64 != -1).then_some((key as *mut ffi::PyObject, hash as i64))
+            })
+        }
+    }
+}
+
 struct DaskTypes {
     graph_node: Py<PyType>,
     data_node: Py<PyType>,
     order_tuple: Py<PyAny>,
     /// `frozenset().__sizeof__()`: a frozenset's size beyond it is its table.
     frozenset_base_size: usize,
+    /// The frozenset layout `raw_set` reads is this interpreter's.
+    raw_sets: bool,
 }
 
 static DASK_TYPES: PyOnceLock<DaskTypes> = PyOnceLock::new();
@@ -32,8 +87,110 @@ fn dask_types(py: Python<'_>) -> PyResult<&DaskTypes> {
             data_node: spec.getattr("DataNode")?.cast_into::<PyType>()?.unbind(),
             order_tuple: py.import("dask.order")?.getattr("Order")?.unbind(),
             frozenset_base_size: base,
+            raw_sets: raw_layout_matches(py)?,
         })
     })
+}
+
+/// Whether `raw_set` reads real frozensets right: the same elements, hashes and order
+/// as iterating them, for a small and a large table and one with dummies.
+fn raw_layout_matches(py: Python<'_>) -> PyResult<bool> {
+    let v = py.version_info();
+    if cfg!(not(target_pointer_width = "64")) || v < (3, 10) || v >= (3, 15) {
+        return Ok(false);
+    }
+    let builtins = py.import("builtins")?;
+    let frozenset = builtins.getattr("frozenset")?;
+    let samples = [
+        frozenset.call1((PyTuple::new(py, [3, 1, 2])?,))?,
+        frozenset.call1((builtins.getattr("range")?.call1((1000,))?,))?,
+        py.eval(
+            c"frozenset(f'k{i}' for i in range(50)) - frozenset(f'k{i}' for i in range(7))",
+            None,
+            None,
+        )?,
+    ];
+    for set in samples {
+        let expected: Vec<(Bound<'_, PyAny>, i64)> = set
+            .try_iter()?
+            .map(|k| {
+                let k = k?;
+                let h = k.hash()? as i64;
+                Ok((k, h))
+            })
+            .collect::<PyResult<_>>()?;
+        // SAFETY: `set` is a live exact frozenset and the GIL is held; the words read
+        // are within the object (its header and table pointer) and the table.
+        let ok = unsafe {
+            let t = raw_set::Table::of(set.as_ptr());
+            // the header words must be right before the table pointer is followed: a set
+            // of three sits in the 8-slot table inside the object
+            let header_ok = t.used == expected.len()
+                && t.fill >= t.used
+                && t.mask >= 7
+                && (t.mask + 1).is_power_of_two()
+                && (expected.len() != 3 || (t.mask == 7 && t.entries_at(set.as_ptr(), 64)));
+            header_ok && {
+                let got: Vec<(*mut pyo3::ffi::PyObject, i64)> = t.active().collect();
+                got.len() == expected.len()
+                    && got
+                        .iter()
+                        .zip(&expected)
+                        .all(|(&(p, h), (k, kh))| p == k.as_ptr() && h == *kh)
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Key -> id, as a dict tells keys apart (equal hash, then identity or `==`), without
+/// a Python object per entry.
+struct KeyIndex(hashbrown::HashTable<u32>);
+
+fn mix(h: i64) -> u64 {
+    // Python's hashes of small ints are the ints: spread them over the table's tag bits
+    let x = (h as u64 as u128) * 0x9E37_79B9_7F4A_7C15u128;
+    (x as u64) ^ ((x >> 64) as u64)
+}
+
+impl KeyIndex {
+    fn with_capacity(n: usize) -> Self {
+        KeyIndex(hashbrown::HashTable::with_capacity(n))
+    }
+
+    /// Adds a key known to be absent.
+    fn insert_new(&mut self, h: i64, id: u32, hashes: &[i64]) {
+        self.0
+            .insert_unique(mix(h), id, |&other| mix(hashes[other as usize]));
+    }
+
+    fn find(
+        &self,
+        h: i64,
+        key: &Bound<'_, PyAny>,
+        keys: &[Bound<'_, PyAny>],
+        hashes: &[i64],
+    ) -> PyResult<Option<u32>> {
+        let mut err = None;
+        let found = self.0.find(mix(h), |&id| {
+            if hashes[id as usize] != h || err.is_some() {
+                return false;
+            }
+            let other = &keys[id as usize];
+            other.is(key)
+                || other.eq(key).unwrap_or_else(|e| {
+                    err = Some(e);
+                    false
+                })
+        });
+        match err {
+            Some(e) => Err(e),
+            None => Ok(found.copied()),
+        }
+    }
 }
 
 /// What a value's type says about it.
@@ -210,25 +367,59 @@ pub fn order_graph<'py>(
         return Ok(None);
     };
     let n_real = keys.len();
-    let ids = PyDict::new(py);
+    let mut index = KeyIndex::with_capacity(n_real);
     let mut hashes = Vec::with_capacity(n_real);
     for (i, key) in keys.iter().enumerate() {
-        hashes.push(key.hash()? as i64);
-        ids.set_item(key, i)?;
+        let h = key.hash()? as i64;
+        hashes.push(h);
+        index.insert_new(h, i as u32, &hashes);
     }
     let mut dep_offsets = Vec::with_capacity(n_real + 1);
     let mut dep_ids: Vec<u32> = Vec::with_capacity(n_real);
     let mut dep_masks = HashMap::new();
+    let mut dep_fills = HashMap::new();
     dep_offsets.push(0u32);
+    let mut elements: Vec<(Bound<'py, PyAny>, i64)> = Vec::new();
     for (i, deps) in dep_sets.iter().enumerate() {
-        for dep in deps.iter() {
-            let id = match ids.get_item(&dep)? {
-                Some(id) => id.extract::<u32>()?,
+        elements.clear();
+        if types.raw_sets {
+            // SAFETY: `deps` is a live exact frozenset (checked in `read_keys`), the
+            // layout was verified at start-up, and the GIL is held throughout.
+            let table = unsafe { raw_set::Table::of(deps.as_ptr()) };
+            for (ptr, h) in unsafe { table.active() } {
+                // SAFETY: the set holds a reference to each active key.
+                elements.push((unsafe { Bound::from_borrowed_ptr(py, ptr) }, h));
+            }
+            if table.mask != 7 {
+                dep_masks.insert(i as u32, table.mask as u32);
+            }
+            if table.fill != table.used {
+                dep_fills.insert(i as u32, table.fill as u32);
+            }
+        } else {
+            for dep in deps.iter() {
+                let h = dep.hash()? as i64;
+                elements.push((dep, h));
+            }
+            if deps.len() >= 5 {
+                // the table may be larger than the 8-slot smalltable: its size says how much
+                let size: usize = deps
+                    .call_method0(intern!(py, "__sizeof__"))?
+                    .extract()?;
+                let slots = size.saturating_sub(types.frozenset_base_size) / 16;
+                if slots > 8 {
+                    dep_masks.insert(i as u32, (slots - 1) as u32);
+                }
+            }
+        }
+        for (dep, h) in elements.drain(..) {
+            let id = match index.find(h, &dep, &keys, &hashes)? {
+                Some(id) => id,
                 None => {
                     // a key only named as a dependency: dask adds a DataNode for it
                     let id = keys.len() as u32;
-                    hashes.push(dep.hash()? as i64);
-                    ids.set_item(&dep, id)?;
+                    hashes.push(h);
+                    index.insert_new(h, id, &hashes);
                     is_task.push(false);
                     keys.push(dep);
                     id
@@ -236,20 +427,9 @@ pub fn order_graph<'py>(
             };
             dep_ids.push(id);
         }
-        if deps.len() >= 5 {
-            // the table may be larger than the 8-slot smalltable: its size says by how much
-            let size: usize = deps
-                .call_method0(intern!(py, "__sizeof__"))?
-                .extract()?;
-            let slots = size.saturating_sub(types.frozenset_base_size) / 16;
-            if slots > 0 {
-                dep_masks.insert(i as u32, (slots - 1) as u32);
-            }
-        }
         dep_offsets.push(dep_ids.len() as u32);
     }
     drop(dep_sets);
-    drop(ids);
     // external keys have no dependencies
     for _ in n_real..keys.len() {
         dep_offsets.push(dep_ids.len() as u32);
@@ -263,6 +443,7 @@ pub fn order_graph<'py>(
         dep_offsets,
         dep_ids,
         dep_masks,
+        dep_fills,
         n_real,
         names,
     };
