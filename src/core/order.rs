@@ -13,7 +13,7 @@
 //! membership, or is sorted by `sort_key` before use, so its order cannot matter.
 
 use crate::core::pyset::{insertion_order, PySet};
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -217,6 +217,81 @@ fn clean_order(items: impl Iterator<Item = u32>, mask: usize, hashes: &[i64]) ->
         .collect()
 }
 
+/// dask's `leafs_degree` (a leaf's degree) and `leafs_per_degree` (the leaves of each
+/// degree) as intrusive lists: moving a leaf allocates nothing.
+#[derive(Default)]
+struct DegreeBuckets {
+    degree: Vec<u32>,
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    head: Vec<u32>,
+    count: Vec<u32>,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl DegreeBuckets {
+    fn new(keys: usize, degrees: usize) -> Self {
+        DegreeBuckets {
+            degree: vec![NONE; keys],
+            next: vec![NONE; keys],
+            prev: vec![NONE; keys],
+            head: vec![NONE; degrees],
+            count: vec![0; degrees],
+        }
+    }
+
+    fn of(&self, leaf: u32) -> Option<usize> {
+        let d = self.degree[leaf as usize];
+        (d != NONE).then_some(d as usize)
+    }
+
+    fn len(&self, degree: usize) -> usize {
+        self.count.get(degree).map_or(0, |&c| c as usize)
+    }
+
+    fn insert(&mut self, leaf: u32, degree: usize) {
+        let l = leaf as usize;
+        self.degree[l] = degree as u32;
+        let old = self.head[degree];
+        self.next[l] = old;
+        self.prev[l] = NONE;
+        if old != NONE {
+            self.prev[old as usize] = leaf;
+        }
+        self.head[degree] = leaf;
+        self.count[degree] += 1;
+    }
+
+    fn remove(&mut self, leaf: u32) -> Option<usize> {
+        let degree = self.of(leaf)?;
+        let l = leaf as usize;
+        let (p, nx) = (self.prev[l], self.next[l]);
+        if p == NONE {
+            self.head[degree] = nx;
+        } else {
+            self.next[p as usize] = nx;
+        }
+        if nx != NONE {
+            self.prev[nx as usize] = p;
+        }
+        self.degree[l] = NONE;
+        self.count[degree] -= 1;
+        Some(degree)
+    }
+
+    fn iter(&self, degree: usize) -> impl Iterator<Item = u32> + '_ {
+        let mut at = self.head.get(degree).copied().unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            (at != NONE).then(|| {
+                let k = at;
+                at = self.next[k as usize];
+                k
+            })
+        })
+    }
+}
+
 /// Roots (or, reversed, leaves) reachable from a key: sorted ids, shared between keys.
 #[derive(Clone)]
 enum Reach {
@@ -286,8 +361,8 @@ struct Orderer<'g> {
     runnable: Vec<u32>,
     known_runnable_paths: HashMap<u32, Vec<Vec<u32>>>,
 
-    leafs_degree: HashMap<u32, usize>,
-    leafs_per_degree: HashMap<usize, HashSet<u32>>,
+    /// `leafs_degree` and `leafs_per_degree`.
+    degrees: DegreeBuckets,
     min_leaf_degree: usize,
     max_leaf_degree: usize,
     leaf_nodes_sorted: Vec<u32>,
@@ -347,8 +422,7 @@ impl<'g> Orderer<'g> {
             reachable_added: Vec::new(),
             runnable: Vec::new(),
             known_runnable_paths: HashMap::new(),
-            leafs_degree: HashMap::new(),
-            leafs_per_degree: HashMap::new(),
+            degrees: DegreeBuckets::default(),
             min_leaf_degree: 0,
             max_leaf_degree: 0,
             leaf_nodes_sorted: Vec::new(),
@@ -538,6 +612,7 @@ impl<'g> Orderer<'g> {
         let dsk_len = self.in_dsk.iter().filter(|&&b| b).count();
         self.min_leaf_degree = dsk_len;
         self.max_leaf_degree = dsk_len;
+        self.degrees = DegreeBuckets::new(n, dsk_len.max(n) + 1);
         for &leaf in &leaf_list {
             if self.root_nodes[leaf as usize] {
                 continue;
@@ -545,11 +620,7 @@ impl<'g> Orderer<'g> {
             let degree = self.roots_connected_len[leaf as usize] as usize;
             self.min_leaf_degree = self.min_leaf_degree.min(degree);
             self.max_leaf_degree = self.max_leaf_degree.max(degree);
-            self.leafs_degree.insert(leaf, degree);
-            self.leafs_per_degree
-                .entry(degree)
-                .or_default()
-                .insert(leaf);
+            self.degrees.insert(leaf, degree);
         }
 
         let longest_path = self.use_longest_path(leaf_list.len(), root_count, root_set);
@@ -996,15 +1067,10 @@ impl<'g> Orderer<'g> {
         let all_leafs_accessible = self.min_leaf_degree == self.max_leaf_degree;
         let is_trivial_lookup = self.reachable_len == 0 || all_leafs_accessible;
         if !is_trivial_lookup {
-            let empty = HashSet::new();
-            let bucket = self
-                .leafs_per_degree
-                .get(&self.min_leaf_degree)
-                .unwrap_or(&empty);
-            let mut candidates: Vec<u32> = if bucket.len() <= self.reachable_len {
-                bucket
-                    .iter()
-                    .copied()
+            let min = self.min_leaf_degree;
+            let mut candidates: Vec<u32> = if self.degrees.len(min) <= self.reachable_len {
+                self.degrees
+                    .iter(min)
                     .filter(|&k| self.in_reachable_hull[k as usize])
                     .collect()
             } else {
@@ -1012,14 +1078,14 @@ impl<'g> Orderer<'g> {
                     .reachable_added
                     .iter()
                     .copied()
-                    .filter(|&k| self.in_reachable_hull[k as usize] && bucket.contains(&k))
+                    .filter(|&k| self.in_reachable_hull[k as usize] && self.degrees.of(k) == Some(min))
                     .collect();
                 c.sort_unstable();
                 c.dedup();
                 c
             };
             if candidates.is_empty() {
-                candidates = bucket.iter().copied().collect();
+                candidates = self.degrees.iter(min).collect();
             }
             return self
                 .min_by_key(candidates.into_iter())
@@ -1075,37 +1141,23 @@ impl<'g> Orderer<'g> {
     }
 
     fn lower_leaf_degree(&mut self, leaf: u32) {
-        let Some(degree) = self.leafs_degree.remove(&leaf) else {
+        let Some(degree) = self.degrees.remove(leaf) else {
             self.error = Some(OrderError::Inconsistent("leaf without a degree"));
             return;
         };
-        if let Some(b) = self.leafs_per_degree.get_mut(&degree) {
-            b.remove(&leaf);
-        }
         let new_degree = degree - 1;
         if new_degree > 0 {
             if new_degree < self.min_leaf_degree {
                 self.min_leaf_degree = new_degree;
             }
-            self.leafs_per_degree
-                .entry(new_degree)
-                .or_default()
-                .insert(leaf);
-            self.leafs_degree.insert(leaf, new_degree);
-        } else if self
-            .leafs_per_degree
-            .get(&degree)
-            .is_none_or(|b| b.is_empty())
-        {
+            self.degrees.insert(leaf, new_degree);
+        } else if self.degrees.len(degree) == 0 {
             if degree != self.min_leaf_degree {
                 self.error = Some(OrderError::Inconsistent("leaf degree"));
                 return;
             }
             while self.min_leaf_degree != self.max_leaf_degree
-                && self
-                    .leafs_per_degree
-                    .get(&self.min_leaf_degree)
-                    .is_none_or(|b| b.is_empty())
+                && self.degrees.len(self.min_leaf_degree) == 0
             {
                 self.min_leaf_degree += 1;
             }
