@@ -32,7 +32,7 @@ def assert_same(dsk, *, must_be_rust=True):
         if rust is None:
             continue
         assert rust == expected
-        assert list(rust) == list(expected)  # the same insertion order, too
+        assert list(rust) == [k for k in dsk if k in expected]  # the graph's order
         if stats:
             for k, v in expected.items():
                 assert type(rust[k].critical_path) is type(v.critical_path)

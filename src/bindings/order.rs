@@ -321,10 +321,7 @@ type ReadKeys<'py> = (
 );
 
 /// `None` if a value is not a `GraphNode` with a frozenset of dependencies.
-fn read_keys<'py>(
-    dsk: &Bound<'py, PyDict>,
-    types: &DaskTypes,
-) -> PyResult<Option<ReadKeys<'py>>> {
+fn read_keys<'py>(dsk: &Bound<'py, PyDict>, types: &DaskTypes) -> PyResult<Option<ReadKeys<'py>>> {
     let py = dsk.py();
     let n = dsk.len();
     let mut keys = Vec::with_capacity(n);
@@ -403,9 +400,7 @@ pub fn order_graph<'py>(
             }
             if deps.len() >= 5 {
                 // the table may be larger than the 8-slot smalltable: its size says how much
-                let size: usize = deps
-                    .call_method0(intern!(py, "__sizeof__"))?
-                    .extract()?;
+                let size: usize = deps.call_method0(intern!(py, "__sizeof__"))?.extract()?;
                 let slots = size.saturating_sub(types.frozenset_base_size) / 16;
                 if slots > 8 {
                     dep_masks.insert(i as u32, (slots - 1) as u32);
@@ -462,9 +457,15 @@ pub fn order_graph<'py>(
             | OrderError::Inconsistent(_),
         ) => return Ok(None),
     };
+    // The same priorities as dask; the dict lists keys in the graph's order (dask's
+    // lists them as it assigns them), which fills it in the order the keys sit in memory.
+    let mut by_key = vec![None; n_real];
+    for a in assigned {
+        by_key[a.key as usize] = Some(a);
+    }
     let result = PyDict::new(py);
     let order_tuple = types.order_tuple.bind(py);
-    for a in assigned {
+    for a in by_key.into_iter().flatten() {
         let key = &keys[a.key as usize];
         if return_stats {
             let cp: Bound<'_, PyAny> = if a.critical_path2 % 2 == 0 {

@@ -298,19 +298,24 @@ enum Reach {
     Empty,
     One(u32),
     Many(Rc<[u32]>),
+    /// The roots of a tree of keys, counted only (see `propagate`).
+    Tree(usize),
 }
 
 impl Reach {
     fn as_slice(&self) -> &[u32] {
         match self {
-            Reach::Empty => &[],
+            Reach::Empty | Reach::Tree(_) => &[],
             Reach::One(k) => std::slice::from_ref(k),
             Reach::Many(v) => v,
         }
     }
 
     fn len(&self) -> usize {
-        self.as_slice().len()
+        match self {
+            Reach::Tree(count) => *count,
+            other => other.as_slice().len(),
+        }
     }
 
     /// The same shared set (dask compares the frozensets' ids).
@@ -957,50 +962,83 @@ impl<'g> Orderer<'g> {
             }
         }
         let mut dedup: HashMap<Rc<[u32]>, ()> = HashMap::new();
+        // Upwards, a key whose ancestors (and itself) each have one dependent at most
+        // heads a tree: its roots are its inputs' roots, disjoint, so only their number
+        // is kept, until a key with more dependents needs the set itself.
+        let mut exclusive = vec![false; if up { n } else { 0 }];
+        if up {
+            for &k in alive {
+                if inputs(k).is_empty() && outputs(k).len() <= 1 {
+                    exclusive[k as usize] = true;
+                }
+            }
+        }
         // the inputs with distinct sets, by id
         let mut distinct: Vec<u32> = Vec::new();
         let mut union: Vec<u32> = Vec::new();
         let mut scratch: Vec<u32> = Vec::new();
+        let mut cone: Vec<u32> = Vec::new();
         while let Some(k) = stack.pop() {
             if reach[k as usize].is_none() {
-                distinct.clear();
                 let mut md = 0;
-                for &c in inputs(k) {
-                    if let Some(m) = max_dependents.as_deref() {
-                        md = md.max(m[c as usize]);
-                    }
-                    let r = reach[c as usize].as_ref().expect("input done");
-                    if !distinct
-                        .iter()
-                        .any(|&d| reach[d as usize].as_ref().expect("input done").same(r))
-                    {
-                        distinct.push(c);
-                    }
+                if let Some(m) = max_dependents.as_deref() {
+                    md = inputs(k).iter().map(|&c| m[c as usize]).max().unwrap_or(0);
                 }
-                let set = |d: u32| reach[d as usize].as_ref().expect("input done");
-                let r = if distinct.len() == 1 {
-                    set(distinct[0]).clone()
-                } else {
-                    let largest = *distinct
+                let r = if up
+                    && outputs(k).len() <= 1
+                    && inputs(k).iter().all(|&c| exclusive[c as usize])
+                {
+                    exclusive[k as usize] = true;
+                    let count = inputs(k)
                         .iter()
-                        .max_by_key(|&&d| set(d).len())
-                        .expect("inputs");
-                    union.clear();
-                    union.extend_from_slice(set(largest).as_slice());
-                    for &d in &distinct {
-                        if d != largest {
-                            merge_sorted_into(&union, set(d).as_slice(), &mut scratch);
-                            std::mem::swap(&mut union, &mut scratch);
+                        .map(|&c| reach[c as usize].as_ref().expect("input done").len())
+                        .sum();
+                    Reach::Tree(count)
+                } else {
+                    distinct.clear();
+                    for &c in inputs(k) {
+                        let r = reach[c as usize].as_ref().expect("input done");
+                        if !distinct
+                            .iter()
+                            .any(|&d| reach[d as usize].as_ref().expect("input done").same(r))
+                        {
+                            distinct.push(c);
                         }
                     }
-                    if union.len() == set(largest).len() {
-                        set(largest).clone()
-                    } else if let Some((shared, ())) = dedup.get_key_value(union.as_slice()) {
-                        Reach::Many(shared.clone())
+                    let set = |d: u32| reach[d as usize].as_ref().expect("input done");
+                    if distinct.len() == 1 && !matches!(set(distinct[0]), Reach::Tree(_)) {
+                        set(distinct[0]).clone()
                     } else {
-                        let shared: Rc<[u32]> = Rc::from(union.as_slice());
-                        dedup.insert(shared.clone(), ());
-                        Reach::Many(shared)
+                        union.clear();
+                        let mut largest_len = 0;
+                        let mut largest_shared: Option<&Reach> = None;
+                        for &d in &distinct {
+                            let part: &[u32] = match set(d) {
+                                Reach::Tree(_) => {
+                                    self.cone_roots(d, &mut cone);
+                                    &cone
+                                }
+                                other => other.as_slice(),
+                            };
+                            if !matches!(set(d), Reach::Tree(_)) && part.len() > largest_len {
+                                largest_len = part.len();
+                                largest_shared = Some(set(d));
+                            }
+                            merge_sorted_into(&union, part, &mut scratch);
+                            std::mem::swap(&mut union, &mut scratch);
+                        }
+                        match largest_shared {
+                            Some(shared) if union.len() == largest_len => shared.clone(),
+                            _ => {
+                                if let Some((shared, ())) = dedup.get_key_value(union.as_slice()) {
+                                    Reach::Many(shared.clone())
+                                } else {
+                                    let shared: Rc<[u32]> = Rc::from(union.as_slice());
+                                    dedup.insert(shared.clone(), ());
+                                    Reach::Many(shared)
+                                }
+                            }
+                        }
                     }
                 };
                 if let Some(m) = max_dependents.as_deref_mut() {
@@ -1021,6 +1059,21 @@ impl<'g> Orderer<'g> {
     /// dask's `use_longest_path`. Its loop over `root_nodes` keeps the first non-zero
     /// number of leaves a root leads to and compares the rest with it, so an isolated
     /// root (no leaves) decides by where the set iterates it: then the set is built.
+    /// The roots above `k`, sorted, for a key heading a tree (`Reach::Tree`).
+    fn cone_roots(&self, k: u32, out: &mut Vec<u32>) {
+        out.clear();
+        let mut stack = vec![k];
+        while let Some(x) = stack.pop() {
+            let ins = self.deps_of(x).items;
+            if ins.is_empty() {
+                out.push(x);
+            } else {
+                stack.extend_from_slice(ins);
+            }
+        }
+        out.sort_unstable();
+    }
+
     fn use_longest_path(
         &self,
         n_leaves: usize,
@@ -1078,7 +1131,9 @@ impl<'g> Orderer<'g> {
                     .reachable_added
                     .iter()
                     .copied()
-                    .filter(|&k| self.in_reachable_hull[k as usize] && self.degrees.of(k) == Some(min))
+                    .filter(|&k| {
+                        self.in_reachable_hull[k as usize] && self.degrees.of(k) == Some(min)
+                    })
                     .collect();
                 c.sort_unstable();
                 c.dedup();
