@@ -96,7 +96,7 @@ fn dask_types(py: Python<'_>) -> PyResult<&DaskTypes> {
 /// as iterating them, for a small and a large table and one with dummies.
 fn raw_layout_matches(py: Python<'_>) -> PyResult<bool> {
     let v = py.version_info();
-    if cfg!(not(target_pointer_width = "64")) || v < (3, 10) || v >= (3, 15) {
+    if cfg!(not(target_pointer_width = "64")) || !(10..15).contains(&v.minor) || v.major != 3 {
         return Ok(false);
     }
     let builtins = py.import("builtins")?;
@@ -358,7 +358,6 @@ pub fn order_graph<'py>(
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     let py = dsk.py();
     let types = dask_types(py)?;
-    let t0 = std::time::Instant::now();
     let gc = GcPause::new(py);
     let Some((mut keys, mut is_task, dep_sets)) = read_keys(dsk, types)? else {
         return Ok(None);
@@ -442,12 +441,7 @@ pub fn order_graph<'py>(
         n_real,
         names,
     };
-    let t1 = std::time::Instant::now();
     let outcome = py.detach(|| order(&graph, return_stats));
-    let t2 = std::time::Instant::now();
-    if std::env::var_os("RSCHED_ORDER_TIMING").is_some() {
-        eprintln!("read {:?} order {:?}", t1 - t0, t2 - t1);
-    }
     let assigned = match outcome {
         Ok(a) => a,
         Err(

@@ -563,10 +563,7 @@ impl<'g> Orderer<'g> {
         self.deps_now = vec![None; n];
 
         // dependents = reverse_dict(dependencies), and the order its dict meets keys
-        let timing = std::env::var_os("RSCHED_ORDER_TIMING").is_some();
-        let t0 = std::time::Instant::now();
         self.build_dependents();
-        let t_dep = t0.elapsed();
 
         // Only data roots (and external keys) with several dependents make dask's first
         // loop change the graph; the sets it iterates are built when one exists.
@@ -603,11 +600,8 @@ impl<'g> Orderer<'g> {
             (leaves, self.root_nodes.iter().filter(|&&r| r).count(), None)
         };
 
-        let t1 = std::time::Instant::now();
         self.ndependencies()?;
-        let t2 = std::time::Instant::now();
         self.connecting_to_roots();
-        let t3 = std::time::Instant::now();
 
         self.leaf_nodes = vec![false; n];
         for &k in &leaf_list {
@@ -636,17 +630,6 @@ impl<'g> Orderer<'g> {
             sorted.reverse();
         }
         self.leaf_nodes_sorted = sorted;
-        let t4 = std::time::Instant::now();
-        if timing {
-            eprintln!(
-                "dependents {:?} removal {:?} ndeps {:?} connecting {:?} leaves {:?}",
-                t_dep,
-                t1 - t0 - t_dep,
-                t2 - t1,
-                t3 - t2,
-                t4 - t3
-            );
-        }
 
         while self.assigned.len() < expected_len {
             if self.error.is_some() {

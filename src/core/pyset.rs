@@ -848,4 +848,32 @@ mod tests {
         );
         assert_eq!((&c).into_iter().len(), 3);
     }
+
+    /// `insertion_order` lays small sets out as inserting them one by one does.
+    #[test]
+    fn insertion_order_matches_inserts() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for len in 0..12usize {
+            for _ in 0..200 {
+                let mut items: Vec<(u32, i64)> = Vec::new();
+                while items.len() < len {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let k = (x % 1000) as u32;
+                    if items.iter().all(|&(o, _)| o != k) {
+                        // hashes with few low bits set collide in small tables
+                        items.push((k, (x >> 20) as i64 & 0x3f_ffff));
+                    }
+                }
+                let mut got = Vec::new();
+                insertion_order(&items, &mut got);
+                let mut s = PySet::new();
+                for &(k, h) in &items {
+                    s.insert(k, h);
+                }
+                assert_eq!(got, s.iter().collect::<Vec<_>>());
+            }
+        }
+    }
 }
