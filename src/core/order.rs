@@ -476,6 +476,14 @@ impl<'g> Orderer<'g> {
 
     /// `dependencies[k]` as dask's `DependenciesMapping` gives it now.
     #[inline]
+    fn deps_items(&self, k: u32) -> &[u32] {
+        match &self.deps_now[k as usize] {
+            Some(s) => &s.items,
+            None => self.g.deps(k),
+        }
+    }
+
+    #[inline]
     fn deps_of(&self, k: u32) -> SetView<'_> {
         match &self.deps_now[k as usize] {
             Some(s) => s.view(),
@@ -519,12 +527,7 @@ impl<'g> Orderer<'g> {
         let (x, y) = (a as usize, b as usize);
         self.total_dependencies[x]
             .cmp(&self.total_dependencies[y])
-            .then_with(|| {
-                self.deps_of(a)
-                    .items
-                    .len()
-                    .cmp(&self.deps_of(b).items.len())
-            })
+            .then_with(|| self.deps_items(a).len().cmp(&self.deps_items(b).len()))
             .then_with(|| self.roots_connected_len[x].cmp(&self.roots_connected_len[y]))
             .then_with(|| self.max_dependents[y].cmp(&self.max_dependents[x]))
             .then_with(|| self.g.names[x].cmp(&self.g.names[y]))
@@ -641,7 +644,7 @@ impl<'g> Orderer<'g> {
             // A. Build the critical path
             let target = self.get_target()?;
             self.critical_path.push(target);
-            let mut next_deps: Vec<u32> = self.deps_of(target).items.to_vec();
+            let mut next_deps: Vec<u32> = self.deps_items(target).to_vec();
             while !next_deps.is_empty() {
                 let item = self.max_by_key(&next_deps).expect("non-empty");
                 self.critical_path.push(item);
@@ -666,8 +669,7 @@ impl<'g> Orderer<'g> {
                 if self.num_needed[item as usize] != 0 {
                     self.critical_path.push(item);
                     let mut deps: Vec<u32> = self
-                        .deps_of(item)
-                        .items
+                        .deps_items(item)
                         .iter()
                         .copied()
                         .filter(|&d| !self.in_result[d as usize])
@@ -848,7 +850,7 @@ impl<'g> Orderer<'g> {
         let mut reached = 0usize;
         let alive: Vec<u32> = self.alive_keys().collect();
         for &k in &alive {
-            let d = self.deps_of(k).items.len() as u32;
+            let d = self.deps_items(k).len() as u32;
             num_needed[k as usize] = d;
             waiting[k as usize] = d;
             if d == 0 {
@@ -858,7 +860,7 @@ impl<'g> Orderer<'g> {
         while let Some(k) = stack.pop() {
             reached += 1;
             let mut t: u64 = 1;
-            for &c in self.deps_of(k).items {
+            for &c in self.deps_items(k) {
                 t = t
                     .checked_add(total[c as usize])
                     .ok_or(OrderError::Overflow)?;
@@ -889,7 +891,7 @@ impl<'g> Orderer<'g> {
         let reach = self.propagate(&alive, true, Some(&mut max_dependents));
         for &k in &alive {
             // dask gives the roots themselves no roots
-            if !self.deps_of(k).items.is_empty() {
+            if !self.deps_items(k).is_empty() {
                 roots_len[k as usize] = reach[k as usize].as_ref().map_or(0, |r| r.len()) as u32;
             }
         }
@@ -898,7 +900,7 @@ impl<'g> Orderer<'g> {
         for &k in &alive {
             if self.dependents_of(k).is_empty() {
                 reach[k as usize] = Some(Reach::Empty); // nor the leaves any leaves
-            } else if !self.deps_of(k).items.is_empty() {
+            } else if !self.deps_items(k).is_empty() {
                 reach[k as usize] = None; // only roots' leaves are read
             }
         }
@@ -918,7 +920,7 @@ impl<'g> Orderer<'g> {
         let n = self.n;
         let inputs = |k: u32| -> &[u32] {
             if up {
-                self.deps_of(k).items
+                self.deps_items(k)
             } else {
                 self.dependents_of(k)
             }
@@ -927,7 +929,7 @@ impl<'g> Orderer<'g> {
             if up {
                 self.dependents_of(k)
             } else {
-                self.deps_of(k).items
+                self.deps_items(k)
             }
         };
         let mut reach: Vec<Option<Reach>> = vec![None; n];
@@ -1047,7 +1049,7 @@ impl<'g> Orderer<'g> {
         out.clear();
         let mut stack = vec![k];
         while let Some(x) = stack.pop() {
-            let ins = self.deps_of(x).items;
+            let ins = self.deps_items(x);
             if ins.is_empty() {
                 out.push(x);
             } else {
@@ -1224,7 +1226,7 @@ impl<'g> Orderer<'g> {
                         let c = current as usize;
                         self.runnable_hull[c] = true;
                         let n_down = self.dependents_of(current).len();
-                        let n_up = self.deps_of(current).items.len();
+                        let n_up = self.deps_items(current).len();
                         if n_down == 0 {
                             if self.num_needed[c] <= 1 {
                                 for &k in &path {
@@ -1239,7 +1241,7 @@ impl<'g> Orderer<'g> {
                                 let mut down: Vec<u32> = self.dependents_of(current).to_vec();
                                 self.sort_by_key(&mut down);
                                 for d in down {
-                                    if self.deps_of(d).items.len() == 1 {
+                                    if self.deps_items(d).len() == 1 {
                                         let mut branch = path.clone();
                                         branch.push(d);
                                         branches.push_back((nsplits, branch));
