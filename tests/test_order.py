@@ -211,3 +211,49 @@ def test_dask_own_test_order(tmp_path):
     print(stats)
     assert stats["mismatch"] == 0
     assert stats["rust"] >= 100, stats
+
+
+async def _priorities(engine: str, calls: list) -> dict:
+    import asyncio
+
+    import dask.array as da
+    from distributed import Client
+
+    from engines import scheduler_on
+
+    real = _order.order
+
+    def counting(*args, **kwargs):
+        calls.append(engine)
+        return real(*args, **kwargs)
+
+    _order.order = counting
+    try:
+        scheduler = scheduler_on(engine)
+        async with scheduler as s, Client(s.address, asynchronous=True) as c:
+            x = da.ones((120, 120), chunks=10)
+            y = c.compute(((x + x.T) * 2).sum(axis=0))  # no workers: the tasks wait
+            for _ in range(500):
+                if len(s.tasks) > 300:
+                    break
+                await asyncio.sleep(0.01)
+            priorities = {ts.key: ts.priority for ts in s.tasks.values()}
+            del y
+            return priorities
+    finally:
+        _order.order = real
+
+
+def test_engine_scheduler_orders_in_rust_with_the_same_priorities():
+    """A real Client's graph: the engine-backed scheduler's `update_graph` orders it in
+    Rust, and every task gets the priority the pure-Python scheduler gives it."""
+    import asyncio
+
+    calls: list = []
+    python = asyncio.run(_priorities("python", calls))
+    rust = asyncio.run(_priorities("rust", calls))
+    assert calls == ["rust"]
+    # the finalize key carries a fresh token per run
+    common = python.keys() & rust.keys()
+    assert len(common) >= len(python) - 1 > 300
+    assert all(rust[k] == python[k] for k in common)
