@@ -87,7 +87,6 @@ GRAPHS = {"tree": tree, "array": array, "shuffle": shuffle}
 
 def measure(name: str, n: int, rust_runs: int = 3) -> dict:
     import dask.order
-
     import dask_rsched
 
     dask_order = getattr(dask.order.order, "__wrapped__", dask.order.order)
@@ -119,8 +118,9 @@ def main() -> int:
     args = ap.parse_args()
     sizes = [10_000] if args.quick else args.tasks
     print(
-        f"| graph | tasks | dask.order s | Rust s | dask µs/task | Rust µs/task | ratio | identical |\n"
-        f"|---|---:|---:|---:|---:|---:|---:|---|",
+        "| graph | tasks | dask.order s | Rust s | dask µs/task | Rust µs/task | ratio "
+        "| identical |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---|",
         flush=True,
     )
     ok = True

@@ -31,6 +31,7 @@ python -m mypy.stubtest dask_rsched._core --ignore-missing-stub --allowlist pyth
 echo "== benchmark harness (quick)"
 python benches/scheduler_only.py --quick
 python benches/submission.py --quick
+python benches/order.py --quick
 
 echo "== benchmark suite, both engines, every workload (quick: checks that it runs)"
 python benches/suite.py --quick --out "${TMPDIR:-/tmp}/dask-rsched-bench-quick"

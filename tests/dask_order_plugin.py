@@ -13,9 +13,8 @@ import json
 import os
 
 import dask.order
-from dask._task_spec import GraphNode, convert_legacy_graph
-
 import dask_rsched
+from dask._task_spec import GraphNode, convert_legacy_graph
 from dask_rsched import _core
 
 _dask_order = getattr(dask.order.order, "__wrapped__", dask.order.order)
