@@ -1,6 +1,8 @@
 """Graph submission side by side: a real `distributed.Scheduler`, pure Python vs on the
-engine, taking a graph through `_create_taskstate_from_graph` (what `update-graph` calls
-once the graph is deserialised, materialised and ordered; `dask.order` is timed apart).
+engine, taking a graph through `dask.order` and `_create_taskstate_from_graph` (what
+`update-graph` runs once the graph is deserialised and materialised). Each engine orders
+as its scheduler does: dask's `order` on pure Python, `dask_rsched.order` (Rust) on the
+engine; the two are timed apart.
 
     python benches/submission.py [--tasks 200000] [--workloads tree array] [--quick]
 
@@ -48,8 +50,11 @@ async def measure(engine: str, workload: str, n: int) -> dict:
     async with new_scheduler(engine) as s:
         s.client_desires_keys(keys=[], client="bench-client")
         dsk, wanted = build(workload, n)
+        import dask_rsched
+
+        order = dask_rsched.order if engine == "rust" else dask.order.order
         t = time.perf_counter()
-        ordered = dask.order.order(dsk)
+        ordered = order(dsk)
         order_s = time.perf_counter() - t
         gc.collect()
         before = rss()
@@ -110,8 +115,13 @@ def main() -> None:
             )
         p, e = rows["python"], rows["rust"]
         ratio = p["submit_us"] / e["submit_us"]
+        order_ratio = p["order_us"] / e["order_us"]
+        both = (p["submit_us"] + p["order_us"]) / (e["submit_us"] + e["order_us"])
         gc_ratio = p["gc_pause_ms"] / max(e["gc_pause_ms"], 1e-3)
-        print(f"{workload:8s} pure Python / engine: submission {ratio:.1f}x, GC {gc_ratio:.1f}x")
+        print(
+            f"{workload:8s} pure Python / engine: submission {ratio:.1f}x, order "
+            f"{order_ratio:.1f}x, order + submission {both:.1f}x, GC {gc_ratio:.1f}x"
+        )
 
 
 if __name__ == "__main__":

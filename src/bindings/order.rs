@@ -441,7 +441,13 @@ pub fn order_graph<'py>(
         n_real,
         names,
     };
-    let outcome = py.detach(|| order(&graph, return_stats));
+    // a panic (a graph the core does not expect) sends the graph to dask's order
+    let outcome = py.detach(|| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| order(&graph, return_stats)))
+    });
+    let Ok(outcome) = outcome else {
+        return Ok(None);
+    };
     let assigned = match outcome {
         Ok(a) => a,
         Err(

@@ -1,0 +1,129 @@
+"""Client to running, side by side: a real `dask scheduler` process (pure Python, or with
+`--preload dask_rsched`) receives a graph from a Client in this process; measured are the
+time from `client.get` until the scheduler holds every task (deserialise, materialise,
+order, state), the scheduler process's CPU over that time, and its longest event-loop
+stall (distributed's own `tick-duration` digest, reset just before the submission).
+
+    python benches/submit_e2e.py [--tasks 200000] [--graphs tree array] [--quick]
+
+No workers join, so the tasks stop at `no-worker`/`queued` and nothing else runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+def _reset(dask_scheduler) -> None:
+    dask_scheduler.digests_max.clear()
+
+
+def _state(dask_scheduler) -> tuple[int, float]:
+    return len(dask_scheduler.tasks), float(dask_scheduler.digests_max.get("tick-duration", 0))
+
+
+@contextlib.contextmanager
+def scheduler_process(engine: str):
+    import psutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sched_file = os.path.join(tmp, "scheduler.json")
+        cmd = [
+            sys.executable,
+            "-m",
+            "distributed.cli.dask_scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--dashboard-address",
+            ":0",
+            "--scheduler-file",
+            sched_file,
+        ]
+        if engine == "rust":
+            cmd += ["--preload", "dask_rsched"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(600):
+                if os.path.exists(sched_file) and os.path.getsize(sched_file) > 0:
+                    break
+                time.sleep(0.05)
+            time.sleep(0.2)
+            yield sched_file, psutil.Process(proc.pid)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+def measure(engine: str, graph: str, n: int) -> dict:
+    from distributed import Client
+    from order import GRAPHS
+
+    dsk = GRAPHS[graph](n)
+    keys = [k for k in dsk if graph != "tree" or str(k).startswith("sum-")][-1:]
+    with scheduler_process(engine) as (sched_file, proc):
+        with Client(scheduler_file=sched_file, timeout=60) as client:
+            client.run_on_scheduler(_reset)
+            cpu0 = sum(proc.cpu_times()[:2])
+            t = time.perf_counter()
+            futures = client.get(dsk, keys, sync=False)
+            while True:
+                held, stall = client.run_on_scheduler(_state)
+                if held >= len(dsk):
+                    break
+                time.sleep(0.05)
+            wall = time.perf_counter() - t
+            cpu = sum(proc.cpu_times()[:2]) - cpu0
+            del futures
+    return {
+        "engine": engine,
+        "graph": graph,
+        "tasks": len(dsk),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "stall_s": stall,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", type=int, default=200_000)
+    ap.add_argument("--graphs", nargs="+", default=["tree", "array"])
+    ap.add_argument("--quick", action="store_true", help="10,000 tasks")
+    args = ap.parse_args()
+    n = 10_000 if args.quick else args.tasks
+    print(
+        "| graph | tasks | engine | client to running s | scheduler CPU s | "
+        "longest stall s |\n|---|---:|---|---:|---:|---:|",
+        flush=True,
+    )
+    for graph in args.graphs:
+        rows = {}
+        for engine in ("python", "rust"):
+            r = rows[engine] = measure(engine, graph, n)
+            name = "pure Python" if engine == "python" else "dask-rsched"
+            print(
+                f"| {graph} | {r['tasks']:,} | {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
+                f"| {r['stall_s']:.2f} |",
+                flush=True,
+            )
+        p, e = rows["python"], rows["rust"]
+        print(
+            f"| {graph} | | pure Python / engine | {p['wall_s'] / e['wall_s']:.1f}x "
+            f"| {p['cpu_s'] / e['cpu_s']:.1f}x | {p['stall_s'] / max(e['stall_s'], 1e-3):.1f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
