@@ -93,6 +93,9 @@ def measure(engine: str, graph: str, n: int) -> dict:
                 time.sleep(0.05)
             wall = time.perf_counter() - t
             cpu = sum(proc.cpu_times()[:2]) - cpu0
+            # the tick that measures a stall runs only once the loop is free again
+            time.sleep(0.3)
+            _, stall = client.run_on_scheduler(_state)
             del futures
     return {
         "engine": engine,
