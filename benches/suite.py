@@ -84,6 +84,10 @@ def matrix(quick: bool) -> list[dict]:
                     engine=engine,
                 )
             )
+    # `order` alone: one run measures both (dask's and the Rust one) on the same graph
+    for n in [2_000] if quick else [100_000, 1_000_000]:
+        for graph in ("tree", "array", "shuffle"):
+            runs.append(dict(kind="order", workload=graph, tasks=n, workers=0, engine="rust"))
     for workload in ("map", "tree"):
         for engine in ENGINES:
             runs.append(
@@ -106,6 +110,10 @@ def run_one(cfg: dict) -> dict:
     sys.path.insert(0, str(HERE))
     for name in ("distributed", "dask_rsched"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    if cfg["kind"] == "order":
+        import order
+
+        return order.measure(cfg["workload"], cfg["tasks"])
     if cfg["kind"] == "cluster":
         import cluster_e2e
 
@@ -319,6 +327,21 @@ def markdown(results: list[dict], quick: bool) -> str:
                 f"| {r['workload']} | {r['tasks']:,} | {r['workers']} | {LABEL[r['engine']]} | "
                 f"{r['wall']:.2f} | {r['scheduler_cpu']:.2f} | "
                 f"{r['scheduler_cpu'] / r['tasks'] * 1e6:.0f} |"
+            )
+    orders = [r for r in results if r["kind"] == "order" and not r.get("skipped")]
+    if orders:
+        lines += [
+            "",
+            "### `order` alone: `dask_rsched.order` against `dask.order.order`",
+            "",
+            "| graph | tasks | dask.order µs/task | Rust µs/task | ratio | identical |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for r in orders:
+            lines.append(
+                f"| {r['workload']} | {r['tasks']:,} | {r['dask_s'] / r['tasks'] * 1e6:.1f} | "
+                f"{r['rust_s'] / r['tasks'] * 1e6:.2f} | {r['ratio']:.1f}x | "
+                f"{'yes' if r['identical'] else 'NO'} |"
             )
     lines += ["", "### Targets", "", *targets(results)]
     return "\n".join(lines) + "\n"
