@@ -16,10 +16,12 @@ from typing import Any
 
 from dask_rsched import _core
 
-#: True inside an engine-backed scheduler's `update_graph`: the `dask.order.order` it
-#: calls is this module's (distributed offloads it to a thread with this context).
-ENGINE_ORDER: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "dask_rsched_engine_order", default=False
+#: Set inside an engine-backed scheduler's `update_graph` (distributed offloads
+#: `dask.order.order` to a thread with this context): the `dask.order.order` it calls is
+#: this module's, which notes in the dict the graph it ordered and the keys that graph
+#: names without holding (`"graph"`, `"external"`).
+ENGINE_ORDER: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "dask_rsched_engine_order", default=None
 )
 
 _layout_matches: bool | None = None
@@ -85,6 +87,7 @@ def order(
     dependencies: Mapping[Any, Any] | None = None,
     *,
     return_stats: bool = False,
+    _seen: dict[str, Any] | None = None,
 ) -> dict[Any, Any]:
     """`dask.order.order` in Rust: ``{key: priority}``, or ``{key: Order(priority,
     critical_path)}`` with ``return_stats=True``, as dask gives them.
@@ -96,10 +99,24 @@ def order(
         return {}
     graph = dsk if type(dsk) is dict else dict(dsk)
     if set_layout_matches():
-        result = _core.order_graph(graph, return_stats)
+        external: list[Any] = []
+        result = _core.order_graph(graph, return_stats, external)
         if result is not None:
+            if _seen is not None:
+                _seen.update(graph=graph, external=external)
             return result
     return _dask_order(graph, return_stats=return_stats)
+
+
+def lost_keys(seen: dict[str, Any] | None, dsk: Any, keys: Any, tasks: Any) -> set | None:
+    """`_find_lost_dependencies` without walking the graph, when the Rust order saw this
+    graph and every key it names outside itself is held: then only a requested key that
+    is neither in the graph nor held is lost. `None` when the walk is needed."""
+    if not seen or seen.get("graph") is not dsk:
+        return None
+    if not all(k in tasks for k in seen["external"]):
+        return None
+    return {k for k in keys if k not in dsk and k not in tasks}
 
 
 def _dask_order(dsk: Any, dependencies: Any = None, **kwargs: Any) -> Any:
@@ -115,8 +132,9 @@ def _scheduler_order(
     *,
     return_stats: bool = False,
 ) -> dict[Any, Any]:
-    if ENGINE_ORDER.get():
-        return order(dsk, return_stats=return_stats)
+    seen = ENGINE_ORDER.get()
+    if seen is not None:
+        return order(dsk, return_stats=return_stats, _seen=seen)
     return _dask_order(dsk, dependencies, return_stats=return_stats)
 
 

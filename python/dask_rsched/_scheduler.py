@@ -436,11 +436,24 @@ class EngineSchedulerMixin:
 
     async def update_graph(self, *args: Any, **kwargs: Any) -> None:
         # the graph's `dask.order.order` runs in Rust (same priorities)
-        token = _order.ENGINE_ORDER.set(True)
+        token = _order.ENGINE_ORDER.set({})
         try:
             await super().update_graph(*args, **kwargs)  # type: ignore[misc]
         finally:
             _order.ENGINE_ORDER.reset(token)
+
+    def _find_lost_dependencies(self, dsk: dict, keys: set) -> set:
+        lost = _order.lost_keys(_order.ENGINE_ORDER.get(), dsk, keys, self.tasks)
+        if lost is None:
+            return super()._find_lost_dependencies(dsk, keys)  # type: ignore[misc]
+        for k in lost:
+            _dsched.logger.info(
+                "User asked for computation on lost data. Final key is %s with missing "
+                "dependency %s",
+                k,
+                k,
+            )
+        return lost
 
     def _create_taskstate_from_graph(
         self,

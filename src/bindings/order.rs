@@ -349,12 +349,14 @@ fn read_keys<'py>(dsk: &Bound<'py, PyDict>, types: &DaskTypes) -> PyResult<Optio
 
 /// `dask.order.order(dsk, return_stats=...)` for a dict of `GraphNode`s, or `None` when
 /// the graph has something the Rust order does not reproduce (dask's then runs, and
-/// raises its own error for a cyclic graph).
+/// raises its own error for a cyclic graph). `external`, if given, receives the keys the
+/// graph names as dependencies but does not hold.
 #[pyfunction]
-#[pyo3(signature = (dsk, return_stats = false))]
+#[pyo3(signature = (dsk, return_stats = false, external = None))]
 pub fn order_graph<'py>(
     dsk: &Bound<'py, PyDict>,
     return_stats: bool,
+    external: Option<&Bound<'py, PyList>>,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     let py = dsk.py();
     let types = dask_types(py)?;
@@ -427,6 +429,11 @@ pub fn order_graph<'py>(
     // external keys have no dependencies
     for _ in n_real..keys.len() {
         dep_offsets.push(dep_ids.len() as u32);
+    }
+    if let Some(external) = external {
+        for key in &keys[n_real..] {
+            external.append(key)?;
+        }
     }
     let Some(names) = key_names(&keys)? else {
         return Ok(None);
