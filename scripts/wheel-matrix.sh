@@ -45,6 +45,8 @@ for release in "${releases[@]}"; do
     run python -m pip install --quiet "distributed==$release" "dask[array,dataframe]==$release"
     run python -m pip install --quiet "$wheel" ./compat
     run python scripts/smoke.py "$release"
-    run env DIFF_EXAMPLES="${MATRIX_DIFF_EXAMPLES:-300}" python -m pytest -q -p no:cacheprovider \
-        -p no:warnings tests/test_differential.py tests/test_e2e.py
+    # test_order.py also runs that dask release's own test_order.py against the Rust order
+    run env DIFF_EXAMPLES="${MATRIX_DIFF_EXAMPLES:-300}" ORDER_EXAMPLES=100 \
+        python -m pytest -q -p no:cacheprovider -p no:warnings \
+        tests/test_differential.py tests/test_e2e.py tests/test_order.py
 done
