@@ -9,6 +9,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFrozenSet, PyInt, PyList, PyString, PyTuple, PyType};
+use pyo3::Borrowed;
 use std::borrow::Cow;
 
 /// Reads a frozenset's hash table in place (CPython's `PySetObject` and `setentry`
@@ -167,10 +168,11 @@ impl KeyIndex {
             .insert_unique(mix(h), id, |&other| mix(hashes[other as usize]));
     }
 
+    /// `key` is a borrowed reference held alive by the caller.
     fn find(
         &self,
         h: i64,
-        key: &Bound<'_, PyAny>,
+        key: *mut pyo3::ffi::PyObject,
         keys: &[Bound<'_, PyAny>],
         hashes: &[i64],
     ) -> PyResult<Option<u32>> {
@@ -180,11 +182,15 @@ impl KeyIndex {
                 return false;
             }
             let other = &keys[id as usize];
-            other.is(key)
-                || other.eq(key).unwrap_or_else(|e| {
-                    err = Some(e);
-                    false
-                })
+            if other.as_ptr() == key {
+                return true;
+            }
+            // SAFETY: the caller keeps `key` alive (a set holds it) and holds the GIL.
+            let key = unsafe { Borrowed::from_ptr(other.py(), key) };
+            other.eq(&*key).unwrap_or_else(|e| {
+                err = Some(e);
+                false
+            })
         });
         match err {
             Some(e) => Err(e),
@@ -377,17 +383,17 @@ pub fn order_graph<'py>(
     let mut dep_masks = HashMap::new();
     let mut dep_fills = HashMap::new();
     dep_offsets.push(0u32);
-    let mut elements: Vec<(Bound<'py, PyAny>, i64)> = Vec::new();
+    // (borrowed key, hash): the frozenset (or `held`) keeps each key alive
+    let mut elements: Vec<(*mut pyo3::ffi::PyObject, i64)> = Vec::new();
+    let mut held: Vec<Bound<'py, PyAny>> = Vec::new();
     for (i, deps) in dep_sets.iter().enumerate() {
         elements.clear();
+        held.clear();
         if types.raw_sets {
             // SAFETY: `deps` is a live exact frozenset (checked in `read_keys`), the
             // layout was verified at start-up, and the GIL is held throughout.
             let table = unsafe { raw_set::Table::of(deps.as_ptr()) };
-            for (ptr, h) in unsafe { table.active() } {
-                // SAFETY: the set holds a reference to each active key.
-                elements.push((unsafe { Bound::from_borrowed_ptr(py, ptr) }, h));
-            }
+            elements.extend(unsafe { table.active() });
             if table.mask != 7 {
                 dep_masks.insert(i as u32, table.mask as u32);
             }
@@ -397,7 +403,8 @@ pub fn order_graph<'py>(
         } else {
             for dep in deps.iter() {
                 let h = dep.hash()? as i64;
-                elements.push((dep, h));
+                elements.push((dep.as_ptr(), h));
+                held.push(dep);
             }
             if deps.len() >= 5 {
                 // the table may be larger than the 8-slot smalltable: its size says how much
@@ -409,7 +416,7 @@ pub fn order_graph<'py>(
             }
         }
         for (dep, h) in elements.drain(..) {
-            let id = match index.find(h, &dep, &keys, &hashes)? {
+            let id = match index.find(h, dep, &keys, &hashes)? {
                 Some(id) => id,
                 None => {
                     // a key only named as a dependency: dask adds a DataNode for it
@@ -417,7 +424,8 @@ pub fn order_graph<'py>(
                     hashes.push(h);
                     index.insert_new(h, id, &hashes);
                     is_task.push(false);
-                    keys.push(dep);
+                    // SAFETY: a live key (see `elements`); this takes a reference of our own.
+                    keys.push(unsafe { Bound::from_borrowed_ptr(py, dep) });
                     id
                 }
             };
