@@ -1014,8 +1014,6 @@ impl<'g> Orderer<'g> {
                         }
                         match largest_shared {
                             Some(shared) if union.len() == largest_len => shared.clone(),
-                            // small sets are not worth hashing to share
-                            _ if union.len() <= 16 => Reach::Many(Rc::from(union.as_slice())),
                             _ => {
                                 if let Some((shared, ())) = dedup.get_key_value(union.as_slice()) {
                                     Reach::Many(shared.clone())
