@@ -2,7 +2,7 @@
 //! core's `OrderGraph`, runs `core::order` without the GIL, and builds the dict
 //! `dask.order.order` returns. `None` tells the caller to use dask's own.
 
-use crate::core::order::{order, OrderError, OrderGraph};
+use crate::core::order::{order, OrderGraph};
 use crate::core::pyset::PySet;
 use hashbrown::HashMap;
 use pyo3::intern;
@@ -460,17 +460,9 @@ pub fn order_graph<'py>(
     let outcome = py.detach(|| {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| order(&graph, return_stats)))
     });
-    let Ok(outcome) = outcome else {
+    // every `OrderError` (a cycle included) also leaves the graph to dask's order
+    let Ok(Ok(assigned)) = outcome else {
         return Ok(None);
-    };
-    let assigned = match outcome {
-        Ok(a) => a,
-        Err(
-            OrderError::Cycle
-            | OrderError::AmbiguousTie
-            | OrderError::Overflow
-            | OrderError::Inconsistent(_),
-        ) => return Ok(None),
     };
     // The same priorities as dask; the dict lists keys in the graph's order (dask's
     // lists them as it assigns them), which fills it in the order the keys sit in memory.

@@ -12,7 +12,7 @@
 //! Everything else (the hulls, the degree buckets, the cached paths) is only tested for
 //! membership, or is sorted by `sort_key` before use, so its order cannot matter.
 
-use crate::core::pyset::{insertion_order, PySet};
+use crate::core::pyset::{grow_target, insertion_order, table_size_for, PySet};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
 use std::borrow::Cow;
@@ -134,21 +134,8 @@ impl OwnedSet {
     }
 }
 
-/// `set_table_resize`'s size: the smallest power of two (>= 8) above `minused`.
 fn table_mask_for(minused: usize) -> usize {
-    let mut size = 8;
-    while size <= minused {
-        size <<= 1;
-    }
-    size - 1
-}
-
-fn grow_target(used: usize) -> usize {
-    if used > 50000 {
-        used * 2
-    } else {
-        used * 4
-    }
+    table_size_for(minused) - 1
 }
 
 /// `s.difference(other)` for a set `other` of `other_len` items (a dict or a set),
@@ -511,16 +498,7 @@ impl<'g> Orderer<'g> {
     }
 
     fn sort_by_key(&mut self, v: &mut [u32]) {
-        let mut tie = false;
-        {
-            let this = &*self;
-            v.sort_by(|&a, &b| {
-                let c = this.cmp_key_pure(a, b);
-                tie |= c == Ordering::Equal && a != b;
-                c
-            });
-        }
-        self.tie |= tie;
+        v.sort_by(|&a, &b| self.cmp_key(a, b));
     }
 
     fn cmp_key_pure(&self, a: u32, b: u32) -> Ordering {

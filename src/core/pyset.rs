@@ -132,9 +132,19 @@ pub fn insertion_order<T: Copy + Eq>(items: &[(T, i64)], out: &mut Vec<T>) {
     out.extend(s.iter());
 }
 
+/// `set_table_resize`'s table size: the smallest power of two (>= 8) above `minused`.
+#[inline]
+pub(crate) fn table_size_for(minused: usize) -> usize {
+    let mut size = MINSIZE;
+    while size <= minused {
+        size <<= 1;
+    }
+    size
+}
+
 /// Growth/shrink target used by `set_add_entry` and `set_difference_update`.
 #[inline]
-fn grow_target(used: usize) -> usize {
+pub(crate) fn grow_target(used: usize) -> usize {
     if used > 50000 {
         used * 2
     } else {
@@ -316,10 +326,7 @@ impl<T: Copy + Eq> PySet<T> {
     /// `set_table_resize`: rebuild into the smallest power-of-two table
     /// (>= 8) larger than `minused`, dropping dummies.
     fn resize(&mut self, minused: usize) {
-        let mut newsize = MINSIZE;
-        while newsize <= minused {
-            newsize <<= 1;
-        }
+        let newsize = table_size_for(minused);
         // Staying in the smalltable with no dummies is a no-op in CPython.
         if newsize == MINSIZE && self.mask() == MINSIZE - 1 && self.fill == self.used {
             return;
