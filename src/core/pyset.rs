@@ -15,9 +15,11 @@
 //! In-place operations cannot alias in Rust; CPython's `s |= s` is a no-op
 //! and `s -= s` is `s.clear()`.
 //!
-//! Memory: `size_of::<PySet<u32>>() == 32`. An empty set owns no heap
-//! memory; otherwise the table is `mask + 1` entries of 16 bytes (for
-//! `T = u32`), minimum 8 entries, exactly as many slots as CPython uses.
+//! Memory: `size_of::<PySet<u32>>() == 40`. A set whose table is CPython's 8-slot
+//! smalltable with at most one element in it (the common case for a task's sets) owns
+//! no heap memory: the element, its slot and the dummy slots are kept inline.
+//! Otherwise the table is `mask + 1` entries of 16 bytes (for `T = u32`), exactly as
+//! many slots as CPython uses.
 
 use std::fmt;
 use std::iter::FusedIterator;
@@ -43,11 +45,120 @@ impl<T: Copy> Entry<T> {
     };
 }
 
+/// A set's slots. CPython's 8-slot smalltable holding at most one element is kept
+/// inline (most task sets hold one task), anything else on the heap.
+#[derive(Clone)]
+enum Table<T> {
+    /// The smalltable: `entry` (empty when the set is) sits at `slot`; `dummies` is
+    /// the bitmask of deleted slots.
+    Small {
+        entry: Entry<T>,
+        slot: u8,
+        dummies: u8,
+    },
+    Heap(Box<[Entry<T>]>),
+}
+
+impl<T: Copy> Table<T> {
+    const EMPTY: Self = Table::Small {
+        entry: Entry::EMPTY,
+        slot: 0,
+        dummies: 0,
+    };
+
+    /// The slots, laid out.
+    fn slots(entry: Entry<T>, slot: u8, dummies: u8) -> [Entry<T>; MINSIZE] {
+        let mut slots = [Entry::EMPTY; MINSIZE];
+        for (i, e) in slots.iter_mut().enumerate() {
+            if dummies & (1 << i) != 0 {
+                *e = Entry::DUMMY;
+            }
+        }
+        if entry.key.is_some() {
+            slots[slot as usize] = entry;
+        }
+        slots
+    }
+
+    /// `slots` as a table, inline if it is a smalltable with at most one element.
+    fn from_slots(slots: &[Entry<T>]) -> Self {
+        if slots.len() == MINSIZE && slots.iter().filter(|e| e.key.is_some()).count() <= 1 {
+            let mut small = Self::EMPTY;
+            if let Table::Small {
+                entry,
+                slot,
+                dummies,
+            } = &mut small
+            {
+                for (i, e) in slots.iter().enumerate() {
+                    match e.key {
+                        Some(_) => (*entry, *slot) = (*e, i as u8),
+                        None if e.hash == DUMMY_HASH => *dummies |= 1 << i,
+                        None => {}
+                    }
+                }
+            }
+            return small;
+        }
+        Table::Heap(slots.into())
+    }
+}
+
+/// Where `place` put an element.
+#[derive(PartialEq)]
+enum Placed {
+    Present,
+    /// In a dummy slot: `fill` is unchanged.
+    Dummy,
+    /// In an empty slot.
+    Empty,
+}
+
+/// `set_add_entry`'s probe: puts `item` into `table` unless it is there.
+fn place<T: Copy + Eq>(table: &mut [Entry<T>], item: T, hash: i64) -> Placed {
+    let mask = table.len() - 1;
+    let mut perturb = hash as usize;
+    let mut i = hash as usize & mask;
+    // 3.11 reuses the LAST dummy on the probe path (it overwrites
+    // `freeslot` at every dummy), not the first one.
+    let mut freeslot: Option<usize> = None;
+    let slot = 'probe: loop {
+        let end = if i + LINEAR_PROBES <= mask {
+            i + LINEAR_PROBES
+        } else {
+            i
+        };
+        for (j, e) in table[i..=end].iter().enumerate() {
+            match e.key {
+                Some(k) if e.hash == hash && k == item => return Placed::Present,
+                Some(_) => {}
+                None if e.hash != DUMMY_HASH => break 'probe i + j,
+                None => freeslot = Some(i + j),
+            }
+        }
+        i = next_probe(i, &mut perturb, mask);
+    };
+    let placed = match freeslot {
+        Some(f) => {
+            table[f] = Entry {
+                hash,
+                key: Some(item),
+            };
+            return Placed::Dummy;
+        }
+        None => Placed::Empty,
+    };
+    table[slot] = Entry {
+        hash,
+        key: Some(item),
+    };
+    placed
+}
+
 /// Set with CPython 3.11 `set` iteration order. See the module docs.
 #[derive(Clone)]
 pub struct PySet<T> {
-    /// `None` stands for CPython's all-empty 8-slot smalltable.
-    table: Option<Box<[Entry<T>]>>,
+    table: Table<T>,
     /// Active + dummy slots.
     fill: u32,
     /// Active slots (the length).
@@ -56,10 +167,10 @@ pub struct PySet<T> {
     finger: u32,
 }
 
-impl<T> Default for PySet<T> {
+impl<T: Copy> Default for PySet<T> {
     fn default() -> Self {
         PySet {
-            table: None,
+            table: Table::EMPTY,
             fill: 0,
             used: 0,
             finger: 0,
@@ -68,8 +179,8 @@ impl<T> Default for PySet<T> {
 }
 
 #[inline]
-fn new_table<T: Copy>(size: usize) -> Box<[Entry<T>]> {
-    vec![Entry::EMPTY; size].into_boxed_slice()
+fn new_table<T: Copy>(size: usize) -> Vec<Entry<T>> {
+    vec![Entry::EMPTY; size]
 }
 
 /// Next probe start after a run of linear probes (`size_t` arithmetic).
@@ -172,13 +283,31 @@ impl<T: Copy + Eq> PySet<T> {
 
     #[inline]
     fn mask(&self) -> usize {
-        self.table.as_ref().map_or(MINSIZE - 1, |t| t.len() - 1)
+        match &self.table {
+            Table::Small { .. } => MINSIZE - 1,
+            Table::Heap(t) => t.len() - 1,
+        }
+    }
+
+    /// A smalltable left with at most one element goes back inline.
+    #[inline]
+    fn compact(&mut self) {
+        if let Table::Heap(t) = &self.table {
+            if self.used <= 1 && t.len() == MINSIZE {
+                self.table = Table::from_slots(t);
+            }
+        }
     }
 
     /// `set_lookkey`: index of the active slot holding `item`, if any.
     #[inline]
     fn find(&self, item: T, hash: i64) -> Option<usize> {
-        let table = self.table.as_deref()?;
+        let table = match &self.table {
+            Table::Small { entry, slot, .. } => {
+                return (entry.key == Some(item) && entry.hash == hash).then_some(*slot as usize)
+            }
+            Table::Heap(t) => t,
+        };
         let mask = table.len() - 1;
         let mut perturb = hash as usize;
         let mut i = hash as usize & mask;
@@ -222,7 +351,7 @@ impl<T: Copy + Eq> PySet<T> {
             used += 1;
         }
         PySet {
-            table: (used > 0 || mask + 1 != MINSIZE).then_some(table),
+            table: Table::from_slots(&table),
             fill: used,
             used,
             finger: 0,
@@ -237,45 +366,44 @@ impl<T: Copy + Eq> PySet<T> {
 
     /// `s.add(item)` (`set_add_entry`). Returns true if newly inserted.
     pub fn insert(&mut self, item: T, hash: i64) -> bool {
-        let table = self.table.get_or_insert_with(|| new_table(MINSIZE));
-        let mask = table.len() - 1;
-        let mut perturb = hash as usize;
-        let mut i = hash as usize & mask;
-        // 3.11 reuses the LAST dummy on the probe path (it overwrites
-        // `freeslot` at every dummy), not the first one.
-        let mut freeslot: Option<usize> = None;
-        let slot = 'probe: loop {
-            let end = if i + LINEAR_PROBES <= mask {
-                i + LINEAR_PROBES
-            } else {
-                i
-            };
-            for (j, e) in table[i..=end].iter().enumerate() {
-                match e.key {
-                    Some(k) if e.hash == hash && k == item => return false,
-                    Some(_) => {}
-                    None if e.hash != DUMMY_HASH => break 'probe i + j,
-                    None => freeslot = Some(i + j),
+        let placed = match &mut self.table {
+            Table::Heap(t) => place(t, item, hash),
+            Table::Small {
+                entry,
+                slot,
+                dummies,
+            } => {
+                if entry.key.is_none() && *dummies == 0 {
+                    // the empty smalltable: no probing
+                    *entry = Entry {
+                        hash,
+                        key: Some(item),
+                    };
+                    *slot = (hash as usize & (MINSIZE - 1)) as u8;
+                    self.used = 1;
+                    self.fill = 1;
+                    return true;
+                }
+                let mut slots = Table::slots(*entry, *slot, *dummies);
+                let placed = place(&mut slots, item, hash);
+                if placed != Placed::Present {
+                    self.table = Table::Heap(Box::new(slots));
+                }
+                placed
+            }
+        };
+        match placed {
+            Placed::Present => return false,
+            Placed::Dummy => self.used += 1,
+            Placed::Empty => {
+                self.used += 1;
+                self.fill += 1;
+                if (self.fill as usize) * 5 >= self.mask() * 3 {
+                    self.resize(grow_target(self.used as usize));
                 }
             }
-            i = next_probe(i, &mut perturb, mask);
-        };
-        self.used += 1;
-        if let Some(f) = freeslot {
-            table[f] = Entry {
-                hash,
-                key: Some(item),
-            };
-            return true;
         }
-        table[slot] = Entry {
-            hash,
-            key: Some(item),
-        };
-        self.fill += 1;
-        if (self.fill as usize) * 5 >= mask * 3 {
-            self.resize(grow_target(self.used as usize));
-        }
+        self.compact();
         true
     }
 
@@ -293,14 +421,20 @@ impl<T: Copy + Eq> PySet<T> {
 
     #[inline]
     fn kill(&mut self, idx: usize) {
-        let table = self.table.as_deref_mut().expect("active slot");
-        table[idx] = Entry::DUMMY;
+        match &mut self.table {
+            Table::Small { entry, dummies, .. } => {
+                *entry = Entry::EMPTY;
+                *dummies |= 1 << idx;
+            }
+            Table::Heap(t) => t[idx] = Entry::DUMMY,
+        }
         self.used -= 1;
+        self.compact();
     }
 
     /// `s.clear()`: back to the empty 8-slot table; the pop finger is kept.
     pub fn clear(&mut self) {
-        self.table = None;
+        self.table = Table::EMPTY;
         self.fill = 0;
         self.used = 0;
     }
@@ -310,16 +444,24 @@ impl<T: Copy + Eq> PySet<T> {
         if self.used == 0 {
             return None;
         }
-        let table = self.table.as_deref_mut().expect("non-empty set");
-        let mask = table.len() - 1;
-        let mut i = self.finger as usize & mask;
-        while table[i].key.is_none() {
-            i = if i == mask { 0 } else { i + 1 };
-        }
-        let key = table[i].key;
-        table[i] = Entry::DUMMY;
-        self.used -= 1;
+        let i = match &self.table {
+            // the only active slot
+            Table::Small { slot, .. } => *slot as usize,
+            Table::Heap(table) => {
+                let mask = table.len() - 1;
+                let mut i = self.finger as usize & mask;
+                while table[i].key.is_none() {
+                    i = if i == mask { 0 } else { i + 1 };
+                }
+                i
+            }
+        };
+        let key = match &self.table {
+            Table::Small { entry, .. } => entry.key,
+            Table::Heap(table) => table[i].key,
+        };
         self.finger = (i + 1) as u32;
+        self.kill(i);
         key
     }
 
@@ -331,18 +473,22 @@ impl<T: Copy + Eq> PySet<T> {
         if newsize == MINSIZE && self.mask() == MINSIZE - 1 && self.fill == self.used {
             return;
         }
-        let old = self.table.take();
+        let old = std::mem::replace(&mut self.table, Table::EMPTY);
         self.fill = self.used;
         if newsize == MINSIZE && self.used == 0 {
             return; // the empty smalltable needs no allocation
         }
         let mut table = new_table(newsize);
-        for e in old.as_deref().unwrap_or(&[]) {
+        let old_slots: &[Entry<T>] = match &old {
+            Table::Small { entry, .. } => std::slice::from_ref(entry),
+            Table::Heap(t) => t,
+        };
+        for e in old_slots {
             if let Some(k) = e.key {
                 insert_clean(&mut table, k, e.hash);
             }
         }
-        self.table = Some(table);
+        self.table = Table::from_slots(&table);
     }
 
     /// `set_merge`: `self |= other` for a distinct set.
@@ -350,9 +496,6 @@ impl<T: Copy + Eq> PySet<T> {
         if other.used == 0 {
             return;
         }
-        let Some(otable) = other.table.as_deref() else {
-            return;
-        };
         let (fill, oused) = (self.fill as usize, other.used as usize);
         if (fill + oused) * 5 >= self.mask() * 3 {
             self.resize((self.used as usize + oused) * 2);
@@ -360,27 +503,21 @@ impl<T: Copy + Eq> PySet<T> {
         if self.fill == 0 {
             if self.mask() == other.mask() && other.fill == other.used {
                 // Same size, no dummies: CPython copies the layout verbatim.
-                match self.table.as_deref_mut() {
-                    Some(t) => t.copy_from_slice(otable),
-                    None => self.table = Some(otable.into()),
-                }
+                self.table = other.table.clone();
             } else {
-                let size = self.mask() + 1;
-                let table = self.table.get_or_insert_with(|| new_table(size));
-                for e in otable {
-                    if let Some(k) = e.key {
-                        insert_clean(table, k, e.hash);
-                    }
+                // no element and no dummy: a fresh table of the same size
+                let mut table = new_table(self.mask() + 1);
+                for (k, h) in other.iter_hashed() {
+                    insert_clean(&mut table, k, h);
                 }
+                self.table = Table::from_slots(&table);
             }
             self.fill = other.used;
             self.used = other.used;
             return;
         }
-        for e in otable {
-            if let Some(k) = e.key {
-                self.insert(k, e.hash);
-            }
+        for (k, h) in other.iter_hashed() {
+            self.insert(k, h);
         }
     }
 
@@ -471,17 +608,34 @@ impl<T: Copy + Eq> PySet<T> {
         if self.used != 0 && other.used != 0 {
             if other.used > self.used {
                 // Discard order does not affect the layout, so scan the smaller.
-                let table = self.table.as_deref_mut().expect("non-empty set");
-                let mut removed = 0;
-                for e in table.iter_mut() {
-                    if let Some(k) = e.key {
-                        if other.contains(k, e.hash) {
-                            *e = Entry::DUMMY;
-                            removed += 1;
+                match &mut self.table {
+                    Table::Small {
+                        entry,
+                        slot,
+                        dummies,
+                    } => {
+                        if let Some(k) = entry.key {
+                            if other.contains(k, entry.hash) {
+                                *entry = Entry::EMPTY;
+                                *dummies |= 1 << *slot;
+                                self.used -= 1;
+                            }
                         }
                     }
+                    Table::Heap(table) => {
+                        let mut removed = 0;
+                        for e in table.iter_mut() {
+                            if let Some(k) = e.key {
+                                if other.contains(k, e.hash) {
+                                    *e = Entry::DUMMY;
+                                    removed += 1;
+                                }
+                            }
+                        }
+                        self.used -= removed;
+                        self.compact();
+                    }
                 }
-                self.used -= removed;
             } else {
                 for (k, h) in other.iter_hashed() {
                     self.remove(k, h);
@@ -504,8 +658,12 @@ impl<T: Copy + Eq> PySet<T> {
     /// `(element, hash)` pairs in CPython iteration order.
     #[inline]
     pub fn iter_hashed(&self) -> IterHashed<'_, T> {
+        let slots: &[Entry<T>] = match &self.table {
+            Table::Small { entry, .. } => std::slice::from_ref(entry),
+            Table::Heap(t) => t,
+        };
         IterHashed {
-            slots: self.table.as_deref().unwrap_or(&[]).iter(),
+            slots: slots.iter(),
             left: self.used as usize,
         }
     }
@@ -830,10 +988,11 @@ mod tests {
     #[test]
     fn layout_and_basics() {
         if cfg!(target_pointer_width = "64") {
-            assert_eq!(std::mem::size_of::<PySet<u32>>(), 32);
+            assert_eq!(std::mem::size_of::<PySet<u32>>(), 40);
         }
         let mut s: PySet<u32> = PySet::default();
-        assert!(s.table.is_none() && s.is_empty() && s.pop().is_none());
+        let inline_empty = |s: &PySet<u32>| matches!(s.table, Table::Small { entry, .. } if entry.key.is_none());
+        assert!(inline_empty(&s) && s.is_empty() && s.pop().is_none());
         // {8, 1, 16}: 8 and 16 both start at slot 0; 16 probes on to slot 3.
         for x in [8, 1, 16] {
             assert!(s.insert(x, i64::from(x)));
@@ -846,7 +1005,7 @@ mod tests {
         assert_eq!((s.len(), s.fill), (2, 3));
         assert_eq!(s.pop(), Some(1));
         s.clear();
-        assert!(s.table.is_none() && s.is_empty());
+        assert!(inline_empty(&s) && s.is_empty());
         assert_eq!(s.finger, 2, "clear keeps the pop finger");
         let c = PySet::from_iter_hashed([(7u32, -7), (9, i64::MIN), (3, i64::MAX)]);
         assert_eq!(
