@@ -991,7 +991,8 @@ mod tests {
             assert_eq!(std::mem::size_of::<PySet<u32>>(), 40);
         }
         let mut s: PySet<u32> = PySet::default();
-        let inline_empty = |s: &PySet<u32>| matches!(s.table, Table::Small { entry, .. } if entry.key.is_none());
+        let inline_empty =
+            |s: &PySet<u32>| matches!(s.table, Table::Small { entry, .. } if entry.key.is_none());
         assert!(inline_empty(&s) && s.is_empty() && s.pop().is_none());
         // {8, 1, 16}: 8 and 16 both start at slot 0; 16 probes on to slot 3.
         for x in [8, 1, 16] {
