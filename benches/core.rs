@@ -43,7 +43,7 @@ fn graph(n: usize) -> (Vec<GraphTask<u64>>, usize) {
             dsk.push(GraphTask {
                 key: k,
                 hash: hash(k),
-                group: format!("sum-{lvl}"),
+                group: format!("sum-{lvl}").into(),
                 prefix: "sum".into(),
                 run_spec: Some(0),
                 data_producer: false,

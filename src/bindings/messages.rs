@@ -87,7 +87,7 @@ pub fn worker_msg<'py>(
                 intern!(py, "run_spec"),
                 to_pickle(py)?.call1((opt(py, &ts.run_spec),))?,
             )?;
-            match &ts.resource_restrictions {
+            match ts.resource_restrictions() {
                 Some(rr) => {
                     let r = PyDict::new(py);
                     for (k, v) in rr {

@@ -7,6 +7,7 @@
 
 mod engine;
 mod handles;
+mod key_index;
 mod messages;
 mod naming;
 mod order;

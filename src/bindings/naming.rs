@@ -6,6 +6,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
+use std::rc::Rc;
 
 static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
 
@@ -47,7 +48,12 @@ impl Engine {
             .filter(|s| group_is_prefix(s))
             .and_then(ascii_key_split)
         {
-            (PyString::new(py, &name).into_any(), Some(name))
+            // the group is the same str: escaped as below, without a Python string
+            let group = match name.starts_with('\0') {
+                true => format!("\0{name}"),
+                false => name.clone(),
+            };
+            return Ok((group, name));
         } else {
             let group = key_split_group.bind(py).call1((key,))?;
             let prefix = match key.cast::<PyString>() {
@@ -119,6 +125,52 @@ impl Engine {
 }
 
 /// `run_spec.data_producer` of a task spec (false where it has none).
+/// `group_and_prefix` over a graph's keys: keys that name the same group (tuple keys
+/// with the same first element, consecutive keys with the same names) share the names.
+#[derive(Default)]
+pub(crate) struct Namer<'py> {
+    last_first: Option<(Bound<'py, PyAny>, Rc<str>, Rc<str>)>,
+    last: Option<(Rc<str>, Rc<str>)>,
+}
+
+impl<'py> Namer<'py> {
+    pub(crate) fn group_and_prefix(
+        &mut self,
+        engine: &Engine,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<(Rc<str>, Rc<str>)> {
+        // an exact tuple's names depend on its first element only
+        if let Ok(t) = key.cast_exact::<PyTuple>() {
+            let first = t.get_item(0)?;
+            if let Some((f, g, p)) = &self.last_first {
+                if f.is(&first) {
+                    return Ok((g.clone(), p.clone()));
+                }
+            }
+            let (g, p) = self.share(engine.group_and_prefix(key)?);
+            self.last_first = Some((first, g.clone(), p.clone()));
+            return Ok((g, p));
+        }
+        Ok(self.share(engine.group_and_prefix(key)?))
+    }
+
+    fn share(&mut self, (group, prefix): (String, String)) -> (Rc<str>, Rc<str>) {
+        if let Some((g, p)) = &self.last {
+            if **g == *group && **p == *prefix {
+                return (g.clone(), p.clone());
+            }
+        }
+        let p: Rc<str> = prefix.into();
+        let g: Rc<str> = if *group == *p {
+            p.clone()
+        } else {
+            group.into()
+        };
+        self.last = Some((g.clone(), p.clone()));
+        (g, p)
+    }
+}
+
 pub(crate) fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
     spec.getattr(intern!(spec.py(), "data_producer"))
         .and_then(|v| v.is_truthy())

@@ -38,11 +38,11 @@ impl<P: Clone> SchedulerState<P> {
                 with_type: false,
             },
             S::Erred => {
-                let f = self.ts(ts.exception_blame.expect("erred task has a blame"));
+                let f = self.ts(ts.exception_blame().expect("erred task has a blame"));
                 ClientMsg::TaskErred {
                     key: t,
-                    exception: f.exception.clone(),
-                    traceback: f.traceback.clone(),
+                    exception: f.exception().cloned(),
+                    traceback: f.traceback().cloned(),
                 }
             }
             S::Forgotten => ClientMsg::AlreadyForgotten { key: t },

@@ -238,7 +238,7 @@ impl<P: Clone> SchedulerState<P> {
                 candidates.intersection_update(valid);
                 if candidates.is_empty() {
                     candidates = valid.clone();
-                    if candidates.is_empty() && ts.loose_restrictions {
+                    if candidates.is_empty() && ts.loose_restrictions() {
                         return self.decide_worker(t, all_workers, None);
                     }
                 }
@@ -256,7 +256,7 @@ impl<P: Clone> SchedulerState<P> {
         // Sets of addresses are emulated as sets of worker ids hashed like their address.
         let ts = self.ts(t);
         let mut s: Option<WorkerSet> = None;
-        if let Some(wr) = ts.worker_restrictions.as_ref().filter(|r| !r.is_empty()) {
+        if let Some(wr) = ts.worker_restrictions().filter(|r| !r.is_empty()) {
             let items: Vec<(WorkerId, i64)> = wr
                 .iter()
                 .filter_map(|addr| self.worker_id(addr))
@@ -264,7 +264,7 @@ impl<P: Clone> SchedulerState<P> {
                 .collect();
             s = Some(PySet::from_iter_hashed(items));
         }
-        if let Some(hr) = ts.host_restrictions.as_ref().filter(|r| !r.is_empty()) {
+        if let Some(hr) = ts.host_restrictions().filter(|r| !r.is_empty()) {
             // set.union(*sl): a copy of the first set, updated with the others, skipping
             // arguments that are the first set itself
             let mut ss: Option<(String, WorkerSet)> = None;
@@ -291,7 +291,11 @@ impl<P: Clone> SchedulerState<P> {
                 }
             });
         }
-        if let Some(rr) = ts.resource_restrictions.clone().filter(|r| !r.is_empty()) {
+        if let Some(rr) = ts
+            .resource_restrictions()
+            .filter(|r| !r.is_empty())
+            .map(<[_]>::to_vec)
+        {
             let mut ww: Option<WorkerSet> = None;
             for (resource, required) in rr {
                 let rid = self.strings.intern(&resource);

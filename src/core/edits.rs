@@ -29,32 +29,32 @@ impl<P: Clone> SchedulerState<P> {
 
     /// `ts.suspicious += 1` (`remove_worker`)
     pub fn set_suspicious(&mut self, t: TaskId, value: i64) {
-        self.ts_mut(t).suspicious = value;
+        self.ts_mut(t).rare_mut().suspicious = value;
     }
 
     /// `ts.worker_restrictions = {...}` (`Scheduler.set_restrictions`, P2P shuffle).
     pub fn set_worker_restrictions(&mut self, t: TaskId, value: Option<Vec<String>>) {
-        self.ts_mut(t).worker_restrictions = value;
+        self.ts_mut(t).rare_mut().worker_restrictions = value;
     }
 
     /// `ts.host_restrictions = {...}` (`_apply_annotations`)
     pub fn set_host_restrictions(&mut self, t: TaskId, value: Option<Vec<String>>) {
-        self.ts_mut(t).host_restrictions = value;
+        self.ts_mut(t).rare_mut().host_restrictions = value;
     }
 
     /// `ts.loose_restrictions = ...` (`_apply_annotations`: `allow_other_workers`)
     pub fn set_loose_restrictions(&mut self, t: TaskId, value: bool) {
-        self.ts_mut(t).loose_restrictions = value;
+        self.ts_mut(t).rare_mut().loose_restrictions = value;
     }
 
     /// `ts.resource_restrictions = {...}` (`_apply_annotations`: `resources`)
     pub fn set_resource_restrictions(&mut self, t: TaskId, value: Option<Vec<(String, f64)>>) {
-        self.ts_mut(t).resource_restrictions = value;
+        self.ts_mut(t).rare_mut().resource_restrictions = value;
     }
 
     /// `ts.retries = n` (`_apply_annotations`)
     pub fn set_retries(&mut self, t: TaskId, value: i64) {
-        self.ts_mut(t).retries = value;
+        self.ts_mut(t).rare_mut().retries = value;
     }
 
     /// `ts.actor = True` for the actors of a submission.

@@ -28,20 +28,10 @@ pub struct Task<P> {
     pub who_wants: Option<ClientSet>,
     pub who_has: Option<WorkerSet>,
     pub processing_on: Option<WorkerId>,
-    pub retries: i64,
     pub nbytes: i64,
     pub type_: Option<String>,
-    pub exception: Option<P>,
-    pub traceback: Option<P>,
-    pub exception_text: Option<P>,
-    pub traceback_text: Option<P>,
-    pub exception_blame: Option<TaskId>,
-    pub erred_on: Option<Vec<String>>,
-    pub suspicious: i64,
-    pub host_restrictions: Option<Vec<String>>,
-    pub worker_restrictions: Option<Vec<String>>,
-    pub resource_restrictions: Option<Vec<(String, f64)>>,
-    pub loose_restrictions: bool,
+    /// Errors, restrictions, retries: few tasks have any, so they live out of line.
+    pub rare: Option<Box<TaskRare<P>>>,
     pub actor: bool,
     pub group: GroupId,
     pub prefix: PrefixId,
@@ -53,6 +43,42 @@ pub struct Task<P> {
     pub serial: u64,
 }
 
+/// The fields of a task that few tasks set.
+#[derive(Clone, Debug)]
+pub struct TaskRare<P> {
+    pub retries: i64,
+    pub exception: Option<P>,
+    pub traceback: Option<P>,
+    pub exception_text: Option<P>,
+    pub traceback_text: Option<P>,
+    pub exception_blame: Option<TaskId>,
+    pub erred_on: Option<Vec<String>>,
+    pub suspicious: i64,
+    pub host_restrictions: Option<Vec<String>>,
+    pub worker_restrictions: Option<Vec<String>>,
+    pub resource_restrictions: Option<Vec<(String, f64)>>,
+    pub loose_restrictions: bool,
+}
+
+impl<P> Default for TaskRare<P> {
+    fn default() -> Self {
+        TaskRare {
+            retries: 0,
+            exception: None,
+            traceback: None,
+            exception_text: None,
+            traceback_text: None,
+            exception_blame: None,
+            erred_on: None,
+            suspicious: 0,
+            host_restrictions: None,
+            worker_restrictions: None,
+            resource_restrictions: None,
+            loose_restrictions: false,
+        }
+    }
+}
+
 /// `distributed.scheduler.DEFAULT_DATA_SIZE`: a module constant read from
 /// `distributed.scheduler.default-data-size` at import; the binding sets it the same way.
 pub static DEFAULT_DATA_SIZE: AtomicI64 = AtomicI64::new(1024);
@@ -62,6 +88,74 @@ pub fn default_data_size() -> i64 {
 }
 
 impl<P> Task<P> {
+    /// The rare fields, created on first write.
+    pub fn rare_mut(&mut self) -> &mut TaskRare<P> {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    pub fn exception_blame(&self) -> Option<TaskId> {
+        self.rare.as_ref().and_then(|r| r.exception_blame)
+    }
+
+    pub fn exception(&self) -> Option<&P> {
+        self.rare.as_ref().and_then(|r| r.exception.as_ref())
+    }
+
+    pub fn traceback(&self) -> Option<&P> {
+        self.rare.as_ref().and_then(|r| r.traceback.as_ref())
+    }
+
+    pub fn exception_text(&self) -> Option<&P> {
+        self.rare.as_ref().and_then(|r| r.exception_text.as_ref())
+    }
+
+    pub fn traceback_text(&self) -> Option<&P> {
+        self.rare.as_ref().and_then(|r| r.traceback_text.as_ref())
+    }
+
+    pub fn erred_on(&self) -> Option<&[String]> {
+        self.rare.as_ref().and_then(|r| r.erred_on.as_deref())
+    }
+
+    pub fn retries(&self) -> i64 {
+        self.rare.as_ref().map_or(0, |r| r.retries)
+    }
+
+    pub fn suspicious(&self) -> i64 {
+        self.rare.as_ref().map_or(0, |r| r.suspicious)
+    }
+
+    pub fn loose_restrictions(&self) -> bool {
+        self.rare.as_ref().is_some_and(|r| r.loose_restrictions)
+    }
+
+    pub fn host_restrictions(&self) -> Option<&[String]> {
+        self.rare
+            .as_ref()
+            .and_then(|r| r.host_restrictions.as_deref())
+    }
+
+    pub fn worker_restrictions(&self) -> Option<&[String]> {
+        self.rare
+            .as_ref()
+            .and_then(|r| r.worker_restrictions.as_deref())
+    }
+
+    pub fn resource_restrictions(&self) -> Option<&[(String, f64)]> {
+        self.rare
+            .as_ref()
+            .and_then(|r| r.resource_restrictions.as_deref())
+    }
+
+    /// `ts.exception_blame = ts.exception = ts.traceback = None`
+    pub fn clear_error(&mut self) {
+        if let Some(r) = self.rare.as_deref_mut() {
+            r.exception_blame = None;
+            r.exception = None;
+            r.traceback = None;
+        }
+    }
+
     #[inline]
     pub fn get_nbytes(&self) -> i64 {
         if self.nbytes >= 0 {
@@ -88,17 +182,9 @@ impl<P> Task<P> {
     }
 
     pub fn has_restrictions(&self) -> bool {
-        self.resource_restrictions
-            .as_ref()
-            .is_some_and(|r| !r.is_empty())
-            || self
-                .worker_restrictions
-                .as_ref()
-                .is_some_and(|r| !r.is_empty())
-            || self
-                .host_restrictions
-                .as_ref()
-                .is_some_and(|r| !r.is_empty())
+        self.resource_restrictions().is_some_and(|r| !r.is_empty())
+            || self.worker_restrictions().is_some_and(|r| !r.is_empty())
+            || self.host_restrictions().is_some_and(|r| !r.is_empty())
     }
 }
 

@@ -6,6 +6,7 @@ use crate::core::state::*;
 use crate::core::types::TaskStateState as S;
 use crate::core::types::*;
 use smallvec::SmallVec;
+use std::rc::Rc;
 
 /// A reference from a submitted graph to a key.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -21,8 +22,9 @@ pub enum KeyRef {
 pub struct GraphTask<P> {
     pub key: P,
     pub hash: i64,
-    pub group: String,
-    pub prefix: String,
+    /// Shared by the entries of one group.
+    pub group: Rc<str>,
+    pub prefix: Rc<str>,
     pub run_spec: Option<P>,
     pub data_producer: bool,
     /// `tspec.dependencies`, in its iteration order.
@@ -234,8 +236,8 @@ impl<P: Clone> SchedulerState<P> {
         for &t in touched {
             let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();
             for d in deps {
-                if let Some(blame) = self.ts(d).exception_blame {
-                    self.ts_mut(t).exception_blame = Some(blame);
+                if let Some(blame) = self.ts(d).exception_blame() {
+                    self.ts_mut(t).rare_mut().exception_blame = Some(blame);
                     recs.insert(t, S::Erred);
                     break;
                 }

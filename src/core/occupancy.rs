@@ -331,7 +331,7 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     pub(super) fn adjust_used_resources(&mut self, t: TaskId, w: WorkerId, sign: f64) {
-        let Some(rr) = self.ts(t).resource_restrictions.clone() else {
+        let Some(rr) = self.ts(t).resource_restrictions().map(<[_]>::to_vec) else {
             return;
         };
         for (r, required) in rr {

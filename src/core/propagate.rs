@@ -37,7 +37,7 @@ impl<P: Clone> SchedulerState<P> {
         };
         self.set_state(t, S::Erred);
         {
-            let ts = self.ts_mut(t);
+            let ts = self.ts_mut(t).rare_mut();
             let erred_on = ts.erred_on.get_or_insert_with(Vec::new);
             if let Some(w) = worker {
                 if !erred_on.contains(&w) {
@@ -55,17 +55,20 @@ impl<P: Clone> SchedulerState<P> {
         }
         let failing = match cause {
             Some(c) => {
-                self.ts_mut(t).exception_blame = Some(c);
+                self.ts_mut(t).rare_mut().exception_blame = Some(c);
                 c
             }
-            None => required!(self.ts(t).exception_blame, "ts.exception_blame is not None"),
+            None => required!(
+                self.ts(t).exception_blame(),
+                "ts.exception_blame is not None"
+            ),
         };
         if self.config.erred_tasks_maxlen > 0 {
             let ts = self.ts(t);
             let rec = ErredTaskRecord {
                 key: ts.key.clone(),
                 timestamp: now(),
-                erred_on: ts.erred_on.clone().unwrap_or_default(),
+                erred_on: ts.erred_on().map(<[_]>::to_vec).unwrap_or_default(),
                 exception_text,
                 traceback_text,
             };
@@ -81,7 +84,7 @@ impl<P: Clone> SchedulerState<P> {
             .map(|s| s.iter().collect())
             .unwrap_or_default();
         for d in waiters {
-            self.ts_mut(d).exception_blame = Some(failing);
+            self.ts_mut(d).rare_mut().exception_blame = Some(failing);
             recs.insert(d, S::Erred);
         }
         let th = self.thash(t);
@@ -117,9 +120,7 @@ impl<P: Clone> SchedulerState<P> {
         let ts = self.ts_mut(t);
         ts.who_wants = None;
         ts.processing_on = None;
-        ts.exception_blame = None;
-        ts.exception = None;
-        ts.traceback = None;
+        ts.clear_error();
         self.n_live_tasks -= 1;
         self.pending_free.push(t);
     }
@@ -387,8 +388,8 @@ impl<P: Clone> SchedulerState<P> {
                 c,
                 ClientMsg::TaskErred {
                     key: t,
-                    exception: f.exception.clone(),
-                    traceback: f.traceback.clone(),
+                    exception: f.exception().cloned(),
+                    traceback: f.traceback().cloned(),
                 },
             );
         }

@@ -626,7 +626,7 @@ impl<P: Clone> SchedulerState<P> {
                 both = thieves.intersection(&valid);
                 if !both.is_empty() {
                     &both
-                } else if !self.ts(t).loose_restrictions {
+                } else if !self.ts(t).loose_restrictions() {
                     return None;
                 } else {
                     thieves

@@ -122,8 +122,8 @@ impl<P: Clone> SchedulerState<P> {
             }
             return Ok(Recs::new());
         }
-        if self.ts(t).retries > 0 {
-            self.ts_mut(t).retries -= 1;
+        if self.ts(t).retries() > 0 {
+            self.ts_mut(t).rare_mut().retries -= 1;
             return self.transition(t, S::Waiting, stimulus_id, TransitionArgs::None, out);
         }
         let args = match args {

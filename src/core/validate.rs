@@ -198,7 +198,7 @@ impl<P: Clone> SchedulerState<P> {
             );
         }
         if ts.state == S::Erred {
-            check!(ts.exception_blame.is_some(), "erred without blame");
+            check!(ts.exception_blame().is_some(), "erred without blame");
         }
         if ts.has_who_has() {
             check!(

@@ -2,7 +2,8 @@
 //! `new_task`, and scattered data (`update_data`).
 
 use crate::bindings::handles;
-use crate::bindings::naming::data_producer;
+use crate::bindings::key_index::KeyIndex;
+use crate::bindings::naming::{data_producer, Namer};
 use crate::bindings::shared::{byte_count, worker_of, Engine, State, View};
 use crate::cell::StateCell;
 use crate::core::graph::{first_lost_dependency, GraphTask, KeyRef};
@@ -21,6 +22,47 @@ fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
         Ok(Num::Int(i))
     } else {
         Ok(Num::Float(v.extract::<f64>()?))
+    }
+}
+
+/// The keys a submitted graph names: its own, then those only named.
+struct GraphKeys<'py> {
+    names: Vec<Bound<'py, PyAny>>,
+    hashes: Vec<i64>,
+    index: KeyIndex,
+}
+
+impl<'py> GraphKeys<'py> {
+    fn new(dsk: &Bound<'py, PyDict>) -> PyResult<Self> {
+        let mut known = GraphKeys {
+            names: Vec::with_capacity(dsk.len()),
+            hashes: Vec::with_capacity(dsk.len()),
+            index: KeyIndex::with_capacity(dsk.len()),
+        };
+        for k in dsk.keys() {
+            known.add(k.hash()? as i64, k);
+        }
+        Ok(known)
+    }
+
+    fn add(&mut self, h: i64, k: Bound<'py, PyAny>) -> usize {
+        self.hashes.push(h);
+        self.index
+            .insert_new(h, self.names.len() as u32, &self.hashes);
+        self.names.push(k);
+        self.names.len() - 1
+    }
+
+    /// The graph entry of `k`, else the existing task, else a new entry.
+    fn resolve(&mut self, engine: &Engine, k: &Bound<'py, PyAny>) -> PyResult<KeyRef> {
+        let h = k.hash()? as i64;
+        if let Some(i) = self.index.find(h, k.as_ptr(), &self.names, &self.hashes)? {
+            return Ok(KeyRef::Graph(i as usize));
+        }
+        if let Some(t) = engine.tid(k.py(), k)? {
+            return Ok(KeyRef::Existing(t));
+        }
+        Ok(KeyRef::Graph(self.add(h, k.clone())))
     }
 }
 
@@ -71,73 +113,62 @@ impl Engine {
     /// The submitted graph as the core takes it: its entries, then one for each key
     /// only named (neither in `dsk` nor known: distributed creates a task without
     /// run_spec for it when the walk reaches it), and the wanted keys.
-    fn resolve_graph(
+    fn resolve_graph<'py>(
         &self,
-        py: Python<'_>,
-        dsk: &Bound<'_, PyDict>,
-        keys: &Bound<'_, PyAny>,
+        py: Python<'py>,
+        dsk: &Bound<'py, PyDict>,
+        keys: &Bound<'py, PyAny>,
     ) -> PyResult<(Graph, Vec<KeyRef>)> {
-        let index = PyDict::new(py);
-        for (i, k) in dsk.keys().iter().enumerate() {
-            index.set_item(k, i)?;
-        }
-        let extra = PyList::empty(py);
-        let resolve = |k: &Bound<'_, PyAny>| -> PyResult<KeyRef> {
-            if let Some(i) = index.get_item(k)? {
-                return Ok(KeyRef::Graph(i.extract()?));
-            }
-            if let Some(t) = self.tid(py, k)? {
-                return Ok(KeyRef::Existing(t));
-            }
-            let i = dsk.len() + extra.len();
-            index.set_item(k, i)?;
-            extra.append(k)?;
-            Ok(KeyRef::Graph(i))
-        };
-        let entry = |k: Bound<'_, PyAny>,
-                     run_spec: Option<Py<PyAny>>,
-                     producer: bool,
-                     dependencies: Vec<KeyRef>,
-                     in_dsk: bool|
-         -> PyResult<GraphTask<Py<PyAny>>> {
-            let existing = if in_dsk { self.tid(py, &k)? } else { None };
+        let mut known = GraphKeys::new(dsk)?;
+        let mut namer = Namer::default();
+        let mut graph = Vec::with_capacity(dsk.len());
+        for (i, (k, spec)) in dsk.iter().enumerate() {
+            let existing = self.tid(py, &k)?;
             // only a new task is named
             let (group, prefix) = match existing {
                 Some(_) => Default::default(),
-                None => self.group_and_prefix(&k)?,
+                None => namer.group_and_prefix(self, &k)?,
             };
-            Ok(GraphTask {
-                hash: k.hash()? as i64,
+            let (run_spec, producer, dependencies) = if spec.is_none() {
+                (None, false, Vec::new())
+            } else {
+                let mut deps = Vec::new();
+                for d in spec.getattr(intern!(py, "dependencies"))?.try_iter()? {
+                    deps.push(known.resolve(self, &d?)?);
+                }
+                let producer = data_producer(&spec);
+                (Some(spec.unbind()), producer, deps)
+            };
+            graph.push(GraphTask {
+                hash: known.hashes[i],
                 group,
                 prefix,
                 run_spec,
                 data_producer: producer,
                 dependencies,
                 existing,
-                in_dsk,
+                in_dsk: true,
                 key: k.unbind(),
-            })
-        };
-        let mut graph = Vec::with_capacity(dsk.len());
-        for (k, spec) in dsk.iter() {
-            graph.push(if spec.is_none() {
-                entry(k, None, false, Vec::new(), true)?
-            } else {
-                let mut deps = Vec::new();
-                for d in spec.getattr(intern!(py, "dependencies"))?.try_iter()? {
-                    deps.push(resolve(&d?)?);
-                }
-                let producer = data_producer(&spec);
-                entry(k, Some(spec.unbind()), producer, deps, true)?
             });
         }
         let wanted = py.import("builtins")?.getattr("set")?.call1((keys,))?;
         let key_refs = wanted
             .try_iter()?
-            .map(|k| resolve(&k?))
+            .map(|k| known.resolve(self, &k?))
             .collect::<PyResult<Vec<_>>>()?;
-        for k in extra.iter() {
-            graph.push(entry(k, None, false, Vec::new(), false)?);
+        for i in dsk.len()..known.names.len() {
+            let (group, prefix) = namer.group_and_prefix(self, &known.names[i])?;
+            graph.push(GraphTask {
+                hash: known.hashes[i],
+                group,
+                prefix,
+                run_spec: None,
+                data_producer: false,
+                dependencies: Vec::new(),
+                existing: None,
+                in_dsk: false,
+                key: known.names[i].clone().unbind(),
+            });
         }
         Ok((graph, key_refs))
     }

@@ -103,7 +103,11 @@ fn distributed_fallback(
 }
 
 fn opt_obj(py: Python<'_>, o: &Option<Py<PyAny>>) -> Py<PyAny> {
-    o.as_ref().map_or_else(|| py.None(), |o| o.clone_ref(py))
+    opt_ref(py, o.as_ref())
+}
+
+fn opt_ref(py: Python<'_>, o: Option<&Py<PyAny>>) -> Py<PyAny> {
+    o.map_or_else(|| py.None(), |o| o.clone_ref(py))
 }
 
 /// A set of str (`None` stays `None`).

@@ -1,8 +1,8 @@
 //! `TaskState`
 
 use super::{
-    client_set, distributed_fallback, getters, handle_access, opt_obj, str_set, task_handle,
-    task_set, worker_handle, worker_set, WorkerStateHandle,
+    client_set, distributed_fallback, getters, handle_access, opt_obj, opt_ref, str_set,
+    task_handle, task_set, worker_handle, worker_set, WorkerStateHandle,
 };
 use crate::bindings::messages::{priority_to_py, py_state};
 use crate::bindings::shared::{Engine, State, View};
@@ -100,33 +100,33 @@ getters!(TaskStateHandle {
         Some(w) => worker_handle(py, e, v, w)?,
         None => py.None(),
     }, or py.None();
-    exception_blame(py, e, v, ts) -> Py<PyAny> = match ts.exception_blame {
+    exception_blame(py, e, v, ts) -> Py<PyAny> = match ts.exception_blame() {
         Some(t) => task_handle(py, e, v, t)?,
         None => py.None(),
     }, or py.None();
     run_spec(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.run_spec), or py.None();
-    exception(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.exception), or py.None();
-    traceback(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.traceback), or py.None();
-    exception_text(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.exception_text), or py.None();
-    traceback_text(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.traceback_text), or py.None();
+    exception(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.exception()), or py.None();
+    traceback(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.traceback()), or py.None();
+    exception_text(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.exception_text()), or py.None();
+    traceback_text(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.traceback_text()), or py.None();
     annotations(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.annotations), or py.None();
     metadata(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.metadata), or py.None();
     /// False keeps a root-ish task out of `queued` (P2P shuffle sets it on output tasks).
     _queueable(py, _, _, ts) -> bool = ts.queueable, or true;
-    retries(py, _, _, ts) -> i64 = ts.retries, or 0;
+    retries(py, _, _, ts) -> i64 = ts.retries(), or 0;
     nbytes(py, _, _, ts) -> i64 = ts.nbytes, or -1;
-    suspicious(py, _, _, ts) -> i64 = ts.suspicious, or 0;
+    suspicious(py, _, _, ts) -> i64 = ts.suspicious(), or 0;
     run_id(py, _, _, ts) -> Option<i64> = ts.run_id, or None;
     actor(py, _, _, ts) -> bool = ts.actor, or false;
-    loose_restrictions(py, _, _, ts) -> bool = ts.loose_restrictions, or false;
+    loose_restrictions(py, _, _, ts) -> bool = ts.loose_restrictions(), or false;
     has_lost_dependencies(py, _, _, ts) -> bool = ts.has_lost_dependencies, or false;
     r#type(py, _, _, ts) -> Option<String> = ts.type_.clone(), or None;
-    host_restrictions(py, _, _, ts) -> Py<PyAny> = str_set(py, ts.host_restrictions.as_deref())?,
+    host_restrictions(py, _, _, ts) -> Py<PyAny> = str_set(py, ts.host_restrictions())?,
         or py.None();
     worker_restrictions(py, _, _, ts) -> Py<PyAny> =
-        str_set(py, ts.worker_restrictions.as_deref())?, or py.None();
-    erred_on(py, _, _, ts) -> Py<PyAny> = str_set(py, ts.erred_on.as_deref())?, or py.None();
-    resource_restrictions(py, _, _, ts) -> Py<PyAny> = match &ts.resource_restrictions {
+        str_set(py, ts.worker_restrictions())?, or py.None();
+    erred_on(py, _, _, ts) -> Py<PyAny> = str_set(py, ts.erred_on())?, or py.None();
+    resource_restrictions(py, _, _, ts) -> Py<PyAny> = match ts.resource_restrictions() {
         None => py.None(),
         Some(rr) => rr.iter().cloned().into_py_dict(py)?.into_any().unbind(),
     }, or py.None();
