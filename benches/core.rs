@@ -23,7 +23,7 @@ fn graph(n: usize) -> (Vec<GraphTask<u64>>, usize) {
     let mut layer: Vec<usize> = Vec::new();
     for i in 0..n {
         dsk.push(GraphTask {
-            key: i as u64,
+            key: Some(i as u64),
             hash: hash(i as u64),
             group: "inc".into(),
             prefix: "inc".into(),
@@ -41,7 +41,7 @@ fn graph(n: usize) -> (Vec<GraphTask<u64>>, usize) {
         for chunk in layer.chunks(8) {
             let k = dsk.len() as u64;
             dsk.push(GraphTask {
-                key: k,
+                key: Some(k),
                 hash: hash(k),
                 group: format!("sum-{lvl}").into(),
                 prefix: "sum".into(),
@@ -76,7 +76,10 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
         })
         .unwrap();
     }
-    let g = s.generate_taskstates(&[KeyRef::Graph(root)], dsk).unwrap();
+    let mut dsk = dsk.to_vec();
+    let g = s
+        .generate_taskstates(&[KeyRef::Graph(root)], &mut dsk)
+        .unwrap();
     let prios: Vec<(Num, Option<i64>)> = (0..g.touched.len())
         .map(|i| (Num::Int(0), Some(i as i64)))
         .collect();

@@ -16,7 +16,7 @@ from distributed.utils_test import gen_test, inc
 from engines import scheduler_on
 
 
-def snapshot(s: Scheduler) -> dict:
+def snapshot(s: Scheduler, worker: Worker) -> dict:
     ext = s.extensions["spans"]
     names = {sp.id: sp.name for sp in ext.spans.values()}
 
@@ -31,6 +31,8 @@ def snapshot(s: Scheduler) -> dict:
 
     return {
         "annotations": {ts.key: norm(ts.annotations) for ts in s.tasks.values()},
+        # what the compute-task messages carried (the pending dicts included)
+        "worker_annotations": {ts.key: norm(ts.annotations) for ts in worker.state.tasks.values()},
         "spans": sorted(
             (sp.name, sorted(str(tg.name) for tg in sp.groups), len(sp._code))
             for sp in ext.spans.values()
@@ -44,7 +46,7 @@ def snapshot(s: Scheduler) -> dict:
 
 async def scenario(engine: str) -> dict:
     scheduler = scheduler_on(engine)
-    async with scheduler as s, Worker(s.address, nthreads=2):
+    async with scheduler as s, Worker(s.address, nthreads=2) as worker:
         async with Client(s.address, asynchronous=True) as c:
             assert (dask_rsched.scheduler_engine(s) is None) == (engine == "python")
             x = da.ones(40, chunks=5) + 1
@@ -61,7 +63,7 @@ async def scenario(engine: str) -> dict:
                 v = c.compute(da.arange(30, chunks=6).sum())
             await c.gather([y, z, w, v])
             await asyncio.sleep(0.05)
-            return snapshot(s)
+            return snapshot(s, worker)
 
 
 @gen_test(timeout=120)
@@ -81,6 +83,9 @@ async def test_spans_as_on_pure_python():
         return sorted((key_split(k), repr(a)) for k, a in annotations.items())
 
     assert by_prefix(rust["annotations"]) == by_prefix(python["annotations"])
+    # what the compute-task messages carried (the engine's pending dicts included)
+    assert len(rust["worker_annotations"]) > 5
+    assert by_prefix(rust["worker_annotations"]) == by_prefix(python["worker_annotations"])
     # every task went through the extension: an annotations dict, with its span
     assert all(isinstance(a, dict) for a in rust["annotations"].values())
     assert any(a.get("span") for a in rust["annotations"].values())

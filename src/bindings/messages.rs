@@ -5,7 +5,7 @@ use crate::core::state::SchedulerState;
 use crate::core::types::{Num, Priority, TaskStateState};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{IntoPyDict, PyDict, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
 type State = SchedulerState<Py<PyAny>>;
@@ -98,10 +98,17 @@ pub fn worker_msg<'py>(
                 None => d.set_item(intern!(py, "resource_restrictions"), py.None())?,
             }
             d.set_item(intern!(py, "actor"), ts.actor)?;
-            match &ts.annotations {
-                Some(a) if a.bind(py).is_truthy()? => {
+            let span_annotation =
+                (s.group(ts.group).span_annotation.as_ref()).filter(|_| ts.span_annotation_pending);
+            match (&ts.annotations, span_annotation) {
+                (Some(a), _) if a.bind(py).is_truthy()? => {
                     d.set_item(intern!(py, "annotations"), a.bind(py))?
                 }
+                // the task's pending annotations dict, as it would be
+                (_, Some(ann)) => d.set_item(
+                    intern!(py, "annotations"),
+                    [(intern!(py, "span"), ann.bind(py))].into_py_dict(py)?,
+                )?,
                 _ => d.set_item(intern!(py, "annotations"), PyDict::new(py))?,
             }
             d.set_item(intern!(py, "span_id"), opt(py, &s.group(ts.group).span_id))?;

@@ -188,6 +188,24 @@ impl Engine {
     }
 }
 
+/// `ts.annotations`, making the dict of a task whose annotations are pending
+/// (`Task::span_annotation_pending`).
+pub(crate) fn task_annotations(
+    py: Python<'_>,
+    st: &mut State,
+    t: TaskId,
+) -> PyResult<Option<Py<PyAny>>> {
+    let ts = st.ts(t);
+    if ts.span_annotation_pending {
+        let d = PyDict::new(py);
+        if let Some(ann) = &st.group(ts.group).span_annotation {
+            d.set_item(pyo3::intern!(py, "span"), ann.bind(py))?;
+        }
+        st.set_annotations(t, Some(d.into_any().unbind()));
+    }
+    Ok(st.ts(t).annotations.as_ref().map(|a| a.clone_ref(py)))
+}
+
 /// Drops `key` from the key dict if it still names task `t` (a hook may have dropped
 /// it already, as distributed drops it right after telling plugins).
 pub(crate) fn forget_key(

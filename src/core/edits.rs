@@ -19,7 +19,25 @@ impl<P: Clone> SchedulerState<P> {
 
     /// `ts.annotations = {...}` (the spans extension replaces them).
     pub fn set_annotations(&mut self, t: TaskId, value: Option<P>) {
-        self.ts_mut(t).annotations = value;
+        let ts = self.ts_mut(t);
+        ts.annotations = value;
+        ts.span_annotation_pending = false;
+    }
+
+    /// `span_annotation` of group `g`.
+    pub fn set_group_span_annotation(&mut self, g: GroupId, value: Option<P>) {
+        self.groups[g.idx()].span_annotation = value;
+    }
+
+    /// Every task of `touched` without annotations gets a dict of its own holding
+    /// `span_annotation` of its group (see `Task::span_annotation_pending`).
+    pub fn set_span_annotations_pending(&mut self, touched: &[TaskId]) {
+        for &t in touched {
+            let ts = self.ts_mut(t);
+            if ts.annotations.is_none() {
+                ts.span_annotation_pending = true;
+            }
+        }
     }
 
     /// `ts.metadata = {...}`

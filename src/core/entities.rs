@@ -37,6 +37,10 @@ pub struct Task<P> {
     pub prefix: PrefixId,
     pub metadata: Option<P>,
     pub annotations: Option<P>,
+    /// `ts.annotations` is a dict of its own holding only the group's
+    /// `span_annotation` (or nothing), not made until something reads it: the spans
+    /// extension gives every submitted task one.
+    pub span_annotation_pending: bool,
     pub run_id: Option<i64>,
     pub queueable: bool,
     /// Creation counter: tells apart tasks that reuse an arena slot.
@@ -244,6 +248,8 @@ pub struct TaskGroup<P> {
     pub last_worker: Option<WorkerId>,
     pub last_worker_tasks_left: i64,
     pub span_id: Option<P>,
+    /// The `span` annotation the spans extension gives this group's tasks, if any.
+    pub span_annotation: Option<P>,
     pub alive: bool,
     /// How many other groups list this one in their `dependencies`: a dead group's slot
     /// is reused only when none does (they still show it, as distributed's do).
@@ -268,6 +274,7 @@ impl<P> TaskGroup<P> {
             last_worker: None,
             last_worker_tasks_left: 0,
             span_id: None,
+            span_annotation: None,
             alive: true,
             dep_refs: 0,
             freed: false,

@@ -20,7 +20,8 @@ pub enum KeyRef {
 /// One entry of the submitted graph, resolved by the binding.
 #[derive(Clone, Debug)]
 pub struct GraphTask<P> {
-    pub key: P,
+    /// Taken by the task created for it.
+    pub key: Option<P>,
     pub hash: i64,
     /// Shared by the entries of one group.
     pub group: Rc<str>,
@@ -82,12 +83,13 @@ impl GeneratedTasks {
 }
 
 impl<P: Clone> SchedulerState<P> {
-    /// `Scheduler._generate_taskstates`. `keys` in `set(keys)` iteration order;
-    /// `deps_equal(ts, entry)` answers the run_spec collision check for existing tasks.
+    /// `Scheduler._generate_taskstates`. `keys` in `set(keys)` iteration order. The
+    /// tasks take their keys and run_specs from `dsk` (moved, not copied: that is a
+    /// reference count on a cold object each).
     pub fn generate_taskstates(
         &mut self,
         keys: &[KeyRef],
-        dsk: &[GraphTask<P>],
+        dsk: &mut [GraphTask<P>],
     ) -> CoreResult<GeneratedTasks> {
         let mut out = GeneratedTasks {
             graph_ids: dsk
@@ -112,15 +114,18 @@ impl<P: Clone> SchedulerState<P> {
                     if touched_graph[i] {
                         continue;
                     }
-                    let g = &dsk[i];
+                    let g = &mut dsk[i];
+                    let submitted_spec = g.run_spec.is_some();
                     let t = match out.graph_ids[i] {
                         None => {
                             let t = self.new_task(
-                                g.key.clone(),
+                                g.key.take().ok_or_else(|| {
+                                    CoreError::Invalid("graph entry without its key".into())
+                                })?,
                                 g.hash,
                                 &g.group,
                                 &g.prefix,
-                                g.run_spec.clone(),
+                                g.run_spec.take(),
                                 g.data_producer,
                                 S::Released,
                             );
@@ -131,7 +136,7 @@ impl<P: Clone> SchedulerState<P> {
                         Some(t) => {
                             if self.ts(t).run_spec.is_none() {
                                 let ts = self.ts_mut(t);
-                                ts.run_spec = g.run_spec.clone();
+                                ts.run_spec = g.run_spec.take();
                                 ts.data_producer = g.data_producer;
                             } else {
                                 let lhs: hashbrown::HashSet<TaskId> =
@@ -155,7 +160,7 @@ impl<P: Clone> SchedulerState<P> {
                     };
                     touched_graph[i] = true;
                     out.touched.push(t);
-                    if g.run_spec.is_some() {
+                    if submitted_spec {
                         stack.extend(g.dependencies.iter().copied());
                     }
                 }

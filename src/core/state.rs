@@ -420,6 +420,7 @@ impl<P: Clone> SchedulerState<P> {
             rare: None,
             metadata: None,
             annotations: None,
+            span_annotation_pending: false,
             run_id: None,
             queueable: true,
             serial: self.task_serial,

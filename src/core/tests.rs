@@ -50,7 +50,7 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
             dependencies: vec![],
             existing: None,
             in_dsk: true,
-            key,
+            key: Some(key),
         });
         layer.push(dsk.len() - 1);
     }
@@ -68,7 +68,7 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
                 dependencies: chunk.iter().map(|i| KeyRef::Graph(*i)).collect(),
                 existing: None,
                 in_dsk: true,
-                key,
+                key: Some(key),
             });
             next.push(dsk.len() - 1);
         }
@@ -76,7 +76,7 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
         lvl += 1;
     }
     let root = KeyRef::Graph(layer[0]);
-    let g = s.generate_taskstates(&[root], &dsk).unwrap();
+    let g = s.generate_taskstates(&[root], &mut dsk).unwrap();
     let prios: Vec<(Num, Option<i64>)> = (0..g.touched.len())
         .map(|i| (Num::Int(0), Some(i as i64)))
         .collect();
@@ -283,7 +283,7 @@ fn a_stale_report_is_never_prepared() {
 fn discarded_submission_leaves_nothing() {
     let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
     worker(&mut s, 1, 4);
-    let dsk: Vec<GraphTask<String>> = ["a", "b"]
+    let mut dsk: Vec<GraphTask<String>> = ["a", "b"]
         .iter()
         .enumerate()
         .map(|(i, k)| GraphTask {
@@ -299,10 +299,12 @@ fn discarded_submission_leaves_nothing() {
             },
             existing: None,
             in_dsk: true,
-            key: (*k).into(),
+            key: Some((*k).into()),
         })
         .collect();
-    let g = s.generate_taskstates(&[KeyRef::Graph(1)], &dsk).unwrap();
+    let g = s
+        .generate_taskstates(&[KeyRef::Graph(1)], &mut dsk)
+        .unwrap();
     assert_eq!(g.new.len(), 2);
     let mut out = Outbox::default();
     s.discard_new_tasks(&g.new, &mut out, &"bad-annotation".to_string())

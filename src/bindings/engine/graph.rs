@@ -148,7 +148,7 @@ impl Engine {
                 dependencies,
                 existing,
                 in_dsk: true,
-                key: k.unbind(),
+                key: Some(k.unbind()),
             });
         }
         let wanted = py.import("builtins")?.getattr("set")?.call1((keys,))?;
@@ -167,7 +167,7 @@ impl Engine {
                 dependencies: Vec::new(),
                 existing: None,
                 in_dsk: false,
-                key: known.names[i].clone().unbind(),
+                key: Some(known.names[i].clone().unbind()),
             });
         }
         Ok((graph, key_refs))
@@ -216,13 +216,15 @@ impl Engine {
                 .extract()?,
             _ => 0.0,
         };
-        let (graph, key_refs) = self.resolve_graph(py, dsk, keys)?;
+        let (mut graph, key_refs) = self.resolve_graph(py, dsk, keys)?;
         // distributed cancels a graph whose keys depend on data it no longer has
         // (`_find_lost_dependencies`); here that is a KeyError before any state changes
         if let Some(i) = first_lost_dependency(&key_refs, &graph) {
-            return Err(PyKeyError::new_err(graph[i].key.clone_ref(py)));
+            return Err(PyKeyError::new_err(
+                graph[i].key.as_ref().map(|k| k.clone_ref(py)),
+            ));
         }
-        let r = b.st.generate_taskstates(&key_refs, &graph);
+        let r = b.st.generate_taskstates(&key_refs, &mut graph);
         let generated = b.check(py, r)?;
         for t in &generated.new {
             self.register(py, &b.st, *t)?;
@@ -389,7 +391,8 @@ impl Engine {
 /// (`firsts`), every other touched task gets what `observe_tasks` gives each task of that
 /// group: an annotations dict, holding the group's `span` annotation (the one its first
 /// task got) or none. (`observe_tasks` puts all of a group's tasks in the span its first
-/// task chose.)
+/// task chose.) A task without annotations gets its dict when something reads it
+/// (`Task::span_annotation_pending`).
 fn spread_span_annotations(
     py: Python<'_>,
     st: &mut State,
@@ -405,36 +408,33 @@ fn spread_span_annotations(
             Some(a) => Some(a.bind(py).call_method1(intern!(py, "get"), (span,))?),
             None => None,
         };
-        of_group.insert(ts.group, ann.filter(|a| !a.is_none()));
+        let (g, ann) = (ts.group, ann.filter(|a| !a.is_none()));
+        st.set_group_span_annotation(g, ann.as_ref().map(|a| a.clone().unbind()));
+        of_group.insert(g, ann);
     }
+    let mut pending = Vec::new();
     for &t in touched {
         let ts = st.ts(t);
         let Some(ann) = of_group.get(&ts.group) else {
             continue;
         };
-        match &ts.annotations {
-            None => {
-                let d = PyDict::new(py);
-                if let Some(ann) = ann {
-                    d.set_item(span, ann)?;
+        let Some(a) = &ts.annotations else {
+            pending.push(t);
+            continue;
+        };
+        let a = a.bind(py);
+        match (ann, a.cast::<PyDict>()) {
+            (Some(ann), _) => a.set_item(span, ann)?,
+            (None, Ok(d)) => {
+                if d.contains(span)? {
+                    d.del_item(span)?;
                 }
-                st.set_annotations(t, Some(d.into_any().unbind()));
             }
-            Some(a) => {
-                let a = a.bind(py);
-                match (ann, a.cast::<PyDict>()) {
-                    (Some(ann), _) => a.set_item(span, ann)?,
-                    (None, Ok(d)) => {
-                        if d.contains(span)? {
-                            d.del_item(span)?;
-                        }
-                    }
-                    (None, Err(_)) => {
-                        a.call_method1(intern!(py, "pop"), (span, py.None()))?;
-                    }
-                }
+            (None, Err(_)) => {
+                a.call_method1(intern!(py, "pop"), (span, py.None()))?;
             }
         }
     }
+    st.set_span_annotations_pending(&pending);
     Ok(())
 }

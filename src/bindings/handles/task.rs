@@ -5,7 +5,7 @@ use super::{
     task_handle, task_set, worker_handle, worker_set, WorkerStateHandle,
 };
 use crate::bindings::messages::{priority_to_py, py_state};
-use crate::bindings::shared::{Engine, State, View};
+use crate::bindings::shared::{task_annotations, Engine, State, View};
 use crate::core::entities::{default_data_size, Task};
 use crate::core::types::*;
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -109,7 +109,6 @@ getters!(TaskStateHandle {
     traceback(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.traceback()), or py.None();
     exception_text(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.exception_text()), or py.None();
     traceback_text(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.traceback_text()), or py.None();
-    annotations(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.annotations), or py.None();
     metadata(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.metadata), or py.None();
     /// False keeps a root-ish task out of `queued` (P2P shuffle sets it on output tasks).
     _queueable(py, _, _, ts) -> bool = ts.queueable, or true;
@@ -177,6 +176,18 @@ impl TaskStateHandle {
     #[setter(_queueable)]
     fn set_queueable(&self, py: Python<'_>, value: bool) -> PyResult<()> {
         self.update(py, |st, t| st.set_queueable(t, value))
+    }
+
+    /// `ts.annotations`. The dict the spans extension gave the task is made on first
+    /// read (`Task::span_annotation_pending`).
+    #[getter]
+    fn annotations(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let e = self.engine.bind(py).borrow();
+        let mut st = e.write()?;
+        match self.live_id(&st) {
+            Some(t) => Ok(opt_obj(py, &task_annotations(py, &mut st, t)?)),
+            None => Ok(py.None()),
+        }
     }
 
     /// Extensions (spans) replace a task's annotations dict; the engine reads it only
