@@ -39,6 +39,8 @@ pub struct GraphTask<P> {
 #[derive(Clone, Debug, Default)]
 pub struct GeneratedTasks {
     pub touched: Vec<TaskId>,
+    /// The graph entry of each touched task (`None`: an existing task not in it).
+    pub touched_entries: Vec<Option<u32>>,
     pub new: Vec<TaskId>,
     pub colliding_task_count: usize,
     /// Existing tasks whose submitted run_spec has other dependencies, in the order
@@ -109,6 +111,7 @@ impl<P: Clone> SchedulerState<P> {
                         continue;
                     }
                     out.touched.push(t);
+                    out.touched_entries.push(None);
                 }
                 KeyRef::Graph(i) => {
                     if touched_graph[i] {
@@ -160,6 +163,7 @@ impl<P: Clone> SchedulerState<P> {
                     };
                     touched_graph[i] = true;
                     out.touched.push(t);
+                    out.touched_entries.push(Some(i as u32));
                     if submitted_spec {
                         stack.extend(g.dependencies.iter().copied());
                     }

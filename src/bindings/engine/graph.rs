@@ -6,7 +6,7 @@ use crate::bindings::key_index::KeyIndex;
 use crate::bindings::naming::{data_producer, Namer};
 use crate::bindings::shared::{byte_count, worker_of, Engine, State, View};
 use crate::cell::StateCell;
-use crate::core::graph::{first_lost_dependency, GraphTask, KeyRef};
+use crate::core::graph::{first_lost_dependency, GeneratedTasks, GraphTask, KeyRef};
 use crate::core::replicas::ScatteredKey;
 use crate::core::types::*;
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
@@ -16,6 +16,9 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 /// A submitted graph's entries, as the core takes them.
 type Graph = Vec<GraphTask<Py<PyAny>>>;
+
+/// The graph, the wanted keys, and each entry's internal priority (`ordered`'s value).
+type ResolvedGraph<'py> = (Graph, Vec<KeyRef>, Vec<Option<Bound<'py, PyAny>>>);
 
 fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
     if let Ok(i) = v.extract::<i64>() {
@@ -53,6 +56,25 @@ impl<'py> GraphKeys<'py> {
         self.names.len() - 1
     }
 
+    /// The values `map` holds for the entries' keys. `dask_rsched.order` returns its
+    /// dict in the graph's key order: that is read in step, without a lookup per key.
+    fn entry_values(&self, map: &Bound<'py, PyDict>) -> PyResult<Vec<Option<Bound<'py, PyAny>>>> {
+        let mut values = vec![None; self.names.len()];
+        for (pos, (k, v)) in map.iter().enumerate() {
+            let i = match self.names.get(pos) {
+                Some(name) if name.is(&k) => Some(pos),
+                _ => (self
+                    .index
+                    .find(k.hash()? as i64, k.as_ptr(), &self.names, &self.hashes)?)
+                .map(|i| i as usize),
+            };
+            if let Some(i) = i {
+                values[i] = Some(v);
+            }
+        }
+        Ok(values)
+    }
+
     /// The graph entry of `k`, else the existing task, else a new entry.
     fn resolve(&mut self, engine: &Engine, k: &Bound<'py, PyAny>) -> PyResult<KeyRef> {
         let h = k.hash()? as i64;
@@ -69,16 +91,18 @@ impl<'py> GraphKeys<'py> {
 impl Engine {
     /// `(user priority, internal priority)` of each touched task, as `_set_priorities`
     /// reads them.
-    fn priorities(
+    fn priorities<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         st: &State,
-        touched: &[TaskId],
-        user_priority: Option<&Bound<'_, PyAny>>,
-        ordered: &Bound<'_, PyDict>,
+        generated: &GeneratedTasks,
+        user_priority: Option<&Bound<'py, PyAny>>,
+        ordered: &Bound<'py, PyDict>,
+        entry_priorities: &[Option<Bound<'py, PyAny>>],
     ) -> PyResult<Vec<(Num, Option<i64>)>> {
+        let touched = &generated.touched;
         let mut prios = Vec::with_capacity(touched.len());
-        for t in touched {
+        for (t, entry) in touched.iter().zip(&generated.touched_entries) {
             let key = st.ts(*t).key.bind(py);
             let user = match user_priority {
                 Some(up) if up.is_instance_of::<PyDict>() => match up.get_item(key) {
@@ -101,7 +125,11 @@ impl Engine {
                 },
                 None => user,
             };
-            let internal = match ordered.get_item(key)? {
+            let internal = match entry {
+                Some(i) => entry_priorities[*i as usize].as_ref().cloned(),
+                None => ordered.get_item(key)?,
+            };
+            let internal = match internal {
                 Some(v) => Some(v.extract::<i64>()?),
                 None => None,
             };
@@ -118,7 +146,8 @@ impl Engine {
         py: Python<'py>,
         dsk: &Bound<'py, PyDict>,
         keys: &Bound<'py, PyAny>,
-    ) -> PyResult<(Graph, Vec<KeyRef>)> {
+        ordered: &Bound<'py, PyDict>,
+    ) -> PyResult<ResolvedGraph<'py>> {
         let mut known = GraphKeys::new(dsk)?;
         let mut namer = Namer::default();
         let mut graph = Vec::with_capacity(dsk.len());
@@ -170,7 +199,8 @@ impl Engine {
                 key: Some(known.names[i].clone().unbind()),
             });
         }
-        Ok((graph, key_refs))
+        let entry_priorities = known.entry_values(ordered)?;
+        Ok((graph, key_refs, entry_priorities))
     }
 }
 
@@ -216,7 +246,7 @@ impl Engine {
                 .extract()?,
             _ => 0.0,
         };
-        let (mut graph, key_refs) = self.resolve_graph(py, dsk, keys)?;
+        let (mut graph, key_refs, entry_priorities) = self.resolve_graph(py, dsk, keys, ordered)?;
         // distributed cancels a graph whose keys depend on data it no longer has
         // (`_find_lost_dependencies`); here that is a KeyError before any state changes
         if let Some(i) = first_lost_dependency(&key_refs, &graph) {
@@ -237,7 +267,14 @@ impl Engine {
                 let new = key_of(&b.st, &generated.new)?;
                 StateCell::lend(&mut *b.st, || annotate.call1((new,)))?;
             }
-            let prios = self.priorities(py, &b.st, &generated.touched, user_priority, ordered)?;
+            let prios = self.priorities(
+                py,
+                &b.st,
+                &generated,
+                user_priority,
+                ordered,
+                &entry_priorities,
+            )?;
             let submitting = match submitting_task {
                 Some(k) if k.is_truthy()? => Some(self.tid(py, k)?),
                 _ => None,
