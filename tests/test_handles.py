@@ -169,3 +169,36 @@ def test_exec_times_from_heartbeats_match_distributed():
             expected.max_exec_time,
             expected.duration_average,
         )
+
+
+def test_tasks_mapping_behaves_like_a_dict(machine: Differential) -> None:
+    """`SchedulerState.tasks` on the engine (a Rust key table, not a dict) looks keys up,
+    iterates and fails on changes during iteration as the dict of pure Python does."""
+    run_some(machine)
+    py_tasks, rs_tasks = machine.py.s.tasks, machine.rs.s.tasks
+    assert list(rs_tasks) == list(py_tasks)
+    assert [k for k, _ in rs_tasks.items()] == list(py_tasks)
+    assert [ts.key for ts in rs_tasks.values()] == list(py_tasks)
+    # equal keys that are other objects (a fresh tuple) find the same task
+    fresh = tuple(["a", 3])
+    assert rs_tasks[fresh].key == py_tasks[fresh].key == ("a", 3)
+    assert (("a", 3.0) in rs_tasks) == (("a", 3.0) in py_tasks) is True
+    assert ("missing" in rs_tasks) is ("missing" in py_tasks) is False
+    with pytest.raises(TypeError):
+        rs_tasks.get(["unhashable"])
+    with pytest.raises(TypeError):
+        py_tasks.get(["unhashable"])
+    # forgetting tasks during an iteration fails it, on both
+    errors = []
+    its = [iter(machine.py.s.tasks), iter(machine.rs.s.tasks)]
+    for it in its:
+        next(it)
+    machine.both("release", [("a", 5)], "c1", "rel")
+    machine.both("cancel", ["c"], "c1", True, "cancel")
+    for it in its:
+        try:
+            list(it)
+        except RuntimeError as e:
+            errors.append(str(e))
+    assert len(errors) == 2 and errors[0] == errors[1]
+    assert list(machine.rs.s.tasks) == list(machine.py.s.tasks)

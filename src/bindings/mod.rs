@@ -46,7 +46,7 @@ impl From<CoreError> for PyErr {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shared::Engine>()?;
-    m.add_class::<engine::TaskItemsIter>()?;
+    m.add_class::<engine::TaskIter>()?;
     m.add_class::<handles::TaskStateHandle>()?;
     m.add_class::<handles::WorkerStateHandle>()?;
     m.add_class::<handles::ClientStateHandle>()?;

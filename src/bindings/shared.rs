@@ -20,8 +20,6 @@ pub struct Engine {
     /// Every stimulus borrows it exclusively; a plugin hook between two transitions
     /// reads (and writes) it through the lend (see `cell`).
     pub(crate) state: StateCell<State>,
-    /// key -> task id (the live tasks, like `SchedulerState.tasks`)
-    pub(crate) keys: Py<PyDict>,
     /// client key -> client id (`Scheduler.clients`' keys)
     pub(crate) clients: Py<PyDict>,
     pub(crate) task_handles: HandleCache<TaskId>,
@@ -141,16 +139,32 @@ impl Engine {
         self.state.borrow_mut_waiting(waiter())
     }
 
-    pub(crate) fn tid(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
-        Ok(match self.keys.bind(py).get_item(key)? {
-            Some(v) => Some(TaskId(v.extract()?)),
-            None => None,
-        })
+    /// The live task of `key` (`SchedulerState.tasks.get(key)`), keys compared as a
+    /// dict compares them: equal hash, then identity or `==`.
+    pub(crate) fn tid(&self, st: &State, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
+        let h = key.hash()? as i64;
+        let mut err = None;
+        let found = st.find_task(h, |k| {
+            if k.as_ptr() == key.as_ptr() {
+                return true;
+            }
+            if err.is_some() {
+                return false;
+            }
+            k.bind(key.py()).eq(key).unwrap_or_else(|e| {
+                err = Some(e);
+                false
+            })
+        });
+        match err {
+            Some(e) => Err(e),
+            None => Ok(found),
+        }
     }
 
     /// The task of `key`; a `KeyError` if there is none.
-    pub(crate) fn tid_required(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<TaskId> {
-        self.tid(py, key)?
+    pub(crate) fn tid_required(&self, st: &State, key: &Bound<'_, PyAny>) -> PyResult<TaskId> {
+        self.tid(st, key)?
             .ok_or_else(|| PyKeyError::new_err(key.clone().unbind()))
     }
 
@@ -181,11 +195,6 @@ impl Engine {
         self.clients.bind(py).set_item(client, c.0)?;
         Ok(c)
     }
-
-    /// Makes `t` reachable by its key.
-    pub(crate) fn register(&self, py: Python<'_>, st: &State, t: TaskId) -> PyResult<()> {
-        self.keys.bind(py).set_item(st.ts(t).key.bind(py), t.0)
-    }
 }
 
 /// `ts.annotations`, making the dict of a task whose annotations are pending
@@ -204,21 +213,6 @@ pub(crate) fn task_annotations(
         st.set_annotations(t, Some(d.into_any().unbind()));
     }
     Ok(st.ts(t).annotations.as_ref().map(|a| a.clone_ref(py)))
-}
-
-/// Drops `key` from the key dict if it still names task `t` (a hook may have dropped
-/// it already, as distributed drops it right after telling plugins).
-pub(crate) fn forget_key(
-    keys: &Bound<'_, PyDict>,
-    key: &Bound<'_, PyAny>,
-    t: TaskId,
-) -> PyResult<()> {
-    if let Some(v) = keys.get_item(key)? {
-        if v.extract::<u32>()? == t.0 {
-            keys.del_item(key)?;
-        }
-    }
-    Ok(())
 }
 
 /// The worker at `address`; a `KeyError` if there is none (`self.workers[address]`).

@@ -17,6 +17,7 @@ pub mod entities;
 pub mod graph;
 pub mod groups;
 pub mod heapset;
+pub mod keys;
 pub mod messages;
 pub mod occupancy;
 pub mod order;

@@ -4,6 +4,7 @@
 
 use crate::core::entities::*;
 use crate::core::heapset::HeapSet;
+use crate::core::keys::KeyTable;
 use crate::core::ordered::OrderedMap;
 use crate::core::pyset::PySet;
 use crate::core::types::*;
@@ -155,6 +156,8 @@ pub struct SchedulerState<P> {
     pub(super) config: Config,
     pub(super) tasks: Vec<Option<Task<P>>>,
     pub(super) n_live_tasks: usize,
+    /// The live tasks by key, in creation order.
+    pub(super) keys: KeyTable,
     free_tasks: Vec<TaskId>,
     /// Tasks forgotten during the current batch: freed at `flush`, so messages of the
     /// batch can still name them.
@@ -240,6 +243,7 @@ impl<P: Clone> SchedulerState<P> {
             config,
             tasks: Vec::new(),
             n_live_tasks: 0,
+            keys: KeyTable::default(),
             free_tasks: Vec::new(),
             pending_free: Vec::new(),
             dead_groups: Vec::new(),
@@ -437,6 +441,10 @@ impl<P: Clone> SchedulerState<P> {
             }
         };
         self.n_live_tasks += 1;
+        let tasks = &self.tasks;
+        (self.keys).insert(id, hash, |t| {
+            tasks[t.idx()].as_ref().map_or(0, |ts| ts.hash)
+        });
         // TaskGroup.add
         let si = state.index();
         let g = &mut self.groups[group.idx()];
@@ -498,6 +506,10 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     pub(crate) fn free_task_slot(&mut self, t: TaskId) {
+        if let Some(ts) = &self.tasks[t.idx()] {
+            // normally gone since its transition to forgotten
+            self.keys.remove(t, ts.hash);
+        }
         self.tasks[t.idx()] = None;
         self.free_tasks.push(t);
     }
@@ -595,6 +607,19 @@ impl<P: Clone> SchedulerState<P> {
 
     pub fn n_tasks(&self) -> i64 {
         self.n_tasks
+    }
+
+    /// The live task whose key has hash `hash` and satisfies `is_key`.
+    #[inline]
+    pub fn find_task(&self, hash: i64, mut is_key: impl FnMut(&P) -> bool) -> Option<TaskId> {
+        self.keys.find(hash, |t| {
+            (self.tasks[t.idx()].as_ref()).is_some_and(|ts| ts.hash == hash && is_key(&ts.key))
+        })
+    }
+
+    /// The live tasks by key, in creation order.
+    pub fn key_table(&self) -> &KeyTable {
+        &self.keys
     }
 
     pub fn n_live_tasks(&self) -> usize {

@@ -202,6 +202,9 @@ impl<P: Clone> SchedulerState<P> {
             }
         }
         if actual_finish == S::Forgotten {
+            // out of `tasks` once the observer (plugins) saw it forgotten
+            let h = self.ts(t).hash;
+            self.keys.remove(t, h);
             let g = self.ts(t).group;
             let tg = &self.groups[g.idx()];
             if tg.alive

@@ -3,7 +3,7 @@
 //! transitions left, frees the tasks the stimulus forgot and lets dead groups go.
 
 use crate::bindings::messages::{outbox_to_py, py_state};
-use crate::bindings::shared::{forget_key, Engine, State};
+use crate::bindings::shared::{Engine, State};
 use crate::cell::StateMut;
 use crate::core::messages::Outbox;
 use crate::core::state::Recs;
@@ -166,13 +166,13 @@ impl Engine {
             released.iter().filter_map(|g| handles.remove(g)).collect()
         };
         drop(dropped_groups);
-        let keys = self.keys.bind(py);
         let metadata = self.task_metadata.bind(py);
-        for t in &forgotten {
-            let key = st.ts(*t).key.bind(py);
-            forget_key(keys, key, *t)?;
-            if !metadata.is_empty() && metadata.contains(key)? {
-                metadata.del_item(key)?;
+        if !metadata.is_empty() {
+            for t in &forgotten {
+                let key = st.ts(*t).key.bind(py);
+                if metadata.contains(key)? {
+                    metadata.del_item(key)?;
+                }
             }
         }
         st.free_forgotten();

@@ -1,6 +1,6 @@
 //! Clients: joining and leaving, wanting, releasing and cancelling keys.
 
-use crate::bindings::shared::Engine;
+use crate::bindings::shared::{Engine, State};
 use crate::core::messages::CancelEvent;
 use crate::core::state::Recs;
 use crate::core::types::*;
@@ -10,10 +10,10 @@ use pyo3::types::{PyList, PyTuple};
 
 impl Engine {
     /// The tasks of the known keys among `keys`, in order.
-    fn known_tasks(&self, py: Python<'_>, keys: &Bound<'_, PyAny>) -> PyResult<Vec<TaskId>> {
+    fn known_tasks(&self, st: &State, keys: &Bound<'_, PyAny>) -> PyResult<Vec<TaskId>> {
         let mut ids = Vec::new();
         for k in keys.try_iter()? {
-            if let Some(t) = self.tid(py, &k?)? {
+            if let Some(t) = self.tid(st, &k?)? {
                 ids.push(t);
             }
         }
@@ -55,7 +55,7 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(&py.None().into_bound(py))?;
         let c = self.client_id(py, &mut b.st, client)?;
-        let ids = self.known_tasks(py, keys)?;
+        let ids = self.known_tasks(&b.st, keys)?;
         b.st.client_desires_keys(&ids, c, &mut b.out);
         b.finish(py, Ok(()))
     }
@@ -72,7 +72,7 @@ impl Engine {
         let c = self
             .known_client(py, client)?
             .ok_or_else(|| PyKeyError::new_err(client.clone().unbind()))?;
-        let ids = self.known_tasks(py, keys)?;
+        let ids = self.known_tasks(&b.st, keys)?;
         let mut recs = Recs::new();
         b.st.client_releases_keys_inner(&ids, c, &mut recs);
         let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
@@ -98,7 +98,7 @@ impl Engine {
         let mut b = self.batch(stimulus_id)?;
         let mut log = Vec::new();
         if let Some(c) = self.known_client(py, client)? {
-            let ids = self.known_tasks(py, keys)?;
+            let ids = self.known_tasks(&b.st, keys)?;
             let (reason, msg) = (reason.clone().unbind(), msg.clone().unbind());
             let r =
                 b.st.stimulus_cancel(&ids, c, force, &reason, &msg, &mut b.out, &b.sid, &mut log);

@@ -76,12 +76,12 @@ impl<'py> GraphKeys<'py> {
     }
 
     /// The graph entry of `k`, else the existing task, else a new entry.
-    fn resolve(&mut self, engine: &Engine, k: &Bound<'py, PyAny>) -> PyResult<KeyRef> {
+    fn resolve(&mut self, engine: &Engine, st: &State, k: &Bound<'py, PyAny>) -> PyResult<KeyRef> {
         let h = k.hash()? as i64;
         if let Some(i) = self.index.find(h, k.as_ptr(), &self.names, &self.hashes)? {
             return Ok(KeyRef::Graph(i as usize));
         }
-        if let Some(t) = engine.tid(k.py(), k)? {
+        if let Some(t) = engine.tid(st, k)? {
             return Ok(KeyRef::Existing(t));
         }
         Ok(KeyRef::Graph(self.add(h, k.clone())))
@@ -144,6 +144,7 @@ impl Engine {
     fn resolve_graph<'py>(
         &self,
         py: Python<'py>,
+        st: &State,
         dsk: &Bound<'py, PyDict>,
         keys: &Bound<'py, PyAny>,
         ordered: &Bound<'py, PyDict>,
@@ -152,7 +153,7 @@ impl Engine {
         let mut namer = Namer::default();
         let mut graph = Vec::with_capacity(dsk.len());
         for (i, (k, spec)) in dsk.iter().enumerate() {
-            let existing = self.tid(py, &k)?;
+            let existing = self.tid(st, &k)?;
             // only a new task is named
             let (group, prefix) = match existing {
                 Some(_) => Default::default(),
@@ -163,7 +164,7 @@ impl Engine {
             } else {
                 let mut deps = Vec::new();
                 for d in spec.getattr(intern!(py, "dependencies"))?.try_iter()? {
-                    deps.push(known.resolve(self, &d?)?);
+                    deps.push(known.resolve(self, st, &d?)?);
                 }
                 let producer = data_producer(&spec);
                 (Some(spec.unbind()), producer, deps)
@@ -183,7 +184,7 @@ impl Engine {
         let wanted = py.import("builtins")?.getattr("set")?.call1((keys,))?;
         let key_refs = wanted
             .try_iter()?
-            .map(|k| known.resolve(self, &k?))
+            .map(|k| known.resolve(self, st, &k?))
             .collect::<PyResult<Vec<_>>>()?;
         for i in dsk.len()..known.names.len() {
             let (group, prefix) = namer.group_and_prefix(self, &known.names[i])?;
@@ -246,7 +247,8 @@ impl Engine {
                 .extract()?,
             _ => 0.0,
         };
-        let (mut graph, key_refs, entry_priorities) = self.resolve_graph(py, dsk, keys, ordered)?;
+        let (mut graph, key_refs, entry_priorities) =
+            self.resolve_graph(py, &b.st, dsk, keys, ordered)?;
         // distributed cancels a graph whose keys depend on data it no longer has
         // (`_find_lost_dependencies`); here that is a KeyError before any state changes
         if let Some(i) = first_lost_dependency(&key_refs, &graph) {
@@ -256,9 +258,6 @@ impl Engine {
         }
         let r = b.st.generate_taskstates(&key_refs, &mut graph);
         let generated = b.check(py, r)?;
-        for t in &generated.new {
-            self.register(py, &b.st, *t)?;
-        }
         let key_of =
             |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
         // up to the transitions a failure (a bad annotation) takes the new tasks back
@@ -276,7 +275,7 @@ impl Engine {
                 &entry_priorities,
             )?;
             let submitting = match submitting_task {
-                Some(k) if k.is_truthy()? => Some(self.tid(py, k)?),
+                Some(k) if k.is_truthy()? => Some(self.tid(&b.st, k)?),
                 _ => None,
             };
             b.st.set_priorities(
@@ -296,7 +295,7 @@ impl Engine {
                 }),
                 Some(a) => Some(
                     a.try_iter()?
-                        .map(|k| self.tid_required(py, &k?))
+                        .map(|k| self.tid_required(&b.st, &k?))
                         .collect::<PyResult<_>>()?,
                 ),
                 None => None,
@@ -359,7 +358,7 @@ impl Engine {
         let e = slf.borrow();
         let (group, prefix) = e.group_and_prefix(key)?;
         let mut st = e.write()?;
-        if e.tid(py, key)?.is_some() {
+        if e.tid(&st, key)?.is_some() {
             return Err(PyValueError::new_err(format!(
                 "task {} already exists",
                 key.repr()?
@@ -378,7 +377,6 @@ impl Engine {
             producer,
             TaskStateState::Released,
         );
-        e.register(py, &st, t)?;
         handles::task_handle(py, &slf.clone().unbind(), &View::new(&e, &st), t)
     }
 
@@ -401,7 +399,7 @@ impl Engine {
                 .collect::<PyResult<Vec<_>>>()?;
             let (group, prefix) = self.group_and_prefix(&k)?;
             items.push(ScatteredKey {
-                existing: self.tid(py, &k)?,
+                existing: self.tid(&b.st, &k)?,
                 hash: k.hash()? as i64,
                 group,
                 prefix,
@@ -417,9 +415,7 @@ impl Engine {
             Some(c) => Some(self.client_id(py, &mut b.st, c)?),
             None => None,
         };
-        for t in b.st.update_data(items, c, &mut b.out) {
-            self.register(py, &b.st, t)?;
-        }
+        b.st.update_data(items, c, &mut b.out);
         b.finish(py, Ok(()))
     }
 }

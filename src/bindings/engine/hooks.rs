@@ -3,15 +3,16 @@
 //! Python's hook runs (see `cell`).
 
 use crate::bindings::messages::py_state;
-use crate::bindings::shared::{forget_key, parse_state, Engine, State};
+use crate::bindings::shared::{parse_state, Engine, State};
 use crate::cell::StateCell;
 use crate::core::state::{ObservedTransition, TransitionObserver};
-use crate::core::types::*;
+
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyString, PyTuple};
 
 /// The core's `TransitionObserver::notify`: calls the Python hook (with the state lent
-/// to the handles), then drops a forgotten task's key as `_transition` does.
+/// to the handles); the core drops a forgotten task's key after it, as `_transition`
+/// does.
 fn notify_transition(st: &mut State, tr: &ObservedTransition<'_, Py<PyAny>>) {
     Python::attach(|py| {
         let Some(data) = st.observer_data().map(|d| d.bind(py).clone()) else {
@@ -21,7 +22,7 @@ fn notify_transition(st: &mut State, tr: &ObservedTransition<'_, Py<PyAny>>) {
             let data = data.cast::<PyTuple>()?;
             let hook = data.get_item(0)?;
             let key = tr.key.bind(py);
-            let prefix = data.get_item(2)?;
+            let prefix = data.get_item(1)?;
             let wanted = prefix.is_none()
                 || key.cast::<PyString>().is_ok_and(|k| {
                     k.to_str()
@@ -40,9 +41,6 @@ fn notify_transition(st: &mut State, tr: &ObservedTransition<'_, Py<PyAny>>) {
                     fields,
                 );
                 StateCell::lend(st, || hook.call1(args))?;
-            }
-            if tr.finish == TaskStateState::Forgotten {
-                forget_key(data.get_item(1)?.cast::<PyDict>()?, key, tr.task)?;
             }
             Ok(())
         })();
@@ -77,7 +75,7 @@ impl Engine {
                         Ok::<_, PyErr>(mask | (1 << parse_state(name)?.index()))
                     })?,
                 };
-                let data = (hook, self.keys.clone_ref(py), key_prefix);
+                let data = (hook, key_prefix);
                 Some(TransitionObserver {
                     notify: notify_transition,
                     finishes,

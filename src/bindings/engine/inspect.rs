@@ -6,11 +6,10 @@ use crate::bindings::shared::{Engine, State, View};
 use crate::core::entities::TaskSet;
 use crate::core::state::TransitionLogEntry;
 use crate::core::types::*;
-use pyo3::exceptions::PyIndexError;
-use pyo3::intern;
+use pyo3::exceptions::{PyIndexError, PyRuntimeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyIterator, PyList, PySet, PyTuple};
-use std::sync::atomic::Ordering;
+use pyo3::types::{PyDict, PyList, PySet, PyTuple};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// One `transition_log` entry: the fields of distributed's `Transition`.
 fn transition_fields<'py>(
@@ -42,11 +41,9 @@ impl Engine {
     fn get_task(slf: &Bound<'_, Self>, key: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let e = slf.borrow();
-        match e.tid(py, key)? {
-            Some(t) => {
-                let st = e.read()?;
-                handles::task_handle(py, &slf.clone().unbind(), &View::new(&e, &st), t)
-            }
+        let st = e.read()?;
+        match e.tid(&st, key)? {
+            Some(t) => handles::task_handle(py, &slf.clone().unbind(), &View::new(&e, &st), t),
             None => Ok(py.None()),
         }
     }
@@ -126,31 +123,25 @@ impl Engine {
     /// `iter(SchedulerState.tasks)`: a live iterator over the task keys in creation
     /// order, without copying them; like a dict's, it fails if tasks are added or
     /// forgotten during the iteration.
-    fn iter_task_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
-        self.keys.bind(py).as_any().try_iter()
+    fn iter_task_keys(slf: &Bound<'_, Self>) -> PyResult<TaskIter> {
+        TaskIter::new(slf, TaskIterKind::Keys)
     }
 
     /// `iter(SchedulerState.tasks.items())` (`values=False`) or `.values()`
     /// (`values=True`): live, in creation order, nothing copied.
     #[pyo3(signature = (values=false))]
-    fn iter_task_items(slf: &Bound<'_, Self>, values: bool) -> PyResult<TaskItemsIter> {
-        let py = slf.py();
-        let inner = slf
-            .borrow()
-            .keys
-            .bind(py)
-            .call_method0(intern!(py, "items"))?
-            .try_iter()?;
-        Ok(TaskItemsIter {
-            engine: slf.clone().unbind(),
-            inner: inner.unbind(),
-            values,
-        })
+    fn iter_task_items(slf: &Bound<'_, Self>, values: bool) -> PyResult<TaskIter> {
+        let kind = match values {
+            true => TaskIterKind::Values,
+            false => TaskIterKind::Items,
+        };
+        TaskIter::new(slf, kind)
     }
 
     /// The keys of the live tasks, in creation order (like `SchedulerState.tasks`).
     fn task_keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        Ok(self.keys.bind(py).keys())
+        let st = self.read()?;
+        PyList::new(py, st.key_table().iter().map(|t| st.ts(t).key.bind(py)))
     }
 
     fn __len__(&self) -> PyResult<usize> {
@@ -227,9 +218,9 @@ impl Engine {
     }
 
     /// The state string of a task, or "forgotten" for unknown keys.
-    fn task_state(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+    fn task_state(&self, key: &Bound<'_, PyAny>) -> PyResult<&'static str> {
         let st = self.read()?;
-        Ok(match self.tid(py, key)? {
+        Ok(match self.tid(&st, key)? {
             Some(t) => st.ts(t).state.as_str(),
             None => "forgotten",
         })
@@ -298,9 +289,9 @@ impl Engine {
     }
 
     /// `Scheduler.validate_key`: one task's invariants, natively (unknown keys pass).
-    fn validate_key(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn validate_key(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let st = self.read()?;
-        match self.tid(py, key)? {
+        match self.tid(&st, key)? {
             Some(t) => Ok(st.validate_task(t)?),
             None => Ok(()),
         }
@@ -329,8 +320,9 @@ impl Engine {
             })
         };
         let tasks = PyDict::new(py);
-        for (k, v) in self.keys.bind(py).iter() {
-            let ts = s.ts(TaskId(v.extract()?));
+        for t in s.key_table().iter() {
+            let ts = s.ts(t);
+            let k = ts.key.bind(py);
             let who_has = ts.who_has.as_ref().map(|h| addresses(s, h.iter()));
             let who_wants = ts.who_wants.as_ref().map(|c| {
                 c.iter()
@@ -408,20 +400,44 @@ impl Engine {
     }
 }
 
-/// Iterator behind `TasksView.items()`/`.values()`: walks the engine's key index and
-/// turns each task id into its canonical `TaskState` handle.
+/// What a `TaskIter` yields.
+#[derive(Clone, Copy, PartialEq)]
+enum TaskIterKind {
+    Keys,
+    Items,
+    Values,
+}
+
+/// Iterator behind `iter(TasksView)`, `.items()` and `.values()`: walks the live tasks
+/// in creation order and, for items and values, turns each into its canonical
+/// `TaskState` handle. Like a dict's iterators it fails (for good) once tasks are added
+/// or forgotten during the iteration.
 #[pyclass(frozen, module = "dask_rsched._core")]
-pub struct TaskItemsIter {
+pub struct TaskIter {
     engine: Py<Engine>,
-    inner: Py<PyIterator>,
-    values: bool,
+    kind: TaskIterKind,
+    /// The next place in creation order.
+    next: AtomicUsize,
+    /// The number of tasks when the iteration began; `usize::MAX` once it failed.
+    len: AtomicUsize,
+}
+
+impl TaskIter {
+    fn new(engine: &Bound<'_, Engine>, kind: TaskIterKind) -> PyResult<Self> {
+        let len = engine.borrow().read()?.key_table().len();
+        Ok(TaskIter {
+            engine: engine.clone().unbind(),
+            kind,
+            next: AtomicUsize::new(0),
+            len: AtomicUsize::new(len),
+        })
+    }
 }
 
 #[pymethods]
-impl TaskItemsIter {
+impl TaskIter {
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.engine)?;
-        visit.call(&self.inner)
+        visit.call(&self.engine)
     }
 
     fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -429,18 +445,28 @@ impl TaskItemsIter {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let Some(item) = self.inner.bind(py).clone().next() else {
-            return Ok(None);
-        };
-        let (key, tid): (Bound<'_, PyAny>, u32) = item?.extract()?;
         let e = self.engine.bind(py).borrow();
         let st = e.read()?;
-        let ts = handles::task_handle(py, &self.engine, &View::new(&e, &st), TaskId(tid))?;
-        if self.values {
+        let table = st.key_table();
+        if table.len() != self.len.load(Ordering::Relaxed) {
+            self.len.store(usize::MAX, Ordering::Relaxed);
+            return Err(PyRuntimeError::new_err(
+                "dictionary changed size during iteration",
+            ));
+        }
+        let Some((place, t)) = table.next_from(self.next.load(Ordering::Relaxed)) else {
+            self.next.store(usize::MAX, Ordering::Relaxed);
+            return Ok(None);
+        };
+        self.next.store(place + 1, Ordering::Relaxed);
+        let key = st.ts(t).key.clone_ref(py);
+        if self.kind == TaskIterKind::Keys {
+            return Ok(Some(key));
+        }
+        let ts = handles::task_handle(py, &self.engine, &View::new(&e, &st), t)?;
+        if self.kind == TaskIterKind::Values {
             return Ok(Some(ts));
         }
-        Ok(Some(
-            PyTuple::new(py, [key.unbind(), ts])?.into_any().unbind(),
-        ))
+        Ok(Some(PyTuple::new(py, [key, ts])?.into_any().unbind()))
     }
 }

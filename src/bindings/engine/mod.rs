@@ -10,7 +10,7 @@ mod stealing;
 mod tasks;
 mod workers;
 
-pub use inspect::TaskItemsIter;
+pub use inspect::TaskIter;
 
 use crate::bindings::shared::{Engine, HandleCache, State};
 use crate::cell::StateCell;
@@ -145,7 +145,6 @@ impl Engine {
         let new_dict = |d: Option<Bound<'_, PyDict>>| d.unwrap_or_else(|| PyDict::new(py)).unbind();
         Ok(Self {
             state: StateCell::new(state),
-            keys: PyDict::new(py).unbind(),
             clients: clients.unbind(),
             task_handles: HandleCache::default(),
             worker_handles: HandleCache::default(),

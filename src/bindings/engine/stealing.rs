@@ -167,7 +167,7 @@ impl Engine {
         worker: Option<&str>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(stimulus_id)?;
-        let t = self.tid(py, key)?;
+        let t = self.tid(&b.st, key)?;
         let request_id: String = stimulus_id.extract()?;
         let r =
             b.st.move_task_confirm(t, state, &request_id, worker, &b.sid, &mut b.out);
@@ -184,23 +184,23 @@ impl Engine {
         thief: &str,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(&py.None().into_bound(py))?;
-        let t = self.tid_required(py, key)?;
+        let t = self.tid_required(&b.st, key)?;
         let (v, th) = (worker_of(&b.st, victim)?, worker_of(&b.st, thief)?);
         let sid = b.st.move_task_request(t, v, th, &mut b.out);
         b.finish_with(py, sid)
     }
 
     /// `WorkStealing.put_key_in_stealable`
-    fn steal_put_key(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn steal_put_key(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut st = self.write()?;
-        let t = self.tid_required(py, key)?;
+        let t = self.tid_required(&st, key)?;
         Ok(st.put_key_in_stealable(t).map_err(CoreError::from)?)
     }
 
     /// `WorkStealing.remove_key_from_stealable`
-    fn steal_remove_key(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn steal_remove_key(&self, key: &Bound<'_, PyAny>) -> PyResult<()> {
         let mut st = self.write()?;
-        let t = self.tid_required(py, key)?;
+        let t = self.tid_required(&st, key)?;
         st.remove_key_from_stealable(t);
         Ok(())
     }
@@ -215,13 +215,9 @@ impl Engine {
     }
 
     /// `WorkStealing.steal_time_ratio`: `(cost_multiplier, level)` or `(None, None)`.
-    fn steal_time_ratio(
-        &self,
-        py: Python<'_>,
-        key: &Bound<'_, PyAny>,
-    ) -> PyResult<(Option<f64>, Option<usize>)> {
+    fn steal_time_ratio(&self, key: &Bound<'_, PyAny>) -> PyResult<(Option<f64>, Option<usize>)> {
         let st = self.read()?;
-        let t = self.tid_required(py, key)?;
+        let t = self.tid_required(&st, key)?;
         Ok(match st.steal_time_ratio(t).map_err(CoreError::from)? {
             Some((m, l)) => (Some(m), Some(l)),
             None => (None, None),

@@ -126,7 +126,7 @@ impl Engine {
         worker_addr: &str,
         msg: &Bound<'_, PyDict>,
     ) -> PyResult<Recs> {
-        let t = self.tid(py, key)?;
+        let t = self.tid(&b.st, key)?;
         let run_id = run_id_of(&field(msg, intern!(msg.py(), "run_id"))?);
         if let Some(t) = t.filter(|_| b.st.observes(TaskStateState::Memory)) {
             let fields = plugin_fields(msg, &[("worker", worker)])?;
@@ -161,7 +161,7 @@ impl Engine {
         key: &Bound<'_, PyAny>,
         msg: &Bound<'_, PyDict>,
     ) -> PyResult<Recs> {
-        let t = self.tid(py, key)?;
+        let t = self.tid(&b.st, key)?;
         let worker = field(msg, intern!(msg.py(), "worker"))?;
         let worker_addr = address_of(&worker);
         let run_id = run_id_of(&field(msg, intern!(msg.py(), "run_id"))?);
@@ -266,7 +266,7 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let finish = parse_state(finish)?;
         let mut b = self.batch(stimulus_id)?;
-        let Some(t) = self.tid(py, key)? else {
+        let Some(t) = self.tid(&b.st, key)? else {
             return b.finish_with(py, PyDict::new(py));
         };
         let kwargs = msg_dict(py, kwargs);
@@ -275,7 +275,7 @@ impl Engine {
             && (cause.is_some() || opt_field(&kwargs, intern!(kwargs.py(), "exception"))?.is_some())
         {
             let cause = match cause {
-                Some(c) => self.tid(py, &c)?,
+                Some(c) => self.tid(&b.st, &c)?,
                 None => Some(t),
             };
             let worker = match kwargs.get_item("worker")?.filter(|w| !w.is_none()) {
@@ -307,7 +307,7 @@ impl Engine {
         let mut recs = Recs::new();
         for (k, v) in recommendations.iter() {
             let finish = parse_state(&v.extract::<String>()?)?;
-            if let Some(t) = self.tid(py, &k)? {
+            if let Some(t) = self.tid(&b.st, &k)? {
                 recs.insert(t, finish);
             }
         }
@@ -343,7 +343,7 @@ impl Engine {
         if b.st.worker_id(&worker).is_none() {
             return b.finish(py, Ok(()));
         }
-        let t = self.tid(py, key)?;
+        let t = self.tid(&b.st, key)?;
         let compute_duration = match compute_duration.extract::<Option<f64>>() {
             Ok(d) => Ok(d),
             Err(_) => Err(CoreError::Invalid(format!(
@@ -372,7 +372,7 @@ impl Engine {
         let mut b = self.batch(stimulus_id)?;
         let ids = keys
             .try_iter()?
-            .map(|k| self.tid_required(py, &k?))
+            .map(|k| self.tid_required(&b.st, &k?))
             .collect::<PyResult<Vec<_>>>()?;
         let r = b.st.stimulus_retry(&ids, &mut b.out, &b.sid);
         let seen = b.check(py, r)?;

@@ -200,7 +200,7 @@ impl Engine {
             .try_iter()?
             .map(|k| {
                 let k = k?;
-                Ok((self.tid(py, &k)?, k.unbind()))
+                Ok((self.tid(&b.st, &k)?, k.unbind()))
             })
             .collect::<PyResult<Vec<_>>>()?
             .into_iter()
@@ -228,7 +228,7 @@ impl Engine {
         stimulus_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(stimulus_id)?;
-        let t = self.tid(py, key)?;
+        let t = self.tid(&b.st, key)?;
         let r =
             b.st.release_worker_data(t, &address_of(worker), &mut b.out, &b.sid);
         b.finish(py, r)
