@@ -8,16 +8,25 @@ engine; the two are timed apart.
 
 Per engine and workload, each in a fresh process: microseconds per task of submission
 (no workers: the tasks end up `no-worker` or queued, so no messages go out), the longest
-full garbage collection (`gc.collect()`) with the graph held, and the RSS growth per task
-(which includes the graph's own run_spec objects, the same on both engines).
+full garbage collection (`gc.collect()`) with the graph held, the RSS growth per task,
+and the live heap per task.
+
+The live heap is the memory method: a second process with `PYTHONMALLOC=malloc`, so that
+Python's objects and the engine's Rust records all come from glibc's malloc, and
+`mallinfo2()` counts the bytes in use (`uordblks + hblkhd`) before and after the
+submission, both after a full collection. The graph's own objects (its run_specs and
+keys) exist before, so they are not counted; what is counted is what the scheduler keeps
+per task. Unlike RSS it does not count memory freed but kept by the allocator.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import gc
 import json
+import os
 import subprocess
 import sys
 import time
@@ -43,6 +52,36 @@ def build(workload: str, n: int) -> tuple[dict, set]:
     return dsk, set(dask.core.flatten(expr.__dask_keys__()))
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def heap_in_use() -> int | None:
+    """Bytes glibc's malloc has handed out and not got back (None without glibc)."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = _Mallinfo2
+    info = mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
 async def measure(engine: str, workload: str, n: int) -> dict:
     import dask
     from scheduler_e2e import new_scheduler, rss, submit
@@ -57,11 +96,14 @@ async def measure(engine: str, workload: str, n: int) -> dict:
         ordered = order(dsk)
         order_s = time.perf_counter() - t
         gc.collect()
-        before = rss()
+        before, heap_before = rss(), heap_in_use()
         t = time.perf_counter()
         submit(s, dsk, wanted, {}, ordered, "bench-graph")
         submit_s = time.perf_counter() - t
-        del dsk, ordered
+        del ordered
+        gc.collect()
+        heap_after = heap_in_use()
+        del dsk
         gc.collect()
         grown = rss() - before
         pauses = []
@@ -78,6 +120,7 @@ async def measure(engine: str, workload: str, n: int) -> dict:
             "submit_us": submit_s / tasks * 1e6,
             "gc_pause_ms": max(pauses) * 1e3,
             "rss_per_task": grown / tasks,
+            "heap_per_task": (None if heap_before is None else (heap_after - heap_before) / tasks),
         }
 
 
@@ -95,22 +138,31 @@ def main() -> None:
     n = 10_000 if args.quick else args.tasks
     print(
         f"{'workload':8s} {'tasks':>9s} {'engine':12s} {'submit µs/task':>15s} "
-        f"{'gc pause ms':>12s} {'RSS B/task':>11s} {'order µs/task':>14s}"
+        f"{'gc pause ms':>12s} {'RSS B/task':>11s} {'heap B/task':>12s} "
+        f"{'order µs/task':>14s}"
     )
+
+    def one(engine: str, workload: str, env: dict | None = None) -> dict:
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", f"{engine},{workload},{n}"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout
+        return json.loads(out.strip().splitlines()[-1])
+
     for workload in args.workloads:
         rows = {}
         for engine in ("python", "rust"):
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", f"{engine},{workload},{n}"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-            r = rows[engine] = json.loads(out.strip().splitlines()[-1])
+            r = rows[engine] = one(engine, workload)
+            heap = one(engine, workload, {**os.environ, "PYTHONMALLOC": "malloc"})
+            live = heap["heap_per_task"]
             name = "pure Python" if engine == "python" else "dask-rsched"
             print(
                 f"{workload:8s} {r['tasks']:9,d} {name:12s} {r['submit_us']:15.2f} "
-                f"{r['gc_pause_ms']:12.1f} {r['rss_per_task']:11.0f} {r['order_us']:14.2f}",
+                f"{r['gc_pause_ms']:12.1f} {r['rss_per_task']:11.0f} "
+                f"{'n/a' if live is None else f'{live:.0f}':>12s} {r['order_us']:14.2f}",
                 flush=True,
             )
         p, e = rows["python"], rows["rust"]
