@@ -93,6 +93,7 @@ impl<P: Clone> SchedulerState<P> {
         keys: &[KeyRef],
         dsk: &mut [GraphTask<P>],
     ) -> CoreResult<GeneratedTasks> {
+        self.reserve_tasks(dsk.len());
         let mut out = GeneratedTasks {
             graph_ids: dsk
                 .iter()

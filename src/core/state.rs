@@ -505,6 +505,18 @@ impl<P: Clone> SchedulerState<P> {
         }
     }
 
+    /// Room for `n` more tasks. A large graph gets exactly the room it needs: doubling
+    /// the task arena would leave up to half of it (hundreds of bytes per task) unused.
+    pub(crate) fn reserve_tasks(&mut self, n: usize) {
+        let need = n.saturating_sub(self.free_tasks.len());
+        if need <= self.tasks.capacity() - self.tasks.len() || need < self.tasks.len() / 2 {
+            return;
+        }
+        self.tasks.reserve_exact(need);
+        let tasks = &self.tasks;
+        (self.keys).reserve(need, |t| tasks[t.idx()].as_ref().map_or(0, |ts| ts.hash));
+    }
+
     pub(crate) fn free_task_slot(&mut self, t: TaskId) {
         if let Some(ts) = &self.tasks[t.idx()] {
             // normally gone since its transition to forgotten
