@@ -34,9 +34,9 @@ pub fn priority_to_py<'py>(py: Python<'py>, p: &Priority) -> PyResult<Bound<'py,
     PyTuple::new(
         py,
         [
-            num_to_py(py, p.0[0])?,
-            num_to_py(py, p.0[1])?,
-            num_to_py(py, p.0[2])?,
+            num_to_py(py, p.get(0))?,
+            num_to_py(py, p.get(1))?,
+            num_to_py(py, p.get(2))?,
         ],
     )
 }

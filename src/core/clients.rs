@@ -17,6 +17,7 @@ impl<P: Clone> SchedulerState<P> {
             }
             let th = self.thash(t);
             self.ts_mut(t)
+                .rare_mut()
                 .who_wants
                 .get_or_insert_with(PySet::new)
                 .insert(c, ch);
@@ -85,7 +86,7 @@ impl<P: Clone> SchedulerState<P> {
             }
             self.clients[c.idx()].wants_what.remove(t, th);
             let ts = self.ts_mut(t);
-            if let Some(s) = ts.who_wants.as_mut() {
+            if let Some(s) = ts.rare.as_mut().and_then(|r| r.who_wants.as_mut()) {
                 if !s.is_empty() {
                     s.remove(c, ch);
                 }
@@ -103,8 +104,7 @@ impl<P: Clone> SchedulerState<P> {
     /// `ts.who_wants or ()` in iteration order.
     pub fn wanters(&self, t: TaskId) -> SmallVec<[ClientId; 2]> {
         self.ts(t)
-            .who_wants
-            .as_ref()
+            .who_wants()
             .map(|s| s.iter().collect())
             .unwrap_or_default()
     }

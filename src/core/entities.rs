@@ -25,11 +25,11 @@ pub struct Task<P> {
     pub has_lost_dependencies: bool,
     pub waiting_on: Option<TaskSet>,
     pub waiters: Option<TaskSet>,
-    pub who_wants: Option<ClientSet>,
     pub who_has: Option<WorkerSet>,
     pub processing_on: Option<WorkerId>,
     pub nbytes: i64,
-    pub type_: Option<String>,
+    /// `ts.type`, interned (`SchedulerState::strings`): few distinct names.
+    pub type_: Option<u32>,
     /// Errors, restrictions, retries: few tasks have any, so they live out of line.
     pub rare: Option<Box<TaskRare<P>>>,
     pub actor: bool,
@@ -41,7 +41,8 @@ pub struct Task<P> {
     /// `span_annotation` (or nothing), not made until something reads it: the spans
     /// extension gives every submitted task one.
     pub span_annotation_pending: bool,
-    pub run_id: Option<i64>,
+    /// `ts.run_id` + 1 (run ids count up from 0): 8 bytes for an optional id.
+    pub(crate) run_id: Option<std::num::NonZeroU64>,
     pub queueable: bool,
     /// Creation counter: tells apart tasks that reuse an arena slot.
     pub serial: u64,
@@ -50,6 +51,8 @@ pub struct Task<P> {
 /// The fields of a task that few tasks set.
 #[derive(Clone, Debug)]
 pub struct TaskRare<P> {
+    /// Only the keys clients asked for have wanters.
+    pub who_wants: Option<ClientSet>,
     pub retries: i64,
     pub exception: Option<P>,
     pub traceback: Option<P>,
@@ -67,6 +70,7 @@ pub struct TaskRare<P> {
 impl<P> Default for TaskRare<P> {
     fn default() -> Self {
         TaskRare {
+            who_wants: None,
             retries: 0,
             exception: None,
             traceback: None,
@@ -95,6 +99,20 @@ impl<P> Task<P> {
     /// The rare fields, created on first write.
     pub fn rare_mut(&mut self) -> &mut TaskRare<P> {
         self.rare.get_or_insert_with(Box::default)
+    }
+
+    pub fn who_wants(&self) -> Option<&ClientSet> {
+        self.rare.as_ref().and_then(|r| r.who_wants.as_ref())
+    }
+
+    /// `ts.run_id`
+    #[inline]
+    pub fn run_id(&self) -> Option<i64> {
+        self.run_id.map(|r| (r.get() - 1) as i64)
+    }
+
+    pub fn set_run_id(&mut self, run_id: i64) {
+        self.run_id = std::num::NonZeroU64::new(run_id as u64 + 1);
     }
 
     pub fn exception_blame(&self) -> Option<TaskId> {
@@ -178,7 +196,7 @@ impl<P> Task<P> {
     }
 
     pub fn has_who_wants(&self) -> bool {
-        self.who_wants.as_ref().is_some_and(|s| !s.is_empty())
+        self.who_wants().is_some_and(|s| !s.is_empty())
     }
 
     pub fn has_waiting_on(&self) -> bool {

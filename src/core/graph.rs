@@ -205,7 +205,7 @@ impl<P: Clone> SchedulerState<P> {
                 .and_then(|t| self.task(t))
                 .and_then(|ts| ts.priority)
             {
-                Some(p) => Num::Float(p.0[0].as_f64() - 0.01),
+                Some(p) => Num::Float(p.get(0).as_f64() - 0.01),
                 None => Num::Int(self.generation),
             }
         } else if self.last_time + fifo_timeout < start {
@@ -223,7 +223,7 @@ impl<P: Clone> SchedulerState<P> {
                         Num::Int(i) => i.checked_neg().map_or(Num::Float(-(i as f64)), Num::Int),
                         Num::Float(f) => Num::Float(-f),
                     };
-                    self.ts_mut(t).priority = Some(Priority([neg, generation, Num::Int(internal)]));
+                    self.ts_mut(t).priority = Some(Priority::new([neg, generation, Num::Int(internal)]));
                 }
             }
         }

@@ -118,7 +118,9 @@ impl<P: Clone> SchedulerState<P> {
             self.clients[c.idx()].wants_what.remove(t, th);
         }
         let ts = self.ts_mut(t);
-        ts.who_wants = None;
+        if let Some(r) = ts.rare.as_deref_mut() {
+            r.who_wants = None;
+        }
         ts.processing_on = None;
         ts.clear_error();
         self.n_live_tasks -= 1;
@@ -273,7 +275,7 @@ impl<P: Clone> SchedulerState<P> {
     pub(super) fn task_to_msg(&mut self, t: TaskId) -> CoreResult<WorkerMsg<P>> {
         let run_id = self.run_id_counter;
         self.run_id_counter += 1;
-        self.ts_mut(t).run_id = Some(run_id);
+        self.ts_mut(t).set_run_id(run_id);
         let ts = self.ts(t);
         let who_has = ts
             .dependencies
@@ -368,7 +370,8 @@ impl<P: Clone> SchedulerState<P> {
             }
         }
         self.set_state(t, S::Memory);
-        self.ts_mut(t).type_ = Some(typename.to_owned());
+        let name = self.strings.intern(typename);
+        self.ts_mut(t).type_ = Some(name);
         let g = self.ts(t).group;
         self.add_type(g, typename);
         let ff = self.fire_and_forget;

@@ -413,7 +413,6 @@ impl<P: Clone> SchedulerState<P> {
             has_lost_dependencies: false,
             waiting_on: None,
             waiters: None,
-            who_wants: None,
             who_has: None,
             processing_on: None,
             nbytes: -1,

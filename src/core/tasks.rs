@@ -63,7 +63,7 @@ impl<P: Clone> SchedulerState<P> {
         if let Some(t) = live {
             let ts = self.ts(t);
             let stale = matches!(ts.state, S::Released | S::Queued | S::NoWorker | S::Erred);
-            if !stale && ts.run_id != run_id {
+            if !stale && ts.run_id() != run_id {
                 if ts
                     .processing_on
                     .is_some_and(|w| self.ws(w).address == worker)
@@ -112,7 +112,7 @@ impl<P: Clone> SchedulerState<P> {
         if self.ts(t).state != S::Processing {
             return Ok(Recs::new());
         }
-        if self.ts(t).run_id != run_id {
+        if self.ts(t).run_id() != run_id {
             let on_worker = self
                 .ts(t)
                 .processing_on
@@ -200,7 +200,7 @@ impl<P: Clone> SchedulerState<P> {
         let Some(w) = self.ts(t).processing_on else {
             return Ok(());
         };
-        if self.ws(w).address != worker || self.ts(t).run_id != run_id {
+        if self.ws(w).address != worker || self.ts(t).run_id() != run_id {
             return Ok(());
         }
         if let Some(d) = compute_duration? {

@@ -108,18 +108,83 @@ impl Num {
 }
 
 /// `ts.priority`: `(-user_priority, generation, internal_priority)`, compared like a tuple.
-#[derive(Copy, Clone, Debug, PartialEq)]
-pub struct Priority(pub [Num; 3]);
+/// Packed (every task and every queued entry has one): each element's 8 bytes, and
+/// which of them are floats.
+#[derive(Copy, Clone, Debug)]
+pub struct Priority {
+    bits: [u64; 3],
+    floats: FloatMask,
+}
+
+/// Which elements of a `Priority` are floats (bit i: element i). An enum, so that
+/// `Option<Priority>` needs no room of its own.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[repr(u8)]
+enum FloatMask {
+    M0,
+    M1,
+    M2,
+    M3,
+    M4,
+    M5,
+    M6,
+    M7,
+}
+
+const FLOAT_MASKS: [FloatMask; 8] = [
+    FloatMask::M0,
+    FloatMask::M1,
+    FloatMask::M2,
+    FloatMask::M3,
+    FloatMask::M4,
+    FloatMask::M5,
+    FloatMask::M6,
+    FloatMask::M7,
+];
 
 impl Priority {
+    pub fn new(values: [Num; 3]) -> Self {
+        let mut bits = [0u64; 3];
+        let mut floats = 0usize;
+        for (i, v) in values.iter().enumerate() {
+            bits[i] = match *v {
+                Num::Int(x) => x as u64,
+                Num::Float(f) => {
+                    floats |= 1 << i;
+                    f.to_bits()
+                }
+            };
+        }
+        Priority {
+            bits,
+            floats: FLOAT_MASKS[floats],
+        }
+    }
+
+    /// Element `i` (0, 1 or 2).
+    #[inline]
+    pub fn get(&self, i: usize) -> Num {
+        if self.floats as u8 & (1 << i) != 0 {
+            Num::Float(f64::from_bits(self.bits[i]))
+        } else {
+            Num::Int(self.bits[i] as i64)
+        }
+    }
+
     pub fn cmp_prio(&self, other: &Priority) -> Ordering {
         for i in 0..3 {
-            match self.0[i].cmp_num(other.0[i]) {
+            match self.get(i).cmp_num(other.get(i)) {
                 Ordering::Equal => continue,
                 o => return o,
             }
         }
         Ordering::Equal
+    }
+}
+
+impl PartialEq for Priority {
+    fn eq(&self, other: &Self) -> bool {
+        (0..3).all(|i| self.get(i) == other.get(i))
     }
 }
 

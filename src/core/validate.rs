@@ -206,7 +206,7 @@ impl<P: Clone> SchedulerState<P> {
                 "unneeded task in memory"
             );
         }
-        for c in ts.who_wants.iter().flat_map(|s| s.iter()) {
+        for c in ts.who_wants().into_iter().flat_map(|s| s.iter()) {
             check!(
                 self.clients[c.idx()].wants_what.contains(t, th),
                 "who_wants/wants_what mismatch"

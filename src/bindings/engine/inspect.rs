@@ -324,7 +324,7 @@ impl Engine {
             let ts = s.ts(t);
             let k = ts.key.bind(py);
             let who_has = ts.who_has.as_ref().map(|h| addresses(s, h.iter()));
-            let who_wants = ts.who_wants.as_ref().map(|c| {
+            let who_wants = ts.who_wants().map(|c| {
                 c.iter()
                     .map(|c| s.client(c).client_key.clone_ref(py))
                     .collect::<Vec<_>>()

@@ -95,7 +95,7 @@ getters!(TaskStateHandle {
     waiting_on(py, e, v, ts) -> Py<PyAny> = task_set(py, e, v, ts.waiting_on.as_ref())?, or py.None();
     waiters(py, e, v, ts) -> Py<PyAny> = task_set(py, e, v, ts.waiters.as_ref())?, or py.None();
     who_has(py, e, v, ts) -> Py<PyAny> = worker_set(py, e, v, ts.who_has.as_ref())?, or py.None();
-    who_wants(py, e, v, ts) -> Py<PyAny> = client_set(py, e, v, ts.who_wants.as_ref())?, or py.None();
+    who_wants(py, e, v, ts) -> Py<PyAny> = client_set(py, e, v, ts.who_wants())?, or py.None();
     processing_on(py, e, v, ts) -> Py<PyAny> = match ts.processing_on {
         Some(w) => worker_handle(py, e, v, w)?,
         None => py.None(),
@@ -115,11 +115,12 @@ getters!(TaskStateHandle {
     retries(py, _, _, ts) -> i64 = ts.retries(), or 0;
     nbytes(py, _, _, ts) -> i64 = ts.nbytes, or -1;
     suspicious(py, _, _, ts) -> i64 = ts.suspicious(), or 0;
-    run_id(py, _, _, ts) -> Option<i64> = ts.run_id, or None;
+    run_id(py, _, _, ts) -> Option<i64> = ts.run_id(), or None;
     actor(py, _, _, ts) -> bool = ts.actor, or false;
     loose_restrictions(py, _, _, ts) -> bool = ts.loose_restrictions(), or false;
     has_lost_dependencies(py, _, _, ts) -> bool = ts.has_lost_dependencies, or false;
-    r#type(py, _, _, ts) -> Option<String> = ts.type_.clone(), or None;
+    r#type(py, _, v, ts) -> Option<String> =
+        ts.type_.map(|i| v.state.strings.name(i).to_owned()), or None;
     host_restrictions(py, _, _, ts) -> Py<PyAny> = str_set(py, ts.host_restrictions())?,
         or py.None();
     worker_restrictions(py, _, _, ts) -> Py<PyAny> =
