@@ -105,6 +105,8 @@ impl<P: Clone> SchedulerState<P> {
         let mut touched_existing: hashbrown::HashSet<TaskId> = hashbrown::HashSet::new();
         let mut collisions = vec![false; dsk.len()];
         let mut stack: Vec<KeyRef> = keys.to_vec();
+        // a group's entries share their name: its id is looked up once per run of them
+        let mut last_group: Option<(Rc<str>, GroupId)> = None;
         while let Some(k) = stack.pop() {
             match k {
                 KeyRef::Existing(t) => {
@@ -122,13 +124,20 @@ impl<P: Clone> SchedulerState<P> {
                     let submitted_spec = g.run_spec.is_some();
                     let t = match out.graph_ids[i] {
                         None => {
-                            let t = self.new_task(
+                            let group = match &last_group {
+                                Some((name, id)) if Rc::ptr_eq(name, &g.group) => *id,
+                                _ => {
+                                    let id = self.group_id(&g.group, &g.prefix);
+                                    last_group = Some((g.group.clone(), id));
+                                    id
+                                }
+                            };
+                            let t = self.new_task_in(
                                 g.key.take().ok_or_else(|| {
                                     CoreError::Invalid("graph entry without its key".into())
                                 })?,
                                 g.hash,
-                                &g.group,
-                                &g.prefix,
+                                group,
                                 g.run_spec.take(),
                                 g.data_producer,
                                 S::Released,

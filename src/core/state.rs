@@ -400,6 +400,19 @@ impl<P: Clone> SchedulerState<P> {
         state: TaskStateState,
     ) -> TaskId {
         let group = self.group_id(group_name, prefix_name);
+        self.new_task_in(key, hash, group, run_spec, data_producer, state)
+    }
+
+    /// `new_task` in a known group.
+    pub(crate) fn new_task_in(
+        &mut self,
+        key: P,
+        hash: i64,
+        group: GroupId,
+        run_spec: Option<P>,
+        data_producer: bool,
+        state: TaskStateState,
+    ) -> TaskId {
         let prefix = self.groups[group.idx()].prefix;
         let ts = Task {
             key,
