@@ -232,7 +232,8 @@ impl<P: Clone> SchedulerState<P> {
                         Num::Int(i) => i.checked_neg().map_or(Num::Float(-(i as f64)), Num::Int),
                         Num::Float(f) => Num::Float(-f),
                     };
-                    self.ts_mut(t).priority = Some(Priority::new([neg, generation, Num::Int(internal)]));
+                    self.ts_mut(t).priority =
+                        Some(Priority::new([neg, generation, Num::Int(internal)]));
                 }
             }
         }
