@@ -147,9 +147,9 @@ fn held_elsewhere(handle: &Py<PyAny>) -> bool {
 }
 
 impl Engine {
-    /// Drops the tasks forgotten in the batch from the key dict, `task_metadata`, the
-    /// handle cache and the arena, and the handles of the groups that died and nothing
-    /// holds.
+    /// Drops the tasks forgotten in the batch from `task_metadata`, the handle cache and
+    /// the arena (their keys left the key table at their transition), and the handles
+    /// of the groups that died and nothing holds.
     fn free_forgotten(&self, py: Python<'_>, st: &mut State) -> PyResult<()> {
         let forgotten = st.forgotten_in_batch().to_vec();
         let dropped: Vec<_> = {
