@@ -124,6 +124,18 @@ async def measure(engine: str, workload: str, n: int) -> dict:
         }
 
 
+def live_heap(engine: str, workload: str, n: int) -> float | None:
+    """The live heap per task (the memory method), from a process of its own."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--one", f"{engine},{workload},{n}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONMALLOC": "malloc"},
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["heap_per_task"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", type=int, default=200_000)
@@ -142,13 +154,12 @@ def main() -> None:
         f"{'order µs/task':>14s}"
     )
 
-    def one(engine: str, workload: str, env: dict | None = None) -> dict:
+    def one(engine: str, workload: str) -> dict:
         out = subprocess.run(
             [sys.executable, __file__, "--one", f"{engine},{workload},{n}"],
             capture_output=True,
             text=True,
             check=True,
-            env=env,
         ).stdout
         return json.loads(out.strip().splitlines()[-1])
 
@@ -156,8 +167,7 @@ def main() -> None:
         rows = {}
         for engine in ("python", "rust"):
             r = rows[engine] = one(engine, workload)
-            heap = one(engine, workload, {**os.environ, "PYTHONMALLOC": "malloc"})
-            live = heap["heap_per_task"]
+            live = live_heap(engine, workload, n)
             name = "pure Python" if engine == "python" else "dask-rsched"
             print(
                 f"{workload:8s} {r['tasks']:9,d} {name:12s} {r['submit_us']:15.2f} "

@@ -84,6 +84,13 @@ def matrix(quick: bool) -> list[dict]:
                     engine=engine,
                 )
             )
+    # graph submission alone: state creation, GC pause, live heap per task
+    for n in [10_000] if quick else [1_000_000]:
+        for graph in ("tree", "array"):
+            for engine in ENGINES:
+                runs.append(
+                    dict(kind="submission", workload=graph, tasks=n, workers=0, engine=engine)
+                )
     # `order` alone: one run measures both (dask's and the Rust one) on the same graph
     for n in [2_000] if quick else [100_000, 1_000_000]:
         for graph in ("tree", "array", "shuffle"):
@@ -114,6 +121,12 @@ def run_one(cfg: dict) -> dict:
         import order
 
         return order.measure(cfg["workload"], cfg["tasks"])
+    if cfg["kind"] == "submission":
+        import submission
+
+        r = asyncio.run(submission.measure(cfg["engine"], cfg["workload"], cfg["tasks"]))
+        r["heap_per_task"] = submission.live_heap(cfg["engine"], cfg["workload"], cfg["tasks"])
+        return r
     if cfg["kind"] == "cluster":
         import cluster_e2e
 
@@ -327,6 +340,27 @@ def markdown(results: list[dict], quick: bool) -> str:
                 f"| {r['workload']} | {r['tasks']:,} | {r['workers']} | {LABEL[r['engine']]} | "
                 f"{r['wall']:.2f} | {r['scheduler_cpu']:.2f} | "
                 f"{r['scheduler_cpu'] / r['tasks'] * 1e6:.0f} |"
+            )
+    subs = [r for r in results if r["kind"] == "submission" and not r.get("skipped")]
+    if subs:
+        lines += [
+            "",
+            "### Graph submission alone (`benches/submission.py`)",
+            "",
+            "Each engine orders as its scheduler does, then `_create_taskstate_from_graph` "
+            "with no workers; live heap: `PYTHONMALLOC=malloc` and `mallinfo2`, the graph "
+            "and its order held (see `docs/benchmarks.md`).",
+            "",
+            "| graph | tasks | engine | submission µs/task | order µs/task | GC pause ms "
+            "| live heap B/task |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for r in subs:
+            heap = r.get("heap_per_task")
+            lines.append(
+                f"| {r['workload']} | {r['tasks']:,} | {LABEL[r['engine']]} | "
+                f"{r['submit_us']:.2f} | {r['order_us']:.2f} | {r['gc_pause_ms']:.0f} | "
+                f"{'n/a' if heap is None else f'{heap:.0f}'} |"
             )
     orders = [r for r in results if r["kind"] == "order" and not r.get("skipped")]
     if orders:
