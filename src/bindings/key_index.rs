@@ -1,17 +1,11 @@
 //! Python keys -> dense ids, told apart as a dict tells them apart (equal hash, then
 //! identity or `==`), without a Python object per entry.
 
+use crate::core::keys::mix;
 use pyo3::prelude::*;
-use pyo3::Borrowed;
 
 /// Ids are positions in the caller's key and hash lists.
 pub(crate) struct KeyIndex(hashbrown::HashTable<u32>);
-
-fn mix(h: i64) -> u64 {
-    // Python's hashes of small ints are the ints: spread them over the table's tag bits
-    let x = (h as u64 as u128) * 0x9E37_79B9_7F4A_7C15u128;
-    (x as u64) ^ ((x >> 64) as u64)
-}
 
 impl KeyIndex {
     pub(crate) fn with_capacity(n: usize) -> Self {
@@ -24,33 +18,41 @@ impl KeyIndex {
             .insert_unique(mix(h), id, |&other| mix(hashes[other as usize]));
     }
 
-    /// `key` is a borrowed reference held alive by the caller.
+    /// The id of `key` (hash `h`).
     pub(crate) fn find(
         &self,
         h: i64,
-        key: *mut pyo3::ffi::PyObject,
+        key: &Bound<'_, PyAny>,
         keys: &[Bound<'_, PyAny>],
         hashes: &[i64],
     ) -> PyResult<Option<u32>> {
         let mut err = None;
         let found = self.0.find(mix(h), |&id| {
-            if hashes[id as usize] != h || err.is_some() {
-                return false;
-            }
-            let other = &keys[id as usize];
-            if other.as_ptr() == key {
-                return true;
-            }
-            // SAFETY: the caller keeps `key` alive (a set holds it) and holds the GIL.
-            let key = unsafe { Borrowed::from_ptr(other.py(), key) };
-            other.eq(&*key).unwrap_or_else(|e| {
-                err = Some(e);
-                false
-            })
+            hashes[id as usize] == h && dict_key_eq(&keys[id as usize], key, &mut err)
         });
         match err {
             Some(e) => Err(e),
             None => Ok(found.copied()),
         }
     }
+}
+
+/// Whether `stored` is `key` as a dict tells keys with equal hashes apart: identity, then
+/// `stored == key`. An exception from `==` goes to `err` (the first one; the keys count
+/// as different).
+pub(crate) fn dict_key_eq(
+    stored: &Bound<'_, PyAny>,
+    key: &Bound<'_, PyAny>,
+    err: &mut Option<PyErr>,
+) -> bool {
+    if stored.as_ptr() == key.as_ptr() {
+        return true;
+    }
+    if err.is_some() {
+        return false;
+    }
+    stored.eq(key).unwrap_or_else(|e| {
+        *err = Some(e);
+        false
+    })
 }

@@ -124,7 +124,6 @@ impl Engine {
     }
 }
 
-/// `run_spec.data_producer` of a task spec (false where it has none).
 /// `group_and_prefix` over a graph's keys: keys that name the same group (tuple keys
 /// with the same first element, consecutive keys with the same names) share the names.
 #[derive(Default)]
@@ -171,6 +170,7 @@ impl<'py> Namer<'py> {
     }
 }
 
+/// `run_spec.data_producer` of a task spec (false where it has none).
 pub(crate) fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
     spec.getattr(intern!(spec.py(), "data_producer"))
         .and_then(|v| v.is_truthy())

@@ -364,7 +364,9 @@ pub fn order_graph<'py>(
             }
         }
         for (dep, h) in elements.drain(..) {
-            let id = match index.find(h, dep, &keys, &hashes)? {
+            // SAFETY: the dependency set holds `dep` and the GIL is held.
+            let dep = unsafe { Borrowed::from_ptr(py, dep) };
+            let id = match index.find(h, &dep, &keys, &hashes)? {
                 Some(id) => id,
                 None => {
                     // a key only named as a dependency: dask adds a DataNode for it
@@ -372,8 +374,8 @@ pub fn order_graph<'py>(
                     hashes.push(h);
                     index.insert_new(h, id, &hashes);
                     is_task.push(false);
-                    // SAFETY: a live key (see `elements`); this takes a reference of our own.
-                    keys.push(unsafe { Bound::from_borrowed_ptr(py, dep) });
+                    // a reference of our own
+                    keys.push(dep.to_owned());
                     id
                 }
             };

@@ -2,6 +2,7 @@
 //! (the key index, clients, canonical handles). Its methods live in `engine/`; the
 //! handles (`handles/`) read the state through a `View`.
 
+use crate::bindings::key_index::dict_key_eq;
 use crate::cell::{Busy, StateCell, StateMut, StateRef};
 use crate::core::state::SchedulerState;
 use crate::core::types::*;
@@ -144,18 +145,7 @@ impl Engine {
     pub(crate) fn tid(&self, st: &State, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
         let h = key.hash()? as i64;
         let mut err = None;
-        let found = st.find_task(h, |k| {
-            if k.as_ptr() == key.as_ptr() {
-                return true;
-            }
-            if err.is_some() {
-                return false;
-            }
-            k.bind(key.py()).eq(key).unwrap_or_else(|e| {
-                err = Some(e);
-                false
-            })
-        });
+        let found = st.find_task(h, |k| dict_key_eq(k.bind(key.py()), key, &mut err));
         match err {
             Some(e) => Err(e),
             None => Ok(found),

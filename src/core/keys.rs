@@ -17,7 +17,8 @@ pub struct KeyTable {
     live: usize,
 }
 
-fn mix(h: i64) -> u64 {
+/// A Python hash spread for a hash table.
+pub fn mix(h: i64) -> u64 {
     // Python's hashes of small ints are the ints: spread them over the table's tag bits
     let x = (h as u64 as u128) * 0x9E37_79B9_7F4A_7C15u128;
     (x as u64) ^ ((x >> 64) as u64)

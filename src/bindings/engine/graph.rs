@@ -65,7 +65,7 @@ impl<'py> GraphKeys<'py> {
                 Some(name) if name.is(&k) => Some(pos),
                 _ => (self
                     .index
-                    .find(k.hash()? as i64, k.as_ptr(), &self.names, &self.hashes)?)
+                    .find(k.hash()? as i64, &k, &self.names, &self.hashes)?)
                 .map(|i| i as usize),
             };
             if let Some(i) = i {
@@ -78,7 +78,7 @@ impl<'py> GraphKeys<'py> {
     /// The graph entry of `k`, else the existing task, else a new entry.
     fn resolve(&mut self, engine: &Engine, st: &State, k: &Bound<'py, PyAny>) -> PyResult<KeyRef> {
         let h = k.hash()? as i64;
-        if let Some(i) = self.index.find(h, k.as_ptr(), &self.names, &self.hashes)? {
+        if let Some(i) = self.index.find(h, k, &self.names, &self.hashes)? {
             return Ok(KeyRef::Graph(i as usize));
         }
         if let Some(t) = engine.tid(st, k)? {
