@@ -256,6 +256,13 @@ def machine() -> str:
     )
 
 
+def table_section(
+    title: str, header: str, align: str, rows: list[str], intro: str | None = None
+) -> list[str]:
+    """A report section: its heading, an optional paragraph, and a table."""
+    return ["", f"### {title}", "", *([intro, ""] if intro else []), header, align, *rows]
+
+
 def markdown(results: list[dict], quick: bool) -> str:
     lines = [f"Machine: {machine()}{' (quick mode)' if quick else ''}.", ""]
     handlers = [r for r in results if r["kind"] == "handlers"]
@@ -306,77 +313,68 @@ def markdown(results: list[dict], quick: bool) -> str:
         ]
     mem = [r for r in results if r["kind"] == "memory"]
     if mem:
-        lines += [
-            "",
-            "### Scheduler memory per submitted task (tree reduction)",
-            "",
+        rows = [
+            f"| {r['tasks']:,} | {LABEL[r['engine']]} | — | — |"
+            if r.get("skipped")
+            else f"| {r['tasks']:,} | {LABEL[r['engine']]} | {r['rss_per_task']:.0f} | "
+            f"{r['traced_per_task']:.0f} |"
+            for r in mem
+        ]
+        lines += table_section(
+            "Scheduler memory per submitted task (tree reduction)",
             "| tasks | engine | RSS growth bytes/task | tracemalloc bytes/task |",
             "|---:|---|---:|---:|",
-        ]
-        for r in mem:
-            if r.get("skipped"):
-                lines.append(f"| {r['tasks']:,} | {LABEL[r['engine']]} | — | — |")
-                continue
-            lines.append(
-                f"| {r['tasks']:,} | {LABEL[r['engine']]} | {r['rss_per_task']:.0f} | "
-                f"{r['traced_per_task']:.0f} |"
-            )
+            rows,
+        )
         lines += [
             "",
             "tracemalloc sees Python objects only; the engine's Rust heap shows in the RSS column.",
         ]
     cl = [r for r in results if r["kind"] == "cluster"]
     if cl:
-        lines += [
-            "",
-            "### End to end: LocalCluster with worker processes",
-            "",
+        lines += table_section(
+            "End to end: LocalCluster with worker processes",
             "| workload | tasks | workers | engine | wall s | scheduler CPU s "
             "| scheduler CPU µs/task |",
             "|---|---:|---:|---|---:|---:|---:|",
-        ]
-        for r in cl:
-            lines.append(
+            [
                 f"| {r['workload']} | {r['tasks']:,} | {r['workers']} | {LABEL[r['engine']]} | "
                 f"{r['wall']:.2f} | {r['scheduler_cpu']:.2f} | "
                 f"{r['scheduler_cpu'] / r['tasks'] * 1e6:.0f} |"
-            )
+                for r in cl
+            ],
+        )
     subs = [r for r in results if r["kind"] == "submission" and not r.get("skipped")]
     if subs:
-        lines += [
-            "",
-            "### Graph submission alone (`benches/submission.py`)",
-            "",
-            "Each engine orders as its scheduler does, then `_create_taskstate_from_graph` "
-            "with no workers; live heap: `PYTHONMALLOC=malloc` and `mallinfo2`, the graph "
-            "and its order held (see `docs/benchmarks.md`).",
-            "",
+        lines += table_section(
+            "Graph submission alone (`benches/submission.py`)",
             "| graph | tasks | engine | submission µs/task | order µs/task | GC pause ms "
             "| live heap B/task |",
             "|---|---:|---|---:|---:|---:|---:|",
-        ]
-        for r in subs:
-            heap = r.get("heap_per_task")
-            lines.append(
+            [
                 f"| {r['workload']} | {r['tasks']:,} | {LABEL[r['engine']]} | "
                 f"{r['submit_us']:.2f} | {r['order_us']:.2f} | {r['gc_pause_ms']:.0f} | "
-                f"{'n/a' if heap is None else f'{heap:.0f}'} |"
-            )
+                f"{'n/a' if r.get('heap_per_task') is None else format(r['heap_per_task'], '.0f')}"
+                " |"
+                for r in subs
+            ],
+            intro="Each engine orders as its scheduler does, then `_create_taskstate_from_graph` "
+            "with no workers; live heap: `PYTHONMALLOC=malloc` and `mallinfo2`, the graph "
+            "and its order held (see `docs/benchmarks.md`).",
+        )
     orders = [r for r in results if r["kind"] == "order" and not r.get("skipped")]
     if orders:
-        lines += [
-            "",
-            "### `order` alone: `dask_rsched.order` against `dask.order.order`",
-            "",
+        lines += table_section(
+            "`order` alone: `dask_rsched.order` against `dask.order.order`",
             "| graph | tasks | dask.order µs/task | Rust µs/task | ratio | identical |",
             "|---|---:|---:|---:|---:|---|",
-        ]
-        for r in orders:
-            lines.append(
+            [
                 f"| {r['workload']} | {r['tasks']:,} | {r['dask_s'] / r['tasks'] * 1e6:.1f} | "
                 f"{r['rust_s'] / r['tasks'] * 1e6:.2f} | {r['ratio']:.1f}x | "
                 f"{'yes' if r['identical'] else 'NO'} |"
-            )
+                for r in orders
+            ],
+        )
     lines += ["", "### Targets", "", *targets(results)]
     return "\n".join(lines) + "\n"
 
