@@ -147,13 +147,12 @@ pub struct ScatteredKey<P> {
 
 impl<P: Clone> SchedulerState<P> {
     /// `Scheduler.update_data`: data entered the cluster from outside (scatter).
-    /// Returns the ids of the keys, in order.
     pub fn update_data(
         &mut self,
         items: Vec<ScatteredKey<P>>,
         client: Option<ClientId>,
         out: &mut Outbox<P>,
-    ) -> Vec<TaskId> {
+    ) {
         let mut ids = Vec::with_capacity(items.len());
         for item in items {
             let t = match item.existing.filter(|t| self.task(*t).is_some()) {
@@ -197,7 +196,6 @@ impl<P: Clone> SchedulerState<P> {
         if let Some(c) = client {
             self.client_desires_keys(&ids, c, out);
         }
-        ids
     }
 }
 

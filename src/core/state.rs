@@ -152,6 +152,12 @@ pub fn monotonic() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
+/// The key hash of task `t`, by which the key table places it (only live tasks are in
+/// it, so the record is there).
+fn key_hash<P>(tasks: &[Option<Task<P>>], t: TaskId) -> i64 {
+    tasks[t.idx()].as_ref().map_or(0, |ts| ts.hash)
+}
+
 pub struct SchedulerState<P> {
     pub(super) config: Config,
     pub(super) tasks: Vec<Option<Task<P>>>,
@@ -454,9 +460,7 @@ impl<P: Clone> SchedulerState<P> {
         };
         self.n_live_tasks += 1;
         let tasks = &self.tasks;
-        (self.keys).insert(id, hash, |t| {
-            tasks[t.idx()].as_ref().map_or(0, |ts| ts.hash)
-        });
+        (self.keys).insert(id, hash, |t| key_hash(tasks, t));
         // TaskGroup.add
         let si = state.index();
         let g = &mut self.groups[group.idx()];
@@ -526,7 +530,7 @@ impl<P: Clone> SchedulerState<P> {
         }
         self.tasks.reserve_exact(need);
         let tasks = &self.tasks;
-        (self.keys).reserve(need, |t| tasks[t.idx()].as_ref().map_or(0, |ts| ts.hash));
+        (self.keys).reserve(need, |t| key_hash(tasks, t));
     }
 
     pub(crate) fn free_task_slot(&mut self, t: TaskId) {
