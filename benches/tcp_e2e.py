@@ -1,0 +1,480 @@
+"""Side-by-side: the scheduler *process* over real TCP, pure Python vs on the engine.
+
+The scheduler is the real `dask scheduler` CLI in its own process (`--preload
+dask_rsched` for the engine). N fake workers live in one other process: each listens on
+its own TCP address, registers through the real `register-worker` handshake, streams
+with distributed's own `BatchedSend`, heartbeats, serves `get_data`, answers
+`steal-request`, and answers every `compute-task` at once with a `task-finished`
+carrying the durations a worker reports (the RSDS paper's zero-worker). The graph comes
+from a real `Client` in this process. What is measured is the scheduler process's CPU
+(psutil, user + system) from submission to result, per task, and tasks per second over
+that wall time; the fake workers' CPU is shown too, since on a small machine they can
+be what limits the rate.
+
+    python benches/tcp_e2e.py [--tasks 20000] [--workers 10 100] [--threads 1 8]
+        [--workload tree map] [--engines python rust] [--repeat 3] [--quick]
+
+`--tasks` is the number of leaves of a fan-in-8 tree (20,000 leaves: 22,859 tasks) or
+of `client.map`-like independent tasks. Medians of `--repeat` graphs per cluster, after
+a warm-up graph. Work stealing is on (distributed's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import operator
+import os
+import pickle
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dask._task_spec import Task, TaskRef
+
+HERE = Path(__file__).resolve()
+
+
+def inc(x):
+    return x + 1
+
+
+def add(*xs):
+    return sum(xs)
+
+
+# The functions a graph calls: defined in the driver's `__main__` (pickled by value,
+# with cloudpickle, each time the scheduler sends a task, as for functions defined in a
+# notebook or script) or importable ones (pickled by reference, as library code is).
+FUNCTIONS = {"main": (inc, add), "importable": (operator.index, max)}
+
+
+def tree_graph(n: int, prefix: str, functions: str = "main", fanin: int = 8) -> tuple[dict, list]:
+    leaf, node = FUNCTIONS[functions]
+    dsk: dict = {}
+    layer = []
+    for i in range(n):
+        k = f"{prefix}inc-{i}"
+        dsk[k] = Task(k, leaf, i)
+        layer.append(k)
+    level = 0
+    while len(layer) > 1:
+        nxt = []
+        for j in range(0, len(layer), fanin):
+            k = f"{prefix}sum-{level}-{j}"
+            dsk[k] = Task(k, node, *[TaskRef(d) for d in layer[j : j + fanin]])
+            nxt.append(k)
+        layer = nxt
+        level += 1
+    return dsk, layer
+
+
+def map_graph(n: int, prefix: str, functions: str = "main") -> tuple[dict, list]:
+    leaf = FUNCTIONS[functions][0]
+    dsk = {f"{prefix}inc-{i}": Task(f"{prefix}inc-{i}", leaf, i) for i in range(n)}
+    return dsk, list(dsk)
+
+
+# ---------------------------------------------------------------------------------
+# The fake workers (their own process: `--serve-workers`)
+
+METRICS = {
+    "bandwidth": {"total": 100e6, "workers": {}, "types": {}},
+    "digests_total_since_heartbeat": {},
+    "memory": 0,
+    "spilled_bytes": {"memory": 0, "disk": 0},
+    "managed_bytes": 0,
+    "task_counts": {},
+    "event_loop_interval": 0.02,
+    "transfer": {
+        "incoming_bytes": 0,
+        "incoming_count": 0,
+        "incoming_count_total": 0,
+        "outgoing_bytes": 0,
+        "outgoing_count": 0,
+        "outgoing_count_total": 0,
+    },
+}
+INT_TYPE = pickle.dumps(int)
+
+
+class FakeWorker:
+    """One zero-worker: what a `distributed.Worker` says on the wire, nothing else.
+    Incoming run_specs are never unpickled (the stream is read with
+    `deserialize=False`), as a worker in another process would unpickle them."""
+
+    def __init__(self, scheduler: str, nthreads: int, name: str) -> None:
+        self.scheduler = scheduler
+        self.nthreads = nthreads
+        self.name = name
+        self.memory: set = set()
+        self.counts: dict = {}
+
+    async def start(self, pool) -> None:
+        from distributed.batched import BatchedSend
+        from distributed.comm import connect
+        from distributed.core import Server
+        from distributed.versions import get_versions
+
+        self.pool = pool
+        self.server = Server({"get_data": self.get_data})
+        await self.server.listen("tcp://127.0.0.1:0")
+        self.address = self.server.address
+        comm = await connect(self.scheduler, deserialize=False)
+        comm.name = "Worker->Scheduler"
+        await comm.write(
+            dict(
+                op="register-worker",
+                reply=False,
+                address=self.address,
+                status="running",
+                nthreads=self.nthreads,
+                name=self.name,
+                now=time.time(),
+                resources={},
+                memory_limit=2**34,
+                local_directory="/tmp",
+                services={},
+                nanny=None,
+                pid=os.getpid(),
+                versions=get_versions(),
+                metrics=METRICS,
+                extra={},
+                stimulus_id=f"worker-connect-{time.time()}",
+                server_id=f"fake-{self.name}",
+            ),
+            serializers=["msgpack"],
+        )
+        response = await comm.read(deserializers=["msgpack"])
+        assert response["status"] == "OK", response
+        self.heartbeat_interval = response["heartbeat-interval"]
+        self.stream = BatchedSend(interval="2ms")
+        self.stream.start(comm)
+        self.comm = comm
+        self.tasks = [asyncio.ensure_future(self.handle_scheduler())]
+        self.tasks.append(asyncio.ensure_future(self.heartbeat()))
+
+    async def heartbeat(self) -> None:
+        rpc = self.pool(self.scheduler)
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            response = await rpc.heartbeat_worker(
+                address=self.address,
+                now=time.time(),
+                metrics=METRICS,
+                executing={},
+                extensions={},
+            )
+            self.heartbeat_interval = response.get("heartbeat-interval", 1)
+
+    async def handle_scheduler(self) -> None:
+        from distributed.comm.core import CommClosedError
+
+        thread = 1000 + int(self.name.rsplit("-", 1)[-1])
+        try:
+            while True:
+                msgs = await self.comm.read()
+                out = []
+                now = time.time()
+                for msg in msgs:
+                    op = msg["op"]
+                    self.counts[op] = self.counts.get(op, 0) + 1
+                    if op == "compute-task":
+                        key = msg["key"]
+                        self.memory.add(key)
+                        out.append(
+                            {
+                                "op": "task-finished",
+                                "key": key,
+                                "run_id": msg["run_id"],
+                                "nbytes": 28,
+                                "type": INT_TYPE,
+                                "typename": "int",
+                                "metadata": {},
+                                "thread": thread,
+                                "startstops": [
+                                    {"action": "compute", "start": now, "stop": time.time()}
+                                ],
+                                "stimulus_id": f"task-finished-{now}",
+                                "status": "OK",
+                            }
+                        )
+                    elif op == "free-keys" or op == "remove-replicas":
+                        self.memory.difference_update(msg["keys"])
+                    elif op == "steal-request":
+                        key = msg["key"]
+                        out.append(
+                            {
+                                "op": "steal-response",
+                                "key": key,
+                                "state": "memory" if key in self.memory else None,
+                                "stimulus_id": f"steal-response-{now}",
+                            }
+                        )
+                    elif op == "close":
+                        return
+                if out:
+                    self.stream.send(*out)
+        except CommClosedError:
+            return
+
+    async def get_data(self, comm, keys=(), who=None, serializers=None):
+        from distributed.core import Status
+
+        data = {k: 1 for k in keys if k in self.memory}
+        await comm.write({"status": "OK", "data": data}, serializers=serializers)
+        response = await comm.read(deserializers=serializers)
+        assert response == "OK", response
+        return Status.dont_reply
+
+
+async def serve_workers(scheduler: str, n: int, nthreads: int) -> None:
+    from distributed.core import ConnectionPool
+
+    pool = await ConnectionPool(limit=64)
+    workers = [FakeWorker(scheduler, nthreads, f"fake-{i}") for i in range(n)]
+    for w in workers:
+        await w.start(pool)
+    print("ready", flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    counts: dict = {}
+    for w in workers:
+        for op, c in w.counts.items():
+            counts[op] = counts.get(op, 0) + c
+    print(json.dumps(counts), flush=True)
+    os._exit(0)
+
+
+# ---------------------------------------------------------------------------------
+# The driver
+
+
+def start_scheduler(engine: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+    sfile = tmp / f"scheduler-{engine}.json"
+    cmd = [
+        shutil.which("dask") or "dask",
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-dashboard",
+        "--scheduler-file",
+        str(sfile),
+    ]
+    if engine == "rust":
+        cmd += ["--preload", "dask_rsched"]
+    env = dict(os.environ, DASK_LOGGING__DISTRIBUTED="warning")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 60
+    while not sfile.exists() or not sfile.read_text().strip():
+        if proc.poll() is not None or time.time() > deadline:
+            raise RuntimeError(f"scheduler did not start: {proc.stderr.read().decode()}")
+        time.sleep(0.05)
+    time.sleep(0.2)
+    return proc, json.loads(sfile.read_text())["address"]
+
+
+def start_workers(address: str, n: int, nthreads: int) -> subprocess.Popen:
+    cmd = [sys.executable, str(HERE), "--serve-workers", address, "--n", str(n)]
+    cmd += ["--nthreads", str(nthreads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        raise RuntimeError(f"fake workers did not start: {line!r}")
+    return proc
+
+
+PROFILER = ["py-spy", "record", "-r", "250", "-f", "raw", "--nonblocking", "-p"]
+if os.environ.get("TCP_E2E_PROFILER"):  # e.g. "perf record -F 999 -g -p" (output: -o)
+    PROFILER = os.environ["TCP_E2E_PROFILER"].split()
+
+
+def cpu(proc) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+async def measure(client, workload: str, functions: str, n: int, prefix: str, sproc, wproc) -> dict:
+    from distributed import wait
+
+    dsk, outs = (tree_graph if workload == "tree" else map_graph)(n, prefix, functions)
+    ntasks = len(dsk)
+    c0, w0, t0 = cpu(sproc), cpu(wproc), time.perf_counter()
+    futures = client.get(dsk, outs, sync=False)
+    if workload == "tree":
+        await client.gather(futures)
+    else:
+        await wait(futures)
+    t1 = time.perf_counter()
+    c1, w1 = cpu(sproc), cpu(wproc)
+    del futures
+    while len(await client.run_on_scheduler(_count_tasks)) > 0:
+        await asyncio.sleep(0.05)
+    return {
+        "tasks": ntasks,
+        "wall": t1 - t0,
+        "cpu_us": (c1 - c0) / ntasks * 1e6,
+        "workers_cpu_us": (w1 - w0) / ntasks * 1e6,
+        "tasks_per_s": ntasks / (t1 - t0),
+    }
+
+
+def _count_tasks(dask_scheduler=None):
+    return list(dask_scheduler.tasks)[:1]
+
+
+async def run_one(engine, workload, functions, n, n_workers, nthreads, args, tmp) -> dict:
+    import psutil
+    from distributed import Client
+
+    sproc, address = start_scheduler(engine, tmp)
+    wproc = start_workers(address, n_workers, nthreads)
+    try:
+        async with Client(address, asynchronous=True) as client:
+            await client.wait_for_workers(n_workers)
+            engine_seen = await client.run_on_scheduler(_engine_name)
+            assert engine_seen == engine, (engine_seen, engine)
+            sp, wp = psutil.Process(sproc.pid), psutil.Process(wproc.pid)
+            await measure(client, workload, functions, max(n // 10, 100), "warm-", sp, wp)
+            spy = None
+            if args.profile:
+                name = f"{engine}-{workload}-{functions}-{n_workers}w-{nthreads}t.txt"
+                out = Path(args.profile) / name
+                spy = subprocess.Popen(
+                    [*PROFILER, str(sproc.pid), "-o", str(out)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                await asyncio.sleep(1)
+            runs = [
+                await measure(client, workload, functions, n, f"r{i}-", sp, wp)
+                for i in range(args.repeat)
+            ]
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
+    finally:
+        wproc.send_signal(signal.SIGTERM)
+        try:
+            counts = json.loads(wproc.communicate(timeout=30)[0].strip().splitlines()[-1])
+        except Exception:
+            counts = {}
+        sproc.send_signal(signal.SIGINT)
+        try:
+            sproc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sproc.kill()
+    row = {
+        k: statistics.median(r[k] for r in runs)
+        for k in ("wall", "cpu_us", "workers_cpu_us", "tasks_per_s")
+    }
+    row.update(
+        engine=engine,
+        workload=workload,
+        functions=functions,
+        workers=n_workers,
+        threads=nthreads,
+        tasks=runs[0]["tasks"],
+        runs=runs,
+        ops=counts,
+    )
+    return row
+
+
+def _engine_name(dask_scheduler=None):
+    return "rust" if hasattr(dask_scheduler, "_rsched_engine") else "python"
+
+
+def report(rows: list[dict]) -> str:
+    lines = [
+        "| workload | functions | workers | threads | tasks "
+        "| scheduler CPU µs/task Python / engine | ratio | tasks/s Python / engine "
+        "| fake workers' CPU µs/task Python / engine |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    by = {(r["workload"], r["functions"], r["workers"], r["threads"], r["engine"]): r for r in rows}
+    configs = ((r["workload"], r["functions"], r["workers"], r["threads"]) for r in rows)
+    for wl, fn, nw, nt in dict.fromkeys(configs):
+        p, e = by.get((wl, fn, nw, nt, "python")), by.get((wl, fn, nw, nt, "rust"))
+        if p is None or e is None:
+            continue
+        lines.append(
+            f"| {wl} | {fn} | {nw} | {nt} | {p['tasks']:,} | {p['cpu_us']:.0f} / {e['cpu_us']:.0f} "
+            f"| {p['cpu_us'] / e['cpu_us']:.2f}x | {p['tasks_per_s']:,.0f} / "
+            f"{e['tasks_per_s']:,.0f} | {p['workers_cpu_us']:.0f} / {e['workers_cpu_us']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[10, 100])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--workload", nargs="+", choices=("tree", "map"), default=["tree", "map"])
+    parser.add_argument(
+        "--functions", nargs="+", choices=tuple(FUNCTIONS), default=["main", "importable"]
+    )
+    parser.add_argument(
+        "--engines", nargs="+", choices=("python", "rust"), default=["python", "rust"]
+    )
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="5,000 leaves, 10 workers, tree")
+    parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--profile", help="py-spy the scheduler into this folder (raw stacks)")
+    parser.add_argument("--serve-workers", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--nthreads", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_workers:
+        asyncio.run(serve_workers(args.serve_workers, args.n, args.nthreads))
+        return
+    if args.quick:
+        args.tasks, args.workers, args.threads = 5000, [10], [1]
+        args.workload, args.functions = ["tree"], ["importable"]
+        args.repeat = 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload, functions in itertools.product(args.workload, args.functions):
+            for n_workers in args.workers:
+                for nthreads in args.threads:
+                    for engine in args.engines:
+                        row = asyncio.run(
+                            run_one(
+                                engine,
+                                workload,
+                                functions,
+                                args.tasks,
+                                n_workers,
+                                nthreads,
+                                args,
+                                Path(tmp),
+                            )
+                        )
+                        rows.append(row)
+                        print(
+                            f"{engine:6} {workload:4} {functions:10} "
+                            f"workers={n_workers:<3} threads={nthreads} "
+                            f"tasks={row['tasks']:,}: scheduler {row['cpu_us']:.1f} µs/task, "
+                            f"{row['tasks_per_s']:,.0f} tasks/s, fake workers "
+                            f"{row['workers_cpu_us']:.1f} µs/task",
+                            flush=True,
+                        )
+    print()
+    print(report(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
