@@ -26,7 +26,7 @@ from distributed.shuffle._core import _BARRIER_PREFIX as _SHUFFLE_BARRIER_PREFIX
 from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _ShuffleSchedulerPlugin
 from distributed.utils import log_errors
 
-from dask_rsched import _monitoring, _order, _views
+from dask_rsched import _monitoring, _order, _views, _wire
 from dask_rsched._core import ClientState, Engine, __version__
 
 # the messages distributed's scheduler logs go to its logger, as on pure Python
@@ -628,6 +628,26 @@ class EngineSchedulerMixin:
         engine = self._rsched_engine
         self._rsched_run(engine.update_data, who_has=who_has, nbytes=nbytes, client=client)
 
+    # ---------------------------------------------------------- worker streams
+
+    async def handle_worker(self, comm: Any, worker: str) -> None:
+        """distributed's `handle_worker` with the worker's stream read and written by
+        the engine (`_wire`) when its comm is plain TCP; otherwise distributed's own."""
+        comm.name = "Scheduler connection to worker"
+        wire = _wire.takeover(comm)
+        if wire is None:
+            await super().handle_worker(comm, worker)  # type: ignore[misc]
+            return
+        worker_comm = self.stream_comms[worker]
+        worker_comm.start(wire)
+        logger.info("Starting worker compute stream, %s", worker)
+        try:
+            await _wire.handle_worker_stream(self, wire, worker)
+        finally:
+            if worker in self.stream_comms:
+                worker_comm.abort()
+                await self.remove_worker(worker, stimulus_id=f"handle-worker-cleanup-{time()}")
+
     # ---------------------------------------------------------- task events
 
     def handle_task_finished(self, key: Any, worker: str, stimulus_id: str, **msg: Any) -> None:
@@ -639,6 +659,32 @@ class EngineSchedulerMixin:
             self.validate_key(key)
         engine = self._rsched_engine
         self._rsched_run(engine.handle_task_finished, key, worker, stimulus_id, **msg)
+
+    def _rsched_batch_task_finished(self) -> bool:
+        """Whether a worker stream's `task-finished` messages may go to the engine a
+        run at a time: the stream handler is this class's, nothing replaced the
+        stimulus, and no validation runs between messages."""
+        handler = self.stream_handlers.get("task-finished")
+        return (
+            getattr(handler, "__func__", None) is EngineSchedulerMixin.handle_task_finished
+            and not self.validate
+            and not self._rsched_replaced("stimulus_task_finished")
+        )
+
+    def _rsched_task_finished_batch(self, worker: str, msgs: list) -> None:
+        """`handle_task_finished(worker=worker, **msg)` for each message, in one call
+        into the engine; the messages of those handled are sent before an error that
+        stopped the run is raised."""
+        client_msgs, worker_msgs, error = self._rsched_engine.handle_task_finished_batch(
+            worker, msgs
+        )
+        if client_msgs or worker_msgs:
+            sending = perf_counter()
+            self.send_all(client_msgs, worker_msgs)
+            self._rsched_send_seconds += perf_counter() - sending
+        if error is not None:
+            self._rsched_log_failed(getattr(error, "failed_transitions", ()))
+            raise error
 
     def handle_task_erred(self, key: Any, stimulus_id: str, **msg: Any) -> None:
         if self._rsched_replaced("stimulus_task_erred"):

@@ -12,6 +12,7 @@ mod messages;
 mod naming;
 mod order;
 mod shared;
+mod wire;
 
 use crate::cell::Busy;
 use crate::core::types::CoreError;
@@ -52,6 +53,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::ClientStateHandle>()?;
     m.add_class::<handles::TaskGroupHandle>()?;
     m.add_class::<handles::TaskPrefixHandle>()?;
+    m.add_class::<wire::WireStream>()?;
     m.add_function(wrap_pyfunction!(order::order_graph, m)?)?;
     m.add_function(wrap_pyfunction!(order::pyset_order, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -10,7 +10,7 @@ use crate::core::types::*;
 use pyo3::exceptions::PyKeyError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 
 /// `msg[name]`, a `KeyError` naming the field when it is missing.
 fn field<'py>(
@@ -66,6 +66,20 @@ fn plugin_fields<'py>(
 
 fn msg_dict<'py>(py: Python<'py>, msg: Option<&Bound<'py, PyDict>>) -> Bound<'py, PyDict> {
     msg.cloned().unwrap_or_else(|| PyDict::new(py))
+}
+
+/// `{destination: [msgs]}` of one stimulus appended to those of the ones before it.
+fn merge_msgs<'py>(into: &Bound<'py, PyDict>, more: &Bound<'py, PyAny>) -> PyResult<()> {
+    for (dest, msgs) in more.cast::<PyDict>()?.iter() {
+        match into.get_item(&dest)? {
+            Some(list) => {
+                list.cast::<PyList>()?
+                    .call_method1(intern!(into.py(), "extend"), (msgs,))?;
+            }
+            None => into.set_item(dest, msgs)?,
+        }
+    }
+    Ok(())
 }
 
 /// `ts.metadata.update(msg["metadata"])` when the report has metadata.
@@ -198,6 +212,51 @@ impl Engine {
         let recs = self.task_finished(py, &mut b, key, worker, &addr, &msg_dict(py, msg))?;
         let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
         b.finish(py, r)
+    }
+
+    /// A run of `task-finished` messages from one worker's stream, each handled as
+    /// `handle_task_finished(key, worker, stimulus_id, **rest)` in its own stimulus, in
+    /// order. Returns `(client_msgs, worker_msgs, error)`: the messages of every
+    /// message handled, and the exception that stopped the run (the messages after it
+    /// are not handled, as distributed's stream loop stops at a handler's exception).
+    /// Each message is a dict the caller owns; its `key` and `stimulus_id` are taken
+    /// out of it.
+    fn handle_task_finished_batch<'py>(
+        &self,
+        py: Python<'py>,
+        worker: &Bound<'py, PyAny>,
+        msgs: Vec<Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let client_msgs = PyDict::new(py);
+        let worker_msgs = PyDict::new(py);
+        let addr = address_of(worker);
+        let mut error = py.None().into_bound(py);
+        for msg in msgs {
+            let run = || -> PyResult<Bound<'py, PyTuple>> {
+                let key = field(&msg, intern!(py, "key"))?;
+                let sid = field(&msg, intern!(py, "stimulus_id"))?;
+                msg.del_item(intern!(py, "key"))?;
+                msg.del_item(intern!(py, "stimulus_id"))?;
+                let mut b = self.batch(&sid)?;
+                if b.st.worker_id(&addr).is_none() {
+                    return b.finish(py, Ok(()));
+                }
+                let recs = self.task_finished(py, &mut b, &key, worker, &addr, &msg)?;
+                let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
+                b.finish(py, r)
+            };
+            match run() {
+                Ok(out) => {
+                    merge_msgs(&client_msgs, &out.get_item(0)?)?;
+                    merge_msgs(&worker_msgs, &out.get_item(1)?)?;
+                }
+                Err(e) => {
+                    error = e.into_value(py).into_bound(py).into_any();
+                    break;
+                }
+            }
+        }
+        PyTuple::new(py, [client_msgs.into_any(), worker_msgs.into_any(), error])
     }
 
     /// `SchedulerState.stimulus_task_finished`: `(recommendations, client_msgs,

@@ -1,0 +1,348 @@
+//! A worker's stream read and written by the engine: distributed's TCP framing on a
+//! socket the engine took from tornado, and the plain part of its msgpack decoding.
+//!
+//! Framing (`distributed.comm.tcp`): a u64 (little-endian) length of what follows that
+//! is read in one piece, then the frames' prelude (`pack_frames_prelude`: u64 count, one
+//! u64 length per frame), then the frames back to back. A batch of messages is the
+//! msgpack of its first frame; further frames carry serialized or pickled payloads.
+//!
+//! A batch whose only frame is plain msgpack (no ext types, no `__Serialized__`,
+//! `__Pickled__`, `__Set__` or `__Enum__` maps) is decoded here into what
+//! `msgpack.loads(use_list=False, raw=False, strict_map_key=False)` gives; any other
+//! batch goes back to Python as its frames, for distributed's own `from_frames`.
+
+use pyo3::exceptions::PyOSError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use std::io::{ErrorKind, Read, Write};
+use std::mem::ManuallyDrop;
+use std::net::TcpStream;
+use std::os::fd::FromRawFd;
+use std::sync::Mutex;
+
+/// Bytes read per `read` call while the socket has data.
+const READ_CHUNK: usize = 256 * 1024;
+/// Map keys that make distributed's `object_hook` return something other than the dict.
+const HOOK_KEYS: [&str; 4] = ["__Serialized__", "__Pickled__", "__Set__", "__Enum__"];
+
+struct Buffers {
+    /// Bytes read and not yet parsed, from `rpos`.
+    rbuf: Vec<u8>,
+    rpos: usize,
+    /// Bytes to write, from `wpos`.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    eof: bool,
+}
+
+/// One socket's reading and writing. The file descriptor stays owned by the Python
+/// socket object (the caller keeps it alive and closes it after `close`).
+#[pyclass(frozen, module = "dask_rsched._core")]
+pub struct WireStream {
+    fd: i32,
+    bufs: Mutex<Buffers>,
+}
+
+impl WireStream {
+    /// The socket as a std stream that never closes the descriptor.
+    fn socket(&self) -> ManuallyDrop<TcpStream> {
+        // SAFETY: the descriptor is an open socket while the stream is in use (the
+        // Python side closes it only after this stream is done); ManuallyDrop keeps
+        // std from closing it.
+        ManuallyDrop::new(unsafe { TcpStream::from_raw_fd(self.fd) })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Buffers> {
+        self.bufs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[pymethods]
+impl WireStream {
+    #[new]
+    #[pyo3(signature = (fd, pending=None))]
+    fn new(fd: i32, pending: Option<&[u8]>) -> Self {
+        WireStream {
+            fd,
+            bufs: Mutex::new(Buffers {
+                rbuf: pending.map(<[u8]>::to_vec).unwrap_or_default(),
+                rpos: 0,
+                wbuf: Vec::new(),
+                wpos: 0,
+                eof: false,
+            }),
+        }
+    }
+
+    /// Reads what the socket has, and returns the complete batches in it: each one
+    /// decoded (a tuple of messages, or the single message) or, when it needs
+    /// distributed's decoding, as its list of frames. `None` once the peer closed the
+    /// connection (or it failed) and every complete batch was returned.
+    fn read_batches<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        let mut guard = self.lock();
+        let b = &mut *guard;
+        if !b.eof {
+            let mut sock = self.socket();
+            loop {
+                let len = b.rbuf.len();
+                b.rbuf.resize(len + READ_CHUNK, 0);
+                match sock.read(&mut b.rbuf[len..]) {
+                    Ok(0) => {
+                        b.rbuf.truncate(len);
+                        b.eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        b.rbuf.truncate(len + n);
+                        if n < READ_CHUNK {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        b.rbuf.truncate(len);
+                        match e.kind() {
+                            ErrorKind::WouldBlock => break,
+                            ErrorKind::Interrupted => continue,
+                            _ => {
+                                b.eof = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let out = PyList::empty(py);
+        while let Some(end) = batch_end(&b.rbuf[b.rpos..]) {
+            let batch = &b.rbuf[b.rpos..b.rpos + end];
+            out.append(decode_batch(py, batch)?)?;
+            b.rpos += end;
+        }
+        if b.rpos == b.rbuf.len() {
+            b.rbuf.clear();
+            b.rpos = 0;
+        } else if b.rpos > b.rbuf.len() / 2 {
+            b.rbuf.drain(..b.rpos);
+            b.rpos = 0;
+        }
+        if b.eof && out.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    /// Queues `data` for writing and writes what the socket takes. Returns whether
+    /// bytes remain (then call `flush` when the socket is writable).
+    fn write(&self, data: &[u8]) -> PyResult<bool> {
+        let mut b = self.lock();
+        b.wbuf.extend_from_slice(data);
+        self.flush_locked(&mut b)
+    }
+
+    /// Writes what the socket takes of the queued bytes; whether bytes remain.
+    fn flush(&self) -> PyResult<bool> {
+        let mut b = self.lock();
+        self.flush_locked(&mut b)
+    }
+
+    /// Bytes queued and not yet written.
+    #[getter]
+    fn pending_write(&self) -> usize {
+        let b = self.lock();
+        b.wbuf.len() - b.wpos
+    }
+}
+
+impl WireStream {
+    fn flush_locked(&self, b: &mut Buffers) -> PyResult<bool> {
+        let mut sock = self.socket();
+        while b.wpos < b.wbuf.len() {
+            match sock.write(&b.wbuf[b.wpos..]) {
+                Ok(n) => b.wpos += n,
+                Err(e) => match e.kind() {
+                    ErrorKind::WouldBlock => break,
+                    ErrorKind::Interrupted => continue,
+                    _ => return Err(PyOSError::new_err(e.to_string())),
+                },
+            }
+        }
+        if b.wpos == b.wbuf.len() {
+            b.wbuf.clear();
+            b.wpos = 0;
+            Ok(false)
+        } else {
+            Ok(true)
+        }
+    }
+}
+
+fn read_u64(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at + 8)
+        .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
+}
+
+/// The length of the first complete batch in `b`, if `b` holds one.
+fn batch_end(b: &[u8]) -> Option<usize> {
+    read_u64(b, 0)?;
+    let nframes = usize::try_from(read_u64(b, 8)?).ok()?;
+    let prelude = 16usize.checked_add(nframes.checked_mul(8)?)?;
+    if b.len() < prelude {
+        return None;
+    }
+    let mut end = prelude;
+    for i in 0..nframes {
+        end = end.checked_add(usize::try_from(read_u64(b, 16 + 8 * i)?).ok()?)?;
+    }
+    (b.len() >= end).then_some(end)
+}
+
+/// A complete batch: decoded when it is one plain msgpack frame, else its frames.
+fn decode_batch<'py>(py: Python<'py>, batch: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let nframes = read_u64(batch, 8).unwrap_or(0) as usize;
+    let mut start = 16 + 8 * nframes;
+    if nframes == 1 {
+        let frame = &batch[start..];
+        let mut d = Decoder { b: frame, pos: 0 };
+        if let Some(v) = d.value(py)? {
+            if d.pos == frame.len() {
+                return Ok(v);
+            }
+        }
+    }
+    let frames = PyList::empty(py);
+    for i in 0..nframes {
+        let len = read_u64(batch, 16 + 8 * i).unwrap_or(0) as usize;
+        frames.append(PyBytes::new(py, &batch[start..start + len]))?;
+        start += len;
+    }
+    Ok(frames.into_any())
+}
+
+/// msgpack to Python objects; `None` for anything distributed decodes differently.
+struct Decoder<'a> {
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Decoder<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+
+    fn uint(&mut self, n: usize) -> Option<u64> {
+        let s = self.take(n)?;
+        Some(s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    }
+
+    fn value<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(t) = self.take(1).map(|s| s[0]) else {
+            return Ok(None);
+        };
+        let v = match t {
+            0x00..=0x7f => u64::from(t).into_pyobject(py)?.into_any(),
+            0xe0..=0xff => i64::from(t as i8).into_pyobject(py)?.into_any(),
+            0x80..=0x8f => return self.map(py, usize::from(t & 0x0f)),
+            0x90..=0x9f => return self.array(py, usize::from(t & 0x0f)),
+            0xa0..=0xbf => return self.str(py, usize::from(t & 0x1f)),
+            0xc0 => py.None().into_bound(py),
+            0xc2 => false.into_pyobject(py)?.to_owned().into_any(),
+            0xc3 => true.into_pyobject(py)?.to_owned().into_any(),
+            0xc4..=0xc6 => {
+                let Some(n) = self.uint(1 << (t - 0xc4)) else {
+                    return Ok(None);
+                };
+                let Some(s) = self.take(n as usize) else {
+                    return Ok(None);
+                };
+                PyBytes::new(py, s).into_any()
+            }
+            0xca => match self.uint(4) {
+                Some(x) => f64::from(f32::from_bits(x as u32))
+                    .into_pyobject(py)?
+                    .into_any(),
+                None => return Ok(None),
+            },
+            0xcb => match self.uint(8) {
+                Some(x) => f64::from_bits(x).into_pyobject(py)?.into_any(),
+                None => return Ok(None),
+            },
+            0xcc..=0xcf => match self.uint(1 << (t - 0xcc)) {
+                Some(x) => x.into_pyobject(py)?.into_any(),
+                None => return Ok(None),
+            },
+            0xd0..=0xd3 => {
+                let n = 1usize << (t - 0xd0);
+                let Some(x) = self.uint(n) else {
+                    return Ok(None);
+                };
+                // Sign-extend from n bytes.
+                let shift = 64 - 8 * n as u32;
+                (((x << shift) as i64) >> shift)
+                    .into_pyobject(py)?
+                    .into_any()
+            }
+            0xd9..=0xdb => match self.uint(1 << (t - 0xd9)) {
+                Some(n) => return self.str(py, n as usize),
+                None => return Ok(None),
+            },
+            0xdc | 0xdd => match self.uint(2 << (t - 0xdc)) {
+                Some(n) => return self.array(py, n as usize),
+                None => return Ok(None),
+            },
+            0xde | 0xdf => match self.uint(2 << (t - 0xde)) {
+                Some(n) => return self.map(py, n as usize),
+                None => return Ok(None),
+            },
+            // ext types (msgpack-python returns ExtType), 0xc1 (never used).
+            _ => return Ok(None),
+        };
+        Ok(Some(v))
+    }
+
+    fn str<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(s) = self.take(n) else {
+            return Ok(None);
+        };
+        Ok(std::str::from_utf8(s)
+            .ok()
+            .map(|s| pyo3::types::PyString::new(py, s).into_any()))
+    }
+
+    fn array<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if n > self.b.len() - self.pos {
+            return Ok(None);
+        }
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            match self.value(py)? {
+                Some(v) => items.push(v),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(PyTuple::new(py, items)?.into_any()))
+    }
+
+    fn map<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let d = PyDict::new(py);
+        for _ in 0..n {
+            let Some(k) = self.value(py)? else {
+                return Ok(None);
+            };
+            if let Ok(s) = k.cast::<pyo3::types::PyString>() {
+                if HOOK_KEYS.iter().any(|h| s.to_str().is_ok_and(|s| s == *h)) {
+                    return Ok(None);
+                }
+            }
+            let Some(v) = self.value(py)? else {
+                return Ok(None);
+            };
+            if d.set_item(k, v).is_err() {
+                // An unhashable key: let distributed's decoding raise what it raises.
+                return Ok(None);
+            }
+        }
+        Ok(Some(d.into_any()))
+    }
+}
