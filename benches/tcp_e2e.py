@@ -276,7 +276,7 @@ def start_scheduler(engine: str, tmp: Path) -> tuple[subprocess.Popen, str]:
         cmd += ["--preload", "dask_rsched"]
     if engine == "rust-tornado":  # the engine with distributed's worker streams
         env["DASK_DISTRIBUTED__SCHEDULER__RSCHED_WIRE"] = "False"
-    log = open(tmp / f"scheduler-{engine}.log", "w")  # noqa: SIM115 (the process's)
+    log = open(tmp / f"scheduler-{engine}.log", "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
     proc.log_path = log.name
     deadline = time.time() + 60

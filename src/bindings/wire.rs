@@ -11,7 +11,7 @@
 //! `msgpack.loads(use_list=False, raw=False, strict_map_key=False)` gives; any other
 //! batch goes back to Python as its frames, for distributed's own `from_frames`.
 
-use pyo3::exceptions::PyOSError;
+use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::io::{ErrorKind, Read, Write};
@@ -113,7 +113,10 @@ impl WireStream {
             }
         }
         let out = PyList::empty(py);
-        while let Some(end) = batch_end(&b.rbuf[b.rpos..]) {
+        while let Some(end) = batch_end(&b.rbuf[b.rpos..]).map_err(|e| {
+            b.eof = true;
+            PyValueError::new_err(format!("malformed message from the peer: {e}"))
+        })? {
             let batch = &b.rbuf[b.rpos..b.rpos + end];
             out.append(decode_batch(py, batch)?)?;
             b.rpos += end;
@@ -181,19 +184,31 @@ fn read_u64(b: &[u8], at: usize) -> Option<u64> {
         .map(|s| u64::from_le_bytes(s.try_into().unwrap()))
 }
 
-/// The length of the first complete batch in `b`, if `b` holds one.
-fn batch_end(b: &[u8]) -> Option<usize> {
-    read_u64(b, 0)?;
-    let nframes = usize::try_from(read_u64(b, 8)?).ok()?;
-    let prelude = 16usize.checked_add(nframes.checked_mul(8)?)?;
+/// The length of the first complete batch in `b`, if `b` holds one; an error when its
+/// header cannot be distributed's (`_add_frames_header`: the length read in one piece
+/// covers the prelude and is covered by the frames).
+fn batch_end(b: &[u8]) -> Result<Option<usize>, &'static str> {
+    let (Some(nosplit), Some(nframes)) = (read_u64(b, 0), read_u64(b, 8)) else {
+        return Ok(None);
+    };
+    if nframes > nosplit / 8 || 8 + 8 * nframes > nosplit {
+        return Err("frame count beyond the header's length");
+    }
+    // nframes * 8 < nosplit, a u64: the prelude's length fits when usize is 64 bits.
+    let prelude = usize::try_from(16 + 8 * nframes).map_err(|_| "header too large")?;
     if b.len() < prelude {
-        return None;
+        return Ok(None);
     }
-    let mut end = prelude;
-    for i in 0..nframes {
-        end = end.checked_add(usize::try_from(read_u64(b, 16 + 8 * i)?).ok()?)?;
+    let mut end = prelude as u64;
+    for i in 0..prelude / 8 - 2 {
+        let len = read_u64(b, 16 + 8 * i).unwrap_or(0);
+        end = end.checked_add(len).ok_or("frame lengths overflow")?;
     }
-    (b.len() >= end).then_some(end)
+    if 8 + nosplit > end {
+        return Err("header length beyond its frames");
+    }
+    let end = usize::try_from(end).map_err(|_| "batch too large")?;
+    Ok((b.len() >= end).then_some(end))
 }
 
 /// A complete batch: decoded when it is one plain msgpack frame, else its frames.
@@ -344,5 +359,44 @@ impl<'a> Decoder<'a> {
             }
         }
         Ok(Some(d.into_any()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_end;
+
+    fn batch(frames: &[&[u8]]) -> Vec<u8> {
+        let mut prelude = (frames.len() as u64).to_le_bytes().to_vec();
+        for f in frames {
+            prelude.extend((f.len() as u64).to_le_bytes());
+        }
+        let nosplit = (prelude.len() + frames.iter().map(|f| f.len()).sum::<usize>()) as u64;
+        let mut b = nosplit.to_le_bytes().to_vec();
+        b.extend(prelude);
+        for f in frames {
+            b.extend_from_slice(f);
+        }
+        b
+    }
+
+    #[test]
+    fn batches_are_found_whole_and_bad_headers_refused() {
+        let b = batch(&[b"\x90", b"abc"]);
+        assert_eq!(batch_end(&b), Ok(Some(b.len())));
+        for cut in 0..b.len() {
+            assert_eq!(batch_end(&b[..cut]), Ok(None), "cut at {cut}");
+        }
+        let mut two = b.clone();
+        two.extend(batch(&[b"x"]));
+        assert_eq!(batch_end(&two), Ok(Some(b.len())));
+        // a frame count the length cannot hold
+        let mut bad = b.clone();
+        bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(batch_end(&bad).is_err());
+        // a length beyond the frames
+        let mut bad = b.clone();
+        bad[0..8].copy_from_slice(&1000u64.to_le_bytes());
+        assert!(batch_end(&bad).is_err());
     }
 }

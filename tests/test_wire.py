@@ -1,0 +1,136 @@
+"""Worker streams read and written by the engine (`dask_rsched._wire`): in use on plain
+TCP, distributed's own path when switched off, and a malformed frame from one worker
+closes that worker's comm only."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import time
+
+import dask_rsched
+import pytest
+from distributed import Worker
+from distributed.comm import connect
+from distributed.utils_test import captured_logger, div, gen_cluster, inc
+
+
+@pytest.fixture(autouse=True)
+def engine():
+    dask_rsched.install()
+    yield
+    dask_rsched.uninstall()
+
+
+def comm_types(s) -> set:
+    return {type(bs.comm).__name__ for bs in s.stream_comms.values()}
+
+
+@gen_cluster(client=True)
+async def test_worker_streams_are_the_engines(c, s, a, b):
+    assert comm_types(s) == {"WireComm"}
+    futs = c.map(inc, range(300))
+    assert await c.submit(sum, futs) == sum(range(1, 301))
+    # task-erred carries a pickled exception: a batch distributed's decoding reads
+    with pytest.raises(ZeroDivisionError):
+        await c.submit(div, 1, 0)
+    # free-keys and friends went the same way
+    del futs
+    while any(k.startswith("inc-") for k in s.tasks):
+        await asyncio.sleep(0.01)
+    s.validate_state()
+    assert s.stream_comms[a.address].message_count > 0
+
+
+@gen_cluster(client=True, config={"distributed.scheduler.rsched-wire": False})
+async def test_switched_off_keeps_distributeds_comms(c, s, a, b):
+    assert comm_types(s) == {"TCP"}
+    assert await c.submit(inc, 1) == 2
+
+
+@gen_cluster(client=True, nthreads=[])
+async def test_worker_leaving_and_joining(c, s):
+    async with Worker(s.address, nthreads=1):
+        x = c.submit(inc, 1, key="x")
+        assert await x == 2
+        assert comm_types(s) == {"WireComm"}
+    while s.workers:
+        await asyncio.sleep(0.01)
+    assert s.tasks["x"].state != "memory"
+    async with Worker(s.address, nthreads=1):
+        assert await x == 2  # computed again on the new worker
+
+
+REGISTER = dict(
+    op="register-worker",
+    reply=False,
+    status="running",
+    nthreads=1,
+    memory_limit=2**30,
+    local_directory="/tmp",
+    services={},
+    nanny=None,
+    versions={},
+    metrics={
+        "bandwidth": {"total": 100e6, "workers": {}, "types": {}},
+        "digests_total_since_heartbeat": {},
+        "memory": 0,
+        "spilled_bytes": {"memory": 0, "disk": 0},
+        "managed_bytes": 0,
+        "task_counts": {},
+        "event_loop_interval": 0.02,
+        "transfer": {
+            "incoming_bytes": 0,
+            "incoming_count": 0,
+            "incoming_count_total": 0,
+            "outgoing_bytes": 0,
+            "outgoing_count": 0,
+            "outgoing_count_total": 0,
+        },
+    },
+    extra={},
+    resources={},
+)
+
+
+async def fake_worker(s, name: str):
+    """A worker that registers through the real handshake and then only writes what
+    the test gives it."""
+    comm = await connect(s.address)
+    address = f"tcp://127.0.0.1:{40000 + len(name)}"
+    msg = dict(REGISTER, address=address, name=name, now=time.time(), pid=os.getpid())
+    msg.update(server_id=f"fake-{name}", stimulus_id=f"connect-{name}")
+    await comm.write(msg, serializers=["msgpack"])
+    assert (await comm.read())["status"] == "OK"
+    while address not in s.stream_comms or s.stream_comms[address].comm is None:
+        await asyncio.sleep(0.01)
+    assert type(s.stream_comms[address].comm).__name__ == "WireComm"
+    return comm, address
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        # a frame count the header's length cannot hold
+        struct.pack("<QQ", 16, 2**40),
+        # a well-framed batch that is not msgpack (0xc1 is never used)
+        struct.pack("<QQQ", 17, 1, 1) + b"\xc1",
+    ],
+    ids=["header", "msgpack"],
+)
+def test_malformed_frame_closes_that_worker_only(garbage):
+    @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
+    async def run(c, s, a):
+        comm, address = await fake_worker(s, "bad")
+        with captured_logger("distributed.core") as log:
+            await comm.stream.write(garbage)
+            while address in s.workers:
+                await asyncio.sleep(0.01)
+        assert "register-worker" in log.getvalue()
+        assert list(s.workers) == [a.address]
+        assert await c.submit(inc, 41) == 42
+        s.validate_state()
+        comm.abort()
+
+    run()
