@@ -638,7 +638,7 @@ class EngineSchedulerMixin:
         if wire is None:
             await super().handle_worker(comm, worker)  # type: ignore[misc]
             return
-        worker_comm = self.stream_comms[worker]
+        worker_comm = self.stream_comms[worker] = _wire.WireBatchedSend(self.stream_comms[worker])
         worker_comm.start(wire)
         logger.info("Starting worker compute stream, %s", worker)
         try:

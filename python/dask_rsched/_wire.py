@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import time
 from typing import Any
 
 import dask.config
+from distributed import protocol
+from distributed.batched import BatchedSend
+from distributed.comm import utils as comm_utils
 from distributed.comm.core import Comm, CommClosedError
 from distributed.comm.tcp import TCP, _add_frames_header
 from distributed.comm.utils import from_frames, to_frames
+from distributed.sizeof import safe_sizeof
 from distributed.utils import iscoroutinefunction
 
 from dask_rsched._core import WireStream
@@ -136,6 +141,9 @@ class WireComm(Comm):
 
     # Writing: distributed's frames, written by the engine.
 
+    def _context(self) -> dict:
+        return {"sender": self.local_info, "recipient": self.remote_info, **self.handshake_options}
+
     async def write(self, msg, serializers=None, on_error="message") -> int:
         if self._closed:
             raise CommClosedError(f"{self!r} closed")
@@ -144,13 +152,38 @@ class WireComm(Comm):
             allow_offload=self.allow_offload,
             serializers=serializers,
             on_error=on_error,
-            context={
-                "sender": self.local_info,
-                "recipient": self.remote_info,
-                **self.handshake_options,
-            },
+            context=self._context(),
             frame_split_size=self.max_shard_size,
         )
+        return self._write_frames(frames)
+
+    def small(self, msg) -> bool:
+        """Whether `to_frames` would serialize `msg` on the event loop (not offload)."""
+        threshold = comm_utils.OFFLOAD_THRESHOLD
+        if not (threshold and self.allow_offload):
+            return True
+        size = safe_sizeof(msg, default_size=-1)
+        return size != -1 and size <= threshold
+
+    def write_now(self, msg, serializers=None, on_error="message") -> int:
+        """`write` for a message `small` accepts, done before returning."""
+        if self._closed:
+            raise CommClosedError(f"{self!r} closed")
+        try:
+            frames = protocol.dumps(
+                msg,
+                serializers=serializers,
+                on_error=on_error,
+                context=self._context(),
+                frame_split_size=self.max_shard_size,
+            )
+        except Exception as e:
+            logger.info("Unserializable Message: %s", msg)
+            logger.exception(e)
+            raise
+        return self._write_frames(frames)
+
+    def _write_frames(self, frames: list) -> int:
         frames, _, nbytes = _add_frames_header(frames)
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         if self._closed:
@@ -209,6 +242,109 @@ class WireComm(Comm):
 
     def closed(self) -> bool:
         return self._closed
+
+
+class WireBatchedSend(BatchedSend):
+    """distributed's `BatchedSend` (its buffer, interval, counters and message log) for
+    a WireComm: a batch is written by a callback the event loop runs at the batch's
+    deadline, instead of by a background coroutine that waits on an event. A batch too
+    large for the event loop goes through the comm's `write`, as BatchedSend's does."""
+
+    def __init__(self, old: BatchedSend) -> None:
+        super().__init__(interval=old.interval, loop=old.loop, serializers=old.serializers)
+        self.buffer = old.buffer
+        self.message_count = old.message_count
+        self._handle: asyncio.Handle | None = None
+        self._writing: asyncio.Future | None = None
+
+    def start(self, comm) -> None:
+        self.comm = comm
+        self._schedule()
+
+    def send(self, *msgs: Any) -> None:
+        if self.comm is not None and self.comm.closed():
+            raise CommClosedError(f"Comm {self.comm!r} already closed.")
+        self.message_count += len(msgs)
+        self.buffer.extend(msgs)
+        if self._handle is None:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self.comm is None or self.please_stop or not self.buffer or self._writing:
+            return
+        loop = asyncio.get_running_loop()
+        delay = 0.0 if self.next_deadline is None else self.next_deadline - time()
+        if delay <= 0:
+            self._handle = loop.call_soon(self._flush)
+        else:
+            self._handle = loop.call_later(delay, self._flush)
+
+    def _flush(self) -> None:
+        self._handle = None
+        if self.please_stop or not self.buffer:
+            return
+        payload, self.buffer = self.buffer, []
+        self.batch_count += 1
+        self.next_deadline = time() + self.interval
+        if not self.comm.small(payload):
+            self._writing = asyncio.ensure_future(self._write_large(payload))
+            return
+        try:
+            nbytes = self.comm.write_now(payload, serializers=self.serializers, on_error="raise")
+        except CommClosedError:
+            logger.info("Batched Comm Closed %r", self.comm, exc_info=True)
+            self.abort()
+            return
+        except Exception:
+            logger.exception("Error in batched write")
+            self.abort()
+            return
+        self._written(payload, nbytes)
+
+    async def _write_large(self, payload: list) -> None:
+        try:
+            nbytes = await self.comm.write(payload, serializers=self.serializers, on_error="raise")
+        except CommClosedError:
+            logger.info("Batched Comm Closed %r", self.comm, exc_info=True)
+            self.abort()
+            return
+        except Exception:
+            logger.exception("Error in batched write")
+            self.abort()
+            return
+        finally:
+            self._writing = None
+        self._written(payload, nbytes)
+        self._schedule()
+
+    def _written(self, payload: list, nbytes: int) -> None:
+        self.recent_message_log.append(payload if nbytes < 1e6 else "large-message")
+        self.byte_count += nbytes
+
+    async def close(self, timeout=None) -> None:
+        """Write what is buffered, then close the comm."""
+        if self.comm is None:
+            return
+        self.please_stop = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if self._writing is not None:
+            await asyncio.wait_for(asyncio.shield(self._writing), timeout)
+        if not self.comm.closed():
+            try:
+                if self.buffer:
+                    self.buffer, payload = [], self.buffer
+                    await self.comm.write(payload, serializers=self.serializers, on_error="raise")
+            except CommClosedError:
+                pass
+            await self.comm.close()
+
+    def abort(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        super().abort()
 
 
 async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> None:
