@@ -102,12 +102,19 @@ class WireComm(Comm):
 
     def _on_readable(self) -> None:
         fut = self._readable
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+        if fut is not None:
+            if not fut.done():
+                fut.set_result(None)
+        elif self._reading:
+            # Nobody waits (a handler is running): stop polling until someone does.
+            self._reading = False
+            self._loop.remove_reader(self._fd)
 
     async def read_batches(self) -> list:
         """The batches that arrived (at least one); CommClosedError once the peer is
-        gone. Batches that need distributed's decoding come back decoded by it."""
+        gone. Batches that need distributed's decoding come back decoded by it. The
+        socket stays registered for reading between calls, so that a stream read in
+        a loop costs no selector change per batch."""
         while True:
             if self._closed:
                 raise CommClosedError(f"{self!r} closed")
@@ -118,15 +125,13 @@ class WireComm(Comm):
             if batches:
                 break
             self._readable = self._loop.create_future()
-            self._loop.add_reader(self._fd, self._on_readable)
-            self._reading = True
+            if not self._reading:
+                self._reading = True
+                self._loop.add_reader(self._fd, self._on_readable)
             try:
                 await self._readable
             finally:
                 self._readable = None
-                if self._reading:
-                    self._reading = False
-                    self._loop.remove_reader(self._fd)
         for i, batch in enumerate(batches):
             if type(batch) is list:
                 batches[i] = await from_frames(
