@@ -134,3 +134,73 @@ def test_malformed_frame_closes_that_worker_only(garbage):
         comm.abort()
 
     run()
+
+
+def distributed_bytes(msg) -> bytes:
+    from distributed import protocol
+    from distributed.comm.tcp import _add_frames_header
+
+    frames = protocol.dumps(msg, on_error="raise", context={}, frame_split_size=2**26)
+    return b"".join(bytes(f) for f in _add_frames_header(frames)[0])
+
+
+def test_encoder_writes_distributeds_bytes():
+    """The engine's encoding of a batch is byte for byte what distributed's `dumps`
+    and TCP framing make of it, for what scheduler messages hold."""
+    import operator
+
+    from dask._task_spec import Task, TaskRef
+    from distributed.protocol.serialize import ToPickle
+
+    from dask_rsched._core import encode_batch
+
+    ints = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1]
+    ints += [-1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63)]
+    strs = ["", "a" * 31, "a" * 32, "é" * 200, "x" * 70000]
+    batch = [
+        {
+            "op": "compute-task",
+            "key": ("x", 1, 2.5),
+            "run_id": 7,
+            "priority": (0, 1, -3),
+            "duration": 0.5,
+            "who_has": {"y": ["tcp://127.0.0.1:1"]},
+            "nbytes": {"y": 28},
+            "resource_restrictions": None,
+            "actor": False,
+            "annotations": {"retries": 2, "span": ["a", "b"]},
+            "span_id": "abc",
+            "run_spec": ToPickle(Task("x", operator.add, TaskRef("y"), 1)),
+            "stimulus_id": "s-1",
+        },
+        {"op": "free-keys", "keys": ["a", "b"] * 20, "stimulus_id": "s-2"},
+        {"ints": ints, "strs": strs, "bytes": [b"", b"x" * 300, b"y" * 70000]},
+        {i: True for i in range(20)},
+        [list(range(20)), tuple(range(70000)), {"nested": [{"deep": (None, 1.0)}]}],
+        {"second": ToPickle({"a": 1})},
+    ]
+    for msg in [batch, *batch, []]:
+        assert encode_batch(msg) == distributed_bytes(msg)
+
+
+def test_encoder_leaves_the_rest_to_distributed():
+    import numpy as np
+    from distributed.protocol.serialize import Serialize, ToPickle
+
+    from dask_rsched._core import encode_batch
+
+    class Sub(dict):
+        pass
+
+    for odd in [
+        {1, 2},
+        Sub(a=1),
+        2**64,
+        bytearray(b"x"),
+        Serialize(1),
+        ToPickle(np.arange(100_000)),  # out-of-band buffers
+        ToPickle(lambda: asyncio),  # cloudpickle: still bytes, encoded
+    ]:
+        out = encode_batch([{"op": "x", "v": odd}])
+        if out is not None:
+            assert out == distributed_bytes([{"op": "x", "v": odd}])

@@ -171,9 +171,22 @@ class WireComm(Comm):
         return size != -1 and size <= threshold
 
     def write_now(self, msg, serializers=None, on_error="message") -> int:
-        """`write` for a message `small` accepts, done before returning."""
+        """`write` for a message `small` accepts, done before returning. The engine
+        encodes what the scheduler's own messages hold; distributed's `dumps` the rest."""
         if self._closed:
             raise CommClosedError(f"{self!r} closed")
+        if serializers is None:
+            try:
+                written = self._wire.write_batch(msg)
+            except OSError as e:
+                self.abort()
+                raise CommClosedError(f"{self!r}: {e}") from e
+            if written is not None:
+                nbytes, pending = written
+                if pending and not self._writing:
+                    self._writing = True
+                    self._loop.add_writer(self._fd, self._on_writable)
+                return nbytes
         try:
             frames = protocol.dumps(
                 msg,

@@ -12,7 +12,7 @@ type State = SchedulerState<Py<PyAny>>;
 
 static TO_PICKLE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn to_pickle(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+pub(crate) fn to_pickle(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     Ok(TO_PICKLE
         .get_or_try_init(py, || -> PyResult<_> {
             Ok(py

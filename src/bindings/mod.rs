@@ -13,6 +13,7 @@ mod naming;
 mod order;
 mod shared;
 mod wire;
+mod wire_encode;
 
 use crate::cell::Busy;
 use crate::core::types::CoreError;
@@ -56,6 +57,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wire::WireStream>()?;
     m.add_function(wrap_pyfunction!(order::order_graph, m)?)?;
     m.add_function(wrap_pyfunction!(order::pyset_order, m)?)?;
+    m.add_function(wrap_pyfunction!(wire_encode::encode_batch_py, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

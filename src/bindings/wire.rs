@@ -142,6 +142,18 @@ impl WireStream {
         self.flush_locked(&mut b)
     }
 
+    /// Encodes `payload` as distributed's `dumps` and TCP framing would, queues it and
+    /// writes what the socket takes: `(nbytes, bytes remain)`, or `None` (nothing
+    /// queued) when the payload holds what only distributed's `dumps` serializes.
+    fn write_batch(&self, payload: &Bound<'_, PyAny>) -> PyResult<Option<(usize, bool)>> {
+        let Some(wire) = super::wire_encode::encode_batch(payload.py(), payload)? else {
+            return Ok(None);
+        };
+        let mut b = self.lock();
+        b.wbuf.extend_from_slice(&wire);
+        Ok(Some((wire.len(), self.flush_locked(&mut b)?)))
+    }
+
     /// Writes what the socket takes of the queued bytes; whether bytes remain.
     fn flush(&self) -> PyResult<bool> {
         let mut b = self.lock();

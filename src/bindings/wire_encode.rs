@@ -1,0 +1,238 @@
+//! A batch of messages to a worker as the bytes distributed's TCP comm would write:
+//! `protocol.dumps` (msgpack as `msgpack.dumps(use_bin_type=True)` packs it, each
+//! `ToPickle` as a `{"__Pickled__": index}` map and a sub-header frame) framed by
+//! `_add_frames_header`. Only what the scheduler's own messages hold is encoded here:
+//! exact dicts, lists, tuples, str, bytes, int, float, bool, None and `ToPickle`
+//! without out-of-band buffers. Anything else makes `encode_batch` return `None`, and
+//! distributed's `dumps` serializes the batch.
+
+use super::messages::to_pickle;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `distributed.protocol.pickle.dumps`: pickle, or cloudpickle where it must.
+fn pickle_dumps(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    Ok(PICKLE_DUMPS
+        .get_or_try_init(py, || -> PyResult<_> {
+            Ok(py
+                .import("distributed.protocol.pickle")?
+                .getattr("dumps")?
+                .unbind())
+        })?
+        .bind(py))
+}
+
+struct Encoder<'py> {
+    py: Python<'py>,
+    out: Vec<u8>,
+    /// The sub-header frames of the `ToPickle`s met so far (frame 0 is `out`).
+    frames: Vec<Vec<u8>>,
+    to_pickle: Bound<'py, PyAny>,
+}
+
+/// What the encoder cannot pack the way distributed would.
+struct Unsupported;
+
+type Enc = Result<(), Unsupported>;
+
+fn head(out: &mut Vec<u8>, n: usize, fix: u8, fix_max: usize, t8: Option<u8>, t16: u8, t32: u8) {
+    if n <= fix_max {
+        out.push(fix | n as u8);
+    } else if let (Some(t8), true) = (t8, n <= 0xff) {
+        out.extend([t8, n as u8]);
+    } else if n <= 0xffff {
+        out.push(t16);
+        out.extend((n as u16).to_be_bytes());
+    } else {
+        out.push(t32);
+        out.extend((n as u32).to_be_bytes());
+    }
+}
+
+fn pack_str(out: &mut Vec<u8>, s: &str) {
+    head(out, s.len(), 0xa0, 31, Some(0xd9), 0xda, 0xdb);
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn pack_bin(out: &mut Vec<u8>, b: &[u8]) {
+    if b.len() <= 0xff {
+        out.extend([0xc4, b.len() as u8]);
+    } else if b.len() <= 0xffff {
+        out.push(0xc5);
+        out.extend((b.len() as u16).to_be_bytes());
+    } else {
+        out.push(0xc6);
+        out.extend((b.len() as u32).to_be_bytes());
+    }
+    out.extend_from_slice(b);
+}
+
+fn pack_uint(out: &mut Vec<u8>, v: u64) {
+    if v <= 0x7f {
+        out.push(v as u8);
+    } else if v <= 0xff {
+        out.extend([0xcc, v as u8]);
+    } else if v <= 0xffff {
+        out.push(0xcd);
+        out.extend((v as u16).to_be_bytes());
+    } else if v <= 0xffff_ffff {
+        out.push(0xce);
+        out.extend((v as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend(v.to_be_bytes());
+    }
+}
+
+fn pack_int(out: &mut Vec<u8>, v: i64) {
+    if v >= 0 {
+        pack_uint(out, v as u64);
+    } else if v >= -32 {
+        out.push(v as i8 as u8);
+    } else if v >= i64::from(i8::MIN) {
+        out.extend([0xd0, v as i8 as u8]);
+    } else if v >= i64::from(i16::MIN) {
+        out.push(0xd1);
+        out.extend((v as i16).to_be_bytes());
+    } else if v >= i64::from(i32::MIN) {
+        out.push(0xd2);
+        out.extend((v as i32).to_be_bytes());
+    } else {
+        out.push(0xd3);
+        out.extend(v.to_be_bytes());
+    }
+}
+
+impl<'py> Encoder<'py> {
+    fn value(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
+        if o.is_none() {
+            self.out.push(0xc0);
+        } else if let Ok(s) = o.cast_exact::<PyString>() {
+            let Ok(s) = s.to_str() else {
+                return Ok(Err(Unsupported));
+            };
+            pack_str(&mut self.out, s);
+        } else if let Ok(d) = o.cast_exact::<PyDict>() {
+            head(&mut self.out, d.len(), 0x80, 15, None, 0xde, 0xdf);
+            for (k, v) in d.iter() {
+                if self.value(&k)?.is_err() || self.value(&v)?.is_err() {
+                    return Ok(Err(Unsupported));
+                }
+            }
+        } else if let Ok(t) = o.cast_exact::<PyTuple>() {
+            head(&mut self.out, t.len(), 0x90, 15, None, 0xdc, 0xdd);
+            for v in t.iter() {
+                if self.value(&v)?.is_err() {
+                    return Ok(Err(Unsupported));
+                }
+            }
+        } else if let Ok(l) = o.cast_exact::<PyList>() {
+            head(&mut self.out, l.len(), 0x90, 15, None, 0xdc, 0xdd);
+            for v in l.iter() {
+                if self.value(&v)?.is_err() {
+                    return Ok(Err(Unsupported));
+                }
+            }
+        } else if let Ok(b) = o.cast_exact::<PyBool>() {
+            self.out.push(if b.is_true() { 0xc3 } else { 0xc2 });
+        } else if o.cast_exact::<PyInt>().is_ok() {
+            if let Ok(v) = o.extract::<i64>() {
+                pack_int(&mut self.out, v);
+            } else if let Ok(v) = o.extract::<u64>() {
+                pack_uint(&mut self.out, v);
+            } else {
+                return Ok(Err(Unsupported));
+            }
+        } else if let Ok(f) = o.cast_exact::<PyFloat>() {
+            self.out.push(0xcb);
+            self.out.extend(f.value().to_be_bytes());
+        } else if let Ok(b) = o.cast_exact::<PyBytes>() {
+            pack_bin(&mut self.out, b.as_bytes());
+        } else if o.get_type().is(&self.to_pickle) {
+            return self.pickled(o);
+        } else {
+            return Ok(Err(Unsupported));
+        }
+        Ok(Ok(()))
+    }
+
+    /// `create_pickled_sub_frames`: the pickle in a sub-header, no buffers.
+    fn pickled(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
+        let py = self.py;
+        let buffers = PyList::empty(py);
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(
+            intern!(py, "buffer_callback"),
+            buffers.getattr(intern!(py, "append"))?,
+        )?;
+        let data = o.getattr(intern!(py, "data"))?;
+        // A failing pickle goes to distributed's path, which logs and raises it.
+        let Ok(pickled) = pickle_dumps(py)?.call((data,), Some(&kwargs)) else {
+            return Ok(Err(Unsupported));
+        };
+        let Ok(pickled) = pickled.cast_exact::<PyBytes>() else {
+            return Ok(Err(Unsupported));
+        };
+        if !buffers.is_empty() {
+            return Ok(Err(Unsupported));
+        }
+        let index = self.frames.len() + 1;
+        self.out.push(0x81);
+        pack_str(&mut self.out, "__Pickled__");
+        pack_uint(&mut self.out, index as u64);
+        // {"pickled-obj": ..., "compression": (), "num-sub-frames": 0}
+        let mut sub = Vec::with_capacity(pickled.as_bytes().len() + 48);
+        sub.push(0x83);
+        pack_str(&mut sub, "pickled-obj");
+        pack_bin(&mut sub, pickled.as_bytes());
+        pack_str(&mut sub, "compression");
+        sub.push(0x90);
+        pack_str(&mut sub, "num-sub-frames");
+        sub.push(0x00);
+        self.frames.push(sub);
+        Ok(Ok(()))
+    }
+}
+
+/// The wire bytes of `msg` (header, prelude, frames), or `None` when distributed's
+/// `dumps` must serialize it.
+pub(crate) fn encode_batch(py: Python<'_>, msg: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
+    let mut enc = Encoder {
+        py,
+        out: Vec::with_capacity(256),
+        frames: Vec::new(),
+        to_pickle: to_pickle(py)?.clone(),
+    };
+    if enc.value(msg)?.is_err() {
+        return Ok(None);
+    }
+    let nframes = 1 + enc.frames.len();
+    let body: usize = enc.out.len() + enc.frames.iter().map(Vec::len).sum::<usize>();
+    let prelude = 8 * (1 + nframes);
+    let mut wire = Vec::with_capacity(8 + prelude + body);
+    wire.extend(((prelude + body) as u64).to_le_bytes());
+    wire.extend((nframes as u64).to_le_bytes());
+    wire.extend((enc.out.len() as u64).to_le_bytes());
+    for f in &enc.frames {
+        wire.extend((f.len() as u64).to_le_bytes());
+    }
+    wire.extend_from_slice(&enc.out);
+    for f in &enc.frames {
+        wire.extend_from_slice(f);
+    }
+    Ok(Some(wire))
+}
+
+/// `encode_batch` for tests: the bytes, or `None`.
+#[pyfunction]
+#[pyo3(name = "encode_batch")]
+pub(crate) fn encode_batch_py<'py>(
+    py: Python<'py>,
+    msg: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    Ok(encode_batch(py, msg)?.map(|w| PyBytes::new(py, &w)))
+}
