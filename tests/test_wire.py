@@ -150,9 +150,8 @@ def test_encoder_writes_distributeds_bytes():
     import operator
 
     from dask._task_spec import Task, TaskRef
-    from distributed.protocol.serialize import ToPickle
-
     from dask_rsched._core import encode_batch
+    from distributed.protocol.serialize import ToPickle
 
     ints = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1]
     ints += [-1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63)]
@@ -185,9 +184,8 @@ def test_encoder_writes_distributeds_bytes():
 
 def test_encoder_leaves_the_rest_to_distributed():
     import numpy as np
-    from distributed.protocol.serialize import Serialize, ToPickle
-
     from dask_rsched._core import encode_batch
+    from distributed.protocol.serialize import Serialize, ToPickle
 
     class Sub(dict):
         pass
