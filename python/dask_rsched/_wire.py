@@ -32,7 +32,10 @@ from distributed.utils import iscoroutinefunction
 
 from dask_rsched._core import WireStream
 
-logger = logging.getLogger("distributed.scheduler")
+# The lines distributed logs on these paths, on the loggers it logs them on.
+core_logger = logging.getLogger("distributed.core")
+batched_logger = logging.getLogger("distributed.batched")
+utils_logger = logging.getLogger("distributed.comm.utils")
 
 
 def enabled() -> bool:
@@ -59,12 +62,15 @@ def takeover(comm: Comm) -> WireComm | None:
     return WireComm(comm, pending)
 
 
-class WireComm(Comm):
-    """The worker's comm once the engine reads and writes its socket."""
+class WireComm(TCP):
+    """The worker's comm once the engine reads and writes its socket. A `TCP` for
+    whoever checks (distributed's test utilities wrap TCP comms), with none of TCP's
+    state: every method a comm has is its own."""
 
     def __init__(self, tcp: TCP, pending: bytes) -> None:
-        super().__init__(deserialize=tcp.deserialize)
+        Comm.__init__(self, deserialize=tcp.deserialize)
         self._tcp = tcp
+        self.stream = None
         self.allow_offload = tcp.allow_offload
         self.name = tcp.name
         self.local_info = tcp.local_info
@@ -196,8 +202,8 @@ class WireComm(Comm):
                 frame_split_size=self.max_shard_size,
             )
         except Exception as e:
-            logger.info("Unserializable Message: %s", msg)
-            logger.exception(e)
+            utils_logger.info("Unserializable Message: %s", msg)
+            utils_logger.exception(e)
             raise
         return self._write_frames(frames)
 
@@ -266,7 +272,8 @@ class WireBatchedSend(BatchedSend):
     """distributed's `BatchedSend` (its buffer, interval, counters and message log) for
     a WireComm: a batch is written by a callback the event loop runs at the batch's
     deadline, instead of by a background coroutine that waits on an event. A batch too
-    large for the event loop goes through the comm's `write`, as BatchedSend's does."""
+    large for the event loop, or a comm something wrapped, goes through the comm's
+    `write`, as BatchedSend's does."""
 
     def __init__(self, old: BatchedSend) -> None:
         super().__init__(interval=old.interval, loop=old.loop, serializers=old.serializers)
@@ -304,30 +311,31 @@ class WireBatchedSend(BatchedSend):
         payload, self.buffer = self.buffer, []
         self.batch_count += 1
         self.next_deadline = time() + self.interval
-        if not self.comm.small(payload):
-            self._writing = asyncio.ensure_future(self._write_large(payload))
+        if type(self.comm) is not WireComm or not self.comm.small(payload):
+            # a large batch, or a comm a test wrapped: the comm's own `write`
+            self._writing = asyncio.ensure_future(self._write_async(payload))
             return
         try:
             nbytes = self.comm.write_now(payload, serializers=self.serializers, on_error="raise")
         except CommClosedError:
-            logger.info("Batched Comm Closed %r", self.comm, exc_info=True)
+            batched_logger.info("Batched Comm Closed %r", self.comm, exc_info=True)
             self.abort()
             return
         except Exception:
-            logger.exception("Error in batched write")
+            batched_logger.exception("Error in batched write")
             self.abort()
             return
         self._written(payload, nbytes)
 
-    async def _write_large(self, payload: list) -> None:
+    async def _write_async(self, payload: list) -> None:
         try:
             nbytes = await self.comm.write(payload, serializers=self.serializers, on_error="raise")
         except CommClosedError:
-            logger.info("Batched Comm Closed %r", self.comm, exc_info=True)
+            batched_logger.info("Batched Comm Closed %r", self.comm, exc_info=True)
             self.abort()
             return
         except Exception:
-            logger.exception("Error in batched write")
+            batched_logger.exception("Error in batched write")
             self.abort()
             return
         finally:
@@ -370,7 +378,7 @@ async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> N
     message in order, `close-stream` and odd messages handled as it handles them. A
     run of `task-finished` messages for the engine's own handler goes to the engine in
     one call (each message still its own stimulus)."""
-    logger.info("Starting established connection to %s", comm.peer_address)
+    core_logger.info("Starting established connection to %s", comm.peer_address)
     handlers = scheduler.stream_handlers
     closed = False
     try:
@@ -378,7 +386,7 @@ async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> N
             try:
                 batches = await comm.read_batches()
             except CommClosedError:
-                logger.info("Connection to %s has been closed.", comm.peer_address)
+                core_logger.info("Connection to %s has been closed.", comm.peer_address)
                 break
             batch_finished = scheduler._rsched_batch_task_finished()
             for msgs in batches:
@@ -404,7 +412,7 @@ async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> N
                     if op:
                         if op == "close-stream":
                             closed = True
-                            logger.info(
+                            core_logger.info(
                                 "Received 'close-stream' from %s; closing.", comm.peer_address
                             )
                             break
@@ -415,7 +423,7 @@ async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> N
                         else:
                             handler(**msg)
                     else:
-                        logger.error("odd message %s", msg)
+                        core_logger.error("odd message %s", msg)
                 if finished:
                     scheduler._rsched_task_finished_batch(worker, finished)
                 if closed:
