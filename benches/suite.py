@@ -95,6 +95,21 @@ def matrix(quick: bool) -> list[dict]:
     for n in [2_000] if quick else [100_000, 1_000_000]:
         for graph in ("tree", "array", "shuffle"):
             runs.append(dict(kind="order", workload=graph, tasks=n, workers=0, engine="rust"))
+    # the scheduler process over real TCP: fake workers in another process
+    for workload in ["tree"] if quick else ["tree", "map"]:
+        for w in [10] if quick else [10, 100]:
+            for threads in [1] if quick else [1, 8]:
+                for engine in ENGINES:
+                    runs.append(
+                        dict(
+                            kind="tcp",
+                            workload=workload,
+                            tasks=2_000 if quick else 20_000,
+                            workers=w,
+                            threads=threads,
+                            engine=engine,
+                        )
+                    )
     for workload in ("map", "tree"):
         for engine in ENGINES:
             runs.append(
@@ -127,6 +142,28 @@ def run_one(cfg: dict) -> dict:
         r = asyncio.run(submission.measure(cfg["engine"], cfg["workload"], cfg["tasks"]))
         r["heap_per_task"] = submission.live_heap(cfg["engine"], cfg["workload"], cfg["tasks"])
         return r
+    if cfg["kind"] == "tcp":
+        import tempfile
+        import types
+
+        import tcp_e2e
+
+        opts = types.SimpleNamespace(repeat=3, profile=None)
+        with tempfile.TemporaryDirectory() as tmp:
+            row = asyncio.run(
+                tcp_e2e.run_one(
+                    cfg["engine"],
+                    cfg["workload"],
+                    "importable",
+                    cfg["tasks"],
+                    cfg["workers"],
+                    cfg["threads"],
+                    opts,
+                    Path(tmp),
+                )
+            )
+        row.pop("runs", None)
+        return row
     if cfg["kind"] == "cluster":
         import cluster_e2e
 
@@ -148,7 +185,7 @@ def run_one(cfg: dict) -> dict:
     )
 
 
-CONFIG_FIELDS = ("kind", "workload", "tasks", "workers", "stealing", "engine")
+CONFIG_FIELDS = ("kind", "workload", "tasks", "workers", "stealing", "threads", "engine")
 
 
 def cfg_of(r: dict) -> dict:
@@ -343,6 +380,37 @@ def markdown(results: list[dict], quick: bool) -> str:
                 f"{r['scheduler_cpu'] / r['tasks'] * 1e6:.0f} |"
                 for r in cl
             ],
+        )
+    tcp = [r for r in results if r["kind"] == "tcp" and not r.get("skipped")]
+    if tcp:
+        rows = []
+        for r in tcp:
+            if r["engine"] != "python":
+                continue
+            e = find(
+                tcp,
+                workload=r["workload"],
+                workers=r["workers"],
+                threads=r["threads"],
+                engine="rust",
+            )
+            if e is None:
+                continue
+            rows.append(
+                f"| {r['workload']} | {r['tasks']:,} | {r['workers']} | {r['threads']} | "
+                f"{r['cpu_us']:.0f} / {e['cpu_us']:.0f} | {r['cpu_us'] / e['cpu_us']:.2f}x | "
+                f"{r['tasks_per_s']:,.0f} / {e['tasks_per_s']:,.0f} | "
+                f"{r['workers_cpu_us']:.0f} / {e['workers_cpu_us']:.0f} |"
+            )
+        lines += table_section(
+            "The scheduler process over TCP (`benches/tcp_e2e.py`)",
+            "| workload | tasks | workers | threads | scheduler CPU µs/task, Python / engine "
+            "| ratio | tasks/s, Python / engine | fake workers' CPU µs/task |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            rows,
+            intro="`dask scheduler` in its own process; fake zero-workers in another process"
+            " over real TCP (registration, heartbeats, `BatchedSend`); a real Client; "
+            "importable task functions; medians of 3 graphs.",
         )
     subs = [r for r in results if r["kind"] == "submission" and not r.get("skipped")]
     if subs:

@@ -341,6 +341,10 @@ async def run_one(engine, workload, functions, n, n_workers, nthreads, args, tmp
     import psutil
     from distributed import Client
 
+    if __name__ != "__main__":  # imported (the suite): send our functions by value
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
     sproc, address = start_scheduler(engine, tmp)
     wproc = start_workers(address, n_workers, nthreads)
     try:
