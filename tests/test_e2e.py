@@ -100,6 +100,11 @@ def fail_once(path):
 
 def test_engine_in_use(client):
     assert engine_of(client).startswith(ENGINE) == (client.engine == "rust")
+    # the worker processes' streams: the engine's own reading and writing (TCP)
+    comms = client.run_on_scheduler(
+        lambda dask_scheduler: {type(b.comm).__name__ for b in dask_scheduler.stream_comms.values()}
+    )
+    assert comms == ({"WireComm"} if client.engine == "rust" else {"TCP"})
 
 
 def test_futures(client):

@@ -62,6 +62,27 @@ async def test_worker_leaving_and_joining(c, s):
         assert await x == 2  # computed again on the new worker
 
 
+@pytest.mark.parametrize("protocol", ["tls", "inproc"])
+def test_other_comms_keep_distributeds_path(protocol):
+    """TLS and inproc comms are not taken over: distributed's handle_stream and
+    BatchedSend serve them, on the engine."""
+    from distributed import Client, Scheduler
+    from distributed.security import Security
+
+    security = Security.temporary() if protocol == "tls" else None
+
+    async def run():
+        async with Scheduler(protocol=protocol, security=security, dashboard_address=":0") as s:
+            async with Worker(s.address, security=security, nthreads=1) as w:
+                async with Client(s.address, security=security, asynchronous=True) as c:
+                    assert await c.submit(inc, 1) == 2
+                    assert type(s.stream_comms[w.address]).__name__ == "BatchedSend"
+                    assert comm_types(s) == {"TLS" if protocol == "tls" else "InProc"}
+                    assert hasattr(s, "_rsched_engine")
+
+    asyncio.run(run())
+
+
 REGISTER = dict(
     op="register-worker",
     reply=False,
