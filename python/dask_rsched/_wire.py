@@ -82,6 +82,7 @@ class WireComm(TCP):
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self._reading = False
+        self._unawaited = 0
         self._writing = False
         self._readable: asyncio.Future | None = None
 
@@ -112,9 +113,13 @@ class WireComm(TCP):
             if not fut.done():
                 fut.set_result(None)
         elif self._reading:
-            # Nobody waits (a handler is running): stop polling until someone does.
-            self._reading = False
-            self._loop.remove_reader(self._fd)
+            # Nobody waits: data came while a batch was handled, and the stream reads
+            # it next. Twice in a row means a handler is awaiting something: stop
+            # polling until the stream waits again.
+            self._unawaited += 1
+            if self._unawaited > 1:
+                self._reading = False
+                self._loop.remove_reader(self._fd)
 
     async def read_batches(self) -> list:
         """The batches that arrived (at least one); CommClosedError once the peer is
@@ -131,6 +136,7 @@ class WireComm(TCP):
             if batches:
                 break
             self._readable = self._loop.create_future()
+            self._unawaited = 0
             if not self._reading:
                 self._reading = True
                 self._loop.add_reader(self._fd, self._on_readable)

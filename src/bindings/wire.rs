@@ -13,7 +13,8 @@
 
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::mem::ManuallyDrop;
 use std::net::TcpStream;
@@ -33,7 +34,13 @@ struct Buffers {
     wbuf: Vec<u8>,
     wpos: usize,
     eof: bool,
+    /// Map keys decoded so far (field names): one str object each, hash cached.
+    keys: HashMap<Box<[u8]>, Py<PyString>>,
 }
+
+/// Map keys up to this long are kept in `Buffers::keys`, up to `MAX_KEYS` of them.
+const MAX_KEY_LEN: usize = 32;
+const MAX_KEYS: usize = 1024;
 
 /// One socket's reading and writing. The file descriptor stays owned by the Python
 /// socket object (the caller keeps it alive and closes it after `close`).
@@ -70,6 +77,7 @@ impl WireStream {
                 wbuf: Vec::new(),
                 wpos: 0,
                 eof: false,
+                keys: HashMap::new(),
             }),
         }
     }
@@ -118,7 +126,7 @@ impl WireStream {
             PyValueError::new_err(format!("malformed message from the peer: {e}"))
         })? {
             let batch = &b.rbuf[b.rpos..b.rpos + end];
-            out.append(decode_batch(py, batch)?)?;
+            out.append(decode_batch(py, batch, &mut b.keys)?)?;
             b.rpos += end;
         }
         if b.rpos == b.rbuf.len() {
@@ -224,12 +232,20 @@ fn batch_end(b: &[u8]) -> Result<Option<usize>, &'static str> {
 }
 
 /// A complete batch: decoded when it is one plain msgpack frame, else its frames.
-fn decode_batch<'py>(py: Python<'py>, batch: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+fn decode_batch<'py>(
+    py: Python<'py>,
+    batch: &[u8],
+    keys: &mut HashMap<Box<[u8]>, Py<PyString>>,
+) -> PyResult<Bound<'py, PyAny>> {
     let nframes = read_u64(batch, 8).unwrap_or(0) as usize;
     let mut start = 16 + 8 * nframes;
     if nframes == 1 {
         let frame = &batch[start..];
-        let mut d = Decoder { b: frame, pos: 0 };
+        let mut d = Decoder {
+            b: frame,
+            pos: 0,
+            keys,
+        };
         if let Some(v) = d.value(py)? {
             if d.pos == frame.len() {
                 return Ok(v);
@@ -249,6 +265,7 @@ fn decode_batch<'py>(py: Python<'py>, batch: &[u8]) -> PyResult<Bound<'py, PyAny
 struct Decoder<'a> {
     b: &'a [u8],
     pos: usize,
+    keys: &'a mut HashMap<Box<[u8]>, Py<PyString>>,
 }
 
 impl<'a> Decoder<'a> {
@@ -328,13 +345,45 @@ impl<'a> Decoder<'a> {
         Ok(Some(v))
     }
 
+    /// A map key: a short str comes from the stream's cache.
+    fn key<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let t = self.b.get(self.pos).copied();
+        let n = match t {
+            Some(t @ 0xa0..=0xbf) => usize::from(t & 0x1f),
+            Some(0xd9) => match self.b.get(self.pos + 1) {
+                Some(&n) => usize::from(n),
+                None => return Ok(None),
+            },
+            _ => return self.value(py),
+        };
+        let start = self.pos + if t == Some(0xd9) { 2 } else { 1 };
+        let Some(bytes) = self.b.get(start..start + n) else {
+            return Ok(None);
+        };
+        if n > MAX_KEY_LEN {
+            return self.value(py);
+        }
+        if let Some(k) = self.keys.get(bytes) {
+            self.pos = start + n;
+            return Ok(Some(k.bind(py).clone().into_any()));
+        }
+        let Some(k) = self.value(py)? else {
+            return Ok(None);
+        };
+        if self.keys.len() < MAX_KEYS {
+            let s = k.cast::<PyString>()?.clone();
+            self.keys.insert(bytes.into(), s.unbind());
+        }
+        Ok(Some(k))
+    }
+
     fn str<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(s) = self.take(n) else {
             return Ok(None);
         };
         Ok(std::str::from_utf8(s)
             .ok()
-            .map(|s| pyo3::types::PyString::new(py, s).into_any()))
+            .map(|s| PyString::new(py, s).into_any()))
     }
 
     fn array<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
@@ -354,10 +403,10 @@ impl<'a> Decoder<'a> {
     fn map<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
         let d = PyDict::new(py);
         for _ in 0..n {
-            let Some(k) = self.value(py)? else {
+            let Some(k) = self.key(py)? else {
                 return Ok(None);
             };
-            if let Ok(s) = k.cast::<pyo3::types::PyString>() {
+            if let Ok(s) = k.cast::<PyString>() {
                 if HOOK_KEYS.iter().any(|h| s.to_str().is_ok_and(|s| s == *h)) {
                     return Ok(None);
                 }
