@@ -14,6 +14,8 @@ import pytest
 from distributed import Worker
 from distributed.comm import connect
 from distributed.utils_test import captured_logger, div, gen_cluster, inc
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @pytest.fixture(autouse=True)
@@ -223,3 +225,69 @@ def test_encoder_leaves_the_rest_to_distributed():
         out = encode_batch([{"op": "x", "v": odd}])
         if out is not None:
             assert out == distributed_bytes([{"op": "x", "v": odd}])
+
+
+def framed(frames: list[bytes]) -> bytes:
+    prelude = struct.pack(f"<Q{len(frames)}Q", len(frames), *map(len, frames))
+    body = prelude + b"".join(frames)
+    return struct.pack("<Q", len(body)) + body
+
+
+def read_back(data: bytes) -> list:
+    """What `WireStream.read_batches` makes of `data` arriving on a socket, with the
+    batches it hands back as frames decoded by distributed's `loads`."""
+    import socket
+
+    from dask_rsched._core import WireStream
+    from distributed.protocol import loads
+
+    a, b = socket.socketpair()
+    try:
+        a.setblocking(False)
+        b.sendall(data)
+        b.close()
+        stream = WireStream(a.fileno())
+        out: list = []
+        while (batches := stream.read_batches()) is not None:
+            out += [loads(x, deserialize=False) if type(x) is list else x for x in batches]
+        return out
+    finally:
+        a.close()
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+    | st.binary(max_size=40)
+    | st.sampled_from(["__Set__", "__Pickled__", "op", "key"]),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(
+            st.text(max_size=20) | st.integers(-(2**63), 2**64 - 1), inner, max_size=5
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(msgpack_values, st.binary(max_size=20))
+def test_decoder_gives_what_distributeds_loads_gives(value, garbage):
+    """Plain msgpack decodes to exactly what distributed's `loads` returns; anything
+    else (garbage, ext types, hook maps) is handed to distributed's decoding."""
+    import msgpack
+    from distributed.protocol import loads
+
+    frame = msgpack.dumps(value, use_bin_type=True)
+    assert read_back(framed([frame])) == [loads([frame], deserialize=False)]
+    for odd in (garbage, frame + garbage):
+        try:
+            expected = loads([odd], deserialize=False)
+        except Exception as e:
+            with pytest.raises(type(e)):
+                read_back(framed([odd]))
+        else:
+            assert read_back(framed([odd])) == [expected]
