@@ -12,11 +12,15 @@ that wall time; the fake workers' CPU is shown too, since on a small machine the
 be what limits the rate.
 
     python benches/tcp_e2e.py [--tasks 20000] [--workers 10 100] [--threads 1 8]
-        [--workload tree map] [--engines python rust] [--repeat 3] [--quick]
+        [--workload tree map] [--functions main importable] [--repeat 3] [--quick]
+        [--engines python rust-tornado rust] [--profile DIR] [--json FILE]
 
 `--tasks` is the number of leaves of a fan-in-8 tree (20,000 leaves: 22,859 tasks) or
 of `client.map`-like independent tasks. Medians of `--repeat` graphs per cluster, after
-a warm-up graph. Work stealing is on (distributed's default).
+a warm-up graph. Work stealing is on (distributed's default). `rust-tornado` is the
+engine with distributed's own worker streams (`distributed.scheduler.rsched-wire:
+False`). `--profile DIR` records the scheduler with py-spy during the measured graphs
+(`TCP_E2E_PROFILER` replaces the profiler command, e.g. `perf record -g -p`).
 """
 
 from __future__ import annotations
