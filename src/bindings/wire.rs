@@ -21,15 +21,17 @@ use std::net::TcpStream;
 use std::os::fd::FromRawFd;
 use std::sync::Mutex;
 
-/// Bytes read per `read` call while the socket has data.
-const READ_CHUNK: usize = 256 * 1024;
+/// The read buffer's first size (it grows for larger batches).
+const READ_CHUNK: usize = 64 * 1024;
 /// Map keys that make distributed's `object_hook` return something other than the dict.
 const HOOK_KEYS: [&str; 4] = ["__Serialized__", "__Pickled__", "__Set__", "__Enum__"];
 
 struct Buffers {
-    /// Bytes read and not yet parsed, from `rpos`.
+    /// Bytes read and not yet parsed: `rbuf[rpos..rend]`. `rbuf` past `rend` is room
+    /// for the next read (zeroed once, when allocated, not before every read).
     rbuf: Vec<u8>,
     rpos: usize,
+    rend: usize,
     /// Bytes to write, from `wpos`.
     wbuf: Vec<u8>,
     wpos: usize,
@@ -74,6 +76,7 @@ impl WireStream {
             bufs: Mutex::new(Buffers {
                 rbuf: pending.map(<[u8]>::to_vec).unwrap_or_default(),
                 rpos: 0,
+                rend: pending.map_or(0, <[u8]>::len),
                 wbuf: Vec::new(),
                 wpos: 0,
                 eof: false,
@@ -92,36 +95,35 @@ impl WireStream {
         if !b.eof {
             let mut sock = self.socket();
             loop {
-                let len = b.rbuf.len();
-                b.rbuf.resize(len + READ_CHUNK, 0);
-                match sock.read(&mut b.rbuf[len..]) {
+                if b.rend == b.rbuf.len() {
+                    b.make_room();
+                }
+                let room = b.rbuf.len() - b.rend;
+                let rend = b.rend;
+                match sock.read(&mut b.rbuf[rend..]) {
                     Ok(0) => {
-                        b.rbuf.truncate(len);
                         b.eof = true;
                         break;
                     }
                     Ok(n) => {
-                        b.rbuf.truncate(len + n);
-                        if n < READ_CHUNK {
+                        b.rend += n;
+                        if n < room {
                             break;
                         }
                     }
-                    Err(e) => {
-                        b.rbuf.truncate(len);
-                        match e.kind() {
-                            ErrorKind::WouldBlock => break,
-                            ErrorKind::Interrupted => continue,
-                            _ => {
-                                b.eof = true;
-                                break;
-                            }
+                    Err(e) => match e.kind() {
+                        ErrorKind::WouldBlock => break,
+                        ErrorKind::Interrupted => continue,
+                        _ => {
+                            b.eof = true;
+                            break;
                         }
-                    }
+                    },
                 }
             }
         }
         let out = PyList::empty(py);
-        while let Some(end) = batch_end(&b.rbuf[b.rpos..]).map_err(|e| {
+        while let Some(end) = batch_end(&b.rbuf[b.rpos..b.rend]).map_err(|e| {
             b.eof = true;
             PyValueError::new_err(format!("malformed message from the peer: {e}"))
         })? {
@@ -129,12 +131,13 @@ impl WireStream {
             out.append(decode_batch(py, batch, &mut b.keys)?)?;
             b.rpos += end;
         }
-        if b.rpos == b.rbuf.len() {
-            b.rbuf.clear();
+        if b.rpos == b.rend {
             b.rpos = 0;
-        } else if b.rpos > b.rbuf.len() / 2 {
-            b.rbuf.drain(..b.rpos);
-            b.rpos = 0;
+            b.rend = 0;
+            if b.rbuf.len() > 16 * READ_CHUNK {
+                // a large message passed: give its room back
+                b.rbuf = vec![0; READ_CHUNK];
+            }
         }
         if b.eof && out.is_empty() {
             return Ok(None);
@@ -173,6 +176,23 @@ impl WireStream {
     fn pending_write(&self) -> usize {
         let b = self.lock();
         b.wbuf.len() - b.wpos
+    }
+}
+
+impl Buffers {
+    /// Room after `rend`: unparsed bytes moved to the front, or a larger buffer.
+    fn make_room(&mut self) {
+        if self.rpos > 0 {
+            self.rbuf.copy_within(self.rpos..self.rend, 0);
+            self.rend -= self.rpos;
+            self.rpos = 0;
+        }
+        if self.rend == self.rbuf.len() {
+            // calloc'd: pages are touched only as reads fill them
+            let mut bigger = vec![0; (2 * self.rbuf.len()).max(READ_CHUNK)];
+            bigger[..self.rend].copy_from_slice(&self.rbuf[..self.rend]);
+            self.rbuf = bigger;
+        }
     }
 }
 
