@@ -37,19 +37,20 @@ def add(*xs):
     return sum(xs)
 
 
-def tree_graph(n: int, fanin: int = 8) -> tuple[dict, str]:
+def tree_graph(n: int, fanin: int = 8, prefix: str = "", leaf=inc, node=add) -> tuple[dict, str]:
+    """A tree reduction: n `leaf(i)` tasks summed by `node` tasks of fan-in `fanin`."""
     dsk: dict = {}
     layer = []
     for i in range(n):
-        k = f"inc-{i}"
-        dsk[k] = Task(k, inc, i)
+        k = f"{prefix}inc-{i}"
+        dsk[k] = Task(k, leaf, i)
         layer.append(k)
     level = 0
     while len(layer) > 1:
         nxt = []
         for j in range(0, len(layer), fanin):
-            k = f"sum-{level}-{j}"
-            dsk[k] = Task(k, add, *[TaskRef(d) for d in layer[j : j + fanin]])
+            k = f"{prefix}sum-{level}-{j}"
+            dsk[k] = Task(k, node, *[TaskRef(d) for d in layer[j : j + fanin]])
             nxt.append(k)
         layer = nxt
         level += 1

@@ -41,7 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from dask._task_spec import Task, TaskRef
+import scheduler_e2e
+from dask._task_spec import Task
 
 HERE = Path(__file__).resolve()
 
@@ -60,24 +61,10 @@ def add(*xs):
 FUNCTIONS = {"main": (inc, add), "importable": (operator.index, max)}
 
 
-def tree_graph(n: int, prefix: str, functions: str = "main", fanin: int = 8) -> tuple[dict, list]:
+def tree_graph(n: int, prefix: str, functions: str = "main") -> tuple[dict, list]:
     leaf, node = FUNCTIONS[functions]
-    dsk: dict = {}
-    layer = []
-    for i in range(n):
-        k = f"{prefix}inc-{i}"
-        dsk[k] = Task(k, leaf, i)
-        layer.append(k)
-    level = 0
-    while len(layer) > 1:
-        nxt = []
-        for j in range(0, len(layer), fanin):
-            k = f"{prefix}sum-{level}-{j}"
-            dsk[k] = Task(k, node, *[TaskRef(d) for d in layer[j : j + fanin]])
-            nxt.append(k)
-        layer = nxt
-        level += 1
-    return dsk, layer
+    dsk, root = scheduler_e2e.tree_graph(n, prefix=prefix, leaf=leaf, node=node)
+    return dsk, [root]
 
 
 def map_graph(n: int, prefix: str, functions: str = "main") -> tuple[dict, list]:
@@ -89,23 +76,7 @@ def map_graph(n: int, prefix: str, functions: str = "main") -> tuple[dict, list]
 # ---------------------------------------------------------------------------------
 # The fake workers (their own process: `--serve-workers`)
 
-METRICS = {
-    "bandwidth": {"total": 100e6, "workers": {}, "types": {}},
-    "digests_total_since_heartbeat": {},
-    "memory": 0,
-    "spilled_bytes": {"memory": 0, "disk": 0},
-    "managed_bytes": 0,
-    "task_counts": {},
-    "event_loop_interval": 0.02,
-    "transfer": {
-        "incoming_bytes": 0,
-        "incoming_count": 0,
-        "incoming_count_total": 0,
-        "outgoing_bytes": 0,
-        "outgoing_count": 0,
-        "outgoing_count_total": 0,
-    },
-}
+METRICS = scheduler_e2e.METRICS  # what a worker's heartbeat reports
 INT_TYPE = pickle.dumps(int)
 
 

@@ -7,15 +7,20 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
+import sys
 import time
+from pathlib import Path
 
 import dask_rsched
 import pytest
 from distributed import Worker
 from distributed.comm import connect
 from distributed.utils_test import captured_logger, div, gen_cluster, inc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scheduler_e2e import METRICS
 
 
 @pytest.fixture(autouse=True)
@@ -95,23 +100,7 @@ REGISTER = dict(
     services={},
     nanny=None,
     versions={},
-    metrics={
-        "bandwidth": {"total": 100e6, "workers": {}, "types": {}},
-        "digests_total_since_heartbeat": {},
-        "memory": 0,
-        "spilled_bytes": {"memory": 0, "disk": 0},
-        "managed_bytes": 0,
-        "task_counts": {},
-        "event_loop_interval": 0.02,
-        "transfer": {
-            "incoming_bytes": 0,
-            "incoming_count": 0,
-            "incoming_count_total": 0,
-            "outgoing_bytes": 0,
-            "outgoing_count": 0,
-            "outgoing_count_total": 0,
-        },
-    },
+    metrics=METRICS,
     extra={},
     resources={},
 )

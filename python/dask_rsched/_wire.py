@@ -323,31 +323,29 @@ class WireBatchedSend(BatchedSend):
             return
         try:
             nbytes = self.comm.write_now(payload, serializers=self.serializers, on_error="raise")
-        except CommClosedError:
-            batched_logger.info("Batched Comm Closed %r", self.comm, exc_info=True)
-            self.abort()
-            return
-        except Exception:
-            batched_logger.exception("Error in batched write")
-            self.abort()
+        except Exception as e:
+            self._write_failed(e)
             return
         self._written(payload, nbytes)
 
     async def _write_async(self, payload: list) -> None:
         try:
             nbytes = await self.comm.write(payload, serializers=self.serializers, on_error="raise")
-        except CommClosedError:
-            batched_logger.info("Batched Comm Closed %r", self.comm, exc_info=True)
-            self.abort()
-            return
-        except Exception:
-            batched_logger.exception("Error in batched write")
-            self.abort()
+        except Exception as e:
+            self._write_failed(e)
             return
         finally:
             self._writing = None
         self._written(payload, nbytes)
         self._schedule()
+
+    def _write_failed(self, e: Exception) -> None:
+        """A failed write ends the stream, logged as BatchedSend logs it."""
+        if isinstance(e, CommClosedError):
+            batched_logger.info("Batched Comm Closed %r", self.comm, exc_info=e)
+        else:
+            batched_logger.error("Error in batched write", exc_info=e)
+        self.abort()
 
     def _written(self, payload: list, nbytes: int) -> None:
         self.recent_message_log.append(payload if nbytes < 1e6 else "large-message")
