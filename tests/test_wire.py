@@ -37,6 +37,8 @@ def comm_types(s) -> set:
 @gen_cluster(client=True)
 async def test_worker_streams_are_the_engines(c, s, a, b):
     assert comm_types(s) == {"WireComm"}
+    # distributed's 5 ms batching interval, in seconds as BatchedSend keeps it
+    assert {bs.interval for bs in s.stream_comms.values()} == {0.005}
     futs = c.map(inc, range(300))
     assert await c.submit(sum, futs) == sum(range(1, 301))
     # task-erred carries a pickled exception: a batch distributed's decoding reads
@@ -280,3 +282,23 @@ def test_decoder_gives_what_distributeds_loads_gives(value, garbage):
                 read_back(framed([odd]))
         else:
             assert read_back(framed([odd])) == [expected]
+
+
+def test_deep_nesting_goes_to_distributeds_decoding():
+    """Nesting deeper than msgpack-python allows is not decoded in Rust (no stack
+    overflow): distributed's `loads` raises what it raises."""
+    from dask_rsched._core import encode_batch
+    from distributed.protocol import loads
+
+    frame = b"\x91" * 100_000 + b"\xc0"
+    with pytest.raises(Exception) as expected:
+        loads([frame], deserialize=False)
+    with pytest.raises(expected.type):
+        read_back(framed([frame]))
+    deep: list = []
+    for _ in range(2000):
+        deep = [deep]
+    assert encode_batch(deep) is None
+    cyclic: list = []
+    cyclic.append(cyclic)
+    assert encode_batch(cyclic) is None

@@ -85,6 +85,7 @@ class WireComm(TCP):
         self._unawaited = 0
         self._writing = False
         self._readable: asyncio.Future | None = None
+        self._failed_batch: list | None = None
 
     def __repr__(self) -> str:
         return f"<WireComm {self.name}: {self.local_address} -> {self.peer_address}>"
@@ -126,6 +127,10 @@ class WireComm(TCP):
         gone. Batches that need distributed's decoding come back decoded by it. The
         socket stays registered for reading between calls, so that a stream read in
         a loop costs no selector change per batch."""
+        if self._failed_batch is not None:
+            # a batch distributed's decoding refused after good ones: its error now
+            batch, self._failed_batch = self._failed_batch, None
+            await from_frames(batch, deserialize=self.deserialize, allow_offload=False)
         while True:
             if self._closed:
                 raise CommClosedError(f"{self!r} closed")
@@ -146,11 +151,23 @@ class WireComm(TCP):
                 self._readable = None
         for i, batch in enumerate(batches):
             if type(batch) is list:
-                batches[i] = await from_frames(
-                    batch,
-                    deserialize=self.deserialize,
-                    allow_offload=self.allow_offload,
-                )
+                try:
+                    batches[i] = await from_frames(
+                        batch,
+                        deserialize=self.deserialize,
+                        allow_offload=self.allow_offload,
+                    )
+                except EOFError:
+                    # as TCP.read: garbled or truncated data ends the stream
+                    self.abort()
+                    if i:
+                        return batches[:i]
+                    raise CommClosedError("aborted stream on truncated data") from None
+                except Exception:
+                    if i:
+                        self._failed_batch = batch
+                        return batches[:i]
+                    raise
         return batches
 
     async def read(self, deserializers=None):
@@ -242,6 +259,7 @@ class WireComm(TCP):
 
     def _detach(self) -> None:
         self._closed = True
+        self._wire.detach()
         if self._reading:
             self._reading = False
             self._loop.remove_reader(self._fd)
@@ -260,13 +278,15 @@ class WireComm(TCP):
             return
         # Give queued bytes a last chance, as TCP.close waits for its last write.
         for _ in range(100):
-            if not self._wire.pending_write:
+            if self._closed or not self._wire.pending_write:
                 break
             try:
                 self._wire.flush()
             except OSError:
                 break
             await asyncio.sleep(0.01)
+        if self._closed:
+            return
         self._detach()
         await self._tcp.close()
 
@@ -282,7 +302,8 @@ class WireBatchedSend(BatchedSend):
     `write`, as BatchedSend's does."""
 
     def __init__(self, old: BatchedSend) -> None:
-        super().__init__(interval=old.interval, loop=old.loop, serializers=old.serializers)
+        super().__init__(interval=0, loop=old.loop, serializers=old.serializers)
+        self.interval = old.interval  # seconds already (BatchedSend parsed it)
         self.buffer = old.buffer
         self.message_count = old.message_count
         self._handle: asyncio.Handle | None = None
@@ -392,8 +413,8 @@ async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> N
             except CommClosedError:
                 core_logger.info("Connection to %s has been closed.", comm.peer_address)
                 break
-            batch_finished = scheduler._rsched_batch_task_finished()
             for msgs in batches:
+                batch_finished = scheduler._rsched_batch_task_finished()
                 if not isinstance(msgs, (tuple, list)):
                     msgs = (msgs,)
                 finished: list = []
@@ -424,6 +445,7 @@ async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> N
                         handler = handlers[op]
                         if iscoroutinefunction(handler):
                             await handler(**msg)
+                            batch_finished = scheduler._rsched_batch_task_finished()
                         else:
                             handler(**msg)
                     else:

@@ -36,10 +36,14 @@ struct Buffers {
     wbuf: Vec<u8>,
     wpos: usize,
     eof: bool,
+    /// The socket is no longer this stream's (closed, or about to be): no more I/O.
+    detached: bool,
     /// Map keys decoded so far (field names): one str object each, hash cached.
     keys: HashMap<Box<[u8]>, Py<PyString>>,
 }
 
+/// msgpack-python's nesting limit; deeper goes to distributed's decoding (which raises).
+pub(crate) const MAX_DEPTH: usize = 1024;
 /// Map keys up to this long are kept in `Buffers::keys`, up to `MAX_KEYS` of them.
 const MAX_KEY_LEN: usize = 32;
 const MAX_KEYS: usize = 1024;
@@ -80,6 +84,7 @@ impl WireStream {
                 wbuf: Vec::new(),
                 wpos: 0,
                 eof: false,
+                detached: false,
                 keys: HashMap::new(),
             }),
         }
@@ -92,6 +97,9 @@ impl WireStream {
     fn read_batches<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
         let mut guard = self.lock();
         let b = &mut *guard;
+        if b.detached {
+            return Ok(None);
+        }
         if !b.eof {
             let mut sock = self.socket();
             loop {
@@ -123,10 +131,18 @@ impl WireStream {
             }
         }
         let out = PyList::empty(py);
-        while let Some(end) = batch_end(&b.rbuf[b.rpos..b.rend]).map_err(|e| {
-            b.eof = true;
-            PyValueError::new_err(format!("malformed message from the peer: {e}"))
-        })? {
+        loop {
+            let end = match batch_end(&b.rbuf[b.rpos..b.rend]) {
+                Ok(Some(end)) => end,
+                Ok(None) => break,
+                // the batches before it are handled first; the next call raises
+                Err(_) if !out.is_empty() => break,
+                Err(e) => {
+                    b.eof = true;
+                    let msg = format!("malformed message from the peer: {e}");
+                    return Err(PyValueError::new_err(msg));
+                }
+            };
             let batch = &b.rbuf[b.rpos..b.rpos + end];
             out.append(decode_batch(py, batch, &mut b.keys)?)?;
             b.rpos += end;
@@ -171,6 +187,12 @@ impl WireStream {
         self.flush_locked(&mut b)
     }
 
+    /// The socket is about to be closed: no read or write touches its descriptor again
+    /// (the number may be reused by another file).
+    fn detach(&self) {
+        self.lock().detached = true;
+    }
+
     /// Bytes queued and not yet written.
     #[getter]
     fn pending_write(&self) -> usize {
@@ -198,6 +220,9 @@ impl Buffers {
 
 impl WireStream {
     fn flush_locked(&self, b: &mut Buffers) -> PyResult<bool> {
+        if b.detached {
+            return Err(PyOSError::new_err("the stream's socket is closed"));
+        }
         let mut sock = self.socket();
         while b.wpos < b.wbuf.len() {
             match sock.write(&b.wbuf[b.wpos..]) {
@@ -214,6 +239,11 @@ impl WireStream {
             b.wpos = 0;
             Ok(false)
         } else {
+            if b.wpos >= READ_CHUNK {
+                // a congested peer: do not keep what it already took
+                b.wbuf.drain(..b.wpos);
+                b.wpos = 0;
+            }
             Ok(true)
         }
     }
@@ -231,20 +261,25 @@ fn batch_end(b: &[u8]) -> Result<Option<usize>, &'static str> {
     let (Some(nosplit), Some(nframes)) = (read_u64(b, 0), read_u64(b, 8)) else {
         return Ok(None);
     };
-    if nframes > nosplit / 8 || 8 + 8 * nframes > nosplit {
-        return Err("frame count beyond the header's length");
-    }
-    // nframes * 8 < nosplit, a u64: the prelude's length fits when usize is 64 bits.
-    let prelude = usize::try_from(16 + 8 * nframes).map_err(|_| "header too large")?;
+    // The prelude (count and lengths) is part of what the header's length covers.
+    let prelude_in_nosplit = nframes
+        .checked_mul(8)
+        .and_then(|x| x.checked_add(8))
+        .filter(|&x| x <= nosplit)
+        .ok_or("frame count beyond the header's length")?;
+    let prelude = prelude_in_nosplit
+        .checked_add(8)
+        .and_then(|x| usize::try_from(x).ok())
+        .ok_or("header too large")?;
     if b.len() < prelude {
         return Ok(None);
     }
     let mut end = prelude as u64;
-    for i in 0..prelude / 8 - 2 {
+    for i in 0..(prelude - 16) / 8 {
         let len = read_u64(b, 16 + 8 * i).unwrap_or(0);
         end = end.checked_add(len).ok_or("frame lengths overflow")?;
     }
-    if 8 + nosplit > end {
+    if nosplit.checked_add(8).is_none_or(|n| n > end) {
         return Err("header length beyond its frames");
     }
     let end = usize::try_from(end).map_err(|_| "batch too large")?;
@@ -264,6 +299,7 @@ fn decode_batch<'py>(
         let mut d = Decoder {
             b: frame,
             pos: 0,
+            depth: 0,
             keys,
         };
         if let Some(v) = d.value(py)? {
@@ -285,6 +321,8 @@ fn decode_batch<'py>(
 struct Decoder<'a> {
     b: &'a [u8],
     pos: usize,
+    /// Nesting so far; msgpack-python refuses deeper than `MAX_DEPTH`.
+    depth: usize,
     keys: &'a mut HashMap<Box<[u8]>, Py<PyString>>,
 }
 
@@ -407,9 +445,10 @@ impl<'a> Decoder<'a> {
     }
 
     fn array<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
-        if n > self.b.len() - self.pos {
+        if n > self.b.len() - self.pos || self.depth >= MAX_DEPTH {
             return Ok(None);
         }
+        self.depth += 1;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {
             match self.value(py)? {
@@ -417,10 +456,15 @@ impl<'a> Decoder<'a> {
                 None => return Ok(None),
             }
         }
+        self.depth -= 1;
         Ok(Some(PyTuple::new(py, items)?.into_any()))
     }
 
     fn map<'py>(&mut self, py: Python<'py>, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
+        if self.depth >= MAX_DEPTH {
+            return Ok(None);
+        }
+        self.depth += 1;
         let d = PyDict::new(py);
         for _ in 0..n {
             let Some(k) = self.key(py)? else {
@@ -439,6 +483,7 @@ impl<'a> Decoder<'a> {
                 return Ok(None);
             }
         }
+        self.depth -= 1;
         Ok(Some(d.into_any()))
     }
 }
@@ -474,6 +519,13 @@ mod tests {
         // a frame count the length cannot hold
         let mut bad = b.clone();
         bad[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(batch_end(&bad).is_err());
+        // a frame count whose prelude length wraps around
+        let mut bad = u64::MAX.to_le_bytes().to_vec();
+        bad.extend(((1u64 << 61) - 1).to_le_bytes());
+        assert!(batch_end(&bad).is_err());
+        let mut bad = u64::MAX.to_le_bytes().to_vec();
+        bad.extend(((1u64 << 61) - 2).to_le_bytes());
         assert!(batch_end(&bad).is_err());
         // a length beyond the frames
         let mut bad = b.clone();

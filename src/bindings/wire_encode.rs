@@ -32,6 +32,8 @@ struct Encoder<'py> {
     /// The sub-header frames of the `ToPickle`s met so far (frame 0 is `out`).
     frames: Vec<Vec<u8>>,
     to_pickle: Bound<'py, PyAny>,
+    /// Nesting so far: msgpack-python refuses deeper than its limit (cycles too).
+    depth: usize,
 }
 
 /// What the encoder cannot pack the way distributed would.
@@ -109,6 +111,16 @@ fn pack_int(out: &mut Vec<u8>, v: i64) {
 
 impl<'py> Encoder<'py> {
     fn value(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
+        if self.depth >= super::wire::MAX_DEPTH {
+            return Ok(Err(Unsupported));
+        }
+        self.depth += 1;
+        let r = self.value_at_depth(o);
+        self.depth -= 1;
+        r
+    }
+
+    fn value_at_depth(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
         if o.is_none() {
             self.out.push(0xc0);
         } else if let Ok(s) = o.cast_exact::<PyString>() {
@@ -206,6 +218,7 @@ pub(crate) fn encode_batch(py: Python<'_>, msg: &Bound<'_, PyAny>) -> PyResult<O
         out: Vec::with_capacity(256),
         frames: Vec::new(),
         to_pickle: to_pickle(py)?.clone(),
+        depth: 0,
     };
     if enc.value(msg)?.is_err() {
         return Ok(None);
