@@ -383,34 +383,17 @@ def markdown(results: list[dict], quick: bool) -> str:
         )
     tcp = [r for r in results if r["kind"] == "tcp" and not r.get("skipped")]
     if tcp:
-        rows = []
-        for r in tcp:
-            if r["engine"] != "python":
-                continue
-            e = find(
-                tcp,
-                workload=r["workload"],
-                workers=r["workers"],
-                threads=r["threads"],
-                engine="rust",
-            )
-            if e is None:
-                continue
-            rows.append(
-                f"| {r['workload']} | {r['tasks']:,} | {r['workers']} | {r['threads']} | "
-                f"{r['cpu_us']:.0f} / {e['cpu_us']:.0f} | {r['cpu_us'] / e['cpu_us']:.2f}x | "
-                f"{r['tasks_per_s']:,.0f} / {e['tasks_per_s']:,.0f} | "
-                f"{r['workers_cpu_us']:.0f} / {e['workers_cpu_us']:.0f} |"
-            )
+        sys.path.insert(0, str(HERE))
+        import tcp_e2e
+
         lines += table_section(
             "The scheduler process over TCP (`benches/tcp_e2e.py`)",
-            "| workload | tasks | workers | threads | scheduler CPU µs/task, Python / engine "
-            "| ratio | tasks/s, Python / engine | fake workers' CPU µs/task |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
-            rows,
+            tcp_e2e.REPORT_HEADER,
+            tcp_e2e.REPORT_ALIGN,
+            tcp_e2e.report_rows(tcp),
             intro="`dask scheduler` in its own process; fake zero-workers in another process"
             " over real TCP (registration, heartbeats, `BatchedSend`); a real Client; "
-            "importable task functions; medians of 3 graphs.",
+            "medians of 3 graphs.",
         )
     subs = [r for r in results if r["kind"] == "submission" and not r.get("skipped")]
     if subs:

@@ -378,15 +378,19 @@ def _engine_name(dask_scheduler=None):
     return "rust" if hasattr(dask_scheduler, "_rsched_engine") else "python"
 
 
-def report(rows: list[dict]) -> str:
-    lines = [
-        "| workload | functions | workers | threads | tasks "
-        "| scheduler CPU µs/task Python / engine | ratio | tasks/s Python / engine "
-        "| fake workers' CPU µs/task Python / engine |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+REPORT_HEADER = (
+    "| workload | functions | workers | threads | tasks "
+    "| scheduler CPU µs/task Python / engine | ratio | tasks/s Python / engine "
+    "| fake workers' CPU µs/task Python / engine |"
+)
+REPORT_ALIGN = "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+
+
+def report_rows(rows: list[dict]) -> list[str]:
+    """One table row per configuration measured on both engines."""
     by = {(r["workload"], r["functions"], r["workers"], r["threads"], r["engine"]): r for r in rows}
     configs = ((r["workload"], r["functions"], r["workers"], r["threads"]) for r in rows)
+    lines = []
     for wl, fn, nw, nt in dict.fromkeys(configs):
         p, e = by.get((wl, fn, nw, nt, "python")), by.get((wl, fn, nw, nt, "rust"))
         if p is None or e is None:
@@ -396,7 +400,11 @@ def report(rows: list[dict]) -> str:
             f"| {p['cpu_us'] / e['cpu_us']:.2f}x | {p['tasks_per_s']:,.0f} / "
             f"{e['tasks_per_s']:,.0f} | {p['workers_cpu_us']:.0f} / {e['workers_cpu_us']:.0f} |"
         )
-    return "\n".join(lines)
+    return lines
+
+
+def report(rows: list[dict]) -> str:
+    return "\n".join([REPORT_HEADER, REPORT_ALIGN, *report_rows(rows)])
 
 
 def main() -> None:
