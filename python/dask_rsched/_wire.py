@@ -205,16 +205,10 @@ class WireComm(TCP):
         if self._closed:
             raise CommClosedError(f"{self!r} closed")
         if serializers is None:
-            try:
-                written = self._wire.write_batch(msg)
-            except OSError as e:
-                self.abort()
-                raise CommClosedError(f"{self!r}: {e}") from e
+            written = self._engine_write(self._wire.write_batch, msg)
             if written is not None:
                 nbytes, pending = written
-                if pending and not self._writing:
-                    self._writing = True
-                    self._loop.add_writer(self._fd, self._on_writable)
+                self._watch_writes(pending)
                 return nbytes
         try:
             frames = protocol.dumps(
@@ -235,15 +229,23 @@ class WireComm(TCP):
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         if self._closed:
             raise CommClosedError(f"{self!r} closed")
+        self._watch_writes(self._engine_write(self._wire.write, bytes(data)))
+        return nbytes
+
+    def _engine_write(self, write, data):
+        """`write(data)` on the engine's socket writer; a socket error ends the comm,
+        as a failed write ends a TCP comm."""
         try:
-            pending = self._wire.write(bytes(data))
+            return write(data)
         except OSError as e:
             self.abort()
             raise CommClosedError(f"{self!r}: {e}") from e
+
+    def _watch_writes(self, pending: bool) -> None:
+        """Bytes the socket did not take are written when it becomes writable."""
         if pending and not self._writing:
             self._writing = True
             self._loop.add_writer(self._fd, self._on_writable)
-        return nbytes
 
     def _on_writable(self) -> None:
         try:
