@@ -26,6 +26,9 @@ fn pickle_dumps(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .bind(py))
 }
 
+/// msgpack's largest str, bin, array or map; longer ones are distributed's to refuse.
+const MAX_LEN: usize = u32::MAX as usize;
+
 struct Encoder<'py> {
     py: Python<'py>,
     out: Vec<u8>,
@@ -127,8 +130,14 @@ impl<'py> Encoder<'py> {
             let Ok(s) = s.to_str() else {
                 return Ok(Err(Unsupported));
             };
+            if s.len() > MAX_LEN {
+                return Ok(Err(Unsupported));
+            }
             pack_str(&mut self.out, s);
         } else if let Ok(d) = o.cast_exact::<PyDict>() {
+            if d.len() > MAX_LEN {
+                return Ok(Err(Unsupported));
+            }
             head(&mut self.out, d.len(), 0x80, 15, None, 0xde, 0xdf);
             for (k, v) in d.iter() {
                 if self.value(&k)?.is_err() || self.value(&v)?.is_err() {
@@ -136,6 +145,9 @@ impl<'py> Encoder<'py> {
                 }
             }
         } else if let Ok(t) = o.cast_exact::<PyTuple>() {
+            if t.len() > MAX_LEN {
+                return Ok(Err(Unsupported));
+            }
             head(&mut self.out, t.len(), 0x90, 15, None, 0xdc, 0xdd);
             for v in t.iter() {
                 if self.value(&v)?.is_err() {
@@ -143,6 +155,9 @@ impl<'py> Encoder<'py> {
                 }
             }
         } else if let Ok(l) = o.cast_exact::<PyList>() {
+            if l.len() > MAX_LEN {
+                return Ok(Err(Unsupported));
+            }
             head(&mut self.out, l.len(), 0x90, 15, None, 0xdc, 0xdd);
             for v in l.iter() {
                 if self.value(&v)?.is_err() {
@@ -163,6 +178,9 @@ impl<'py> Encoder<'py> {
             self.out.push(0xcb);
             self.out.extend(f.value().to_be_bytes());
         } else if let Ok(b) = o.cast_exact::<PyBytes>() {
+            if b.as_bytes().len() > MAX_LEN {
+                return Ok(Err(Unsupported));
+            }
             pack_bin(&mut self.out, b.as_bytes());
         } else if o.get_type().is(&self.to_pickle) {
             return self.pickled(o);
@@ -189,7 +207,7 @@ impl<'py> Encoder<'py> {
         let Ok(pickled) = pickled.cast_exact::<PyBytes>() else {
             return Ok(Err(Unsupported));
         };
-        if !buffers.is_empty() {
+        if !buffers.is_empty() || pickled.as_bytes().len() > MAX_LEN {
             return Ok(Err(Unsupported));
         }
         let index = self.frames.len() + 1;
