@@ -15,11 +15,12 @@
 //! In-place operations cannot alias in Rust; CPython's `s |= s` is a no-op
 //! and `s -= s` is `s.clear()`.
 //!
-//! Memory: `size_of::<PySet<u32>>() == 40`. A set whose table is CPython's 8-slot
-//! smalltable with at most one element in it (the common case for a task's sets) owns
-//! no heap memory: the element, its slot and the dummy slots are kept inline.
-//! Otherwise the table is `mask + 1` entries of 16 bytes (for `T = u32`), exactly as
-//! many slots as CPython uses.
+//! Memory: `size_of::<PySet<u32>>() == 16` (so is `Option<PySet<u32>>`). A set whose
+//! table is CPython's 8-slot smalltable with at most one element in it (the common case
+//! for a task's sets) owns no heap memory: the element, its slot, the dummy slots and
+//! the pop finger are kept inline. Otherwise the table is `mask + 1` entries of 16 bytes
+//! (for `T = u32`), exactly as many slots as CPython uses, behind one pointer with the
+//! set's counters.
 
 use std::fmt;
 use std::iter::FusedIterator;
@@ -30,7 +31,7 @@ const MINSIZE: usize = 8;
 /// Hash stored in deleted slots; no live element has it (CPython maps -1 to -2).
 const DUMMY_HASH: i64 = -1;
 
-/// One table slot. `key == None` is empty (hash 0) or a dummy (hash -1).
+/// One heap-table slot. `key == None` is empty (hash 0) or a dummy (hash -1).
 #[derive(Clone, Copy)]
 struct Entry<T> {
     hash: i64,
@@ -45,62 +46,214 @@ impl<T: Copy> Entry<T> {
     };
 }
 
-/// A set's slots. CPython's 8-slot smalltable holding at most one element is kept
-/// inline (most task sets hold one task), anything else on the heap.
+/// The smalltable slot of an inline set's one element. An enum, so that its unused
+/// values hold `Table`'s tag (and `Option<PySet>`'s).
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Slot {
+    S0,
+    S1,
+    S2,
+    S3,
+    S4,
+    S5,
+    S6,
+    S7,
+}
+
+impl Slot {
+    const ALL: [Slot; MINSIZE] = [
+        Slot::S0,
+        Slot::S1,
+        Slot::S2,
+        Slot::S3,
+        Slot::S4,
+        Slot::S5,
+        Slot::S6,
+        Slot::S7,
+    ];
+
+    /// The first probe of `hash` in the smalltable.
+    #[inline]
+    fn of(i: usize) -> Slot {
+        Self::ALL[i & (MINSIZE - 1)]
+    }
+
+    #[inline]
+    fn idx(self) -> usize {
+        self as usize
+    }
+}
+
+/// A table on the heap with the set's counters: CPython's `fill` (active plus dummy
+/// slots), `used` (the length) and `finger` (`set_pop`'s search start, which survives
+/// resizes and `clear`).
+#[derive(Clone)]
+struct HeapTable<T> {
+    fill: u32,
+    used: u32,
+    finger: u32,
+    slots: Box<[Entry<T>]>,
+}
+
+/// A set's table. CPython's 8-slot smalltable holding at most one element (with a pop
+/// finger below 256) is kept inline, `dummies` being the bitmask of its deleted slots:
+/// most task sets hold one task. Anything else is on the heap.
 #[derive(Clone)]
 enum Table<T> {
-    /// The smalltable: `entry` (empty when the set is) sits at `slot`; `dummies` is
-    /// the bitmask of deleted slots.
-    Small {
-        entry: Entry<T>,
-        slot: u8,
+    Empty {
         dummies: u8,
+        finger: u8,
     },
-    Heap(Box<[Entry<T>]>),
+    One {
+        hash: i64,
+        key: T,
+        slot: Slot,
+        dummies: u8,
+        finger: u8,
+    },
+    Heap(Box<HeapTable<T>>),
 }
 
 impl<T: Copy> Table<T> {
-    const EMPTY: Self = Table::Small {
-        entry: Entry::EMPTY,
-        slot: 0,
+    const EMPTY: Self = Table::Empty {
         dummies: 0,
+        finger: 0,
     };
 
-    /// The slots, laid out.
-    fn slots(entry: Entry<T>, slot: u8, dummies: u8) -> [Entry<T>; MINSIZE] {
+    /// An empty smalltable with this pop finger.
+    fn empty_with_finger(finger: u32) -> Self {
+        match u8::try_from(finger) {
+            Ok(finger) => Table::Empty { dummies: 0, finger },
+            Err(_) => Table::Heap(Box::new(HeapTable {
+                fill: 0,
+                used: 0,
+                finger,
+                slots: new_table(MINSIZE).into_boxed_slice(),
+            })),
+        }
+    }
+
+    /// An inline table's 8 slots, laid out.
+    fn small_slots(&self) -> [Entry<T>; MINSIZE] {
         let mut slots = [Entry::EMPTY; MINSIZE];
+        let (dummies, one) = match self {
+            Table::Empty { dummies, .. } => (*dummies, None),
+            Table::One {
+                hash,
+                key,
+                slot,
+                dummies,
+                ..
+            } => (*dummies, Some((*slot, *key, *hash))),
+            Table::Heap(_) => return slots,
+        };
         for (i, e) in slots.iter_mut().enumerate() {
             if dummies & (1 << i) != 0 {
                 *e = Entry::DUMMY;
             }
         }
-        if entry.key.is_some() {
-            slots[slot as usize] = entry;
+        if let Some((slot, key, hash)) = one {
+            slots[slot.idx()] = Entry {
+                hash,
+                key: Some(key),
+            };
         }
         slots
     }
 
-    /// `slots` as a table, inline if it is a smalltable with at most one element.
-    fn from_slots(slots: &[Entry<T>]) -> Self {
-        if slots.len() == MINSIZE && slots.iter().filter(|e| e.key.is_some()).count() <= 1 {
-            let mut small = Self::EMPTY;
-            if let Table::Small {
-                entry,
+    /// `slots` as an inline table, if they are a smalltable with at most one element
+    /// and the finger fits.
+    fn inline(slots: &[Entry<T>], finger: u32) -> Option<Self> {
+        let finger = u8::try_from(finger).ok()?;
+        if slots.len() != MINSIZE {
+            return None;
+        }
+        let mut dummies = 0u8;
+        let mut one = None;
+        for (i, e) in slots.iter().enumerate() {
+            match e.key {
+                Some(_) if one.is_some() => return None,
+                Some(k) => one = Some((Slot::ALL[i], k, e.hash)),
+                None if e.hash == DUMMY_HASH => dummies |= 1 << i,
+                None => {}
+            }
+        }
+        Some(match one {
+            Some((slot, key, hash)) => Table::One {
+                hash,
+                key,
                 slot,
                 dummies,
-            } = &mut small
-            {
-                for (i, e) in slots.iter().enumerate() {
-                    match e.key {
-                        Some(_) => (*entry, *slot) = (*e, i as u8),
-                        None if e.hash == DUMMY_HASH => *dummies |= 1 << i,
-                        None => {}
-                    }
+                finger,
+            },
+            None => Table::Empty { dummies, finger },
+        })
+    }
+
+    /// `slots` with the set's counters as a table: inline when it can be.
+    fn build(slots: Vec<Entry<T>>, fill: u32, used: u32, finger: u32) -> Self {
+        if used <= 1 {
+            if let Some(t) = Self::inline(&slots, finger) {
+                return t;
+            }
+        }
+        Table::Heap(Box::new(HeapTable {
+            fill,
+            used,
+            finger,
+            slots: slots.into_boxed_slice(),
+        }))
+    }
+
+    /// Counters as (fill, used, finger).
+    #[inline]
+    fn counts(&self) -> (u32, u32, u32) {
+        match self {
+            Table::Empty { dummies, finger } => (dummies.count_ones(), 0, u32::from(*finger)),
+            Table::One {
+                dummies, finger, ..
+            } => (1 + dummies.count_ones(), 1, u32::from(*finger)),
+            Table::Heap(h) => (h.fill, h.used, h.finger),
+        }
+    }
+
+    /// This table with another set's pop finger.
+    fn with_finger(self, finger: u32) -> Self {
+        match self {
+            Table::Heap(mut h) => {
+                h.finger = finger;
+                Table::Heap(h)
+            }
+            small => {
+                let (fill, used, _) = small.counts();
+                match u8::try_from(finger) {
+                    Ok(f) => match small {
+                        Table::Empty { dummies, .. } => Table::Empty { dummies, finger: f },
+                        Table::One {
+                            hash,
+                            key,
+                            slot,
+                            dummies,
+                            ..
+                        } => Table::One {
+                            hash,
+                            key,
+                            slot,
+                            dummies,
+                            finger: f,
+                        },
+                        heap => heap,
+                    },
+                    Err(_) => Table::Heap(Box::new(HeapTable {
+                        fill,
+                        used,
+                        finger,
+                        slots: Box::new(small.small_slots()),
+                    })),
                 }
             }
-            return small;
         }
-        Table::Heap(slots.into())
     }
 }
 
@@ -159,21 +312,12 @@ fn place<T: Copy + Eq>(table: &mut [Entry<T>], item: T, hash: i64) -> Placed {
 #[derive(Clone)]
 pub struct PySet<T> {
     table: Table<T>,
-    /// Active + dummy slots.
-    fill: u32,
-    /// Active slots (the length).
-    used: u32,
-    /// `set_pop` search start; like CPython, survives resizes and `clear`.
-    finger: u32,
 }
 
 impl<T: Copy> Default for PySet<T> {
     fn default() -> Self {
         PySet {
             table: Table::EMPTY,
-            fill: 0,
-            used: 0,
-            finger: 0,
         }
     }
 }
@@ -273,28 +417,39 @@ impl<T: Copy + Eq> PySet<T> {
     /// Number of elements.
     #[inline]
     pub fn len(&self) -> usize {
-        self.used as usize
+        match &self.table {
+            Table::Empty { .. } => 0,
+            Table::One { .. } => 1,
+            Table::Heap(h) => h.used as usize,
+        }
     }
 
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.used == 0
+        self.len() == 0
     }
 
     #[inline]
     fn mask(&self) -> usize {
         match &self.table {
-            Table::Small { .. } => MINSIZE - 1,
-            Table::Heap(t) => t.len() - 1,
+            Table::Heap(h) => h.slots.len() - 1,
+            _ => MINSIZE - 1,
         }
+    }
+
+    #[inline]
+    fn finger(&self) -> u32 {
+        self.table.counts().2
     }
 
     /// A smalltable left with at most one element goes back inline.
     #[inline]
     fn compact(&mut self) {
-        if let Table::Heap(t) = &self.table {
-            if self.used <= 1 && t.len() == MINSIZE {
-                self.table = Table::from_slots(t);
+        if let Table::Heap(h) = &self.table {
+            if h.used <= 1 && h.slots.len() == MINSIZE {
+                if let Some(t) = Table::inline(&h.slots, h.finger) {
+                    self.table = t;
+                }
             }
         }
     }
@@ -303,10 +458,11 @@ impl<T: Copy + Eq> PySet<T> {
     #[inline]
     fn find(&self, item: T, hash: i64) -> Option<usize> {
         let table = match &self.table {
-            Table::Small { entry, slot, .. } => {
-                return (entry.key == Some(item) && entry.hash == hash).then_some(*slot as usize)
-            }
-            Table::Heap(t) => t,
+            Table::Empty { .. } => return None,
+            Table::One {
+                hash: h, key, slot, ..
+            } => return (*key == item && *h == hash).then_some(slot.idx()),
+            Table::Heap(h) => &h.slots,
         };
         let mask = table.len() - 1;
         let mut perturb = hash as usize;
@@ -338,7 +494,7 @@ impl<T: Copy + Eq> PySet<T> {
     /// Active plus dummy slots (CPython's `fill`).
     #[inline]
     pub fn fill(&self) -> usize {
-        self.fill as usize
+        self.table.counts().0 as usize
     }
 
     /// A dummy-free table of `mask + 1` slots holding `items` placed in this order by
@@ -351,10 +507,7 @@ impl<T: Copy + Eq> PySet<T> {
             used += 1;
         }
         PySet {
-            table: Table::from_slots(&table),
-            fill: used,
-            used,
-            finger: 0,
+            table: Table::build(table, used, used, 0),
         }
     }
 
@@ -367,39 +520,45 @@ impl<T: Copy + Eq> PySet<T> {
     /// `s.add(item)` (`set_add_entry`). Returns true if newly inserted.
     pub fn insert(&mut self, item: T, hash: i64) -> bool {
         let placed = match &mut self.table {
-            Table::Heap(t) => place(t, item, hash),
-            Table::Small {
-                entry,
-                slot,
-                dummies,
-            } => {
-                if entry.key.is_none() && *dummies == 0 {
-                    // the empty smalltable: no probing
-                    *entry = Entry {
-                        hash,
-                        key: Some(item),
-                    };
-                    *slot = (hash as usize & (MINSIZE - 1)) as u8;
-                    self.used = 1;
-                    self.fill = 1;
-                    return true;
-                }
-                let mut slots = Table::slots(*entry, *slot, *dummies);
+            Table::Heap(h) => place(&mut h.slots, item, hash),
+            &mut Table::Empty { dummies: 0, finger } => {
+                // the empty smalltable: no probing
+                self.table = Table::One {
+                    hash,
+                    key: item,
+                    slot: Slot::of(hash as usize),
+                    dummies: 0,
+                    finger,
+                };
+                return true;
+            }
+            small => {
+                let mut slots = small.small_slots();
                 let placed = place(&mut slots, item, hash);
                 if placed != Placed::Present {
-                    self.table = Table::Heap(Box::new(slots));
+                    let (fill, used, finger) = small.counts();
+                    self.table = Table::Heap(Box::new(HeapTable {
+                        fill,
+                        used,
+                        finger,
+                        slots: Box::new(slots),
+                    }));
                 }
                 placed
             }
         };
+        let Table::Heap(h) = &mut self.table else {
+            return false; // `Present`: an inline table is left as it was
+        };
         match placed {
             Placed::Present => return false,
-            Placed::Dummy => self.used += 1,
+            Placed::Dummy => h.used += 1,
             Placed::Empty => {
-                self.used += 1;
-                self.fill += 1;
-                if (self.fill as usize) * 5 >= self.mask() * 3 {
-                    self.resize(grow_target(self.used as usize));
+                h.used += 1;
+                h.fill += 1;
+                if (h.fill as usize) * 5 >= (h.slots.len() - 1) * 3 {
+                    let used = h.used as usize;
+                    self.resize(grow_target(used));
                 }
             }
         }
@@ -419,101 +578,118 @@ impl<T: Copy + Eq> PySet<T> {
         }
     }
 
+    /// Turns the active slot `idx` into a dummy.
     #[inline]
     fn kill(&mut self, idx: usize) {
         match &mut self.table {
-            Table::Small { entry, dummies, .. } => {
-                *entry = Entry::EMPTY;
-                *dummies |= 1 << idx;
+            &mut Table::One {
+                dummies, finger, ..
+            } => {
+                self.table = Table::Empty {
+                    dummies: dummies | 1 << idx,
+                    finger,
+                };
             }
-            Table::Heap(t) => t[idx] = Entry::DUMMY,
+            Table::Heap(h) => {
+                h.slots[idx] = Entry::DUMMY;
+                h.used -= 1;
+                self.compact();
+            }
+            Table::Empty { .. } => {}
         }
-        self.used -= 1;
-        self.compact();
     }
 
     /// `s.clear()`: back to the empty 8-slot table; the pop finger is kept.
     pub fn clear(&mut self) {
-        self.table = Table::EMPTY;
-        self.fill = 0;
-        self.used = 0;
+        self.table = Table::empty_with_finger(self.finger());
     }
 
     /// `s.pop()`: scans from the finger for the first active slot.
     pub fn pop(&mut self) -> Option<T> {
-        if self.used == 0 {
-            return None;
-        }
-        let i = match &self.table {
-            // the only active slot
-            Table::Small { slot, .. } => *slot as usize,
-            Table::Heap(table) => {
-                let mask = table.len() - 1;
-                let mut i = self.finger as usize & mask;
-                while table[i].key.is_none() {
-                    i = if i == mask { 0 } else { i + 1 };
+        let (i, key) = match &mut self.table {
+            Table::Empty { .. } => return None,
+            Table::One {
+                slot, key, finger, ..
+            } => {
+                // the only active slot
+                let i = slot.idx();
+                *finger = (i + 1) as u8;
+                (i, *key)
+            }
+            Table::Heap(h) => {
+                if h.used == 0 {
+                    return None;
                 }
-                i
+                let mask = h.slots.len() - 1;
+                let mut i = h.finger as usize & mask;
+                let key = loop {
+                    if let Some(k) = h.slots[i].key {
+                        break k;
+                    }
+                    i = if i == mask { 0 } else { i + 1 };
+                };
+                h.finger = (i + 1) as u32;
+                (i, key)
             }
         };
-        let key = match &self.table {
-            Table::Small { entry, .. } => entry.key,
-            Table::Heap(table) => table[i].key,
-        };
-        self.finger = (i + 1) as u32;
         self.kill(i);
-        key
+        Some(key)
     }
 
     /// `set_table_resize`: rebuild into the smallest power-of-two table
     /// (>= 8) larger than `minused`, dropping dummies.
     fn resize(&mut self, minused: usize) {
         let newsize = table_size_for(minused);
+        let (fill, used, finger) = self.table.counts();
         // Staying in the smalltable with no dummies is a no-op in CPython.
-        if newsize == MINSIZE && self.mask() == MINSIZE - 1 && self.fill == self.used {
+        if newsize == MINSIZE && self.mask() == MINSIZE - 1 && fill == used {
             return;
         }
         let old = std::mem::replace(&mut self.table, Table::EMPTY);
-        self.fill = self.used;
-        if newsize == MINSIZE && self.used == 0 {
-            return; // the empty smalltable needs no allocation
+        if newsize == MINSIZE && used == 0 {
+            // the empty smalltable needs no allocation
+            self.table = Table::empty_with_finger(finger);
+            return;
         }
         let mut table = new_table(newsize);
-        let old_slots: &[Entry<T>] = match &old {
-            Table::Small { entry, .. } => std::slice::from_ref(entry),
-            Table::Heap(t) => t,
-        };
-        for e in old_slots {
-            if let Some(k) = e.key {
-                insert_clean(&mut table, k, e.hash);
+        match &old {
+            Table::Empty { .. } => {}
+            Table::One { hash, key, .. } => insert_clean(&mut table, *key, *hash),
+            Table::Heap(h) => {
+                for e in h.slots.iter() {
+                    if let Some(k) = e.key {
+                        insert_clean(&mut table, k, e.hash);
+                    }
+                }
             }
         }
-        self.table = Table::from_slots(&table);
+        self.table = Table::build(table, used, used, finger);
     }
 
     /// `set_merge`: `self |= other` for a distinct set.
     fn merge(&mut self, other: &Self) {
-        if other.used == 0 {
+        let oused = other.len();
+        if oused == 0 {
             return;
         }
-        let (fill, oused) = (self.fill as usize, other.used as usize);
-        if (fill + oused) * 5 >= self.mask() * 3 {
-            self.resize((self.used as usize + oused) * 2);
+        if (self.fill() + oused) * 5 >= self.mask() * 3 {
+            self.resize((self.len() + oused) * 2);
         }
-        if self.fill == 0 {
-            if self.mask() == other.mask() && other.fill == other.used {
+        if self.fill() == 0 {
+            let finger = self.finger();
+            let table = if self.mask() == other.mask() && other.fill() == oused {
                 // Same size, no dummies: CPython copies the layout verbatim.
-                self.table = other.table.clone();
+                other.table.clone()
             } else {
                 // no element and no dummy: a fresh table of the same size
                 let mut table = new_table(self.mask() + 1);
                 for (k, h) in other.iter_hashed() {
                     insert_clean(&mut table, k, h);
                 }
-                self.table = Table::from_slots(&table);
-            }
-            self.fill = other.used;
-            self.used = other.used;
+                Table::build(table, oused as u32, oused as u32, 0)
+            };
+            self.table = table.with_finger(finger);
+            self.compact();
             return;
         }
         for (k, h) in other.iter_hashed() {
@@ -562,7 +738,7 @@ impl<T: Copy + Eq> PySet<T> {
         if std::ptr::eq(self, other) {
             return self.copy();
         }
-        let (probe, scan) = if other.used > self.used {
+        let (probe, scan) = if other.len() > self.len() {
             (other, self)
         } else {
             (self, other)
@@ -580,14 +756,13 @@ impl<T: Copy + Eq> PySet<T> {
     /// (`set_swap_bodies`), keeping this set's pop finger.
     pub fn intersection_update(&mut self, other: &Self) {
         let r = self.intersection(other);
-        self.table = r.table;
-        self.fill = r.fill;
-        self.used = r.used;
+        self.table = r.table.with_finger(self.finger());
+        self.compact();
     }
 
     /// `s - t` / `s.difference(t)`.
     pub fn difference(&self, other: &Self) -> Self {
-        if (self.used >> 2) > other.used {
+        if (self.len() >> 2) > other.len() {
             // Much larger than `other`: copy, then discard (may shrink).
             let mut r = self.copy();
             r.difference_update(other);
@@ -605,26 +780,27 @@ impl<T: Copy + Eq> PySet<T> {
     /// `s -= t` / `s.difference_update(t)`: discards, then rebuilds if more
     /// than a quarter of the slots are dummies.
     pub fn difference_update(&mut self, other: &Self) {
-        if self.used != 0 && other.used != 0 {
-            if other.used > self.used {
+        if !self.is_empty() && !other.is_empty() {
+            if other.len() > self.len() {
                 // Discard order does not affect the layout, so scan the smaller.
                 match &mut self.table {
-                    Table::Small {
-                        entry,
+                    &mut Table::One {
+                        hash,
+                        key,
                         slot,
                         dummies,
+                        finger,
                     } => {
-                        if let Some(k) = entry.key {
-                            if other.contains(k, entry.hash) {
-                                *entry = Entry::EMPTY;
-                                *dummies |= 1 << *slot;
-                                self.used -= 1;
-                            }
+                        if other.contains(key, hash) {
+                            self.table = Table::Empty {
+                                dummies: dummies | 1 << slot.idx(),
+                                finger,
+                            };
                         }
                     }
-                    Table::Heap(table) => {
+                    Table::Heap(h) => {
                         let mut removed = 0;
-                        for e in table.iter_mut() {
+                        for e in h.slots.iter_mut() {
                             if let Some(k) = e.key {
                                 if other.contains(k, e.hash) {
                                     *e = Entry::DUMMY;
@@ -632,9 +808,10 @@ impl<T: Copy + Eq> PySet<T> {
                                 }
                             }
                         }
-                        self.used -= removed;
+                        h.used -= removed;
                         self.compact();
                     }
+                    Table::Empty { .. } => {}
                 }
             } else {
                 for (k, h) in other.iter_hashed() {
@@ -642,8 +819,8 @@ impl<T: Copy + Eq> PySet<T> {
                 }
             }
         }
-        if ((self.fill - self.used) as usize) > self.mask() / 4 {
-            self.resize(grow_target(self.used as usize));
+        if self.fill() - self.len() > self.mask() / 4 {
+            self.resize(grow_target(self.len()));
         }
     }
 
@@ -658,13 +835,22 @@ impl<T: Copy + Eq> PySet<T> {
     /// `(element, hash)` pairs in CPython iteration order.
     #[inline]
     pub fn iter_hashed(&self) -> IterHashed<'_, T> {
-        let slots: &[Entry<T>] = match &self.table {
-            Table::Small { entry, .. } => std::slice::from_ref(entry),
-            Table::Heap(t) => t,
-        };
-        IterHashed {
-            slots: slots.iter(),
-            left: self.used as usize,
+        match &self.table {
+            Table::Heap(h) => IterHashed {
+                slots: h.slots.iter(),
+                one: None,
+                left: h.used as usize,
+            },
+            Table::One { hash, key, .. } => IterHashed {
+                slots: [].iter(),
+                one: Some((*key, *hash)),
+                left: 1,
+            },
+            Table::Empty { .. } => IterHashed {
+                slots: [].iter(),
+                one: None,
+                left: 0,
+            },
         }
     }
 }
@@ -673,6 +859,8 @@ impl<T: Copy + Eq> PySet<T> {
 #[derive(Clone)]
 pub struct IterHashed<'a, T> {
     slots: std::slice::Iter<'a, Entry<T>>,
+    /// An inline set's element.
+    one: Option<(T, i64)>,
     left: usize,
 }
 
@@ -684,6 +872,10 @@ impl<T: Copy> Iterator for IterHashed<'_, T> {
         if self.left == 0 {
             return None;
         }
+        if let Some(one) = self.one.take() {
+            self.left -= 1;
+            return Some(one);
+        }
         for e in self.slots.by_ref() {
             if let Some(k) = e.key {
                 self.left -= 1;
@@ -692,6 +884,7 @@ impl<T: Copy> Iterator for IterHashed<'_, T> {
         }
         None
     }
+
 
     #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -988,11 +1181,11 @@ mod tests {
     #[test]
     fn layout_and_basics() {
         if cfg!(target_pointer_width = "64") {
-            assert_eq!(std::mem::size_of::<PySet<u32>>(), 40);
+            assert_eq!(std::mem::size_of::<PySet<u32>>(), 16);
+            assert_eq!(std::mem::size_of::<Option<PySet<u32>>>(), 16);
         }
         let mut s: PySet<u32> = PySet::default();
-        let inline_empty =
-            |s: &PySet<u32>| matches!(s.table, Table::Small { entry, .. } if entry.key.is_none());
+        let inline_empty = |s: &PySet<u32>| matches!(s.table, Table::Empty { .. });
         assert!(inline_empty(&s) && s.is_empty() && s.pop().is_none());
         // {8, 1, 16}: 8 and 16 both start at slot 0; 16 probes on to slot 3.
         for x in [8, 1, 16] {
@@ -1003,17 +1196,44 @@ mod tests {
         assert_eq!(format!("{s:?}"), "{8, 1, 16}");
         assert!(s.contains(16, 16) && !s.contains(2, 2));
         assert!(s.remove(8, 8) && !s.remove(8, 8));
-        assert_eq!((s.len(), s.fill), (2, 3));
+        assert_eq!((s.len(), s.fill()), (2, 3));
         assert_eq!(s.pop(), Some(1));
+        assert!(matches!(s.table, Table::One { .. }), "one element left: inline");
         s.clear();
         assert!(inline_empty(&s) && s.is_empty());
-        assert_eq!(s.finger, 2, "clear keeps the pop finger");
+        assert_eq!(s.finger(), 2, "clear keeps the pop finger");
         let c = PySet::from_iter_hashed([(7u32, -7), (9, i64::MIN), (3, i64::MAX)]);
         assert_eq!(
             c.clone().iter().collect::<Vec<_>>(),
             c.iter().collect::<Vec<_>>()
         );
         assert_eq!((&c).into_iter().len(), 3);
+    }
+
+    /// A pop finger too large to keep inline keeps the table on the heap, and it
+    /// survives `clear` and the growth that follows, as in CPython.
+    #[test]
+    fn large_finger_survives_clear() {
+        let mut s: PySet<u32> = PySet::new();
+        for x in 0..400u32 {
+            s.insert(x, i64::from(x));
+        }
+        for _ in 0..300 {
+            s.pop();
+        }
+        let finger = s.finger();
+        assert!(finger > 255);
+        s.clear();
+        assert_eq!(s.finger(), finger);
+        assert!(s.is_empty() && s.fill() == 0 && s.table_mask() == 7);
+        s.insert(5, 5);
+        assert_eq!(s.finger(), finger);
+        for x in 0..600u32 {
+            s.insert(x, i64::from(x));
+        }
+        let mask = s.table_mask() as u32;
+        let start = finger & mask;
+        assert_eq!(s.pop(), Some(start), "pop starts at finger & mask");
     }
 
     /// `insertion_order` lays small sets out as inserting them one by one does.

@@ -229,7 +229,7 @@ fn record_sizes() {
     let task = std::mem::size_of::<crate::core::entities::Task<String>>();
     let set = std::mem::size_of::<crate::core::entities::TaskSet>();
     println!("Task<String>: {task} bytes, PySet: {set} bytes");
-    assert!(task <= 400, "Task grew to {task} bytes");
+    assert!(task <= 280, "Task grew to {task} bytes");
 }
 
 #[test]
