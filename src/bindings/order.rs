@@ -448,6 +448,11 @@ pub fn pyset_order<'py>(py: Python<'py>, ops: Vec<(u8, i64)>) -> PyResult<Bound<
     let mut s: PySet<i64> = PySet::new();
     let mut popped = Vec::new();
     for (op, v) in ops {
+        if v == i64::MIN {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "pyset_order: values must be above -2**63",
+            ));
+        }
         // an int hashes to itself (except -1)
         let h = if v == -1 { -2 } else { v };
         match op {

@@ -4,7 +4,6 @@
 //! so ties and re-queued tasks order exactly as distributed orders them.
 
 use crate::core::types::{CoreError, CoreResult, Priority, TaskId};
-use hashbrown::HashMap;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
@@ -40,8 +39,11 @@ impl Ord for Entry {
 #[derive(Clone, Debug, Default)]
 pub struct HeapSet {
     heap: BinaryHeap<Entry>,
-    /// member task -> its serial
-    data: HashMap<TaskId, u64>,
+    /// By task index: the member's serial + 1, 0 for a task that is not a member (a
+    /// dense table: no hashing, 8 bytes per task slot).
+    data: Vec<u64>,
+    /// Members.
+    len: usize,
     inc: u64,
     /// Heap entries without priority (kept so `add` need not scan the heap).
     unprioritised: usize,
@@ -49,25 +51,25 @@ pub struct HeapSet {
 
 impl HeapSet {
     pub fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.len == 0
     }
 
     pub fn contains(&self, t: TaskId) -> bool {
-        self.data.contains_key(&t)
+        self.data.get(t.idx()).is_some_and(|&s| s != 0)
     }
 
     fn live(&self, e: &Entry) -> bool {
-        self.data.get(&e.task) == Some(&e.serial)
+        self.data.get(e.task.idx()) == Some(&(e.serial + 1))
     }
 
     /// Python compares `None` with a tuple only when the heap holds another entry, and
     /// then raises `TypeError`; that case is an error here too.
     pub fn add(&mut self, t: TaskId, serial: u64, priority: Option<Priority>) -> CoreResult<()> {
-        if self.data.contains_key(&t) {
+        if self.contains(t) {
             return Ok(());
         }
         if !self.heap.is_empty() && (priority.is_none() || self.unprioritised > 0) {
@@ -82,20 +84,29 @@ impl HeapSet {
             task: t,
             serial,
         });
-        self.data.insert(t, serial);
+        if t.idx() >= self.data.len() {
+            // a third more room than asked: tasks are added in roughly index order
+            let len = (t.idx() + 1).max(self.data.len() + self.data.len() / 3);
+            self.data.resize(len, 0);
+        }
+        self.data[t.idx()] = serial + 1;
+        self.len += 1;
         self.inc += 1;
         Ok(())
     }
 
     pub fn discard(&mut self, t: TaskId) {
-        self.data.remove(&t);
-        if self.data.is_empty() {
+        if let Some(s) = self.data.get_mut(t.idx()).filter(|s| **s != 0) {
+            *s = 0;
+            self.len -= 1;
+        }
+        if self.len == 0 {
             self.clear();
         }
     }
 
     pub fn peek(&mut self) -> Option<TaskId> {
-        if self.data.is_empty() {
+        if self.len == 0 {
             return None;
         }
         while let Some(top) = self.heap.peek() {
@@ -123,8 +134,13 @@ impl HeapSet {
 
     /// `clear()` empties the heap but keeps the insertion counter, as distributed does.
     pub fn clear(&mut self) {
-        self.heap.clear();
-        self.data.clear();
+        // every member has a heap entry
+        for e in self.heap.drain() {
+            if let Some(s) = self.data.get_mut(e.task.idx()) {
+                *s = 0;
+            }
+        }
+        self.len = 0;
         self.unprioritised = 0;
     }
 }

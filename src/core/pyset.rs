@@ -31,19 +31,52 @@ const MINSIZE: usize = 8;
 /// Hash stored in deleted slots; no live element has it (CPython maps -1 to -2).
 const DUMMY_HASH: i64 = -1;
 
-/// One heap-table slot. `key == None` is empty (hash 0) or a dummy (hash -1).
-#[derive(Clone, Copy)]
-struct Entry<T> {
-    hash: i64,
-    key: Option<T>,
+/// A set element: a small id with one value no element takes, which marks a slot
+/// that holds none.
+pub trait SetKey: Copy + Eq {
+    const VACANT: Self;
 }
 
-impl<T: Copy> Entry<T> {
-    const EMPTY: Self = Entry { hash: 0, key: None };
+impl SetKey for u32 {
+    const VACANT: Self = u32::MAX;
+}
+
+impl SetKey for i64 {
+    const VACANT: Self = i64::MIN;
+}
+
+/// One heap-table slot: 12 bytes for a 4-byte key (packed: the hash is read unaligned).
+/// `key == VACANT` is empty (hash 0) or a dummy (hash -1).
+#[repr(C, packed(4))]
+struct Entry<T> {
+    hash: i64,
+    key: T,
+}
+
+impl<T: Copy> Clone for Entry<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: Copy> Copy for Entry<T> {}
+
+impl<T: SetKey> Entry<T> {
+    const EMPTY: Self = Entry {
+        hash: 0,
+        key: T::VACANT,
+    };
     const DUMMY: Self = Entry {
         hash: DUMMY_HASH,
-        key: None,
+        key: T::VACANT,
     };
+
+    /// The element in this slot, if any.
+    #[inline]
+    fn key(&self) -> Option<T> {
+        let key = self.key;
+        (key != T::VACANT).then_some(key)
+    }
 }
 
 /// The smalltable slot of an inline set's one element. An enum, so that its unused
@@ -88,7 +121,6 @@ impl Slot {
 /// A table on the heap with the set's counters: CPython's `fill` (active plus dummy
 /// slots), `used` (the length) and `finger` (`set_pop`'s search start, which survives
 /// resizes and `clear`).
-#[derive(Clone)]
 struct HeapTable<T> {
     fill: u32,
     used: u32,
@@ -96,10 +128,18 @@ struct HeapTable<T> {
     slots: Box<[Entry<T>]>,
 }
 
+impl<T: Copy> Clone for HeapTable<T> {
+    fn clone(&self) -> Self {
+        HeapTable {
+            slots: self.slots.clone(),
+            ..*self
+        }
+    }
+}
+
 /// A set's table. CPython's 8-slot smalltable holding at most one element (with a pop
 /// finger below 256) is kept inline, `dummies` being the bitmask of its deleted slots:
 /// most task sets hold one task. Anything else is on the heap.
-#[derive(Clone)]
 enum Table<T> {
     Empty {
         dummies: u8,
@@ -115,7 +155,32 @@ enum Table<T> {
     Heap(Box<HeapTable<T>>),
 }
 
-impl<T: Copy> Table<T> {
+impl<T: Copy> Clone for Table<T> {
+    fn clone(&self) -> Self {
+        match self {
+            Table::Empty { dummies, finger } => Table::Empty {
+                dummies: *dummies,
+                finger: *finger,
+            },
+            Table::One {
+                hash,
+                key,
+                slot,
+                dummies,
+                finger,
+            } => Table::One {
+                hash: *hash,
+                key: *key,
+                slot: *slot,
+                dummies: *dummies,
+                finger: *finger,
+            },
+            Table::Heap(h) => Table::Heap(h.clone()),
+        }
+    }
+}
+
+impl<T: SetKey> Table<T> {
     const EMPTY: Self = Table::Empty {
         dummies: 0,
         finger: 0,
@@ -156,7 +221,7 @@ impl<T: Copy> Table<T> {
         if let Some((slot, key, hash)) = one {
             slots[slot.idx()] = Entry {
                 hash,
-                key: Some(key),
+                key,
             };
         }
         slots
@@ -172,7 +237,7 @@ impl<T: Copy> Table<T> {
         let mut dummies = 0u8;
         let mut one = None;
         for (i, e) in slots.iter().enumerate() {
-            match e.key {
+            match e.key() {
                 Some(_) if one.is_some() => return None,
                 Some(k) => one = Some((Slot::ALL[i], k, e.hash)),
                 None if e.hash == DUMMY_HASH => dummies |= 1 << i,
@@ -268,7 +333,7 @@ enum Placed {
 }
 
 /// `set_add_entry`'s probe: puts `item` into `table` unless it is there.
-fn place<T: Copy + Eq>(table: &mut [Entry<T>], item: T, hash: i64) -> Placed {
+fn place<T: SetKey>(table: &mut [Entry<T>], item: T, hash: i64) -> Placed {
     let mask = table.len() - 1;
     let mut perturb = hash as usize;
     let mut i = hash as usize & mask;
@@ -282,7 +347,7 @@ fn place<T: Copy + Eq>(table: &mut [Entry<T>], item: T, hash: i64) -> Placed {
             i
         };
         for (j, e) in table[i..=end].iter().enumerate() {
-            match e.key {
+            match e.key() {
                 Some(k) if e.hash == hash && k == item => return Placed::Present,
                 Some(_) => {}
                 None if e.hash != DUMMY_HASH => break 'probe i + j,
@@ -295,7 +360,7 @@ fn place<T: Copy + Eq>(table: &mut [Entry<T>], item: T, hash: i64) -> Placed {
         Some(f) => {
             table[f] = Entry {
                 hash,
-                key: Some(item),
+                key: item,
             };
             return Placed::Dummy;
         }
@@ -303,18 +368,25 @@ fn place<T: Copy + Eq>(table: &mut [Entry<T>], item: T, hash: i64) -> Placed {
     };
     table[slot] = Entry {
         hash,
-        key: Some(item),
+        key: item,
     };
     placed
 }
 
 /// Set with CPython 3.11 `set` iteration order. See the module docs.
-#[derive(Clone)]
 pub struct PySet<T> {
     table: Table<T>,
 }
 
-impl<T: Copy> Default for PySet<T> {
+impl<T: Copy> Clone for PySet<T> {
+    fn clone(&self) -> Self {
+        PySet {
+            table: self.table.clone(),
+        }
+    }
+}
+
+impl<T: SetKey> Default for PySet<T> {
     fn default() -> Self {
         PySet {
             table: Table::EMPTY,
@@ -323,7 +395,7 @@ impl<T: Copy> Default for PySet<T> {
 }
 
 #[inline]
-fn new_table<T: Copy>(size: usize) -> Vec<Entry<T>> {
+fn new_table<T: SetKey>(size: usize) -> Vec<Entry<T>> {
     vec![Entry::EMPTY; size]
 }
 
@@ -335,7 +407,7 @@ fn next_probe(i: usize, perturb: &mut usize, mask: usize) -> usize {
 }
 
 /// `set_insert_clean`: place a key known to be absent into a dummy-free table.
-fn insert_clean<T: Copy>(table: &mut [Entry<T>], key: T, hash: i64) {
+fn insert_clean<T: SetKey>(table: &mut [Entry<T>], key: T, hash: i64) {
     let mask = table.len() - 1;
     let mut perturb = hash as usize;
     let mut i = hash as usize & mask;
@@ -346,10 +418,10 @@ fn insert_clean<T: Copy>(table: &mut [Entry<T>], key: T, hash: i64) {
             i
         };
         for e in &mut table[i..=end] {
-            if e.key.is_none() {
+            if e.key().is_none() {
                 *e = Entry {
                     hash,
-                    key: Some(key),
+                    key,
                 };
                 return;
             }
@@ -361,7 +433,7 @@ fn insert_clean<T: Copy>(table: &mut [Entry<T>], key: T, hash: i64) {
 /// The iteration order of a fresh set after inserting `items` (distinct elements) in
 /// order, written to `out`; up to four elements stay in CPython's 8-slot smalltable,
 /// which is laid out here without allocating.
-pub fn insertion_order<T: Copy + Eq>(items: &[(T, i64)], out: &mut Vec<T>) {
+pub fn insertion_order<T: SetKey>(items: &[(T, i64)], out: &mut Vec<T>) {
     if items.len() <= 1 {
         out.extend(items.iter().map(|&(k, _)| k));
         return;
@@ -407,7 +479,7 @@ pub(crate) fn grow_target(used: usize) -> usize {
     }
 }
 
-impl<T: Copy + Eq> PySet<T> {
+impl<T: SetKey> PySet<T> {
     /// Empty set (no allocation), like `set()`.
     #[inline]
     pub fn new() -> Self {
@@ -474,7 +546,7 @@ impl<T: Copy + Eq> PySet<T> {
                 i
             };
             for (j, e) in table[i..=end].iter().enumerate() {
-                match e.key {
+                match e.key() {
                     Some(k) if e.hash == hash && k == item => return Some(i + j),
                     Some(_) => {}
                     None if e.hash != DUMMY_HASH => return None,
@@ -623,7 +695,7 @@ impl<T: Copy + Eq> PySet<T> {
                 let mask = h.slots.len() - 1;
                 let mut i = h.finger as usize & mask;
                 let key = loop {
-                    if let Some(k) = h.slots[i].key {
+                    if let Some(k) = h.slots[i].key() {
                         break k;
                     }
                     i = if i == mask { 0 } else { i + 1 };
@@ -657,7 +729,7 @@ impl<T: Copy + Eq> PySet<T> {
             Table::One { hash, key, .. } => insert_clean(&mut table, *key, *hash),
             Table::Heap(h) => {
                 for e in h.slots.iter() {
-                    if let Some(k) = e.key {
+                    if let Some(k) = e.key() {
                         insert_clean(&mut table, k, e.hash);
                     }
                 }
@@ -801,7 +873,7 @@ impl<T: Copy + Eq> PySet<T> {
                     Table::Heap(h) => {
                         let mut removed = 0;
                         for e in h.slots.iter_mut() {
-                            if let Some(k) = e.key {
+                            if let Some(k) = e.key() {
                                 if other.contains(k, e.hash) {
                                     *e = Entry::DUMMY;
                                     removed += 1;
@@ -864,7 +936,7 @@ pub struct IterHashed<'a, T> {
     left: usize,
 }
 
-impl<T: Copy> Iterator for IterHashed<'_, T> {
+impl<T: SetKey> Iterator for IterHashed<'_, T> {
     type Item = (T, i64);
 
     #[inline]
@@ -877,7 +949,7 @@ impl<T: Copy> Iterator for IterHashed<'_, T> {
             return Some(one);
         }
         for e in self.slots.by_ref() {
-            if let Some(k) = e.key {
+            if let Some(k) = e.key() {
                 self.left -= 1;
                 return Some((k, e.hash));
             }
@@ -892,8 +964,8 @@ impl<T: Copy> Iterator for IterHashed<'_, T> {
     }
 }
 
-impl<T: Copy> ExactSizeIterator for IterHashed<'_, T> {}
-impl<T: Copy> FusedIterator for IterHashed<'_, T> {}
+impl<T: SetKey> ExactSizeIterator for IterHashed<'_, T> {}
+impl<T: SetKey> FusedIterator for IterHashed<'_, T> {}
 
 /// Iterator over elements in CPython order.
 #[derive(Clone)]
@@ -901,7 +973,7 @@ pub struct Iter<'a, T> {
     inner: IterHashed<'a, T>,
 }
 
-impl<T: Copy> Iterator for Iter<'_, T> {
+impl<T: SetKey> Iterator for Iter<'_, T> {
     type Item = T;
 
     #[inline]
@@ -915,10 +987,10 @@ impl<T: Copy> Iterator for Iter<'_, T> {
     }
 }
 
-impl<T: Copy> ExactSizeIterator for Iter<'_, T> {}
-impl<T: Copy> FusedIterator for Iter<'_, T> {}
+impl<T: SetKey> ExactSizeIterator for Iter<'_, T> {}
+impl<T: SetKey> FusedIterator for Iter<'_, T> {}
 
-impl<'a, T: Copy + Eq> IntoIterator for &'a PySet<T> {
+impl<'a, T: SetKey> IntoIterator for &'a PySet<T> {
     type Item = T;
     type IntoIter = Iter<'a, T>;
 
@@ -928,7 +1000,7 @@ impl<'a, T: Copy + Eq> IntoIterator for &'a PySet<T> {
     }
 }
 
-impl<T: Copy + Eq + fmt::Debug> fmt::Debug for PySet<T> {
+impl<T: SetKey + fmt::Debug> fmt::Debug for PySet<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.iter()).finish()
     }
@@ -936,7 +1008,7 @@ impl<T: Copy + Eq + fmt::Debug> fmt::Debug for PySet<T> {
 
 /// `if not s: s = set()`: an empty set (even an emptied one, whose table has grown) is
 /// replaced by a fresh one, which iterates differently.
-pub fn fresh_if_empty<T: Copy + Eq>(s: &mut Option<PySet<T>>) -> &mut PySet<T> {
+pub fn fresh_if_empty<T: SetKey>(s: &mut Option<PySet<T>>) -> &mut PySet<T> {
     if s.as_ref().is_none_or(|x| x.is_empty()) {
         *s = Some(PySet::new());
     }

@@ -12,6 +12,10 @@ macro_rules! id_type {
                 self.0 as usize
             }
         }
+        // arena indices stop far below u32::MAX (each slot is hundreds of bytes)
+        impl crate::core::pyset::SetKey for $name {
+            const VACANT: Self = $name(u32::MAX);
+        }
     };
 }
 id_type!(TaskId);
