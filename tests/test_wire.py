@@ -196,6 +196,41 @@ def test_encoder_writes_distributeds_bytes():
         assert encode_batch(msg) == distributed_bytes(msg)
 
 
+def _in_main():
+    return 1
+
+
+def test_encoder_pickles_run_specs_as_distributed():
+    """The run_spec's pickle is distributed's `dumps`: plain pickle, cloudpickle where
+    the pickle names `__main__` (short, or long without `_always_use_pickle_for`), and
+    distributed's own path where pickle fails or a module is pickled by value."""
+    import operator
+
+    import cloudpickle
+    from dask._task_spec import Task, TaskRef
+    from dask_rsched._core import encode_batch
+    from distributed.protocol.serialize import ToPickle
+
+    main_fn = _in_main
+    specs = [
+        Task("a", operator.add, TaskRef("y"), 1),
+        Task("b", operator.add, "__main__", 1),  # names __main__: cloudpickle
+        Task("c", operator.add, "__main__" + "x" * 2000, 1),  # long
+        Task("d", lambda x: x, 1),  # pickle fails: distributed's path
+        Task("e", main_fn, TaskRef("y")),
+    ]
+    for spec in specs:
+        msg = [{"op": "compute-task", "run_spec": ToPickle(spec)}]
+        assert encode_batch(msg) == distributed_bytes(msg)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        for spec in specs:
+            msg = [{"op": "compute-task", "run_spec": ToPickle(spec)}]
+            assert encode_batch(msg) == distributed_bytes(msg)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
 def test_encoder_leaves_the_rest_to_distributed():
     import numpy as np
     from dask_rsched._core import encode_batch

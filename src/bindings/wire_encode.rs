@@ -12,18 +12,39 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
-static PICKLE_DUMPS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// What distributed's `protocol.pickle.dumps` calls, read from that module.
+struct Pickling {
+    /// `distributed.protocol.pickle.dumps`: pickle, or cloudpickle where it must.
+    dumps: Py<PyAny>,
+    /// `pickle.dumps`, as that module names it
+    pickle_dumps: Py<PyAny>,
+    /// `HIGHEST_PROTOCOL`, its default protocol
+    protocol: Py<PyAny>,
+    /// `cloudpickle.list_registry_pickle_by_value`
+    registry: Py<PyAny>,
+    /// `cloudpickle.dumps`
+    cloudpickle_dumps: Py<PyAny>,
+    /// `_always_use_pickle_for`
+    always_use_pickle_for: Py<PyAny>,
+}
 
-/// `distributed.protocol.pickle.dumps`: pickle, or cloudpickle where it must.
-fn pickle_dumps(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    Ok(PICKLE_DUMPS
-        .get_or_try_init(py, || -> PyResult<_> {
-            Ok(py
-                .import("distributed.protocol.pickle")?
-                .getattr("dumps")?
-                .unbind())
-        })?
-        .bind(py))
+static PICKLING: PyOnceLock<Pickling> = PyOnceLock::new();
+
+fn pickling(py: Python<'_>) -> PyResult<&Pickling> {
+    PICKLING.get_or_try_init(py, || -> PyResult<_> {
+        let m = py.import("distributed.protocol.pickle")?;
+        Ok(Pickling {
+            dumps: m.getattr("dumps")?.unbind(),
+            pickle_dumps: m.getattr("pickle")?.getattr("dumps")?.unbind(),
+            protocol: m.getattr("HIGHEST_PROTOCOL")?.unbind(),
+            registry: m
+                .getattr("cloudpickle")?
+                .getattr("list_registry_pickle_by_value")?
+                .unbind(),
+            cloudpickle_dumps: m.getattr("cloudpickle")?.getattr("dumps")?.unbind(),
+            always_use_pickle_for: m.getattr("_always_use_pickle_for")?.unbind(),
+        })
+    })
 }
 
 /// msgpack's largest str, bin, array or map; longer ones are distributed's to refuse.
@@ -193,16 +214,53 @@ impl<'py> Encoder<'py> {
     /// `create_pickled_sub_frames`: the pickle in a sub-header, no buffers.
     fn pickled(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
         let py = self.py;
+        let p = pickling(py)?;
         let buffers = PyList::empty(py);
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(
-            intern!(py, "buffer_callback"),
-            buffers.getattr(intern!(py, "append"))?,
-        )?;
+        let append = buffers.getattr(intern!(py, "append"))?;
         let data = o.getattr(intern!(py, "data"))?;
-        // A failing pickle goes to distributed's path, which logs and raises it.
-        let Ok(pickled) = pickle_dumps(py)?.call((data,), Some(&kwargs)) else {
-            return Ok(Err(Unsupported));
+        // distributed's `dumps`, step by step: `pickle.dumps`; cloudpickle instead if
+        // the bytes name `__main__` (unless they are long and `_always_use_pickle_for`
+        // says so). A failure, or a module registered for pickling by value, is left to
+        // `dumps` itself, which logs and raises as it does.
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
+        kwargs.set_item(intern!(py, "buffer_callback"), &append)?;
+        let mut pickled = None;
+        if p.registry.bind(py).call0()?.len()? == 0 {
+            if let Ok(r) = p.pickle_dumps.bind(py).call((&data,), Some(&kwargs)) {
+                let names_main = r
+                    .cast_exact::<PyBytes>()
+                    .is_ok_and(|b| b.as_bytes().windows(8).any(|w| w == b"__main__"));
+                pickled = if !names_main {
+                    Some(r)
+                } else if r.len()? < 1000
+                    || !p
+                        .always_use_pickle_for
+                        .bind(py)
+                        .call1((&data,))?
+                        .is_truthy()?
+                {
+                    buffers.call_method0(intern!(py, "clear"))?;
+                    p.cloudpickle_dumps
+                        .bind(py)
+                        .call((&data,), Some(&kwargs))
+                        .ok()
+                } else {
+                    Some(r)
+                };
+            }
+        }
+        let pickled = match pickled {
+            Some(r) => r,
+            None => {
+                buffers.call_method0(intern!(py, "clear"))?;
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(intern!(py, "buffer_callback"), &append)?;
+                let Ok(r) = p.dumps.bind(py).call((data,), Some(&kwargs)) else {
+                    return Ok(Err(Unsupported));
+                };
+                r
+            }
         };
         let Ok(pickled) = pickled.cast_exact::<PyBytes>() else {
             return Ok(Err(Unsupported));

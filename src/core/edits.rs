@@ -6,10 +6,10 @@ use crate::core::state::SchedulerState;
 use crate::core::types::*;
 
 impl<P: Clone> SchedulerState<P> {
-    /// `ts.processing_on = ws` (tests corrupt the state on purpose; the next
+    /// `ts.set_processing_on(ws` (tests corrupt the state on purpose); the next
     /// transition of the task then fails as distributed's does).
     pub fn set_processing_on(&mut self, t: TaskId, w: Option<WorkerId>) {
-        self.ts_mut(t).processing_on = w;
+        self.ts_mut(t).set_processing_on(w);
     }
 
     /// `ts._queueable = False` keeps a root-ish task out of `queued` (P2P outputs).
@@ -42,7 +42,7 @@ impl<P: Clone> SchedulerState<P> {
 
     /// `ts.metadata = {...}`
     pub fn set_metadata(&mut self, t: TaskId, value: Option<P>) {
-        self.ts_mut(t).metadata = value;
+        self.ts_mut(t).set_metadata(value);
     }
 
     /// `ts.suspicious += 1` (`remove_worker`)

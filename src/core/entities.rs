@@ -26,16 +26,16 @@ pub struct Task<P> {
     pub waiting_on: Option<TaskSet>,
     pub waiters: Option<TaskSet>,
     pub who_has: Option<WorkerSet>,
-    pub processing_on: Option<WorkerId>,
+    /// Read with `processing_on()`.
+    pub(crate) processing_on: OptId<WorkerId>,
     pub nbytes: i64,
     /// `ts.type`, interned (`SchedulerState::strings`): few distinct names.
-    pub type_: Option<u32>,
+    pub type_: OptId<u32>,
     /// Errors, restrictions, retries: few tasks have any, so they live out of line.
     pub rare: Option<Box<TaskRare<P>>>,
     pub actor: bool,
     pub group: GroupId,
     pub prefix: PrefixId,
-    pub metadata: Option<P>,
     pub annotations: Option<P>,
     /// `ts.annotations` is a dict of its own holding only the group's
     /// `span_annotation` (or nothing), not made until something reads it: the spans
@@ -65,6 +65,8 @@ pub struct TaskRare<P> {
     pub worker_restrictions: Option<Vec<String>>,
     pub resource_restrictions: Option<Vec<(String, f64)>>,
     pub loose_restrictions: bool,
+    /// `ts.metadata`
+    pub metadata: Option<P>,
 }
 
 impl<P> Default for TaskRare<P> {
@@ -83,6 +85,7 @@ impl<P> Default for TaskRare<P> {
             worker_restrictions: None,
             resource_restrictions: None,
             loose_restrictions: false,
+            metadata: None,
         }
     }
 }
@@ -99,6 +102,38 @@ impl<P> Task<P> {
     /// The rare fields, created on first write.
     pub fn rare_mut(&mut self) -> &mut TaskRare<P> {
         self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// `ts.metadata`
+    pub fn metadata(&self) -> Option<&P> {
+        self.rare.as_ref().and_then(|r| r.metadata.as_ref())
+    }
+
+    /// `ts.metadata = value`; the rare fields are made only for a value.
+    pub fn set_metadata(&mut self, value: Option<P>) {
+        if value.is_some() || self.rare.is_some() {
+            self.rare_mut().metadata = value;
+        }
+    }
+
+    pub fn take_metadata(&mut self) -> Option<P> {
+        self.rare.as_mut().and_then(|r| r.metadata.take())
+    }
+
+    /// `ts.processing_on`
+    #[inline]
+    pub fn processing_on(&self) -> Option<WorkerId> {
+        self.processing_on.get()
+    }
+
+    #[inline]
+    pub fn set_processing_on(&mut self, w: Option<WorkerId>) {
+        self.processing_on = OptId::new(w);
+    }
+
+    #[inline]
+    pub fn take_processing_on(&mut self) -> Option<WorkerId> {
+        std::mem::replace(&mut self.processing_on, OptId::NONE).get()
     }
 
     pub fn who_wants(&self) -> Option<&ClientSet> {

@@ -121,7 +121,7 @@ impl<P: Clone> SchedulerState<P> {
         if let Some(r) = ts.rare.as_deref_mut() {
             r.who_wants = None;
         }
-        ts.processing_on = None;
+        ts.set_processing_on(None);
         ts.clear_error();
         self.n_live_tasks -= 1;
         self.pending_free.push(t);
@@ -221,7 +221,7 @@ impl<P: Clone> SchedulerState<P> {
         out: &mut Outbox<P>,
     ) -> CoreResult<()> {
         self.ws_add_to_processing(w, t);
-        self.ts_mut(t).processing_on = Some(w);
+        self.ts_mut(t).set_processing_on(Some(w));
         self.set_state(t, S::Processing);
         self.acquire_resources(t, w);
         self.check_idle_saturated(w);
@@ -299,7 +299,7 @@ impl<P: Clone> SchedulerState<P> {
 
     /// `_exit_processing_common`
     pub(super) fn exit_processing_common(&mut self, t: TaskId) -> CoreResult<Option<WorkerId>> {
-        let w = required!(self.ts_mut(t).processing_on.take(), "ws");
+        let w = required!(self.ts_mut(t).take_processing_on(), "ws");
         self.ws_remove_from_processing(w, t);
         if !self.is_current_worker(w) {
             return Ok(None);
@@ -371,7 +371,7 @@ impl<P: Clone> SchedulerState<P> {
         }
         self.set_state(t, S::Memory);
         let name = self.strings.intern(typename);
-        self.ts_mut(t).type_ = Some(name);
+        self.ts_mut(t).type_ = OptId::new(Some(name));
         let g = self.ts(t).group;
         self.add_type(g, typename);
         let ff = self.fire_and_forget;

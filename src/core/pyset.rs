@@ -219,10 +219,7 @@ impl<T: SetKey> Table<T> {
             }
         }
         if let Some((slot, key, hash)) = one {
-            slots[slot.idx()] = Entry {
-                hash,
-                key,
-            };
+            slots[slot.idx()] = Entry { hash, key };
         }
         slots
     }
@@ -358,18 +355,12 @@ fn place<T: SetKey>(table: &mut [Entry<T>], item: T, hash: i64) -> Placed {
     };
     let placed = match freeslot {
         Some(f) => {
-            table[f] = Entry {
-                hash,
-                key: item,
-            };
+            table[f] = Entry { hash, key: item };
             return Placed::Dummy;
         }
         None => Placed::Empty,
     };
-    table[slot] = Entry {
-        hash,
-        key: item,
-    };
+    table[slot] = Entry { hash, key: item };
     placed
 }
 
@@ -419,10 +410,7 @@ fn insert_clean<T: SetKey>(table: &mut [Entry<T>], key: T, hash: i64) {
         };
         for e in &mut table[i..=end] {
             if e.key().is_none() {
-                *e = Entry {
-                    hash,
-                    key,
-                };
+                *e = Entry { hash, key };
                 return;
             }
         }
@@ -957,7 +945,6 @@ impl<T: SetKey> Iterator for IterHashed<'_, T> {
         None
     }
 
-
     #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.left, Some(self.left))
@@ -1270,7 +1257,10 @@ mod tests {
         assert!(s.remove(8, 8) && !s.remove(8, 8));
         assert_eq!((s.len(), s.fill()), (2, 3));
         assert_eq!(s.pop(), Some(1));
-        assert!(matches!(s.table, Table::One { .. }), "one element left: inline");
+        assert!(
+            matches!(s.table, Table::One { .. }),
+            "one element left: inline"
+        );
         s.clear();
         assert!(inline_empty(&s) && s.is_empty());
         assert_eq!(s.finger(), 2, "clear keeps the pop finger");

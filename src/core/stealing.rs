@@ -137,7 +137,7 @@ impl<P: Clone> SchedulerState<P> {
                 if let Some(s) = self.stealing.unknown_durations.remove(&p) {
                     let mut result = Ok(());
                     for tt in s.iter() {
-                        if self.task(tt).is_some_and(|ts| ts.processing_on.is_some()) {
+                        if self.task(tt).is_some_and(|ts| ts.processing_on().is_some()) {
                             result = self.steal_recalculate_cost(tt);
                             if result.is_err() {
                                 break;
@@ -196,7 +196,7 @@ impl<P: Clone> SchedulerState<P> {
         };
         let p = self.ts(t).prefix;
         let duration = self.prefix_duration(p);
-        let w = self.ts(t).processing_on.ok_or(HookFailed)?;
+        let w = self.ts(t).processing_on().ok_or(HookFailed)?;
         let th = self.thash(t);
         if let Some(Some(levels)) = self.stealing.stealable.get_mut(w.idx()) {
             levels[level].insert(t, th);
@@ -250,7 +250,7 @@ impl<P: Clone> SchedulerState<P> {
         let compute_time = self.prefix_duration(ts.prefix);
         if compute_time == 0.0 {
             // Only long-running tasks may cost nothing; distributed asserts it.
-            let w = ts.processing_on.ok_or(HookFailed)?;
+            let w = ts.processing_on().ok_or(HookFailed)?;
             if !self.ws(w).long_running.contains(t, self.thash(t)) {
                 return Err(HookFailed);
             }
@@ -396,9 +396,9 @@ impl<P: Clone> SchedulerState<P> {
             .steal_remove_from_in_flight(t)
             .expect("in flight: checked above");
         let (thief, victim) = (info.thief, info.victim);
-        if self.ts(t).processing_on != Some(victim) {
+        if self.ts(t).processing_on() != Some(victim) {
             return Err(CoreError::Validation(
-                "assertion failed: ts.processing_on == victim".into(),
+                "assertion failed: ts.processing_on() == victim".into(),
             ));
         }
         let result = self.steal_confirm_move(t, key, state, &info, sid, out);
@@ -454,7 +454,7 @@ impl<P: Clone> SchedulerState<P> {
             _ => {
                 let ev = event("confirm", None);
                 self.remove_key_from_stealable(t);
-                self.ts_mut(t).processing_on = Some(thief);
+                self.ts_mut(t).set_processing_on(Some(thief));
                 self.ws_remove_from_processing(victim, t);
                 self.ws_add_to_processing(thief, t);
                 // distributed lets this assertion propagate: no compute-task, no log
@@ -536,7 +536,7 @@ impl<P: Clone> SchedulerState<P> {
                     }
                     let th = self.thash(t);
                     if !self.stealing.key_stealable.contains_key(&t)
-                        || self.ts(t).processing_on != Some(victim)
+                        || self.ts(t).processing_on() != Some(victim)
                         || !self.ws(victim).processing.contains(t, th)
                     {
                         self.bucket_mut(victim, level).remove(t, th);

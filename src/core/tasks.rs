@@ -65,7 +65,7 @@ impl<P: Clone> SchedulerState<P> {
             let stale = matches!(ts.state, S::Released | S::Queued | S::NoWorker | S::Erred);
             if !stale && ts.run_id() != run_id {
                 if ts
-                    .processing_on
+                    .processing_on()
                     .is_some_and(|w| self.ws(w).address == worker)
                 {
                     recs.insert(t, S::Released);
@@ -78,7 +78,11 @@ impl<P: Clone> SchedulerState<P> {
                 }
                 return Ok(recs);
             } else if !stale {
-                let Some(args) = prepare(&mut self.ts_mut(t).metadata) else {
+                let ts = self.ts_mut(t);
+                let mut metadata = ts.take_metadata();
+                let args = prepare(&mut metadata);
+                ts.set_metadata(metadata);
+                let Some(args) = args else {
                     return Err(CoreError::Invalid("malformed task-finished message".into()));
                 };
                 return self.transition(t, S::Memory, stimulus_id, args, out);
@@ -115,7 +119,7 @@ impl<P: Clone> SchedulerState<P> {
         if self.ts(t).run_id() != run_id {
             let on_worker = self
                 .ts(t)
-                .processing_on
+                .processing_on()
                 .is_some_and(|w| self.ws(w).address == worker);
             if on_worker {
                 return self.transition(t, S::Released, stimulus_id, TransitionArgs::None, out);
@@ -197,7 +201,7 @@ impl<P: Clone> SchedulerState<P> {
         let Some(t) = t.filter(|t| self.task(*t).is_some()) else {
             return Ok(());
         };
-        let Some(w) = self.ts(t).processing_on else {
+        let Some(w) = self.ts(t).processing_on() else {
             return Ok(());
         };
         if self.ws(w).address != worker || self.ts(t).run_id() != run_id {

@@ -231,7 +231,7 @@ fn record_sizes() {
     // `Py<PyAny>` is one non-null pointer, as `Box<u8>` is
     let as_held = std::mem::size_of::<Option<crate::core::entities::Task<Box<u8>>>>();
     println!("Task<String>: {task} bytes, Option<Task<Py>>: {as_held}, PySet: {set} bytes");
-    assert!(task <= 280, "Task grew to {task} bytes");
+    assert!(task <= 248, "Task grew to {task} bytes");
 }
 
 #[test]

@@ -299,7 +299,7 @@ impl<P: Clone> SchedulerState<P> {
             (S::Processing, S::Memory) => self.t_processing_memory(t, args, recs, out)?,
             (S::Processing, S::Erred) => {
                 if self.ts(t).actor {
-                    let w = required!(self.ts(t).processing_on, "ts.processing_on");
+                    let w = required!(self.ts(t).processing_on(), "ts.processing_on()");
                     let th = self.thash(t);
                     self.ws_mut(w).actors.remove(t, th);
                 }
@@ -440,7 +440,7 @@ impl<P: Clone> SchedulerState<P> {
             recs.insert(t, S::Released);
             return Ok(());
         };
-        if Some(w) != self.ts(t).processing_on {
+        if Some(w) != self.ts(t).processing_on() {
             return Err(CoreError::Invalid(format!(
                 "Task transitioned from processing to memory on worker {worker}, while it \
                  was expected from another worker. This should be impossible."

@@ -24,6 +24,25 @@ id_type!(ClientId);
 id_type!(GroupId);
 id_type!(PrefixId);
 
+/// `Option<Id>` in the id's own 4 bytes: its vacant value is `None` (an `Option<u32>`
+/// takes 8).
+#[derive(Copy, Clone, PartialEq, Eq, Debug)]
+pub struct OptId<T>(T);
+
+impl<T: crate::core::pyset::SetKey> OptId<T> {
+    pub const NONE: Self = OptId(T::VACANT);
+
+    #[inline]
+    pub fn new(id: Option<T>) -> Self {
+        OptId(id.unwrap_or(T::VACANT))
+    }
+
+    #[inline]
+    pub fn get(self) -> Option<T> {
+        (self.0 != T::VACANT).then_some(self.0)
+    }
+}
+
 /// `TaskStateState` of distributed.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TaskStateState {

@@ -181,7 +181,7 @@ impl<P: Clone> SchedulerState<P> {
             );
         }
         check!(
-            ts.processing_on.is_some() == (ts.state == S::Processing),
+            ts.processing_on().is_some() == (ts.state == S::Processing),
             "processing_on vs state"
         );
         check!(

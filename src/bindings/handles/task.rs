@@ -96,7 +96,7 @@ getters!(TaskStateHandle {
     waiters(py, e, v, ts) -> Py<PyAny> = task_set(py, e, v, ts.waiters.as_ref())?, or py.None();
     who_has(py, e, v, ts) -> Py<PyAny> = worker_set(py, e, v, ts.who_has.as_ref())?, or py.None();
     who_wants(py, e, v, ts) -> Py<PyAny> = client_set(py, e, v, ts.who_wants())?, or py.None();
-    processing_on(py, e, v, ts) -> Py<PyAny> = match ts.processing_on {
+    processing_on(py, e, v, ts) -> Py<PyAny> = match ts.processing_on() {
         Some(w) => worker_handle(py, e, v, w)?,
         None => py.None(),
     }, or py.None();
@@ -109,7 +109,7 @@ getters!(TaskStateHandle {
     traceback(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.traceback()), or py.None();
     exception_text(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.exception_text()), or py.None();
     traceback_text(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.traceback_text()), or py.None();
-    metadata(py, _, _, ts) -> Py<PyAny> = opt_obj(py, &ts.metadata), or py.None();
+    metadata(py, _, _, ts) -> Py<PyAny> = opt_ref(py, ts.metadata()), or py.None();
     /// False keeps a root-ish task out of `queued` (P2P shuffle sets it on output tasks).
     _queueable(py, _, _, ts) -> bool = ts.queueable, or true;
     retries(py, _, _, ts) -> i64 = ts.retries(), or 0;
@@ -120,7 +120,7 @@ getters!(TaskStateHandle {
     loose_restrictions(py, _, _, ts) -> bool = ts.loose_restrictions(), or false;
     has_lost_dependencies(py, _, _, ts) -> bool = ts.has_lost_dependencies, or false;
     r#type(py, _, v, ts) -> Option<String> =
-        ts.type_.map(|i| v.state.strings.name(i).to_owned()), or None;
+        ts.type_.get().map(|i| v.state.strings.name(i).to_owned()), or None;
     host_restrictions(py, _, _, ts) -> Py<PyAny> = str_set(py, ts.host_restrictions())?,
         or py.None();
     worker_restrictions(py, _, _, ts) -> Py<PyAny> =
