@@ -231,6 +231,109 @@ def test_encoder_pickles_run_specs_as_distributed():
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
+class _Slotted:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+    def __eq__(self, other):
+        return type(other) is _Slotted and (self.a, self.b) == (other.a, other.b)
+
+
+def _values():
+    """Values of the shapes run_specs hold, to trace against `pickle.dumps`."""
+    import functools
+    import operator
+
+    from hypothesis import strategies as st
+
+    atoms = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(allow_nan=False),
+        st.text(max_size=300),
+        st.binary(max_size=300),
+        st.sampled_from([operator.add, len, int, dict, functools.partial, _in_main]),
+    )
+
+    def nested(children):
+        return st.one_of(
+            st.lists(children, max_size=5),
+            st.lists(children, max_size=5).map(tuple),
+            st.dictionaries(st.text(max_size=5), children, max_size=5),
+            st.frozensets(st.integers() | st.text(max_size=5), max_size=5),
+            st.sets(st.integers(), max_size=5),
+            st.tuples(children, children).map(lambda ab: _Slotted(*ab)),
+            st.lists(children, max_size=3).map(lambda xs: functools.partial(operator.add, *xs)),
+        )
+
+    return st.recursive(atoms, nested, max_leaves=20)
+
+
+def test_pickle_trace_matches_pickle():
+    """The traced pickle is `pickle.dumps(protocol=5)` byte for byte, shared objects
+    (memo) included, on run_specs of dask collections and random values."""
+    import pickle
+
+    import dask.array as da
+    from dask._task_spec import Task, TaskRef, convert_legacy_graph
+    from dask_rsched._core import pickle_trace
+    from hypothesis import given, settings
+
+    shared = ("k", 1)
+    graphs = [
+        convert_legacy_graph(dict((da.ones((40, 40), chunks=10) + 1).sum().__dask_graph__())),
+        {"t": Task("t", max, TaskRef(shared), TaskRef(shared), [shared, shared, {"x": shared}])},
+    ]
+    traced = 0
+    for dsk in graphs:
+        for spec in dsk.values():
+            out, fails, _ = pickle_trace(spec)
+            assert not fails
+            if out is not None:
+                traced += 1
+                assert out == pickle.dumps(spec, protocol=5)
+    assert traced > 0
+
+    @settings(max_examples=300, deadline=None)
+    @given(_values())
+    def check(value):
+        out, fails, _ = pickle_trace(value)
+        if out is not None:
+            assert out == pickle.dumps(value, protocol=5)
+        if fails:
+            with pytest.raises(pickle.PicklingError):
+                pickle.dumps(value, protocol=5)
+
+    check()
+    for big in (list(range(2500)), {i: i for i in range(1000)}, set(range(1000))):
+        out, _, _ = pickle_trace(big)
+        assert out is None or out == pickle.dumps(big, protocol=5)
+
+
+def test_encoder_skips_the_failing_pickles_of_main_functions():
+    """A run_spec whose function pickle cannot find (a client's `__main__` function
+    on the scheduler) is cloudpickled at once, to distributed's bytes."""
+    import operator
+
+    import cloudpickle
+    from dask._task_spec import Task, TaskRef
+    from dask_rsched._core import encode_batch, pickle_trace
+    from distributed.protocol.serialize import ToPickle
+
+    ns = {"__name__": "__main__"}
+    exec("def inc(x):\n    return x + 1\n", ns)
+    inc = cloudpickle.loads(cloudpickle.dumps(ns["inc"]))
+    spec = Task(("inc", 1), inc, TaskRef(("x", 1)), operator.add)
+    out, fails, types = pickle_trace(spec)
+    assert out is None and fails
+    assert Task in types and type(inc) in types
+    msg = [{"op": "compute-task", "run_spec": ToPickle(spec)}]
+    assert encode_batch(msg) == distributed_bytes(msg)
+
+
 def test_encoder_leaves_the_rest_to_distributed():
     import numpy as np
     from dask_rsched._core import encode_batch

@@ -11,6 +11,7 @@ mod key_index;
 mod messages;
 mod naming;
 mod order;
+mod pickler;
 mod shared;
 mod wire;
 mod wire_encode;
@@ -58,6 +59,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(order::order_graph, m)?)?;
     m.add_function(wrap_pyfunction!(order::pyset_order, m)?)?;
     m.add_function(wrap_pyfunction!(wire_encode::encode_batch_py, m)?)?;
+    m.add_function(wrap_pyfunction!(pickler::trace_py, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -7,6 +7,7 @@
 //! distributed's `dumps` serializes the batch.
 
 use super::messages::to_pickle;
+use super::pickler;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -26,6 +27,8 @@ struct Pickling {
     cloudpickle_dumps: Py<PyAny>,
     /// `_always_use_pickle_for`
     always_use_pickle_for: Py<PyAny>,
+    /// `dask_serialize.dispatch`: what `_DaskPickler.reducer_override` looks up
+    dask_serialize_dispatch: Py<PyAny>,
 }
 
 static PICKLING: PyOnceLock<Pickling> = PyOnceLock::new();
@@ -43,6 +46,7 @@ fn pickling(py: Python<'_>) -> PyResult<&Pickling> {
                 .unbind(),
             cloudpickle_dumps: m.getattr("cloudpickle")?.getattr("dumps")?.unbind(),
             always_use_pickle_for: m.getattr("_always_use_pickle_for")?.unbind(),
+            dask_serialize_dispatch: m.getattr("dask_serialize")?.getattr("dispatch")?.unbind(),
         })
     })
 }
@@ -220,34 +224,53 @@ impl<'py> Encoder<'py> {
         let data = o.getattr(intern!(py, "data"))?;
         // distributed's `dumps`, step by step: `pickle.dumps`; cloudpickle instead if
         // the bytes name `__main__` (unless they are long and `_always_use_pickle_for`
-        // says so). A failure, or a module registered for pickling by value, is left to
-        // `dumps` itself, which logs and raises as it does.
+        // says so). If pickle fails on a global that does not resolve (a `__main__`
+        // function) and `_DaskPickler` would meet nothing its `reducer_override` takes,
+        // that fails too and `dumps` ends in cloudpickle: called at once. Any other
+        // failure, or a module registered for pickling by value, is left to `dumps`
+        // itself, which logs and raises as it does.
         let kwargs = PyDict::new(py);
         kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
         kwargs.set_item(intern!(py, "buffer_callback"), &append)?;
         let mut pickled = None;
         if p.registry.bind(py).call0()?.len()? == 0 {
-            if let Ok(r) = p.pickle_dumps.bind(py).call((&data,), Some(&kwargs)) {
-                let names_main = r
-                    .cast_exact::<PyBytes>()
-                    .is_ok_and(|b| b.as_bytes().windows(8).any(|w| w == b"__main__"));
-                pickled = if !names_main {
-                    Some(r)
-                } else if r.len()? < 1000
-                    || !p
-                        .always_use_pickle_for
-                        .bind(py)
-                        .call1((&data,))?
-                        .is_truthy()?
-                {
-                    buffers.call_method0(intern!(py, "clear"))?;
-                    p.cloudpickle_dumps
-                        .bind(py)
-                        .call((&data,), Some(&kwargs))
-                        .ok()
-                } else {
-                    Some(r)
-                };
+            match p.pickle_dumps.bind(py).call((&data,), Some(&kwargs)) {
+                Ok(r) => {
+                    let names_main = r
+                        .cast_exact::<PyBytes>()
+                        .is_ok_and(|b| b.as_bytes().windows(8).any(|w| w == b"__main__"));
+                    pickled = if !names_main {
+                        Some(r)
+                    } else if r.len()? < 1000
+                        || !p
+                            .always_use_pickle_for
+                            .bind(py)
+                            .call1((&data,))?
+                            .is_truthy()?
+                    {
+                        buffers.call_method0(intern!(py, "clear"))?;
+                        p.cloudpickle_dumps
+                            .bind(py)
+                            .call((&data,), Some(&kwargs))
+                            .ok()
+                    } else {
+                        Some(r)
+                    };
+                }
+                Err(_) => {
+                    let passed_on = |types: Vec<Bound<'_, pyo3::types::PyType>>| {
+                        let dispatch = p.dask_serialize_dispatch.bind(py);
+                        types.iter().all(|t| dispatch.call1((t,)).is_err())
+                    };
+                    if pickler::global_failure(&data).is_some_and(passed_on) {
+                        buffers.call_method0(intern!(py, "clear"))?;
+                        pickled = p
+                            .cloudpickle_dumps
+                            .bind(py)
+                            .call((&data,), Some(&kwargs))
+                            .ok();
+                    }
+                }
             }
         }
         let pickled = match pickled {

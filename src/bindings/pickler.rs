@@ -1,0 +1,651 @@
+//! `pickle.dumps(obj, protocol=5)` traced in Rust as CPython 3.11's `_pickle` runs it,
+//! for what run_specs hold: the same opcodes, memo (by object identity, every memoized
+//! object kept alive until the end as the C pickler keeps it) and framing; objects are
+//! reduced as `_pickle` reduces them (`__reduce_ex__(5)`, globals checked against
+//! their modules), so dask's `Task.__getstate__` and `TaskRef.__reduce__` decide what
+//! is written. `dumps_py` (tests) checks the trace byte for byte against `pickle`.
+//!
+//! The wire encoder uses it to tell, after `pickle.dumps` failed, that the failure is a
+//! global that does not resolve (a client's `__main__` function, say) and which objects
+//! `_pickle` asked a `reducer_override` about before it: if distributed's `_DaskPickler`
+//! would pass all of them on, it fails the same way, and distributed's `dumps` ends in
+//! `cloudpickle.dumps`, which the encoder then calls at once.
+//!
+//! Anything outside what is traced (a `copyreg` dispatch entry or extension code, list
+//! or dict items from a reduce, `__newobj_ex__`, out-of-band buffers, a module not yet
+//! imported, a pickle of 64 KiB or more, deep nesting) stops the trace undecided.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyFrozenSet, PyInt, PyList, PySet, PyString,
+    PyTuple, PyType,
+};
+
+const PROTO: u8 = 0x80;
+const FRAME: u8 = 0x95;
+const STOP: u8 = b'.';
+const MARK: u8 = b'(';
+const POP: u8 = b'0';
+const POP_MARK: u8 = b'1';
+const NONE: u8 = b'N';
+const NEWTRUE: u8 = 0x88;
+const NEWFALSE: u8 = 0x89;
+const BININT1: u8 = b'K';
+const BININT2: u8 = b'M';
+const BININT: u8 = b'J';
+const LONG1: u8 = 0x8a;
+const BINFLOAT: u8 = b'G';
+const SHORT_BINBYTES: u8 = b'C';
+const BINBYTES: u8 = b'B';
+const SHORT_BINUNICODE: u8 = 0x8c;
+const BINUNICODE: u8 = b'X';
+const EMPTY_TUPLE: u8 = b')';
+const TUPLE: u8 = b't';
+const TUPLE1: u8 = 0x85;
+const EMPTY_LIST: u8 = b']';
+const APPEND: u8 = b'a';
+const APPENDS: u8 = b'e';
+const EMPTY_DICT: u8 = b'}';
+const SETITEM: u8 = b's';
+const SETITEMS: u8 = b'u';
+const EMPTY_SET: u8 = 0x8f;
+const ADDITEMS: u8 = 0x90;
+const FROZENSET: u8 = 0x91;
+const STACK_GLOBAL: u8 = 0x93;
+const MEMOIZE: u8 = 0x94;
+const BINGET: u8 = b'h';
+const LONG_BINGET: u8 = b'j';
+const REDUCE: u8 = b'R';
+const NEWOBJ: u8 = 0x81;
+const BUILD: u8 = b'b';
+
+/// `_pickle`'s batch size for list, dict and set items.
+const BATCHSIZE: usize = 1000;
+/// A frame this long would be split by `_pickle`; such pickles are left to it.
+const FRAME_SIZE_TARGET: usize = 64 * 1024;
+/// `_pickle` writes no frame header for fewer bytes.
+const FRAME_SIZE_MIN: usize = 4;
+/// Deeper values are left to `_pickle` (which raises `RecursionError` far deeper).
+const MAX_DEPTH: usize = 200;
+
+/// Why a trace stopped.
+#[derive(Debug, PartialEq)]
+enum Stop {
+    /// Outside what is traced: `pickle` may succeed or fail.
+    Unsupported,
+    /// A global that does not resolve to itself: `pickle` raises `PicklingError`.
+    GlobalFails,
+}
+
+use Stop::Unsupported;
+
+type Out = Result<(), Stop>;
+
+struct Modules {
+    /// `copyreg.dispatch_table`
+    dispatch_table: Py<PyDict>,
+    /// `copyreg._extension_registry`
+    extension_registry: Py<PyDict>,
+    sys_modules: Py<PyDict>,
+    /// `types.FunctionType`
+    function_type: Py<PyType>,
+    /// `pickle.PickleBuffer`
+    pickle_buffer_type: Py<PyType>,
+}
+
+static MODULES: PyOnceLock<Modules> = PyOnceLock::new();
+
+fn modules(py: Python<'_>) -> PyResult<&Modules> {
+    MODULES.get_or_try_init(py, || -> PyResult<_> {
+        let copyreg = py.import("copyreg")?;
+        Ok(Modules {
+            dispatch_table: copyreg
+                .getattr("dispatch_table")?
+                .cast_into::<PyDict>()?
+                .unbind(),
+            extension_registry: copyreg
+                .getattr("_extension_registry")?
+                .cast_into::<PyDict>()?
+                .unbind(),
+            sys_modules: py
+                .import("sys")?
+                .getattr("modules")?
+                .cast_into::<PyDict>()?
+                .unbind(),
+            function_type: py
+                .import("types")?
+                .getattr("FunctionType")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            pickle_buffer_type: py
+                .import("pickle")?
+                .getattr("PickleBuffer")?
+                .cast_into::<PyType>()?
+                .unbind(),
+        })
+    })
+}
+
+/// `self.save(obj)`, returning the stop of a trace that stopped inside it.
+macro_rules! save {
+    ($p:expr, $obj:expr) => {
+        if let Err(stop) = $p.save($obj)? {
+            return Ok(Err(stop));
+        }
+    };
+}
+
+struct Pickler<'py> {
+    py: Python<'py>,
+    out: Vec<u8>,
+    /// Object address -> memo index.
+    memo: hashbrown::HashMap<usize, u32>,
+    /// What the memo names, alive until the end (as `_pickle`'s memo holds them), so
+    /// that no address is reused by another object meanwhile.
+    alive: Vec<Bound<'py, PyAny>>,
+    dispatch_table: Bound<'py, PyDict>,
+    sys_modules: Bound<'py, PyDict>,
+    function_type: Bound<'py, PyType>,
+    pickle_buffer_type: Bound<'py, PyType>,
+    depth: usize,
+    /// The type of each object `_pickle` asks a `reducer_override` about, in order.
+    overridable: Vec<Bound<'py, PyType>>,
+}
+
+/// The bytes of `pickle.dumps(obj, protocol=5)`, or why the trace stopped; with the
+/// types met where `_pickle` consults `reducer_override`.
+#[allow(clippy::type_complexity)]
+fn trace<'py>(
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<(Result<Vec<u8>, Stop>, Vec<Bound<'py, PyType>>)> {
+    let py = obj.py();
+    let m = modules(py)?;
+    if !m.extension_registry.bind(py).is_empty() {
+        return Ok((Err(Unsupported), Vec::new()));
+    }
+    let mut p = Pickler {
+        py,
+        out: Vec::with_capacity(192),
+        memo: hashbrown::HashMap::new(),
+        alive: Vec::new(),
+        dispatch_table: m.dispatch_table.bind(py).clone(),
+        sys_modules: m.sys_modules.bind(py).clone(),
+        function_type: m.function_type.bind(py).clone(),
+        pickle_buffer_type: m.pickle_buffer_type.bind(py).clone(),
+        depth: 0,
+        overridable: Vec::new(),
+    };
+    // PROTO 5, then one frame (its header written once its length is known)
+    p.out.extend([PROTO, 5, FRAME, 0, 0, 0, 0, 0, 0, 0, 0]);
+    if let Err(stop) = p.save(obj)? {
+        return Ok((Err(stop), p.overridable));
+    }
+    p.out.push(STOP);
+    let frame_len = p.out.len() - 11;
+    if frame_len >= FRAME_SIZE_TARGET {
+        return Ok((Err(Unsupported), p.overridable));
+    }
+    if frame_len >= FRAME_SIZE_MIN {
+        p.out[3..11].copy_from_slice(&(frame_len as u64).to_le_bytes());
+    } else {
+        p.out.drain(2..11);
+    }
+    Ok((Ok(p.out), p.overridable))
+}
+
+/// When `pickle.dumps(obj, protocol=5)` certainly fails on a global that does not
+/// resolve: the types of the objects before it that `_pickle` would offer to a
+/// `reducer_override`. `None` when the trace cannot tell (or Python raised in it).
+pub(crate) fn global_failure<'py>(obj: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyType>>> {
+    match trace(obj) {
+        Ok((Err(Stop::GlobalFails), types)) => Some(types),
+        _ => None,
+    }
+}
+
+impl<'py> Pickler<'py> {
+    fn memo_get(&mut self, idx: u32) {
+        if let Ok(i) = u8::try_from(idx) {
+            self.out.extend([BINGET, i]);
+        } else {
+            self.out.push(LONG_BINGET);
+            self.out.extend(idx.to_le_bytes());
+        }
+    }
+
+    fn memoized(&self, obj: &Bound<'py, PyAny>) -> Option<u32> {
+        self.memo.get(&(obj.as_ptr() as usize)).copied()
+    }
+
+    fn memo_put(&mut self, obj: &Bound<'py, PyAny>) {
+        let idx = self.memo.len() as u32;
+        self.memo.insert(obj.as_ptr() as usize, idx);
+        self.alive.push(obj.clone());
+        self.out.push(MEMOIZE);
+    }
+
+    /// `save`: atoms, then the memo, then str and bytes, containers, globals and
+    /// reductions, in `_pickle`'s order.
+    fn save(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<Out> {
+        if self.depth >= MAX_DEPTH {
+            return Ok(Err(Unsupported));
+        }
+        self.depth += 1;
+        let r = self.save_at_depth(obj);
+        self.depth -= 1;
+        r
+    }
+
+    fn save_at_depth(&mut self, obj: &Bound<'py, PyAny>) -> PyResult<Out> {
+        let py = self.py;
+        if obj.is_none() {
+            self.out.push(NONE);
+            return Ok(Ok(()));
+        }
+        if let Ok(b) = obj.cast_exact::<PyBool>() {
+            self.out.push(if b.is_true() { NEWTRUE } else { NEWFALSE });
+            return Ok(Ok(()));
+        }
+        if obj.cast_exact::<PyInt>().is_ok() {
+            return Ok(self.save_long(obj));
+        }
+        if let Ok(f) = obj.cast_exact::<PyFloat>() {
+            self.out.push(BINFLOAT);
+            self.out.extend(f.value().to_be_bytes());
+            return Ok(Ok(()));
+        }
+        if let Some(idx) = self.memoized(obj) {
+            self.memo_get(idx);
+            return Ok(Ok(()));
+        }
+        if let Ok(b) = obj.cast_exact::<PyBytes>() {
+            let data = b.as_bytes();
+            if data.len() >= FRAME_SIZE_TARGET {
+                return Ok(Err(Unsupported));
+            }
+            if let Ok(n) = u8::try_from(data.len()) {
+                self.out.extend([SHORT_BINBYTES, n]);
+            } else {
+                self.out.push(BINBYTES);
+                self.out.extend((data.len() as u32).to_le_bytes());
+            }
+            self.out.extend_from_slice(data);
+            self.memo_put(obj);
+            return Ok(Ok(()));
+        }
+        if let Ok(s) = obj.cast_exact::<PyString>() {
+            // `surrogatepass` strings are left to pickle
+            let Ok(text) = s.to_str() else {
+                return Ok(Err(Unsupported));
+            };
+            if text.len() >= FRAME_SIZE_TARGET {
+                return Ok(Err(Unsupported));
+            }
+            if let Ok(n) = u8::try_from(text.len()) {
+                self.out.extend([SHORT_BINUNICODE, n]);
+            } else {
+                self.out.push(BINUNICODE);
+                self.out.extend((text.len() as u32).to_le_bytes());
+            }
+            self.out.extend_from_slice(text.as_bytes());
+            self.memo_put(obj);
+            return Ok(Ok(()));
+        }
+        if let Ok(d) = obj.cast_exact::<PyDict>() {
+            return self.save_dict(d);
+        }
+        if let Ok(s) = obj.cast_exact::<PySet>() {
+            return self.save_set(s);
+        }
+        if let Ok(s) = obj.cast_exact::<PyFrozenSet>() {
+            return self.save_frozenset(s);
+        }
+        if let Ok(l) = obj.cast_exact::<PyList>() {
+            return self.save_list(l);
+        }
+        if let Ok(t) = obj.cast_exact::<PyTuple>() {
+            return self.save_tuple(t);
+        }
+        let ty = obj.get_type();
+        // `_pickle` writes these with opcodes of their own (out-of-band buffers too)
+        if ty.is(py.get_type::<PyByteArray>()) || ty.is(&self.pickle_buffer_type) {
+            return Ok(Err(Unsupported));
+        }
+        // here `_pickle` would ask a `reducer_override`
+        self.overridable.push(ty.clone());
+        if ty.is(py.get_type::<PyType>()) {
+            // `save_type`: the three singleton types are reduced specially
+            let t = obj.cast::<PyType>()?;
+            if t.is(py.None().bind(py).get_type())
+                || t.is(py.NotImplemented().bind(py).get_type())
+                || t.is(py.Ellipsis().bind(py).get_type())
+            {
+                return Ok(Err(Unsupported));
+            }
+            return self.save_global(obj, None);
+        }
+        if ty.is(&self.function_type) {
+            return self.save_global(obj, None);
+        }
+        if self.dispatch_table.contains(&ty)? {
+            return Ok(Err(Unsupported));
+        }
+        if obj.is_instance_of::<PyType>() {
+            return self.save_global(obj, None);
+        }
+        let Ok(reduced) = obj
+            .getattr(intern!(py, "__reduce_ex__"))
+            .and_then(|f| f.call1((5,)))
+        else {
+            return Ok(Err(Unsupported));
+        };
+        if let Ok(name) = reduced.cast_exact::<PyString>() {
+            return self.save_global(obj, Some(name));
+        }
+        let Ok(rv) = reduced.cast_exact::<PyTuple>() else {
+            return Ok(Err(Unsupported));
+        };
+        self.save_reduce(rv, obj)
+    }
+
+    /// `save_long`: BININT1/2/4 in a signed 32-bit range, else LONG1.
+    fn save_long(&mut self, obj: &Bound<'py, PyAny>) -> Out {
+        let Ok(v) = obj.extract::<i64>() else {
+            return Err(Unsupported);
+        };
+        if let Ok(v32) = i32::try_from(v) {
+            let b = v32.to_le_bytes();
+            if b[2] != 0 || b[3] != 0 {
+                self.out.push(BININT);
+                self.out.extend(b);
+            } else if b[1] != 0 {
+                self.out.extend([BININT2, b[0], b[1]]);
+            } else {
+                self.out.extend([BININT1, b[0]]);
+            }
+            return Ok(());
+        }
+        // (bits of |v|) / 8 + 1 bytes of little-endian two's complement, one fewer for
+        // a negative value whose top byte is only sign
+        let nbits = 64 - v.unsigned_abs().leading_zeros() as usize;
+        let mut nbytes = nbits / 8 + 1;
+        let bytes = i128::from(v).to_le_bytes();
+        if v < 0 && nbytes > 1 && bytes[nbytes - 1] == 0xff && bytes[nbytes - 2] & 0x80 != 0 {
+            nbytes -= 1;
+        }
+        self.out.extend([LONG1, nbytes as u8]);
+        self.out.extend_from_slice(&bytes[..nbytes]);
+        Ok(())
+    }
+
+    /// `save_tuple`: TUPLE1-3 up to three elements, else MARK ... TUPLE; a tuple the
+    /// elements memoized (a cycle) is fetched from the memo instead.
+    fn save_tuple(&mut self, t: &Bound<'py, PyTuple>) -> PyResult<Out> {
+        let n = t.len();
+        if n == 0 {
+            self.out.push(EMPTY_TUPLE);
+            return Ok(Ok(()));
+        }
+        let obj = t.as_any();
+        if n > 3 {
+            self.out.push(MARK);
+        }
+        for item in t.iter() {
+            save!(self, &item);
+        }
+        if let Some(idx) = self.memoized(obj) {
+            if n > 3 {
+                self.out.push(POP_MARK);
+            } else {
+                self.out.extend(std::iter::repeat_n(POP, n));
+            }
+            self.memo_get(idx);
+            return Ok(Ok(()));
+        }
+        self.out
+            .push(if n > 3 { TUPLE } else { TUPLE1 + (n as u8 - 1) });
+        self.memo_put(obj);
+        Ok(Ok(()))
+    }
+
+    /// `save_list`: EMPTY_LIST, then one APPEND or batches of APPENDS.
+    fn save_list(&mut self, l: &Bound<'py, PyList>) -> PyResult<Out> {
+        self.out.push(EMPTY_LIST);
+        self.memo_put(l.as_any());
+        let n = l.len();
+        if n == 1 {
+            save!(self, &l.get_item(0)?);
+            self.out.push(APPEND);
+            return Ok(Ok(()));
+        }
+        let mut total = 0;
+        while total < l.len() {
+            self.out.push(MARK);
+            let mut batch = 0;
+            while total < l.len() {
+                save!(self, &l.get_item(total)?);
+                total += 1;
+                batch += 1;
+                if batch == BATCHSIZE {
+                    break;
+                }
+            }
+            self.out.push(APPENDS);
+        }
+        Ok(Ok(()))
+    }
+
+    /// `save_dict`: EMPTY_DICT, then one SETITEM or batches of SETITEMS (an empty
+    /// batch after a full last one, as `_pickle` writes it).
+    fn save_dict(&mut self, d: &Bound<'py, PyDict>) -> PyResult<Out> {
+        self.out.push(EMPTY_DICT);
+        self.memo_put(d.as_any());
+        let size = d.len();
+        if size == 0 {
+            return Ok(Ok(()));
+        }
+        let items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)> = d.iter().collect();
+        if size == 1 {
+            let (k, v) = &items[0];
+            save!(self, k);
+            save!(self, v);
+            self.out.push(SETITEM);
+            return Ok(Ok(()));
+        }
+        let mut it = items.iter();
+        loop {
+            self.out.push(MARK);
+            let mut batch = 0;
+            for (k, v) in it.by_ref() {
+                save!(self, k);
+                save!(self, v);
+                batch += 1;
+                if batch == BATCHSIZE {
+                    break;
+                }
+            }
+            self.out.push(SETITEMS);
+            if d.len() != size {
+                return Ok(Err(Unsupported));
+            }
+            if batch != BATCHSIZE {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    /// `save_set`: EMPTY_SET, then batches of ADDITEMS.
+    fn save_set(&mut self, s: &Bound<'py, PySet>) -> PyResult<Out> {
+        self.out.push(EMPTY_SET);
+        self.memo_put(s.as_any());
+        let size = s.len();
+        if size == 0 {
+            return Ok(Ok(()));
+        }
+        let items: Vec<Bound<'py, PyAny>> = s.iter().collect();
+        let mut it = items.iter();
+        loop {
+            self.out.push(MARK);
+            let mut batch = 0;
+            for item in it.by_ref() {
+                save!(self, item);
+                batch += 1;
+                if batch == BATCHSIZE {
+                    break;
+                }
+            }
+            self.out.push(ADDITEMS);
+            if s.len() != size {
+                return Ok(Err(Unsupported));
+            }
+            if batch != BATCHSIZE {
+                return Ok(Ok(()));
+            }
+        }
+    }
+
+    /// `save_frozenset`: MARK, the items, FROZENSET (or the memo's copy of a cycle).
+    fn save_frozenset(&mut self, s: &Bound<'py, PyFrozenSet>) -> PyResult<Out> {
+        self.out.push(MARK);
+        for item in s.iter() {
+            save!(self, &item);
+        }
+        if let Some(idx) = self.memoized(s.as_any()) {
+            self.out.push(POP_MARK);
+            self.memo_get(idx);
+            return Ok(Ok(()));
+        }
+        self.out.push(FROZENSET);
+        self.memo_put(s.as_any());
+        Ok(Ok(()))
+    }
+
+    /// `save_global`: module and qualified name, checked to give back `obj`, as
+    /// STACK_GLOBAL.
+    fn save_global(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyString>>,
+    ) -> PyResult<Out> {
+        let py = self.py;
+        let global_name = match name {
+            Some(n) => n.clone().into_any(),
+            None => match obj.getattr_opt(intern!(py, "__qualname__"))? {
+                Some(n) => n,
+                None => match obj.getattr_opt(intern!(py, "__name__"))? {
+                    Some(n) => n,
+                    None => return Ok(Err(Unsupported)),
+                },
+            },
+        };
+        let Ok(qualname) = global_name.cast_exact::<PyString>() else {
+            return Ok(Err(Unsupported));
+        };
+        let Ok(path) = qualname.to_str() else {
+            return Ok(Err(Unsupported));
+        };
+        // `whichmodule`: `__module__`, unless missing or None (then sys.modules is searched)
+        let Some(module_name) = obj.getattr_opt(intern!(py, "__module__"))? else {
+            return Ok(Err(Unsupported));
+        };
+        if module_name.cast_exact::<PyString>().is_err() {
+            return Ok(Err(Unsupported));
+        }
+        let Some(module) = self.sys_modules.get_item(&module_name)? else {
+            return Ok(Err(Unsupported));
+        };
+        // `get_dotted_path`, `get_deep_attribute` and the identity check: each failure
+        // is `_pickle`'s PicklingError
+        let mut found = module;
+        for part in path.split('.') {
+            if part == "<locals>" {
+                return Ok(Err(Stop::GlobalFails));
+            }
+            match found.getattr_opt(part)? {
+                Some(next) => found = next,
+                None => return Ok(Err(Stop::GlobalFails)),
+            }
+        }
+        if !found.is(obj) {
+            return Ok(Err(Stop::GlobalFails));
+        }
+        save!(self, &module_name);
+        save!(self, &global_name);
+        self.out.push(STACK_GLOBAL);
+        self.memo_put(obj);
+        Ok(Ok(()))
+    }
+
+    /// `save_reduce` for `(callable, args[, state[, None, None[, None]]])`, with
+    /// `copyreg.__newobj__` as NEWOBJ.
+    fn save_reduce(&mut self, rv: &Bound<'py, PyTuple>, obj: &Bound<'py, PyAny>) -> PyResult<Out> {
+        let py = self.py;
+        let n = rv.len();
+        if !(2..=6).contains(&n) {
+            return Ok(Err(Unsupported));
+        }
+        let callable = rv.get_item(0)?;
+        let Ok(args) = rv.get_item(1)?.cast_into_exact::<PyTuple>() else {
+            return Ok(Err(Unsupported));
+        };
+        let state = if n > 2 { Some(rv.get_item(2)?) } else { None };
+        for i in 3..n {
+            if !rv.get_item(i)?.is_none() {
+                return Ok(Err(Unsupported));
+            }
+        }
+        if !callable.is_callable() {
+            return Ok(Err(Unsupported));
+        }
+        let name = callable.getattr_opt(intern!(py, "__name__"))?;
+        let name = name.as_ref().and_then(|n| n.cast_exact::<PyString>().ok());
+        let name = name.and_then(|n| n.to_str().ok());
+        if name == Some("__newobj_ex__") {
+            return Ok(Err(Unsupported));
+        }
+        if name == Some("__newobj__") {
+            let Ok(cls) = args.get_item(0) else {
+                return Ok(Err(Unsupported));
+            };
+            if !cls.is_instance_of::<PyType>() || !obj.getattr(intern!(py, "__class__"))?.is(&cls) {
+                return Ok(Err(Unsupported));
+            }
+            let rest = args.get_slice(1, args.len());
+            save!(self, &cls);
+            save!(self, rest.as_any());
+            self.out.push(NEWOBJ);
+        } else {
+            save!(self, &callable);
+            save!(self, args.as_any());
+            self.out.push(REDUCE);
+        }
+        if let Some(idx) = self.memoized(obj) {
+            self.out.push(POP);
+            self.memo_get(idx);
+            return Ok(Ok(()));
+        }
+        self.memo_put(obj);
+        if let Some(state) = state.filter(|s| !s.is_none()) {
+            save!(self, &state);
+            self.out.push(BUILD);
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// The trace for tests: `(bytes or None, global fails, names of the types offered to
+/// a reducer_override)`.
+#[pyfunction]
+#[pyo3(name = "pickle_trace")]
+#[allow(clippy::type_complexity)]
+pub(crate) fn trace_py<'py>(
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<(Option<Bound<'py, PyBytes>>, bool, Vec<Bound<'py, PyType>>)> {
+    let (out, types) = trace(obj)?;
+    Ok(match out {
+        Ok(b) => (Some(PyBytes::new(obj.py(), &b)), false, types),
+        Err(stop) => (None, stop == Stop::GlobalFails, types),
+    })
+}
