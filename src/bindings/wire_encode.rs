@@ -27,8 +27,52 @@ struct Pickling {
     cloudpickle_dumps: Py<PyAny>,
     /// `_always_use_pickle_for`
     always_use_pickle_for: Py<PyAny>,
-    /// `dask_serialize.dispatch`: what `_DaskPickler.reducer_override` looks up
-    dask_serialize_dispatch: Py<PyAny>,
+    /// `dask_serialize`: what `_DaskPickler.reducer_override` looks types up in
+    dask_serialize: Py<PyAny>,
+    /// Types `dask_serialize.dispatch` found nothing for, while its registry keeps
+    /// its size (registering, or a lazy registration running, changes it).
+    unregistered: std::sync::Mutex<Unregistered>,
+}
+
+#[derive(Default)]
+struct Unregistered {
+    /// `(len(_lookup), len(_lazy))` when the types were looked up
+    registry: (usize, usize),
+    /// held, so that no other type takes one's address
+    types: Vec<Py<pyo3::types::PyType>>,
+}
+
+/// At most this many types are remembered.
+const UNREGISTERED_MAX: usize = 256;
+
+impl Pickling {
+    /// Whether `dask_serialize.dispatch` raises for each of `types`, as
+    /// `_DaskPickler.reducer_override` would find (a raise that is not `TypeError`
+    /// fails that pickler too, which is what matters here).
+    fn none_registered(&self, py: Python<'_>, types: &[Bound<'_, pyo3::types::PyType>]) -> bool {
+        let ds = self.dask_serialize.bind(py);
+        let size = |name: &str| ds.getattr(name).and_then(|d| d.len()).ok();
+        let registry = size("_lookup").zip(size("_lazy"));
+        let Ok(mut cache) = self.unregistered.lock() else {
+            return false;
+        };
+        if registry.is_some_and(|r| r != cache.registry) {
+            cache.types.clear();
+            cache.registry = registry.unwrap_or_default();
+        }
+        for t in types {
+            if registry.is_some() && cache.types.iter().any(|c| c.bind(py).is(t)) {
+                continue;
+            }
+            if ds.call_method1(intern!(py, "dispatch"), (t,)).is_ok() {
+                return false;
+            }
+            if registry.is_some() && cache.types.len() < UNREGISTERED_MAX {
+                cache.types.push(t.clone().unbind());
+            }
+        }
+        true
+    }
 }
 
 static PICKLING: PyOnceLock<Pickling> = PyOnceLock::new();
@@ -46,7 +90,8 @@ fn pickling(py: Python<'_>) -> PyResult<&Pickling> {
                 .unbind(),
             cloudpickle_dumps: m.getattr("cloudpickle")?.getattr("dumps")?.unbind(),
             always_use_pickle_for: m.getattr("_always_use_pickle_for")?.unbind(),
-            dask_serialize_dispatch: m.getattr("dask_serialize")?.getattr("dispatch")?.unbind(),
+            dask_serialize: m.getattr("dask_serialize")?.unbind(),
+            unregistered: std::sync::Mutex::new(Unregistered::default()),
         })
     })
 }
@@ -258,11 +303,8 @@ impl<'py> Encoder<'py> {
                     };
                 }
                 Err(_) => {
-                    let passed_on = |types: Vec<Bound<'_, pyo3::types::PyType>>| {
-                        let dispatch = p.dask_serialize_dispatch.bind(py);
-                        types.iter().all(|t| dispatch.call1((t,)).is_err())
-                    };
-                    if pickler::global_failure(&data).is_some_and(passed_on) {
+                    let failure = pickler::global_failure(&data);
+                    if failure.is_some_and(|types| p.none_registered(py, &types)) {
                         buffers.call_method0(intern!(py, "clear"))?;
                         pickled = p
                             .cloudpickle_dumps
