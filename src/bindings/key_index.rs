@@ -51,8 +51,41 @@ pub(crate) fn dict_key_eq(
     if err.is_some() {
         return false;
     }
+    if let Some(eq) = plain_tuple_eq(stored, key) {
+        return eq;
+    }
     stored.eq(key).unwrap_or_else(|e| {
         *err = Some(e);
         false
     })
+}
+
+/// `a == b` for two exact tuples whose items are pairwise the same object, or exact
+/// ints, exact strs or such tuples (dask's tuple keys): Python's answer without calling
+/// into it (none of these `==` runs code of its own). `None` for anything else.
+fn plain_tuple_eq(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> Option<bool> {
+    use pyo3::types::{PyInt, PyString, PyTuple};
+    let (a, b) = (
+        a.cast_exact::<PyTuple>().ok()?,
+        b.cast_exact::<PyTuple>().ok()?,
+    );
+    if a.len() != b.len() {
+        return Some(false);
+    }
+    for (x, y) in a.iter().zip(b.iter()) {
+        if x.is(&y) {
+            continue;
+        }
+        let same = if x.is_exact_instance_of::<PyInt>() && y.is_exact_instance_of::<PyInt>() {
+            x.extract::<i64>().ok()? == y.extract::<i64>().ok()?
+        } else if x.is_exact_instance_of::<PyString>() && y.is_exact_instance_of::<PyString>() {
+            x.cast::<PyString>().ok()?.to_str().ok()? == y.cast::<PyString>().ok()?.to_str().ok()?
+        } else {
+            plain_tuple_eq(&x, &y)?
+        };
+        if !same {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
