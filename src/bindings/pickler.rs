@@ -454,26 +454,8 @@ impl<'py> Pickler<'py> {
             self.out.push(SETITEM);
             return Ok(Ok(()));
         }
-        let mut it = items.iter();
-        loop {
-            self.out.push(MARK);
-            let mut batch = 0;
-            for (k, v) in it.by_ref() {
-                save!(self, k);
-                save!(self, v);
-                batch += 1;
-                if batch == BATCHSIZE {
-                    break;
-                }
-            }
-            self.out.push(SETITEMS);
-            if d.len() != size {
-                return Ok(Err(Unsupported));
-            }
-            if batch != BATCHSIZE {
-                return Ok(Ok(()));
-            }
-        }
+        let flat: Vec<Bound<'py, PyAny>> = items.into_iter().flat_map(|(k, v)| [k, v]).collect();
+        self.batches(&flat, 2, SETITEMS, || d.len() == size)
     }
 
     /// `save_set`: EMPTY_SET, then batches of ADDITEMS.
@@ -485,22 +467,31 @@ impl<'py> Pickler<'py> {
             return Ok(Ok(()));
         }
         let items: Vec<Bound<'py, PyAny>> = s.iter().collect();
-        let mut it = items.iter();
+        self.batches(&items, 1, ADDITEMS, || s.len() == size)
+    }
+
+    /// `objs` (`per` to an entry) in batches of BATCHSIZE entries between MARK and
+    /// `op`, with an empty batch after a full last one, as `_pickle` batches dict and
+    /// set items; the container must keep its size (`unchanged`).
+    fn batches(
+        &mut self,
+        objs: &[Bound<'py, PyAny>],
+        per: usize,
+        op: u8,
+        unchanged: impl Fn() -> bool,
+    ) -> PyResult<Out> {
+        let mut chunks = objs.chunks(per * BATCHSIZE);
         loop {
             self.out.push(MARK);
-            let mut batch = 0;
-            for item in it.by_ref() {
-                save!(self, item);
-                batch += 1;
-                if batch == BATCHSIZE {
-                    break;
-                }
+            let chunk = chunks.next().unwrap_or(&[]);
+            for o in chunk {
+                save!(self, o);
             }
-            self.out.push(ADDITEMS);
-            if s.len() != size {
+            self.out.push(op);
+            if !unchanged() {
                 return Ok(Err(Unsupported));
             }
-            if batch != BATCHSIZE {
+            if chunk.len() != per * BATCHSIZE {
                 return Ok(Ok(()));
             }
         }
