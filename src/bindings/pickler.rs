@@ -83,6 +83,10 @@ use Stop::Unsupported;
 
 type Out = Result<(), Stop>;
 
+/// A trace: `pickle.dumps`'s bytes or why it stopped, and the types `_pickle` would
+/// have offered a `reducer_override` on the way.
+type Trace<'py> = (Result<Vec<u8>, Stop>, Vec<Bound<'py, PyType>>);
+
 struct Modules {
     /// `copyreg.dispatch_table`
     dispatch_table: Py<PyDict>,
@@ -145,21 +149,14 @@ struct Pickler<'py> {
     /// What the memo names, alive until the end (as `_pickle`'s memo holds them), so
     /// that no address is reused by another object meanwhile.
     alive: Vec<Bound<'py, PyAny>>,
-    dispatch_table: Bound<'py, PyDict>,
-    sys_modules: Bound<'py, PyDict>,
-    function_type: Bound<'py, PyType>,
-    pickle_buffer_type: Bound<'py, PyType>,
+    modules: &'py Modules,
     depth: usize,
     /// The type of each object `_pickle` asks a `reducer_override` about, in order.
     overridable: Vec<Bound<'py, PyType>>,
 }
 
-/// The bytes of `pickle.dumps(obj, protocol=5)`, or why the trace stopped; with the
-/// types met where `_pickle` consults `reducer_override`.
-#[allow(clippy::type_complexity)]
-fn trace<'py>(
-    obj: &Bound<'py, PyAny>,
-) -> PyResult<(Result<Vec<u8>, Stop>, Vec<Bound<'py, PyType>>)> {
+/// The trace of `pickle.dumps(obj, protocol=5)`.
+fn trace<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Trace<'py>> {
     let py = obj.py();
     let m = modules(py)?;
     if !m.extension_registry.bind(py).is_empty() {
@@ -170,10 +167,7 @@ fn trace<'py>(
         out: Vec::with_capacity(192),
         memo: hashbrown::HashMap::new(),
         alive: Vec::new(),
-        dispatch_table: m.dispatch_table.bind(py).clone(),
-        sys_modules: m.sys_modules.bind(py).clone(),
-        function_type: m.function_type.bind(py).clone(),
-        pickle_buffer_type: m.pickle_buffer_type.bind(py).clone(),
+        modules: m,
         depth: 0,
         overridable: Vec::new(),
     };
@@ -262,36 +256,14 @@ impl<'py> Pickler<'py> {
         }
         if let Ok(b) = obj.cast_exact::<PyBytes>() {
             let data = b.as_bytes();
-            if data.len() >= FRAME_SIZE_TARGET {
-                return Ok(Err(Unsupported));
-            }
-            if let Ok(n) = u8::try_from(data.len()) {
-                self.out.extend([SHORT_BINBYTES, n]);
-            } else {
-                self.out.push(BINBYTES);
-                self.out.extend((data.len() as u32).to_le_bytes());
-            }
-            self.out.extend_from_slice(data);
-            self.memo_put(obj);
-            return Ok(Ok(()));
+            return Ok(self.save_data(obj, data, SHORT_BINBYTES, BINBYTES));
         }
         if let Ok(s) = obj.cast_exact::<PyString>() {
             // `surrogatepass` strings are left to pickle
             let Ok(text) = s.to_str() else {
                 return Ok(Err(Unsupported));
             };
-            if text.len() >= FRAME_SIZE_TARGET {
-                return Ok(Err(Unsupported));
-            }
-            if let Ok(n) = u8::try_from(text.len()) {
-                self.out.extend([SHORT_BINUNICODE, n]);
-            } else {
-                self.out.push(BINUNICODE);
-                self.out.extend((text.len() as u32).to_le_bytes());
-            }
-            self.out.extend_from_slice(text.as_bytes());
-            self.memo_put(obj);
-            return Ok(Ok(()));
+            return Ok(self.save_data(obj, text.as_bytes(), SHORT_BINUNICODE, BINUNICODE));
         }
         if let Ok(d) = obj.cast_exact::<PyDict>() {
             return self.save_dict(d);
@@ -310,7 +282,7 @@ impl<'py> Pickler<'py> {
         }
         let ty = obj.get_type();
         // `_pickle` writes these with opcodes of their own (out-of-band buffers too)
-        if ty.is(py.get_type::<PyByteArray>()) || ty.is(&self.pickle_buffer_type) {
+        if ty.is(py.get_type::<PyByteArray>()) || ty.is(self.modules.pickle_buffer_type.bind(py)) {
             return Ok(Err(Unsupported));
         }
         // here `_pickle` would ask a `reducer_override`
@@ -326,10 +298,10 @@ impl<'py> Pickler<'py> {
             }
             return self.save_global(obj, None);
         }
-        if ty.is(&self.function_type) {
+        if ty.is(self.modules.function_type.bind(py)) {
             return self.save_global(obj, None);
         }
-        if self.dispatch_table.contains(&ty)? {
+        if self.modules.dispatch_table.bind(py).contains(&ty)? {
             return Ok(Err(Unsupported));
         }
         if obj.is_instance_of::<PyType>() {
@@ -348,6 +320,22 @@ impl<'py> Pickler<'py> {
             return Ok(Err(Unsupported));
         };
         self.save_reduce(rv, obj)
+    }
+
+    /// bytes or str data: a 1-byte length under 256 bytes, else 4 bytes; memoized.
+    fn save_data(&mut self, obj: &Bound<'py, PyAny>, data: &[u8], short: u8, long: u8) -> Out {
+        if data.len() >= FRAME_SIZE_TARGET {
+            return Err(Unsupported);
+        }
+        if let Ok(n) = u8::try_from(data.len()) {
+            self.out.extend([short, n]);
+        } else {
+            self.out.push(long);
+            self.out.extend((data.len() as u32).to_le_bytes());
+        }
+        self.out.extend_from_slice(data);
+        self.memo_put(obj);
+        Ok(())
     }
 
     /// `save_long`: BININT1/2/4 in a signed 32-bit range, else LONG1.
@@ -544,7 +532,7 @@ impl<'py> Pickler<'py> {
         if module_name.cast_exact::<PyString>().is_err() {
             return Ok(Err(Unsupported));
         }
-        let Some(module) = self.sys_modules.get_item(&module_name)? else {
+        let Some(module) = self.modules.sys_modules.bind(py).get_item(&module_name)? else {
             return Ok(Err(Unsupported));
         };
         // `get_dotted_path`, `get_deep_attribute` and the identity check: each failure

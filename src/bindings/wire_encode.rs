@@ -56,9 +56,9 @@ impl Pickling {
         let Ok(mut cache) = self.unregistered.lock() else {
             return false;
         };
-        if registry.is_some_and(|r| r != cache.registry) {
+        if let Some(r) = registry.filter(|r| *r != cache.registry) {
             cache.types.clear();
-            cache.registry = registry.unwrap_or_default();
+            cache.registry = r;
         }
         for t in types {
             if registry.is_some() && cache.types.iter().any(|c| c.bind(py).is(t)) {
@@ -278,42 +278,36 @@ impl<'py> Encoder<'py> {
         kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
         kwargs.set_item(intern!(py, "buffer_callback"), &append)?;
         let mut pickled = None;
+        let mut use_cloudpickle = false;
         if p.registry.bind(py).call0()?.len()? == 0 {
             match p.pickle_dumps.bind(py).call((&data,), Some(&kwargs)) {
                 Ok(r) => {
                     let names_main = r
                         .cast_exact::<PyBytes>()
                         .is_ok_and(|b| b.as_bytes().windows(8).any(|w| w == b"__main__"));
-                    pickled = if !names_main {
-                        Some(r)
-                    } else if r.len()? < 1000
-                        || !p
-                            .always_use_pickle_for
-                            .bind(py)
-                            .call1((&data,))?
-                            .is_truthy()?
-                    {
-                        buffers.call_method0(intern!(py, "clear"))?;
-                        p.cloudpickle_dumps
-                            .bind(py)
-                            .call((&data,), Some(&kwargs))
-                            .ok()
-                    } else {
-                        Some(r)
-                    };
+                    use_cloudpickle = names_main
+                        && (r.len()? < 1000
+                            || !p
+                                .always_use_pickle_for
+                                .bind(py)
+                                .call1((&data,))?
+                                .is_truthy()?);
+                    pickled = Some(r);
                 }
                 Err(_) => {
+                    // `_DaskPickler` would fail the same way: `dumps` ends in cloudpickle
                     let failure = pickler::global_failure(&data);
-                    if failure.is_some_and(|types| p.none_registered(py, &types)) {
-                        buffers.call_method0(intern!(py, "clear"))?;
-                        pickled = p
-                            .cloudpickle_dumps
-                            .bind(py)
-                            .call((&data,), Some(&kwargs))
-                            .ok();
-                    }
+                    use_cloudpickle = failure.is_some_and(|types| p.none_registered(py, &types));
                 }
             }
+        }
+        if use_cloudpickle {
+            buffers.call_method0(intern!(py, "clear"))?;
+            pickled = p
+                .cloudpickle_dumps
+                .bind(py)
+                .call((&data,), Some(&kwargs))
+                .ok();
         }
         let pickled = match pickled {
             Some(r) => r,

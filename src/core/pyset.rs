@@ -282,38 +282,37 @@ impl<T: SetKey> Table<T> {
 
     /// This table with another set's pop finger.
     fn with_finger(self, finger: u32) -> Self {
-        match self {
-            Table::Heap(mut h) => {
+        match (self, u8::try_from(finger)) {
+            (Table::Heap(mut h), _) => {
                 h.finger = finger;
                 Table::Heap(h)
             }
-            small => {
+            (Table::Empty { dummies, .. }, Ok(finger)) => Table::Empty { dummies, finger },
+            (
+                Table::One {
+                    hash,
+                    key,
+                    slot,
+                    dummies,
+                    ..
+                },
+                Ok(finger),
+            ) => Table::One {
+                hash,
+                key,
+                slot,
+                dummies,
+                finger,
+            },
+            // a finger too large to keep inline keeps the table on the heap
+            (small, Err(_)) => {
                 let (fill, used, _) = small.counts();
-                match u8::try_from(finger) {
-                    Ok(f) => match small {
-                        Table::Empty { dummies, .. } => Table::Empty { dummies, finger: f },
-                        Table::One {
-                            hash,
-                            key,
-                            slot,
-                            dummies,
-                            ..
-                        } => Table::One {
-                            hash,
-                            key,
-                            slot,
-                            dummies,
-                            finger: f,
-                        },
-                        heap => heap,
-                    },
-                    Err(_) => Table::Heap(Box::new(HeapTable {
-                        fill,
-                        used,
-                        finger,
-                        slots: Box::new(small.small_slots()),
-                    })),
-                }
+                Table::Heap(Box::new(HeapTable {
+                    fill,
+                    used,
+                    finger,
+                    slots: Box::new(small.small_slots()),
+                }))
             }
         }
     }
