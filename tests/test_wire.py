@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dask_rsched
 import pytest
+from dask._task_spec import Task, TaskRef
 from distributed import Worker
 from distributed.comm import connect
 from distributed.utils_test import captured_logger, div, gen_cluster, inc
@@ -241,12 +242,41 @@ class _Slotted:
         return type(other) is _Slotted and (self.a, self.b) == (other.a, other.b)
 
 
+class _TaskWithSlot(Task):
+    """A Task subclass with a slot of its own (its state has one more item)."""
+
+    __slots__ = ("extra",)
+
+    def __init__(self, key, func, *args, extra=None):
+        super().__init__(key, func, *args)
+        self.extra = extra
+
+
+class _TaskOwnState(Task):
+    """A Task subclass whose state is not Task's: reduced by its own method."""
+
+    __slots__ = ()
+
+    def __getstate__(self):
+        return ("own", *super().__getstate__())
+
+    def __setstate__(self, state):
+        super().__setstate__(state[1:])
+
+
+class _TaskRefSub(TaskRef):
+    __slots__ = ()
+
+
 def _values():
     """Values of the shapes run_specs hold, to trace against `pickle.dumps`."""
     import functools
     import operator
 
+    from dask._task_spec import Alias, DataNode, List
     from hypothesis import strategies as st
+
+    keys = st.text(max_size=5) | st.tuples(st.text(max_size=5), st.integers(0, 3))
 
     atoms = st.one_of(
         st.none(),
@@ -267,6 +297,16 @@ def _values():
             st.sets(st.integers(), max_size=5),
             st.tuples(children, children).map(lambda ab: _Slotted(*ab)),
             st.lists(children, max_size=3).map(lambda xs: functools.partial(operator.add, *xs)),
+            # dask's graph nodes, reduced without their Python methods
+            st.tuples(keys, st.lists(children | keys.map(TaskRef), max_size=3)).map(
+                lambda ka: Task(ka[0], max, *ka[1])
+            ),
+            st.tuples(keys, children).map(lambda kv: DataNode(kv[0], kv[1])),
+            st.tuples(keys, keys).map(lambda kt: Alias(kt[0], kt[1])),
+            st.tuples(keys, children).map(lambda kx: _TaskWithSlot(kx[0], len, kx[1], extra=kx[1])),
+            st.tuples(keys, children).map(lambda kx: _TaskOwnState(kx[0], len, kx[1])),
+            keys.map(_TaskRefSub),
+            st.lists(children | keys.map(TaskRef), max_size=3).map(lambda xs: List(*xs)),
         )
 
     return st.recursive(atoms, nested, max_leaves=20)
@@ -308,6 +348,10 @@ def test_pickle_trace_matches_pickle():
                 pickle.dumps(value, protocol=5)
 
     check()
+    unset = Task.__new__(Task)  # no slot set: Task.__getstate__ raises
+    assert pickle_trace(unset)[0] is None
+    with pytest.raises(AttributeError):
+        pickle.dumps(unset, protocol=5)
     for big in (list(range(2500)), {i: i for i in range(1000)}, set(range(1000))):
         out, _, _ = pickle_trace(big)
         assert out is None or out == pickle.dumps(big, protocol=5)

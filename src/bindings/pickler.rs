@@ -11,9 +11,17 @@
 //! would pass all of them on, it fails the same way, and distributed's `dumps` ends in
 //! `cloudpickle.dumps`, which the encoder then calls at once.
 //!
+//! dask's own graph nodes (`Task`, `TaskRef`, `DataNode`, `Alias`) are reduced without
+//! calling their Python reduce methods: `Known` builds the tuple those methods return,
+//! from the same slots, once a first object of the type showed that it is the same
+//! tuple. That makes the trace quicker than `_pickle` on run_specs, and the wire
+//! encoder pickles run_specs with it (`dumps`), `pickle` itself for anything else.
+//!
 //! Anything outside what is traced (a `copyreg` dispatch entry or extension code, list
 //! or dict items from a reduce, `__newobj_ex__`, out-of-band buffers, a module not yet
 //! imported, a pickle of 64 KiB or more, deep nesting) stops the trace undecided.
+
+use std::sync::{Arc, Mutex};
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -132,6 +140,228 @@ fn modules(py: Python<'_>) -> PyResult<&Modules> {
     })
 }
 
+/// How `object.__reduce_ex__(5)` reduces one of dask's graph node types, read from the
+/// method it would call.
+enum NodeReduction {
+    /// Not one of them, or a first object showed a different result: `__reduce_ex__`.
+    Call,
+    /// `Task.__getstate__`: `(copyreg.__newobj__, (cls,), (slots' values...), None,
+    /// None)`, the slots as `cls.get_all_slots()` lists them.
+    State(Vec<Py<PyString>>),
+    /// A `__reduce__` returning `(callable, (attrs' values...))`: the index in
+    /// `Known::reducers`.
+    Reduce(usize),
+}
+
+/// A `__reduce__` of dask's: the function, what it returns as callable, and the
+/// attributes whose values are its arguments.
+struct Reducer {
+    function: Py<PyAny>,
+    callable: Py<PyAny>,
+    attrs: Vec<Py<PyString>>,
+}
+
+/// dask's graph node reductions (none if `dask._task_spec` does not import or does not
+/// look as expected), and each type's verdict (the type held, so that its address is
+/// not reused).
+struct Known {
+    newobj: Py<PyAny>,
+    object_reduce_ex: Py<PyAny>,
+    object_reduce: Py<PyAny>,
+    task_getstate: Option<Py<PyAny>>,
+    reducers: Vec<Reducer>,
+    types: Mutex<hashbrown::HashMap<usize, (Py<PyType>, Arc<NodeReduction>)>>,
+}
+
+static KNOWN: PyOnceLock<Known> = PyOnceLock::new();
+
+fn known(py: Python<'_>) -> PyResult<&Known> {
+    KNOWN.get_or_try_init(py, || -> PyResult<_> {
+        let object = py.get_type::<pyo3::types::PyAny>();
+        let mut known = Known {
+            newobj: py.import("copyreg")?.getattr("__newobj__")?.unbind(),
+            object_reduce_ex: object.getattr("__reduce_ex__")?.unbind(),
+            object_reduce: object.getattr("__reduce__")?.unbind(),
+            task_getstate: None,
+            reducers: Vec::new(),
+            types: Mutex::new(hashbrown::HashMap::new()),
+        };
+        let Ok(spec) = py.import("dask._task_spec") else {
+            return Ok(known);
+        };
+        let own = |class: &str, method: &str| -> Option<Bound<'_, PyAny>> {
+            let cls = spec.getattr(class).ok()?;
+            cls.getattr("__dict__").ok()?.get_item(method).ok()
+        };
+        known.task_getstate = own("Task", "__getstate__").map(Bound::unbind);
+        for (class, attrs) in [
+            ("TaskRef", &["key"][..]),
+            ("DataNode", &["key", "value"][..]),
+            ("Alias", &["key", "target"][..]),
+        ] {
+            if let (Some(function), Ok(callable)) = (own(class, "__reduce__"), spec.getattr(class))
+            {
+                known.reducers.push(Reducer {
+                    function: function.unbind(),
+                    callable: callable.unbind(),
+                    attrs: attrs
+                        .iter()
+                        .map(|a| PyString::intern(py, a).unbind())
+                        .collect(),
+                });
+            }
+        }
+        Ok(known)
+    })
+}
+
+impl Known {
+    /// The reduce value `obj.__reduce_ex__(5)` returns, built from its slots, when `obj`
+    /// is one of dask's graph nodes whose type's first object gave the same; `None`
+    /// to call `__reduce_ex__`.
+    fn reduce<'py>(
+        &self,
+        obj: &Bound<'py, PyAny>,
+        ty: &Bound<'py, PyType>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let py = obj.py();
+        if self.task_getstate.is_none() && self.reducers.is_empty() {
+            return Ok(None);
+        }
+        // what `__reduce_ex__` would call, looked up on the type each time
+        if !ty
+            .getattr(intern!(py, "__reduce_ex__"))?
+            .is(&self.object_reduce_ex)
+        {
+            return Ok(None);
+        }
+        let reduce = ty.getattr(intern!(py, "__reduce__"))?;
+        let kind = if reduce.is(&self.object_reduce) {
+            let getstate = ty.getattr(intern!(py, "__getstate__"))?;
+            match &self.task_getstate {
+                Some(f) if getstate.is(f) => None,
+                _ => return Ok(None),
+            }
+        } else {
+            match self.reducers.iter().position(|r| reduce.is(&r.function)) {
+                Some(i) => Some(i),
+                None => return Ok(None),
+            }
+        };
+        let key = ty.as_ptr() as usize;
+        // (the lock is not held while Python runs: a slot's getter may pickle)
+        let verdict = {
+            let types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+            types.get(&key).map(|(_, v)| Arc::clone(v))
+        };
+        if let Some(verdict) = verdict {
+            return self.build(obj, ty, &verdict);
+        }
+        // a first object of the type: our tuple must be the one the method returns
+        let verdict = match kind {
+            None => {
+                let slots = ty.call_method0(intern!(py, "get_all_slots"))?;
+                let mut names = Vec::new();
+                for slot in slots.try_iter()? {
+                    match slot?.cast_into_exact::<PyString>() {
+                        Ok(s) => names.push(s.unbind()),
+                        Err(_) => return self.settle(ty, NodeReduction::Call),
+                    }
+                }
+                NodeReduction::State(names)
+            }
+            Some(i) => NodeReduction::Reduce(i),
+        };
+        let Some(ours) = self.build(obj, ty, &verdict)? else {
+            // a slot unset: this object tells nothing of the type
+            return Ok(None);
+        };
+        let theirs = obj.call_method1(intern!(py, "__reduce_ex__"), (5,));
+        if !theirs.is_ok_and(|b| same_objects(ours.as_any(), &b).unwrap_or(false)) {
+            return self.settle(ty, NodeReduction::Call);
+        }
+        self.settle(ty, verdict)?;
+        Ok(Some(ours))
+    }
+
+    fn settle<'py>(
+        &self,
+        ty: &Bound<'py, PyType>,
+        verdict: NodeReduction,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+        types.insert(
+            ty.as_ptr() as usize,
+            (ty.clone().unbind(), Arc::new(verdict)),
+        );
+        Ok(None)
+    }
+
+    /// The reduce tuple of `verdict` for `obj`; `None` when a slot or attribute is
+    /// missing (the method raises: `_pickle` is left to say how).
+    fn build<'py>(
+        &self,
+        obj: &Bound<'py, PyAny>,
+        ty: &Bound<'py, PyType>,
+        verdict: &NodeReduction,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let py = obj.py();
+        let values = |names: &[Py<PyString>]| -> Option<Bound<'py, PyTuple>> {
+            let mut values = Vec::with_capacity(names.len());
+            for name in names {
+                values.push(obj.getattr(name.bind(py)).ok()?);
+            }
+            PyTuple::new(py, values).ok()
+        };
+        Ok(match verdict {
+            NodeReduction::Call => None,
+            NodeReduction::State(slots) => match values(slots) {
+                Some(state) => Some(PyTuple::new(
+                    py,
+                    [
+                        self.newobj.bind(py).clone(),
+                        PyTuple::new(py, [ty.as_any()])?.into_any(),
+                        state.into_any(),
+                        py.None().into_bound(py),
+                        py.None().into_bound(py),
+                    ],
+                )?),
+                None => None,
+            },
+            NodeReduction::Reduce(i) => {
+                let r = &self.reducers[*i];
+                match values(&r.attrs) {
+                    Some(args) => Some(PyTuple::new(
+                        py,
+                        [r.callable.bind(py).clone(), args.into_any()],
+                    )?),
+                    None => None,
+                }
+            }
+        })
+    }
+}
+
+/// Tuples of the same length whose items are the same objects (tuples compared the
+/// same way): what the checks of `Known::reduce` accept as the same reduce value.
+fn same_objects(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if a.is(b) {
+        return Ok(true);
+    }
+    let (Ok(a), Ok(b)) = (a.cast_exact::<PyTuple>(), b.cast_exact::<PyTuple>()) else {
+        return Ok(false);
+    };
+    if a.len() != b.len() {
+        return Ok(false);
+    }
+    for (x, y) in a.iter().zip(b.iter()) {
+        if !same_objects(&x, &y)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// `self.save(obj)`, returning the stop of a trace that stopped inside it.
 macro_rules! save {
     ($p:expr, $obj:expr) => {
@@ -150,6 +380,7 @@ struct Pickler<'py> {
     /// that no address is reused by another object meanwhile.
     alive: Vec<Bound<'py, PyAny>>,
     modules: &'py Modules,
+    known: &'py Known,
     depth: usize,
     /// The type of each object `_pickle` asks a `reducer_override` about, in order.
     overridable: Vec<Bound<'py, PyType>>,
@@ -168,6 +399,7 @@ fn trace<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Trace<'py>> {
         memo: hashbrown::HashMap::new(),
         alive: Vec::new(),
         modules: m,
+        known: known(py)?,
         depth: 0,
         overridable: Vec::new(),
     };
@@ -187,16 +419,6 @@ fn trace<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Trace<'py>> {
         p.out.drain(2..11);
     }
     Ok((Ok(p.out), p.overridable))
-}
-
-/// When `pickle.dumps(obj, protocol=5)` certainly fails on a global that does not
-/// resolve: the types of the objects before it that `_pickle` would offer to a
-/// `reducer_override`. `None` when the trace cannot tell (or Python raised in it).
-pub(crate) fn global_failure<'py>(obj: &Bound<'py, PyAny>) -> Option<Vec<Bound<'py, PyType>>> {
-    match trace(obj) {
-        Ok((Err(Stop::GlobalFails), types)) => Some(types),
-        _ => None,
-    }
 }
 
 impl<'py> Pickler<'py> {
@@ -306,6 +528,9 @@ impl<'py> Pickler<'py> {
         }
         if obj.is_instance_of::<PyType>() {
             return self.save_global(obj, None);
+        }
+        if let Some(rv) = self.known.reduce(obj, &ty)? {
+            return self.save_reduce(&rv, obj);
         }
         let Ok(reduced) = obj
             .getattr(intern!(py, "__reduce_ex__"))
@@ -611,6 +836,26 @@ impl<'py> Pickler<'py> {
             self.out.push(BUILD);
         }
         Ok(Ok(()))
+    }
+}
+
+/// What the trace says of `pickle.dumps(obj, protocol=5)`.
+pub(crate) enum Dumped<'py> {
+    /// Its bytes.
+    Bytes(Vec<u8>),
+    /// It raises `PicklingError` on a global that does not resolve; the types before it
+    /// that `_pickle` would offer to a `reducer_override`.
+    GlobalFails(Vec<Bound<'py, PyType>>),
+    /// The trace cannot tell: ask `pickle`.
+    Unknown,
+}
+
+/// `pickle.dumps(obj, protocol=5)` as far as the trace goes.
+pub(crate) fn dumps<'py>(obj: &Bound<'py, PyAny>) -> Dumped<'py> {
+    match trace(obj) {
+        Ok((Ok(bytes), _)) => Dumped::Bytes(bytes),
+        Ok((Err(Stop::GlobalFails), types)) => Dumped::GlobalFails(types),
+        _ => Dumped::Unknown,
     }
 }
 

@@ -264,67 +264,77 @@ impl<'py> Encoder<'py> {
     fn pickled(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
         let py = self.py;
         let p = pickling(py)?;
-        let buffers = PyList::empty(py);
-        let append = buffers.getattr(intern!(py, "append"))?;
         let data = o.getattr(intern!(py, "data"))?;
-        // distributed's `dumps`, step by step: `pickle.dumps`; cloudpickle instead if
-        // the bytes name `__main__` (unless they are long and `_always_use_pickle_for`
-        // says so). If pickle fails on a global that does not resolve (a `__main__`
-        // function) and `_DaskPickler` would meet nothing its `reducer_override` takes,
-        // that fails too and `dumps` ends in cloudpickle: called at once. Any other
-        // failure, or a module registered for pickling by value, is left to `dumps`
-        // itself, which logs and raises as it does.
+        // distributed's `dumps`, step by step: `pickle.dumps` (the trace's bytes when it
+        // has them: the same bytes); cloudpickle instead if the bytes name `__main__`
+        // (unless they are long and `_always_use_pickle_for` says so). If pickle fails
+        // on a global that does not resolve (a `__main__` function) and `_DaskPickler`
+        // would meet nothing its `reducer_override` takes, that fails too and `dumps`
+        // ends in cloudpickle: called at once. Any other failure, or a module
+        // registered for pickling by value, is left to `dumps` itself, which logs and
+        // raises as it does.
+        let names_main = |b: &[u8]| -> PyResult<bool> {
+            Ok(b.windows(8).any(|w| w == b"__main__")
+                && (b.len() < 1000
+                    || !p
+                        .always_use_pickle_for
+                        .bind(py)
+                        .call1((&data,))?
+                        .is_truthy()?))
+        };
+        let buffers = PyList::empty(py);
         let kwargs = PyDict::new(py);
-        kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
-        kwargs.set_item(intern!(py, "buffer_callback"), &append)?;
-        let mut pickled = None;
+        kwargs.set_item(
+            intern!(py, "buffer_callback"),
+            buffers.getattr(intern!(py, "append"))?,
+        )?;
+        let mut pickled: Option<Vec<u8>> = None;
         let mut use_cloudpickle = false;
         if p.registry.bind(py).call0()?.len()? == 0 {
-            match p.pickle_dumps.bind(py).call((&data,), Some(&kwargs)) {
-                Ok(r) => {
-                    let names_main = r
-                        .cast_exact::<PyBytes>()
-                        .is_ok_and(|b| b.as_bytes().windows(8).any(|w| w == b"__main__"));
-                    use_cloudpickle = names_main
-                        && (r.len()? < 1000
-                            || !p
-                                .always_use_pickle_for
-                                .bind(py)
-                                .call1((&data,))?
-                                .is_truthy()?);
-                    pickled = Some(r);
+            match pickler::dumps(&data) {
+                pickler::Dumped::Bytes(b) => {
+                    use_cloudpickle = names_main(&b)?;
+                    pickled = Some(b);
                 }
-                Err(_) => {
-                    // `_DaskPickler` would fail the same way: `dumps` ends in cloudpickle
-                    let failure = pickler::global_failure(&data);
-                    use_cloudpickle = failure.is_some_and(|types| p.none_registered(py, &types));
+                pickler::Dumped::GlobalFails(types) => {
+                    use_cloudpickle = p.none_registered(py, &types);
+                }
+                pickler::Dumped::Unknown => {
+                    kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
+                    if let Ok(r) = p.pickle_dumps.bind(py).call((&data,), Some(&kwargs)) {
+                        let Ok(b) = r.cast_exact::<PyBytes>() else {
+                            return Ok(Err(Unsupported));
+                        };
+                        use_cloudpickle = names_main(b.as_bytes())?;
+                        pickled = Some(b.as_bytes().to_vec());
+                    }
                 }
             }
         }
-        if use_cloudpickle {
+        let from_python = |f: &Bound<'py, PyAny>, kwargs: &Bound<'py, PyDict>| {
             buffers.call_method0(intern!(py, "clear"))?;
-            pickled = p
-                .cloudpickle_dumps
-                .bind(py)
-                .call((&data,), Some(&kwargs))
-                .ok();
-        }
-        let pickled = match pickled {
-            Some(r) => r,
-            None => {
-                buffers.call_method0(intern!(py, "clear"))?;
-                let kwargs = PyDict::new(py);
-                kwargs.set_item(intern!(py, "buffer_callback"), &append)?;
-                let Ok(r) = p.dumps.bind(py).call((data,), Some(&kwargs)) else {
-                    return Ok(Err(Unsupported));
-                };
-                r
-            }
+            PyResult::Ok(f.call((&data,), Some(kwargs)).ok().and_then(|r| {
+                r.cast_exact::<PyBytes>()
+                    .ok()
+                    .map(|b| b.as_bytes().to_vec())
+            }))
         };
-        let Ok(pickled) = pickled.cast_exact::<PyBytes>() else {
+        if use_cloudpickle {
+            kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
+            pickled = from_python(p.cloudpickle_dumps.bind(py), &kwargs)?;
+        }
+        if pickled.is_none() {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item(
+                intern!(py, "buffer_callback"),
+                buffers.getattr(intern!(py, "append"))?,
+            )?;
+            pickled = from_python(p.dumps.bind(py), &kwargs)?;
+        }
+        let Some(pickled) = pickled else {
             return Ok(Err(Unsupported));
         };
-        if !buffers.is_empty() || pickled.as_bytes().len() > MAX_LEN {
+        if !buffers.is_empty() || pickled.len() > MAX_LEN {
             return Ok(Err(Unsupported));
         }
         let index = self.frames.len() + 1;
@@ -332,10 +342,10 @@ impl<'py> Encoder<'py> {
         pack_str(&mut self.out, "__Pickled__");
         pack_uint(&mut self.out, index as u64);
         // {"pickled-obj": ..., "compression": (), "num-sub-frames": 0}
-        let mut sub = Vec::with_capacity(pickled.as_bytes().len() + 48);
+        let mut sub = Vec::with_capacity(pickled.len() + 48);
         sub.push(0x83);
         pack_str(&mut sub, "pickled-obj");
-        pack_bin(&mut sub, pickled.as_bytes());
+        pack_bin(&mut sub, &pickled);
         pack_str(&mut sub, "compression");
         sub.push(0x90);
         pack_str(&mut sub, "num-sub-frames");
