@@ -161,16 +161,19 @@ struct Reducer {
     attrs: Vec<Py<PyString>>,
 }
 
+/// Each type's verdict by its address, with the type (held so that its address is not
+/// reused).
+type Verdicts = hashbrown::HashMap<usize, (Py<PyType>, Arc<NodeReduction>)>;
+
 /// dask's graph node reductions (none if `dask._task_spec` does not import or does not
-/// look as expected), and each type's verdict (the type held, so that its address is
-/// not reused).
+/// look as expected), and each type's verdict.
 struct Known {
     newobj: Py<PyAny>,
     object_reduce_ex: Py<PyAny>,
     object_reduce: Py<PyAny>,
     task_getstate: Option<Py<PyAny>>,
     reducers: Vec<Reducer>,
-    types: Mutex<hashbrown::HashMap<usize, (Py<PyType>, Arc<NodeReduction>)>>,
+    types: Mutex<Verdicts>,
 }
 
 static KNOWN: PyOnceLock<Known> = PyOnceLock::new();
