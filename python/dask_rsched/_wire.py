@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
+from collections.abc import Callable
 from time import time
 from typing import Any
 
@@ -82,10 +84,9 @@ class WireComm(TCP):
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self._reading = False
+        self._reader: Callable[[], bool] | None = None
         self._unawaited = 0
         self._writing = False
-        self._readable: asyncio.Future | None = None
-        self._failed_batch: list | None = None
 
     def __repr__(self) -> str:
         return f"<WireComm {self.name}: {self.local_address} -> {self.peer_address}>"
@@ -106,69 +107,54 @@ class WireComm(TCP):
     def extra_info(self):
         return self._tcp.extra_info
 
-    # Reading: batches of messages, as `Comm.read` returns them.
+    # Reading: a `WorkerStream` reads the socket when the selector says it is readable.
 
     def _on_readable(self) -> None:
-        fut = self._readable
-        if fut is not None:
-            if not fut.done():
-                fut.set_result(None)
-        elif self._reading:
-            # Nobody waits: data came while a batch was handled, and the stream reads
-            # it next. Twice in a row means a handler is awaiting something: stop
-            # polling until the stream waits again.
-            self._unawaited += 1
-            if self._unawaited > 1:
-                self._reading = False
-                self._loop.remove_reader(self._fd)
+        reader = self._reader
+        if reader is not None and reader():
+            return
+        # Nobody waits: data came while a handler was awaited. Twice in a row: stop
+        # polling until the stream waits again.
+        self._unawaited += 1
+        if self._unawaited > 1:
+            self._stop_polling()
 
-    async def read_batches(self) -> list:
-        """The batches that arrived (at least one); CommClosedError once the peer is
-        gone. Batches that need distributed's decoding come back decoded by it. The
-        socket stays registered for reading between calls, so that a stream read in
-        a loop costs no selector change per batch."""
-        if self._failed_batch is not None:
-            # a batch distributed's decoding refused after good ones: its error now
-            batch, self._failed_batch = self._failed_batch, None
-            await from_frames(batch, deserialize=self.deserialize, allow_offload=False)
-        while True:
-            if self._closed:
-                raise CommClosedError(f"{self!r} closed")
-            batches = self._wire.read_batches()
-            if batches is None:
-                self.abort()
-                raise CommClosedError(f"{self!r}: connection closed by the peer")
-            if batches:
-                break
-            self._readable = self._loop.create_future()
-            self._unawaited = 0
-            if not self._reading:
-                self._reading = True
-                self._loop.add_reader(self._fd, self._on_readable)
-            try:
-                await self._readable
-            finally:
-                self._readable = None
-        for i, batch in enumerate(batches):
-            if type(batch) is list:
-                try:
-                    batches[i] = await from_frames(
-                        batch,
-                        deserialize=self.deserialize,
-                        allow_offload=self.allow_offload,
-                    )
-                except EOFError:
-                    # as TCP.read: garbled or truncated data ends the stream
-                    self.abort()
-                    if i:
-                        return batches[:i]
-                    raise CommClosedError("aborted stream on truncated data") from None
-                except Exception:
-                    if i:
-                        self._failed_batch = batch
-                        return batches[:i]
-                    raise
+    def _poll(self, reader) -> None:
+        """Call `reader()` each time the socket becomes readable (it returns whether
+        it took the data) until `_stop_polling`. The socket stays registered between
+        reads, so that a stream read in a loop costs no selector change per batch."""
+        self._reader = reader
+        self._unawaited = 0
+        if not self._reading and not self._closed:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
+
+    def _stop_polling(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def read_now(self) -> list | None:
+        """The batches that arrived (perhaps none), each decoded (a tuple of messages
+        or one message) or as the list of frames distributed's decoding must read;
+        `None` once the peer closed the connection."""
+        if self._closed:
+            return None
+        batches = self._wire.read_batches()
+        if batches is None:
+            self.abort()
         return batches
+
+    async def decode(self, frames: list):
+        """A batch only distributed's decoding reads (pickled payloads, ...)."""
+        try:
+            return await from_frames(
+                frames, deserialize=self.deserialize, allow_offload=self.allow_offload
+            )
+        except EOFError:
+            # as TCP.read: garbled or truncated data ends the stream
+            self.abort()
+            raise CommClosedError("aborted stream on truncated data") from None
 
     async def read(self, deserializers=None):
         raise NotImplementedError("a WireComm is read with read_batches")
@@ -262,13 +248,13 @@ class WireComm(TCP):
     def _detach(self) -> None:
         self._closed = True
         self._wire.detach()
-        if self._reading:
-            self._reading = False
-            self._loop.remove_reader(self._fd)
+        self._stop_polling()
         if self._writing:
             self._writing = False
             self._loop.remove_writer(self._fd)
-        self._on_readable()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader()  # the stream learns that the comm closed
 
     def abort(self) -> None:
         if not self._closed:
@@ -400,62 +386,169 @@ class WireBatchedSend(BatchedSend):
         super().abort()
 
 
-async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> None:
+_CLOSE = object()
+
+
+class WorkerStream:
     """`Server.handle_stream` for a worker's WireComm: the same dispatch, message by
-    message in order, `close-stream` and odd messages handled as it handles them. A
-    run of `task-finished` messages for the engine's own handler goes to the engine in
-    one call (each message still its own stimulus)."""
-    core_logger.info("Starting established connection to %s", comm.peer_address)
-    handlers = scheduler.stream_handlers
-    closed = False
-    try:
-        while not closed:
-            try:
-                batches = await comm.read_batches()
-            except CommClosedError:
-                core_logger.info("Connection to %s has been closed.", comm.peer_address)
-                break
-            for msgs in batches:
-                batch_finished = scheduler._rsched_batch_task_finished()
-                if not isinstance(msgs, (tuple, list)):
-                    msgs = (msgs,)
-                finished: list = []
-                for msg in msgs:
-                    if msg == "OK":
-                        break
-                    op = msg.pop("op")
-                    if (
-                        op == "task-finished"
-                        and batch_finished
-                        and "key" in msg
-                        and "stimulus_id" in msg
-                        and "worker" not in msg
-                    ):
-                        finished.append(msg)
-                        continue
-                    if finished:
-                        scheduler._rsched_task_finished_batch(worker, finished)
-                        finished = []
-                    if op:
-                        if op == "close-stream":
-                            closed = True
-                            core_logger.info(
-                                "Received 'close-stream' from %s; closing.", comm.peer_address
-                            )
-                            break
-                        msg.setdefault("worker", worker)
-                        handler = handlers[op]
-                        if iscoroutinefunction(handler):
-                            await handler(**msg)
-                            batch_finished = scheduler._rsched_batch_task_finished()
-                        else:
-                            handler(**msg)
-                    else:
-                        core_logger.error("odd message %s", msg)
-                if finished:
-                    scheduler._rsched_task_finished_batch(worker, finished)
-                if closed:
+    message in order, `close-stream`, "OK" and odd messages handled as it handles them;
+    a run of `task-finished` messages for the engine's own handler goes to the engine
+    in one call (each message still its own stimulus).
+
+    The messages are handled by the selector's callback as soon as they arrive, while
+    nothing is awaited: no coroutine step, future or extra loop iteration per batch.
+    The stream's coroutine (`run`) takes over for what must be awaited: a coroutine
+    handler, distributed's decoding of a batch, the end of the stream, a handler's
+    exception (raised from it, as `handle_stream` raises it)."""
+
+    def __init__(self, scheduler: Any, comm: WireComm, worker: str) -> None:
+        self.scheduler = scheduler
+        self.comm = comm
+        self.worker = worker
+        self.handlers = scheduler.stream_handlers
+        # batches to handle, in order, the first one from `pos` on
+        self.batches: deque = deque()
+        self.pos = 0
+        self.batch_finished = False
+        self.error: BaseException | None = None
+        self.eof = False
+        self.awaiting: object = None  # what `_handle` left to the coroutine
+        self.wake: asyncio.Future | None = None
+
+    def _add(self, batches: list | None) -> bool:
+        """Queue what a read returned; False when the stream ended."""
+        if batches is None:
+            self.eof = True
+            return False
+        self.batches.extend(batches)
+        return True
+
+    def _handle(self) -> object:
+        """Handle the queued messages until one needs the coroutine: `_CLOSE` at
+        `close-stream`, a batch of frames to decode, `(handler, msg)` for a coroutine
+        handler; None once the queue is empty."""
+        scheduler = self.scheduler
+        batches = self.batches
+        while batches:
+            msgs = batches[0]
+            if type(msgs) is list:
+                return msgs  # frames: distributed decodes them
+            if self.pos == 0:
+                self.batch_finished = scheduler._rsched_batch_task_finished()
+            if not isinstance(msgs, tuple):
+                msgs = (msgs,)
+            finished: list = []
+            n = len(msgs)
+            i = self.pos
+            step: object = None
+            while i < n:
+                msg = msgs[i]
+                i += 1
+                if msg == "OK":
+                    i = n
                     break
-            await asyncio.sleep(0)
+                op = msg.pop("op")
+                if (
+                    op == "task-finished"
+                    and self.batch_finished
+                    and "key" in msg
+                    and "stimulus_id" in msg
+                    and "worker" not in msg
+                ):
+                    finished.append(msg)
+                    continue
+                if finished:
+                    self.pos = i
+                    scheduler._rsched_task_finished_batch(self.worker, finished)
+                    finished = []
+                if not op:
+                    core_logger.error("odd message %s", msg)
+                    continue
+                if op == "close-stream":
+                    core_logger.info(
+                        "Received 'close-stream' from %s; closing.", self.comm.peer_address
+                    )
+                    step = _CLOSE
+                    break
+                msg.setdefault("worker", self.worker)
+                handler = self.handlers[op]
+                if iscoroutinefunction(handler):
+                    step = (handler, msg)
+                    break
+                self.pos = i
+                handler(**msg)
+            if finished:
+                scheduler._rsched_task_finished_batch(self.worker, finished)
+            if i >= n or step is _CLOSE:
+                batches.popleft()
+                self.pos = 0
+            else:
+                self.pos = i
+            if step is not None:
+                return step
+        return None
+
+    def _on_readable(self) -> bool:
+        """The selector's callback: read, and handle what arrived unless the coroutine
+        handles this stream now. Whether the data was taken."""
+        wake = self.wake
+        if wake is None:
+            return False
+        try:
+            step = self._handle() if self._add(self.comm.read_now()) else _CLOSE
+        except BaseException as e:  # raised by the coroutine, as handle_stream raises
+            self.error = e
+            step = e
+        if step is None:
+            return True
+        if step is not _CLOSE or not self.eof:
+            self.awaiting = step
+        self.wake = None
+        if not wake.done():
+            wake.set_result(None)
+        return True
+
+    async def run(self) -> None:
+        comm = self.comm
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.error is not None:
+                raise self.error
+            step, self.awaiting = self.awaiting, None
+            if step is None:
+                step = self._handle()
+            if step is _CLOSE:
+                return
+            if type(step) is tuple:
+                handler, msg = step
+                await handler(**msg)
+                self.batch_finished = self.scheduler._rsched_batch_task_finished()
+                continue
+            if type(step) is list:
+                try:
+                    self.batches[0] = await comm.decode(step)
+                except CommClosedError:
+                    self.eof = True
+                continue
+            if self.eof or not self._add(comm.read_now()):
+                core_logger.info("Connection to %s has been closed.", comm.peer_address)
+                return
+            if self.batches:
+                await asyncio.sleep(0)
+                continue
+            # nothing to do: the selector's callback handles what comes next
+            self.wake = loop.create_future()
+            comm._poll(self._on_readable)
+            try:
+                await self.wake
+            finally:
+                self.wake = None
+
+
+async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> None:
+    """`Server.handle_stream` for a worker's WireComm (`WorkerStream`)."""
+    core_logger.info("Starting established connection to %s", comm.peer_address)
+    try:
+        await WorkerStream(scheduler, comm, worker).run()
     finally:
         await comm.close()
