@@ -345,6 +345,35 @@ impl Known {
     }
 }
 
+/// A qualified name's parts as interned strings, remembered by the name's object (the
+/// name held, so that its address is not reused): globals are looked up by the same
+/// names pickle after pickle.
+type Paths = hashbrown::HashMap<usize, (Py<PyString>, Arc<[Py<PyString>]>)>;
+
+static PATHS: PyOnceLock<Mutex<Paths>> = PyOnceLock::new();
+
+/// More qualified names than any program's globals: the cache starts over.
+const MAX_PATHS: usize = 4096;
+
+fn dotted_path(qualname: &Bound<'_, PyString>, path: &str) -> Arc<[Py<PyString>]> {
+    let py = qualname.py();
+    let paths = PATHS.get_or_init(py, || Mutex::new(Paths::new()));
+    let key = qualname.as_ptr() as usize;
+    let mut paths = paths.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, parts)) = paths.get(&key) {
+        return Arc::clone(parts);
+    }
+    if paths.len() >= MAX_PATHS {
+        paths.clear();
+    }
+    let parts: Arc<[Py<PyString>]> = path
+        .split('.')
+        .map(|p| PyString::intern(py, p).unbind())
+        .collect();
+    paths.insert(key, (qualname.clone().unbind(), Arc::clone(&parts)));
+    parts
+}
+
 /// Tuples of the same length whose items are the same objects (tuples compared the
 /// same way): what the checks of `Known::reduce` accept as the same reduce value.
 fn same_objects(a: &Bound<'_, PyAny>, b: &Bound<'_, PyAny>) -> PyResult<bool> {
@@ -399,7 +428,7 @@ fn trace<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Trace<'py>> {
     let mut p = Pickler {
         py,
         out: Vec::with_capacity(192),
-        memo: hashbrown::HashMap::new(),
+        memo: hashbrown::HashMap::with_capacity(32),
         alive: Vec::new(),
         modules: m,
         known: known(py)?,
@@ -765,9 +794,11 @@ impl<'py> Pickler<'py> {
         };
         // `get_dotted_path`, `get_deep_attribute` and the identity check: each failure
         // is `_pickle`'s PicklingError
+        let parts = dotted_path(qualname, path);
         let mut found = module;
-        for part in path.split('.') {
-            if part == "<locals>" {
+        for part in parts.iter() {
+            let part = part.bind(py);
+            if part.to_str()? == "<locals>" {
                 return Ok(Err(Stop::GlobalFails));
             }
             match found.getattr_opt(part)? {
