@@ -204,26 +204,46 @@ pub fn outbox_to_py<'py>(
     out: &Outbox<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let cm = PyDict::new(py);
+    let wm = PyDict::new(py);
+    outbox_into_py(py, s, out, &cm, &wm)?;
+    PyTuple::new(py, [cm.into_any(), wm.into_any()])
+}
+
+/// The `Outbox`'s messages appended to `cm` (`{client: [msg, ...]}`) and `wm`
+/// (`{worker address: [msg, ...]}`), after what they hold.
+pub fn outbox_into_py<'py>(
+    py: Python<'py>,
+    s: &State,
+    out: &Outbox<Py<PyAny>>,
+    cm: &Bound<'py, PyDict>,
+    wm: &Bound<'py, PyDict>,
+) -> PyResult<()> {
+    let list_for =
+        |d: &Bound<'py, PyDict>, dest: Bound<'py, PyAny>| -> PyResult<Bound<'py, PyList>> {
+            if let Some(l) = d.get_item(&dest)? {
+                return Ok(l.cast_into::<PyList>()?);
+            }
+            let l = PyList::empty(py);
+            d.set_item(dest, &l)?;
+            Ok(l)
+        };
     for (c, msgs) in out.client_msgs.iter() {
         // the fire-and-forget client has no comm: send_all drops these
         if *c == s.fire_and_forget() {
             continue;
         }
-        let l = PyList::empty(py);
+        let l = list_for(cm, s.client(*c).client_key.bind(py).clone().into_any())?;
         for m in msgs {
             l.append(client_msg(py, s, m)?)?;
         }
-        cm.set_item(s.client(*c).client_key.bind(py), l)?;
     }
-    let wm = PyDict::new(py);
     for (w, msgs) in out.worker_msgs.iter() {
-        let l = PyList::empty(py);
+        let l = list_for(wm, PyString::new(py, s.ws(*w).address.as_str()).into_any())?;
         for m in msgs {
             l.append(worker_msg(py, s, m)?)?;
         }
-        wm.set_item(s.ws(*w).address.as_str(), l)?;
     }
-    PyTuple::new(py, [cm.into_any(), wm.into_any()])
+    Ok(())
 }
 
 /// A task state as an interned Python string (handles and the transition replay read

@@ -2,7 +2,7 @@
 //! outbox and the stimulus id; it ends in one place (`Drop`), which clears what failed
 //! transitions left, frees the tasks the stimulus forgot and lets dead groups go.
 
-use crate::bindings::messages::{outbox_to_py, py_state};
+use crate::bindings::messages::{outbox_into_py, outbox_to_py, py_state};
 use crate::bindings::shared::{Engine, State};
 use crate::cell::StateMut;
 use crate::core::messages::Outbox;
@@ -83,6 +83,19 @@ impl Batch<'_> {
     ) -> PyResult<Bound<'py, PyTuple>> {
         self.check(py, r)?;
         outbox_to_py(py, &self.st, &self.out)
+    }
+
+    /// Ends the stimulus, its messages appended to `client_msgs` and `worker_msgs`
+    /// (a run of stimuli sent together).
+    pub(crate) fn finish_into<'py>(
+        mut self,
+        py: Python<'py>,
+        r: CoreResult<()>,
+        client_msgs: &Bound<'py, PyDict>,
+        worker_msgs: &Bound<'py, PyDict>,
+    ) -> PyResult<()> {
+        self.check(py, r)?;
+        outbox_into_py(py, &self.st, &self.out, client_msgs, worker_msgs)
     }
 
     /// Ends the stimulus with `(result, client_msgs, worker_msgs)`.

@@ -10,7 +10,7 @@ use crate::core::types::*;
 use pyo3::exceptions::PyKeyError;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 /// `msg[name]`, a `KeyError` naming the field when it is missing.
 fn field<'py>(
@@ -66,20 +66,6 @@ fn plugin_fields<'py>(
 
 fn msg_dict<'py>(py: Python<'py>, msg: Option<&Bound<'py, PyDict>>) -> Bound<'py, PyDict> {
     msg.cloned().unwrap_or_else(|| PyDict::new(py))
-}
-
-/// `{destination: [msgs]}` of one stimulus appended to those of the ones before it.
-fn merge_msgs<'py>(into: &Bound<'py, PyDict>, more: &Bound<'py, PyAny>) -> PyResult<()> {
-    for (dest, msgs) in more.cast::<PyDict>()?.iter() {
-        match into.get_item(&dest)? {
-            Some(list) => {
-                list.cast::<PyList>()?
-                    .call_method1(intern!(into.py(), "extend"), (msgs,))?;
-            }
-            None => into.set_item(dest, msgs)?,
-        }
-    }
-    Ok(())
 }
 
 /// `ts.metadata.update(msg["metadata"])` when the report has metadata.
@@ -232,28 +218,22 @@ impl Engine {
         let addr = address_of(worker);
         let mut error = py.None().into_bound(py);
         for msg in msgs {
-            let run = || -> PyResult<Bound<'py, PyTuple>> {
+            let run = || -> PyResult<()> {
                 let key = field(&msg, intern!(py, "key"))?;
                 let sid = field(&msg, intern!(py, "stimulus_id"))?;
                 msg.del_item(intern!(py, "key"))?;
                 msg.del_item(intern!(py, "stimulus_id"))?;
                 let mut b = self.batch(&sid)?;
                 if b.st.worker_id(&addr).is_none() {
-                    return b.finish(py, Ok(()));
+                    return b.finish_into(py, Ok(()), &client_msgs, &worker_msgs);
                 }
                 let recs = self.task_finished(py, &mut b, &key, worker, &addr, &msg)?;
                 let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
-                b.finish(py, r)
+                b.finish_into(py, r, &client_msgs, &worker_msgs)
             };
-            match run() {
-                Ok(out) => {
-                    merge_msgs(&client_msgs, &out.get_item(0)?)?;
-                    merge_msgs(&worker_msgs, &out.get_item(1)?)?;
-                }
-                Err(e) => {
-                    error = e.into_value(py).into_bound(py).into_any();
-                    break;
-                }
+            if let Err(e) = run() {
+                error = e.into_value(py).into_bound(py).into_any();
+                break;
             }
         }
         PyTuple::new(py, [client_msgs.into_any(), worker_msgs.into_any(), error])
