@@ -484,3 +484,26 @@ def test_deep_nesting_goes_to_distributeds_decoding():
     cyclic: list = []
     cyclic.append(cyclic)
     assert encode_batch(cyclic) is None
+
+
+@gen_cluster(client=True)
+async def test_client_releases_run_in_one_engine_call(c, s, a, b):
+    """A client stream's run of `client-releases-keys` goes to the engine in one call,
+    each message its own stimulus with distributed's stimulus id."""
+    calls = []
+    handle = s._rsched_releases_batch
+
+    def spy(runs):
+        calls.append(len(runs))
+        handle(runs)
+
+    s._rsched_releases_batch = spy
+    futures = c.map(inc, range(50))
+    await c.gather(futures)
+    del futures
+    while s.tasks:
+        await asyncio.sleep(0.01)
+    assert sum(calls) == 50
+    assert len(calls) < 50
+    released = {sid for *_, sid, _ in s.transition_log if sid.startswith("client-releases-keys-")}
+    assert len(released) > 1

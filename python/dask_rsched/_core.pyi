@@ -43,6 +43,9 @@ class Engine:
     def handle_task_finished(
         self, key: Hashable, worker: str, stimulus_id: str, **msg: Any
     ) -> tuple[_Msgs, _Msgs]: ...
+    def client_releases_keys_batch(
+        self, runs: list[tuple[Any, str, str]]
+    ) -> tuple[_Msgs, _Msgs, BaseException | None]: ...
     def handle_task_finished_batch(
         self, worker: str, msgs: list[dict[str, Any]]
     ) -> tuple[_Msgs, _Msgs, BaseException | None]: ...

@@ -648,6 +648,34 @@ class EngineSchedulerMixin:
                 worker_comm.abort()
                 await self.remove_worker(worker, stimulus_id=f"handle-worker-cleanup-{time()}")
 
+    async def handle_stream(self, comm: Any, extra: dict | None = None) -> None:
+        """A client's stream (`add_client` reads it with `handle_stream`) dispatched by
+        `_wire.handle_client_stream`: runs of `client-releases-keys` in one engine
+        call; any other stream by distributed's own."""
+        if extra is not None and list(extra) == ["client"]:
+            await _wire.handle_client_stream(self, comm, extra)
+            return
+        await super().handle_stream(comm, extra)  # type: ignore[misc]
+
+    def _rsched_batch_releases(self) -> bool:
+        """Whether a client stream's `client-releases-keys` messages may go to the
+        engine a run at a time: the stream handler is this class's."""
+        handler = self.stream_handlers.get("client-releases-keys")
+        return getattr(handler, "__func__", None) is EngineSchedulerMixin.client_releases_keys
+
+    def _rsched_releases_batch(self, runs: list) -> None:
+        """`client_releases_keys(keys, client, stimulus_id)` for each of `runs`, in one
+        call into the engine; the messages of those handled are sent before an error
+        that stopped the run is raised."""
+        client_msgs, worker_msgs, error = self._rsched_engine.client_releases_keys_batch(runs)
+        if client_msgs or worker_msgs:
+            sending = perf_counter()
+            self.send_all(client_msgs, worker_msgs)
+            self._rsched_send_seconds += perf_counter() - sending
+        if error is not None:
+            self._rsched_log_failed(getattr(error, "failed_transitions", ()))
+            raise error
+
     # ---------------------------------------------------------- task events
 
     def handle_task_finished(self, key: Any, worker: str, stimulus_id: str, **msg: Any) -> None:

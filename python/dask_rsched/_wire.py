@@ -552,3 +552,66 @@ async def handle_worker_stream(scheduler: Any, comm: WireComm, worker: str) -> N
         await WorkerStream(scheduler, comm, worker).run()
     finally:
         await comm.close()
+
+
+_RELEASE_FIELDS = frozenset({"keys", "client", "stimulus_id"})
+
+
+async def handle_client_stream(scheduler: Any, comm: Comm, extra: dict) -> None:
+    """`Server.handle_stream` for a client's stream (read by its own comm): the same
+    dispatch, message by message in order, except that a run of `client-releases-keys`
+    messages for the engine's own handler goes to the engine in one call (each message
+    still its own stimulus, with the stimulus id distributed's handler would give it)."""
+    core_logger.info("Starting established connection to %s", comm.peer_address)
+    handlers = scheduler.stream_handlers
+    closed = False
+    try:
+        while not closed:
+            try:
+                msgs = await comm.read()
+            except CommClosedError:
+                core_logger.info("Connection to %s has been closed.", comm.peer_address)
+                break
+            if not isinstance(msgs, (tuple, list)):
+                msgs = (msgs,)
+            batch = scheduler._rsched_batch_releases()
+            runs: list = []
+            for msg in msgs:
+                if msg == "OK":
+                    break
+                op = msg.pop("op")
+                if (
+                    op == "client-releases-keys"
+                    and batch
+                    and "keys" in msg
+                    and msg.keys() <= _RELEASE_FIELDS
+                ):
+                    runs.append(
+                        (
+                            msg["keys"],
+                            msg.get("client", extra["client"]),
+                            msg.get("stimulus_id") or f"client-releases-keys-{time()}",
+                        )
+                    )
+                    continue
+                if runs:
+                    scheduler._rsched_releases_batch(runs)
+                    runs = []
+                if not op:
+                    core_logger.error("odd message %s", msg)
+                    continue
+                if op == "close-stream":
+                    closed = True
+                    core_logger.info("Received 'close-stream' from %s; closing.", comm.peer_address)
+                    break
+                handler = handlers[op]
+                if iscoroutinefunction(handler):
+                    await handler(**{**extra, **msg})
+                    batch = scheduler._rsched_batch_releases()
+                else:
+                    handler(**{**extra, **msg})
+            if runs:
+                scheduler._rsched_releases_batch(runs)
+            await asyncio.sleep(0)
+    finally:
+        await comm.close()
