@@ -667,7 +667,10 @@ class EngineSchedulerMixin:
         """`client_releases_keys(keys, client, stimulus_id)` for each of `runs`, in one
         call into the engine; the messages of those handled are sent before an error
         that stopped the run is raised."""
-        client_msgs, worker_msgs, error = self._rsched_engine.client_releases_keys_batch(runs)
+        self._rsched_send_run(*self._rsched_engine.client_releases_keys_batch(runs))
+
+    def _rsched_send_run(self, client_msgs: dict, worker_msgs: dict, error: Any) -> None:
+        """A run of stimuli's messages sent, then the error that stopped it raised."""
         if client_msgs or worker_msgs:
             sending = perf_counter()
             self.send_all(client_msgs, worker_msgs)
@@ -703,16 +706,7 @@ class EngineSchedulerMixin:
         """`handle_task_finished(worker=worker, **msg)` for each message, in one call
         into the engine; the messages of those handled are sent before an error that
         stopped the run is raised."""
-        client_msgs, worker_msgs, error = self._rsched_engine.handle_task_finished_batch(
-            worker, msgs
-        )
-        if client_msgs or worker_msgs:
-            sending = perf_counter()
-            self.send_all(client_msgs, worker_msgs)
-            self._rsched_send_seconds += perf_counter() - sending
-        if error is not None:
-            self._rsched_log_failed(getattr(error, "failed_transitions", ()))
-            raise error
+        self._rsched_send_run(*self._rsched_engine.handle_task_finished_batch(worker, msgs))
 
     def handle_task_erred(self, key: Any, stimulus_id: str, **msg: Any) -> None:
         if self._rsched_replaced("stimulus_task_erred"):

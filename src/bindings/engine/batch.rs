@@ -192,3 +192,24 @@ impl Engine {
         Ok(())
     }
 }
+
+/// A run of stimuli sent together (a stream's run of messages): `stimulus(item,
+/// client_msgs, worker_msgs)` for each item, each appending its messages, until one
+/// raises. `(client_msgs, worker_msgs, error)`: the messages of those handled, and the
+/// exception that stopped the run (or None).
+pub(crate) fn stimuli_run<'py, T>(
+    py: Python<'py>,
+    items: impl IntoIterator<Item = T>,
+    mut stimulus: impl FnMut(T, &Bound<'py, PyDict>, &Bound<'py, PyDict>) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let client_msgs = PyDict::new(py);
+    let worker_msgs = PyDict::new(py);
+    let mut error = py.None().into_bound(py);
+    for item in items {
+        if let Err(e) = stimulus(item, &client_msgs, &worker_msgs) {
+            error = e.into_value(py).into_bound(py).into_any();
+            break;
+        }
+    }
+    PyTuple::new(py, [client_msgs.into_any(), worker_msgs.into_any(), error])
+}

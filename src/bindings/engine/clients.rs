@@ -1,12 +1,13 @@
 //! Clients: joining and leaving, wanting, releasing and cancelling keys.
 
+use super::batch::stimuli_run;
 use crate::bindings::shared::{Engine, State};
 use crate::core::messages::CancelEvent;
 use crate::core::state::Recs;
 use crate::core::types::*;
 use pyo3::exceptions::{PyKeyError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyList, PyTuple};
 
 impl Engine {
     /// The tasks of the known keys among `keys`, in order.
@@ -88,29 +89,19 @@ impl Engine {
         py: Python<'py>,
         runs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let client_msgs = PyDict::new(py);
-        let worker_msgs = PyDict::new(py);
-        let mut error = py.None().into_bound(py);
-        for (keys, client, stimulus_id) in runs {
-            let run = || -> PyResult<()> {
-                let mut b = self.batch(&stimulus_id)?;
-                // as distributed: the keys listed, then the client looked up
-                let keys = PyList::new(py, keys.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
-                let c = self
-                    .known_client(py, &client)?
-                    .ok_or_else(|| PyKeyError::new_err(client.clone().unbind()))?;
-                let ids = self.known_tasks(&b.st, keys.as_any())?;
-                let mut recs = Recs::new();
-                b.st.client_releases_keys_inner(&ids, c, &mut recs);
-                let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
-                b.finish_into(py, r, &client_msgs, &worker_msgs)
-            };
-            if let Err(e) = run() {
-                error = e.into_value(py).into_bound(py).into_any();
-                break;
-            }
-        }
-        PyTuple::new(py, [client_msgs.into_any(), worker_msgs.into_any(), error])
+        stimuli_run(py, runs, |(keys, client, stimulus_id), cm, wm| {
+            let mut b = self.batch(&stimulus_id)?;
+            // as distributed: the keys listed, then the client looked up
+            let keys = PyList::new(py, keys.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
+            let c = self
+                .known_client(py, &client)?
+                .ok_or_else(|| PyKeyError::new_err(client.clone().unbind()))?;
+            let ids = self.known_tasks(&b.st, keys.as_any())?;
+            let mut recs = Recs::new();
+            b.st.client_releases_keys_inner(&ids, c, &mut recs);
+            let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
+            b.finish_into(py, r, cm, wm)
+        })
     }
 
     /// `Scheduler.stimulus_cancel` for a known client (an unknown one changes nothing):

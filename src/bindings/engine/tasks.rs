@@ -1,7 +1,7 @@
 //! Task events: a worker's `task-finished`, `task-erred`, `long-running`; transitions
 //! asked for by name; retries; filling queue slots.
 
-use super::batch::Batch;
+use super::batch::{stimuli_run, Batch};
 use crate::bindings::shared::{address_of, byte_count, parse_state, run_id_of, Engine};
 use crate::core::messages::StartStop;
 use crate::core::state::Recs;
@@ -213,30 +213,20 @@ impl Engine {
         worker: &Bound<'py, PyAny>,
         msgs: Vec<Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        let client_msgs = PyDict::new(py);
-        let worker_msgs = PyDict::new(py);
         let addr = address_of(worker);
-        let mut error = py.None().into_bound(py);
-        for msg in msgs {
-            let run = || -> PyResult<()> {
-                let key = field(&msg, intern!(py, "key"))?;
-                let sid = field(&msg, intern!(py, "stimulus_id"))?;
-                msg.del_item(intern!(py, "key"))?;
-                msg.del_item(intern!(py, "stimulus_id"))?;
-                let mut b = self.batch(&sid)?;
-                if b.st.worker_id(&addr).is_none() {
-                    return b.finish_into(py, Ok(()), &client_msgs, &worker_msgs);
-                }
-                let recs = self.task_finished(py, &mut b, &key, worker, &addr, &msg)?;
-                let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
-                b.finish_into(py, r, &client_msgs, &worker_msgs)
-            };
-            if let Err(e) = run() {
-                error = e.into_value(py).into_bound(py).into_any();
-                break;
+        stimuli_run(py, msgs, |msg, cm, wm| {
+            let key = field(&msg, intern!(py, "key"))?;
+            let sid = field(&msg, intern!(py, "stimulus_id"))?;
+            msg.del_item(intern!(py, "key"))?;
+            msg.del_item(intern!(py, "stimulus_id"))?;
+            let mut b = self.batch(&sid)?;
+            if b.st.worker_id(&addr).is_none() {
+                return b.finish_into(py, Ok(()), cm, wm);
             }
-        }
-        PyTuple::new(py, [client_msgs.into_any(), worker_msgs.into_any(), error])
+            let recs = self.task_finished(py, &mut b, &key, worker, &addr, &msg)?;
+            let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
+            b.finish_into(py, r, cm, wm)
+        })
     }
 
     /// `SchedulerState.stimulus_task_finished`: `(recommendations, client_msgs,
