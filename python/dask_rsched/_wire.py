@@ -526,7 +526,10 @@ class WorkerStream:
                 continue
             if type(step) is list:
                 try:
-                    self.batches[0] = await comm.decode(step)
+                    decoded = await comm.decode(step)
+                    # (a list here is messages, not frames: `_handle` tells them apart
+                    # by type)
+                    self.batches[0] = tuple(decoded) if type(decoded) is list else decoded
                 except CommClosedError:
                     self.eof = True
                 continue
