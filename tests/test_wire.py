@@ -131,8 +131,10 @@ async def fake_worker(s, name: str):
         struct.pack("<QQ", 16, 2**40),
         # a well-framed batch that is not msgpack (0xc1 is never used)
         struct.pack("<QQQ", 17, 1, 1) + b"\xc1",
+        # a batch of two frames (distributed's decoding) whose msgpack is truncated
+        struct.pack("<QQQQ", 26, 2, 1, 1) + b"\x92x",
     ],
-    ids=["header", "msgpack"],
+    ids=["header", "msgpack", "frames"],
 )
 def test_malformed_frame_closes_that_worker_only(garbage):
     @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])

@@ -458,7 +458,6 @@ class WorkerStream:
                     finished.append(msg)
                     continue
                 if finished:
-                    self.pos = i
                     scheduler._rsched_task_finished_batch(self.worker, finished)
                     finished = []
                 if not op:
@@ -475,7 +474,6 @@ class WorkerStream:
                 if iscoroutinefunction(handler):
                     step = (handler, msg)
                     break
-                self.pos = i
                 handler(**msg)
             if finished:
                 scheduler._rsched_task_finished_batch(self.worker, finished)
@@ -531,7 +529,9 @@ class WorkerStream:
                     # by type)
                     self.batches[0] = tuple(decoded) if type(decoded) is list else decoded
                 except CommClosedError:
-                    self.eof = True
+                    # garbled or truncated data ends the stream, as a failed read does
+                    core_logger.info("Connection to %s has been closed.", comm.peer_address)
+                    return
                 continue
             if self.eof or not self._add(comm.read_now()):
                 core_logger.info("Connection to %s has been closed.", comm.peer_address)

@@ -258,7 +258,12 @@ impl Known {
             types.get(&key).map(|(_, v)| Arc::clone(v))
         };
         if let Some(verdict) = verdict {
-            return self.build(obj, ty, &verdict);
+            // the verdict holds while the type still reduces by the method it was for
+            return match (&*verdict, kind) {
+                (NodeReduction::State(_), None) => self.build(obj, ty, &verdict),
+                (NodeReduction::Reduce(i), Some(j)) if *i == j => self.build(obj, ty, &verdict),
+                _ => Ok(None),
+            };
         }
         // a first object of the type: our tuple must be the one the method returns
         let verdict = match kind {

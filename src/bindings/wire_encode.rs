@@ -282,59 +282,52 @@ impl<'py> Encoder<'py> {
                         .call1((&data,))?
                         .is_truthy()?))
         };
-        let buffers = PyList::empty(py);
-        let kwargs = PyDict::new(py);
-        kwargs.set_item(
-            intern!(py, "buffer_callback"),
-            buffers.getattr(intern!(py, "append"))?,
-        )?;
-        let mut pickled: Option<Vec<u8>> = None;
+        // a pickler of Python's: its bytes, and whether it gave out-of-band buffers
+        let from_python =
+            |f: &Bound<'py, PyAny>, protocol: bool| -> PyResult<Option<(Vec<u8>, bool)>> {
+                let buffers = PyList::empty(py);
+                let kwargs = PyDict::new(py);
+                kwargs.set_item(
+                    intern!(py, "buffer_callback"),
+                    buffers.getattr(intern!(py, "append"))?,
+                )?;
+                if protocol {
+                    kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
+                }
+                Ok(f.call((&data,), Some(&kwargs)).ok().and_then(|r| {
+                    let b = r.cast_exact::<PyBytes>().ok()?;
+                    Some((b.as_bytes().to_vec(), !buffers.is_empty()))
+                }))
+            };
+        let mut pickled: Option<(Vec<u8>, bool)> = None;
         let mut use_cloudpickle = false;
         if p.registry.bind(py).call0()?.len()? == 0 {
             match pickler::dumps(&data) {
                 pickler::Dumped::Bytes(b) => {
                     use_cloudpickle = names_main(&b)?;
-                    pickled = Some(b);
+                    pickled = Some((b, false));
                 }
                 pickler::Dumped::GlobalFails(types) => {
                     use_cloudpickle = p.none_registered(py, &types);
                 }
                 pickler::Dumped::Unknown => {
-                    kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
-                    if let Ok(r) = p.pickle_dumps.bind(py).call((&data,), Some(&kwargs)) {
-                        let Ok(b) = r.cast_exact::<PyBytes>() else {
-                            return Ok(Err(Unsupported));
-                        };
-                        use_cloudpickle = names_main(b.as_bytes())?;
-                        pickled = Some(b.as_bytes().to_vec());
+                    pickled = from_python(p.pickle_dumps.bind(py), true)?;
+                    if let Some((b, _)) = &pickled {
+                        use_cloudpickle = names_main(b)?;
                     }
                 }
             }
         }
-        let from_python = |f: &Bound<'py, PyAny>, kwargs: &Bound<'py, PyDict>| {
-            buffers.call_method0(intern!(py, "clear"))?;
-            PyResult::Ok(f.call((&data,), Some(kwargs)).ok().and_then(|r| {
-                r.cast_exact::<PyBytes>()
-                    .ok()
-                    .map(|b| b.as_bytes().to_vec())
-            }))
-        };
         if use_cloudpickle {
-            kwargs.set_item(intern!(py, "protocol"), p.protocol.bind(py))?;
-            pickled = from_python(p.cloudpickle_dumps.bind(py), &kwargs)?;
+            pickled = from_python(p.cloudpickle_dumps.bind(py), true)?;
         }
         if pickled.is_none() {
-            let kwargs = PyDict::new(py);
-            kwargs.set_item(
-                intern!(py, "buffer_callback"),
-                buffers.getattr(intern!(py, "append"))?,
-            )?;
-            pickled = from_python(p.dumps.bind(py), &kwargs)?;
+            pickled = from_python(p.dumps.bind(py), false)?;
         }
-        let Some(pickled) = pickled else {
+        let Some((pickled, out_of_band)) = pickled else {
             return Ok(Err(Unsupported));
         };
-        if !buffers.is_empty() || pickled.len() > MAX_LEN {
+        if out_of_band || pickled.len() > MAX_LEN {
             return Ok(Err(Unsupported));
         }
         let index = self.frames.len() + 1;
