@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +30,22 @@ def _reset(dask_scheduler) -> None:
 
 def _state(dask_scheduler) -> tuple[int, float]:
     return len(dask_scheduler.tasks), float(dask_scheduler.digests_max.get("tick-duration", 0))
+
+
+def _phases(dask_scheduler) -> dict:
+    """The phases distributed timed in its last `update-graph` event (its
+    `state_initialization` is the synchronous part; distributed logs it negated), and the
+    longest synchronous stretch of the engine's graph work (`None` on pure Python)."""
+    for _, msg in reversed(dask_scheduler.get_events("scheduler")):
+        if isinstance(msg, dict) and msg.get("action") == "update-graph" and "metrics" in msg:
+            m = msg["metrics"]
+            return {
+                "materialize_s": m["materialization_duration_seconds"],
+                "order_s": -m["ordering_duration_seconds"],
+                "sync_s": -m["state_initialization_duration_seconds"],
+                "engine_step_s": getattr(dask_scheduler, "_rsched_longest_graph_step", None),
+            }
+    return {}
 
 
 @contextlib.contextmanager
@@ -94,6 +111,7 @@ def measure(engine: str, graph: str, n: int) -> dict:
             # the tick that measures a stall runs only once the loop is free again
             time.sleep(0.3)
             _, stall = client.run_on_scheduler(_state)
+            phases = client.run_on_scheduler(_phases)
             del futures
     return {
         "engine": engine,
@@ -102,6 +120,7 @@ def measure(engine: str, graph: str, n: int) -> dict:
         "wall_s": wall,
         "cpu_s": cpu,
         "stall_s": stall,
+        **phases,
     }
 
 
@@ -110,29 +129,40 @@ def main() -> None:
     ap.add_argument("--tasks", type=int, default=200_000)
     ap.add_argument("--graphs", nargs="+", default=["tree", "array"])
     ap.add_argument("--quick", action="store_true", help="10,000 tasks")
+    ap.add_argument("--engines", nargs="+", default=["python", "rust"])
+    ap.add_argument("--json", help="also write the rows to this file")
     args = ap.parse_args()
     n = 10_000 if args.quick else args.tasks
     print(
-        "| graph | tasks | engine | client to running s | scheduler CPU s | "
-        "longest stall s |\n|---|---:|---|---:|---:|---:|",
+        "| graph | tasks | engine | client to running s | scheduler CPU s | longest stall s "
+        "| update-graph's synchronous part s | engine's longest step s |\n"
+        "|---|---:|---|---:|---:|---:|---:|---:|",
         flush=True,
     )
+    results = []
     for graph in args.graphs:
         rows = {}
-        for engine in ("python", "rust"):
+        for engine in args.engines:
             r = rows[engine] = measure(engine, graph, n)
+            results.append(r)
             name = "pure Python" if engine == "python" else "dask-rsched"
+            step = r.get("engine_step_s")
             print(
                 f"| {graph} | {r['tasks']:,} | {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} "
-                f"| {r['stall_s']:.2f} |",
+                f"| {r['stall_s']:.2f} | {r.get('sync_s', float('nan')):.2f} "
+                f"| {'' if step is None else f'{step:.2f}'} |",
                 flush=True,
             )
-        p, e = rows["python"], rows["rust"]
-        print(
-            f"| {graph} | | pure Python / engine | {p['wall_s'] / e['wall_s']:.1f}x "
-            f"| {p['cpu_s'] / e['cpu_s']:.1f}x | {p['stall_s'] / max(e['stall_s'], 1e-3):.1f}x |",
-            flush=True,
-        )
+        if len(rows) == 2:
+            p, e = rows["python"], rows["rust"]
+            print(
+                f"| {graph} | | pure Python / engine | {p['wall_s'] / e['wall_s']:.1f}x "
+                f"| {p['cpu_s'] / e['cpu_s']:.1f}x "
+                f"| {p['stall_s'] / max(e['stall_s'], 1e-3):.1f}x | | |",
+                flush=True,
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

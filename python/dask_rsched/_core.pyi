@@ -91,9 +91,15 @@ class Engine:
         submitting_task: Hashable | None = None,
         actors: bool | list[Hashable] | None = None,
         annotate: Callable[[list[Hashable]], object] | None = None,
-        observe: Callable[[list[Hashable], list[Hashable]], object] | None = None,
-    ) -> tuple[tuple[int, list[Hashable]], _Msgs, _Msgs]:
-        """``((new_tasks, collisions), client_msgs, worker_msgs)``"""
+        observe: Callable[[list[Hashable] | None, list[Hashable], list[Hashable]], object]
+        | None = None,
+        observe_touched: bool = True,
+        budget: float | None = None,
+    ) -> tuple[tuple[int, list[Hashable], bool], _Msgs, _Msgs]:
+        """``((new_tasks, collisions, pending), client_msgs, worker_msgs)``"""
+    def continue_graph(self, budget: float | None = None) -> tuple[bool, _Msgs, _Msgs]: ...
+    @property
+    def graph_pending(self) -> bool: ...
     def new_task(self, key: Hashable, spec: Any, state: str) -> TaskState: ...
     def update_data(
         self,
@@ -194,6 +200,7 @@ class Engine:
     def validate_key(self, key: Hashable) -> None: ...
     def validate_state(self) -> None: ...
     def set_orders(self) -> tuple[dict[Hashable, tuple[Any, ...]], dict[str, Any]]: ...
+    def waiting_counts(self) -> tuple[int, int]: ...
     def containers(self, only: str | None = None) -> dict[str, Any]: ...
 
 @final

@@ -12,6 +12,8 @@ state changes reach the engine through the views they write to (`workers[address
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
 import logging
 import textwrap
@@ -19,6 +21,8 @@ from collections.abc import Callable, Collection
 from time import perf_counter, time
 from typing import Any
 
+import dask.config
+from dask.utils import parse_timedelta
 from distributed import scheduler as _dsched
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.scheduler import Computation
@@ -71,6 +75,21 @@ _COLLISION_WARNING = (
 _COLLISION_DEBUG = (
     "Detected different `run_spec` for key {key!r} between two consecutive calls to `update_graph`."
 )
+
+
+#: Inside `update_graph`: its engine call's time budget (`_graph_step`). A direct call
+#: of `_create_taskstate_from_graph` runs all its transitions, as distributed's does.
+_GRAPH_STEP: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "dask_rsched_graph_step", default=None
+)
+
+
+def _graph_step() -> float | None:
+    """`distributed.scheduler.rsched-graph-step`: how long one engine call of a graph
+    submission may keep the event loop before the graph's remaining transitions yield
+    to it (None: never)."""
+    step = dask.config.get("distributed.scheduler.rsched-graph-step", "250ms")
+    return None if step is None else parse_timedelta(step)
 
 
 def _collision_details(ts: Any, new_spec: Any) -> str:
@@ -189,8 +208,8 @@ class EngineSchedulerMixin:
     )
     saturated = property(lambda self: _views.container(self._rsched_engine, "saturated"))
     running = property(lambda self: _views.container(self._rsched_engine, "running"))
-    queued = property(lambda self: _views.container(self._rsched_engine, "queued"))
-    unrunnable = property(lambda self: _views.container(self._rsched_engine, "unrunnable"))
+    queued = property(lambda self: _views.QueuedView(self._rsched_engine))
+    unrunnable = property(lambda self: _views.UnrunnableView(self._rsched_engine))
     replicated_tasks = property(
         lambda self: _views.container(self._rsched_engine, "replicated_tasks")
     )
@@ -437,10 +456,25 @@ class EngineSchedulerMixin:
     async def update_graph(self, *args: Any, **kwargs: Any) -> None:
         # the graph's `dask.order.order` runs in Rust (same priorities)
         token = _order.ENGINE_ORDER.set({})
+        step = _GRAPH_STEP.set(_graph_step())
         try:
             await super().update_graph(*args, **kwargs)  # type: ignore[misc]
         finally:
             _order.ENGINE_ORDER.reset(token)
+            _GRAPH_STEP.reset(step)
+        # a large graph's transitions, in steps with the event loop running between
+        engine = self._rsched_engine
+        while engine.graph_pending:
+            await asyncio.sleep(0)
+            began = perf_counter()
+            self._rsched_run(engine.continue_graph, _graph_step())
+            self._rsched_note_graph_step(perf_counter() - began)
+
+    def _rsched_note_graph_step(self, seconds: float) -> None:
+        """The longest time one engine call of a graph submission held the event loop
+        (`benches/submit_e2e.py` reads it)."""
+        longest = getattr(self, "_rsched_longest_graph_step", 0.0)
+        self._rsched_longest_graph_step = max(longest, seconds)
 
     def _find_lost_dependencies(self, dsk: dict, keys: set) -> set:
         lost = _order.lost_keys(_order.ENGINE_ORDER.get(), dsk, keys, self.tasks)
@@ -495,12 +529,14 @@ class EngineSchedulerMixin:
                 )
 
         failure: list[BaseException] = []
+        graph_plugins = _plugins_overriding(self.plugins, "update_graph")
 
-        def observe(touched_keys: list, collisions: list, first_keys: list) -> bool:
+        def observe(touched_keys: list | None, collisions: list, first_keys: list) -> bool:
             # the transitions run and their messages go out even if an observer fails
             try:
                 self._rsched_warn_collisions(collisions, dsk)
                 return self._rsched_observe_graph(
+                    graph_plugins,
                     touched_keys,
                     first_keys,
                     keys,
@@ -514,7 +550,8 @@ class EngineSchedulerMixin:
                 failure.append(exc)
                 return False
 
-        new_tasks, collisions = self._rsched_run(
+        began = perf_counter()
+        new_tasks, collisions, _ = self._rsched_run(
             self._rsched_engine.update_graph,
             dsk=dsk,
             keys=keys,
@@ -528,7 +565,10 @@ class EngineSchedulerMixin:
             actors=actors,
             annotate=annotate,
             observe=observe,
+            observe_touched=bool(graph_plugins),
+            budget=_GRAPH_STEP.get(),
         )
+        self._rsched_note_graph_step(perf_counter() - began)
         if failure:
             raise failure[0]
         return {"tasks": len(dsk), "new_tasks": new_tasks, "key_collisions": len(collisions)}
@@ -547,7 +587,8 @@ class EngineSchedulerMixin:
 
     def _rsched_observe_graph(
         self,
-        touched_keys: list,
+        graph_plugins: list,
+        touched_keys: list | None,
         first_keys: list,
         keys: Collection,
         client: str,
@@ -559,10 +600,10 @@ class EngineSchedulerMixin:
         """The spans extension and `update_graph` plugins see the submitted tasks
         before their transitions run, as in `_create_taskstate_from_graph`. True if the
         spans extension saw only the first task of each group (the engine then gives the
-        others their group's span annotation)."""
+        others their group's span annotation). `touched_keys` is given only when there
+        are `graph_plugins`."""
         spans_ext = self.extensions.get("spans")
-        graph_plugins = _plugins_overriding(self.plugins, "update_graph")
-        if not graph_plugins:
+        if touched_keys is None:
             # No handle per task: the spans extension gives every task of a group the
             # span its first task gets, so it sees the first task of each group and the
             # engine hands the result to the others.

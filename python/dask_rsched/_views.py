@@ -138,38 +138,80 @@ class WorkersView(Mapping):
 
 
 class QueuedView:
-    """`SchedulerState.queued` (a HeapSet ordered by priority), read-only."""
+    """`SchedulerState.queued` (a HeapSet ordered by priority), read-only and live: its
+    length and truth come from the engine without building the queue (distributed's
+    `check_idle` asks every 250 ms), its tasks only when iterated."""
 
-    __slots__ = ("_tasks",)
+    __slots__ = ("_engine",)
 
-    def __init__(self, tasks: list[Any]) -> None:
-        self._tasks = tasks
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _tasks(self) -> list[Any]:
+        task = self._engine.get_task
+        return [task(k) for k in self._engine.containers("queued")["queued"]]
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return self._engine.waiting_counts()[0]
 
     def __bool__(self) -> bool:
-        return bool(self._tasks)
+        return len(self) > 0
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._tasks)
+        return iter(self._tasks())
 
     def __contains__(self, ts: object) -> bool:
-        return ts in set(self._tasks)
+        return bool(self) and ts in set(self._tasks())
 
     def peek(self) -> Any:
-        if not self._tasks:
+        tasks = self._tasks()
+        if not tasks:
             raise KeyError("peek into empty heap")
-        return self._tasks[0]
+        return tasks[0]
 
     def peekn(self, n: int) -> Iterator[Any]:
-        return iter(self._tasks[:n])
+        return iter(self._tasks()[:n])
 
     def sorted(self) -> Iterator[Any]:
-        return iter(self._tasks)
+        return iter(self._tasks())
 
     def __repr__(self) -> str:
         return f"<QueuedView: {len(self)} items>"
+
+
+class UnrunnableView(Mapping):
+    """`SchedulerState.unrunnable` (task -> `monotonic()` when it became unrunnable),
+    read-only and live, its length from the engine without building it."""
+
+    __slots__ = ("_engine",)
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def _dict(self) -> dict[Any, float]:
+        if not len(self):
+            return {}
+        raw = self._engine.containers("unrunnable")
+        task = self._engine.get_task
+        return {
+            task(k): since
+            for k, since in zip(raw["unrunnable"], raw["unrunnable_since"], strict=True)
+        }
+
+    def __len__(self) -> int:
+        return self._engine.waiting_counts()[1]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._dict())
+
+    def __getitem__(self, ts: Any) -> float:
+        return self._dict()[ts]
+
+    def __contains__(self, ts: object) -> bool:
+        return bool(len(self)) and ts in self._dict()
+
+    def __repr__(self) -> str:
+        return repr(self._dict())
 
 
 class HandleSet(set):
@@ -271,13 +313,6 @@ def container(engine: Engine, name: str) -> Any:
         return _IdleDict(engine, ((a, worker(a)) for a in raw["idle"]))
     if name in ("running", "saturated", "idle_task_count"):
         return _WorkerSet(engine, name, (worker(a) for a in raw[name]))
-    if name == "queued":
-        return QueuedView([task(k) for k in raw["queued"]])
-    if name == "unrunnable":
-        return {
-            task(k): since
-            for k, since in zip(raw["unrunnable"], raw["unrunnable_since"], strict=True)
-        }
     if name == "replicated_tasks":
         return HandleSet(task(k) for k in raw["replicated_tasks"])
     return raw[name]

@@ -274,6 +274,18 @@ type ReadKeys<'py> = (
     Vec<Bound<'py, PyFrozenSet>>,
 );
 
+/// Every `YIELD_EVERY` entries the reading and the result building let go of the GIL
+/// for a moment: `order` runs in distributed's offload thread, and the event loop's
+/// thread, waiting for the GIL, takes its turn (a few ms) instead of waiting for the
+/// whole graph.
+const YIELD_EVERY: usize = 1 << 15;
+
+fn let_others_run(py: Python<'_>, i: usize) {
+    if i % YIELD_EVERY == YIELD_EVERY - 1 {
+        py.detach(|| ());
+    }
+}
+
 /// `None` if a value is not a `GraphNode` with a frozenset of dependencies.
 fn read_keys<'py>(dsk: &Bound<'py, PyDict>, types: &DaskTypes) -> PyResult<Option<ReadKeys<'py>>> {
     let py = dsk.py();
@@ -282,7 +294,8 @@ fn read_keys<'py>(dsk: &Bound<'py, PyDict>, types: &DaskTypes) -> PyResult<Optio
     let mut is_task = Vec::with_capacity(n);
     let mut dep_sets = Vec::with_capacity(n);
     let mut seen_types = HashMap::new();
-    for (key, value) in dsk.iter() {
+    for (i, (key, value)) in dsk.iter().enumerate() {
+        let_others_run(py, i);
         let Some(kind) = classify(&value, types, &mut seen_types)? else {
             return Ok(None);
         };
@@ -335,6 +348,7 @@ pub fn order_graph<'py>(
     let mut elements: Vec<(*mut pyo3::ffi::PyObject, i64)> = Vec::new();
     let mut held: Vec<Bound<'py, PyAny>> = Vec::new();
     for (i, deps) in dep_sets.iter().enumerate() {
+        let_others_run(py, i);
         elements.clear();
         held.clear();
         if types.raw_sets {
@@ -422,7 +436,8 @@ pub fn order_graph<'py>(
     }
     let result = PyDict::new(py);
     let order_tuple = types.order_tuple.bind(py);
-    for a in by_key.into_iter().flatten() {
+    for (i, a) in by_key.into_iter().flatten().enumerate() {
+        let_others_run(py, i);
         let key = &keys[a.key as usize];
         if return_stats {
             let cp: Bound<'_, PyAny> = if a.critical_path2 % 2 == 0 {

@@ -7,6 +7,23 @@ use crate::core::types::TaskStateState as S;
 use crate::core::types::*;
 use smallvec::SmallVec;
 use std::rc::Rc;
+use std::time::Instant;
+
+/// The transitions of a large submission that continue in later calls, so that the
+/// event loop runs between them (`Engine.update_graph`'s `budget`). Other stimuli may
+/// run in between, as they may after a submission: each recommendation is a state to
+/// reach from whatever state the task is in by then, and one whose task was forgotten
+/// meanwhile is dropped, as distributed drops a recommendation for a key it no longer
+/// has.
+#[derive(Debug)]
+pub struct PendingGraph<P> {
+    recs: Recs,
+    touched: Vec<TaskId>,
+    client: ClientId,
+    pub stimulus_id: P,
+    /// Slots of tasks forgotten meanwhile, not reused while `recs` may name them.
+    pub(super) held: Vec<TaskId>,
+}
 
 /// A reference from a submitted graph to a key.
 #[derive(Copy, Clone, Debug, PartialEq)]
@@ -264,6 +281,95 @@ impl<P: Clone> SchedulerState<P> {
             }
         }
         recs
+    }
+
+    /// `_create_taskstate_from_graph`'s last steps: the transitions of `recs`, then a
+    /// report to `client` of each touched task already done. With a `deadline`, what is
+    /// left once it has passed becomes the pending graph (`continue_graph` goes on with
+    /// it); true when the graph's transitions are all done. A graph still pending
+    /// from before is finished first: graphs transition in the order they came.
+    #[allow(clippy::too_many_arguments)]
+    pub fn graph_transitions(
+        &mut self,
+        recs: Recs,
+        touched: Vec<TaskId>,
+        client: ClientId,
+        deadline: Option<Instant>,
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+    ) -> CoreResult<bool> {
+        self.finish_pending_graph(out)?;
+        self.pending_graph = Some(PendingGraph {
+            recs,
+            touched,
+            client,
+            stimulus_id: stimulus_id.clone(),
+            held: Vec::new(),
+        });
+        self.continue_graph(deadline, out)
+    }
+
+    /// The pending graph's stimulus id, if a graph is pending.
+    pub fn pending_graph_stimulus(&self) -> Option<&P> {
+        self.pending_graph.as_ref().map(|p| &p.stimulus_id)
+    }
+
+    /// Runs the pending graph's transitions until `deadline`; true when they are all
+    /// done (or none was pending).
+    pub fn continue_graph(
+        &mut self,
+        deadline: Option<Instant>,
+        out: &mut Outbox<P>,
+    ) -> CoreResult<bool> {
+        let Some(pending) = self.pending_graph.as_mut() else {
+            return Ok(true);
+        };
+        let recs = std::mem::take(&mut pending.recs);
+        let sid = pending.stimulus_id.clone();
+        let left = self.transitions_until(recs, out, &sid, deadline);
+        let pending = self.pending_graph.as_mut().expect("still pending");
+        match left {
+            Ok(Some(recs)) => {
+                pending.recs = recs;
+                return Ok(false);
+            }
+            Ok(None) => {}
+            // a failing transition ends the graph's transitions, as it ends distributed's
+            Err(e) => {
+                self.drop_pending_graph();
+                return Err(e);
+            }
+        }
+        let PendingGraph {
+            touched, client, ..
+        } = self.pending_graph.as_ref().expect("still pending");
+        let (touched, client) = (touched.clone(), *client);
+        // a client gone meanwhile is left out, as distributed's `report` finds no comm
+        let client = self.clients[client.idx()].alive.then_some(client);
+        for t in touched {
+            if self
+                .task(t)
+                .is_some_and(|ts| matches!(ts.state, S::Memory | S::Erred))
+            {
+                self.report_on_key(t, client, out);
+            }
+        }
+        self.drop_pending_graph();
+        Ok(true)
+    }
+
+    /// Runs whatever is pending to its end.
+    pub fn finish_pending_graph(&mut self, out: &mut Outbox<P>) -> CoreResult<()> {
+        self.continue_graph(None, out).map(|_| ())
+    }
+
+    /// Ends the pending graph; the slots it held are free again.
+    fn drop_pending_graph(&mut self) {
+        if let Some(pending) = self.pending_graph.take() {
+            for t in pending.held {
+                self.free_task_slot(t);
+            }
+        }
     }
 
     /// Takes back a submission that failed before its transitions (a bad annotation):

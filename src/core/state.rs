@@ -168,6 +168,8 @@ pub struct SchedulerState<P> {
     /// Tasks forgotten during the current batch: freed at `flush`, so messages of the
     /// batch can still name them.
     pub(super) pending_free: Vec<TaskId>,
+    /// A large submission whose transitions continue in later calls (`graph.rs`).
+    pub(super) pending_graph: Option<crate::core::graph::PendingGraph<P>>,
     /// Groups that died since the bindings last looked (their handles are dropped).
     pub(super) dead_groups: Vec<GroupId>,
     /// The live groups in creation order (`task_groups`' order).
@@ -252,6 +254,7 @@ impl<P: Clone> SchedulerState<P> {
             keys: KeyTable::default(),
             free_tasks: Vec::new(),
             pending_free: Vec::new(),
+            pending_graph: None,
             dead_groups: Vec::new(),
             alive_groups: OrderedMap::new(),
             pinned_groups: Vec::new(),
@@ -514,8 +517,14 @@ impl<P: Clone> SchedulerState<P> {
     pub fn flush(&mut self) {
         let freed = std::mem::take(&mut self.pending_free);
         for t in freed {
-            if !self.steal_keeps_record(t) {
-                self.free_task_slot(t);
+            if self.steal_keeps_record(t) {
+                continue;
+            }
+            match &mut self.pending_graph {
+                // the pending recommendations may name it: no other task gets the slot
+                // (and the recommendation) before the graph's transitions are done
+                Some(pending) => pending.held.push(t),
+                None => self.free_task_slot(t),
             }
         }
     }

@@ -7,6 +7,7 @@ use crate::core::state::*;
 use crate::core::types::TaskStateState as S;
 use crate::core::types::*;
 use smallvec::SmallVec;
+use std::time::Instant;
 
 /// The keyword arguments some transitions take (the fields of the worker's message).
 #[derive(Clone, Debug, Default)]
@@ -38,16 +39,38 @@ impl<P: Clone> SchedulerState<P> {
         out: &mut Outbox<P>,
         stimulus_id: &P,
     ) -> CoreResult<()> {
+        self.transitions_until(recommendations, out, stimulus_id, None)
+            .map(|_| ())
+    }
+
+    /// `transitions_loop` that stops once `deadline` has passed (checked every few
+    /// hundred transitions), returning the recommendations still to process.
+    pub fn transitions_until(
+        &mut self,
+        recommendations: Recs,
+        out: &mut Outbox<P>,
+        stimulus_id: &P,
+        deadline: Option<Instant>,
+    ) -> CoreResult<Option<Recs>> {
+        const DEADLINE_EVERY: u32 = 512;
         let mut recs = recommendations;
         self.log_clock = Some((0.0, 0));
+        let mut until_check = DEADLINE_EVERY;
         let result = (|| {
             while let Some((t, finish)) = recs.pop_last() {
                 let new = self.transition(t, finish, stimulus_id, TransitionArgs::None, out)?;
                 for (k, v) in new.iter() {
                     recs.insert(*k, *v);
                 }
+                until_check -= 1;
+                if until_check == 0 {
+                    until_check = DEADLINE_EVERY;
+                    if deadline.is_some_and(|d| Instant::now() >= d) && !recs.is_empty() {
+                        return Ok(Some(std::mem::take(&mut recs)));
+                    }
+                }
             }
-            Ok(())
+            Ok(None)
         })();
         self.log_clock = None;
         result

@@ -13,6 +13,7 @@ use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use std::time::{Duration, Instant};
 
 /// A submitted graph's entries, as the core takes them.
 type Graph = Vec<GraphTask<Py<PyAny>>>;
@@ -207,19 +208,24 @@ impl Engine {
 
 #[pymethods]
 impl Engine {
-    /// `_create_taskstate_from_graph`'s state part: `((new_tasks, collisions),
+    /// `_create_taskstate_from_graph`'s state part: `((new_tasks, collisions, pending),
     /// client_msgs, worker_msgs)`. `dsk` maps key -> dask Task (or None), `ordered` is
     /// dask.order's result. Python runs where distributed's own code runs between the
     /// steps, with the state lent to it: `annotate(new_keys)` (`_apply_annotations`)
     /// once the tasks exist, before priorities; `observe(touched_keys, collisions,
     /// first_keys)` before the transitions (the spans extension and `update_graph`
-    /// plugins); `collisions` are the keys whose submitted run_spec has other
-    /// dependencies than the existing task's, `first_keys` the first touched key of each
-    /// task group. `observe` returning true says the spans extension saw only those
-    /// first tasks: the engine then gives the others their group's span annotation.
+    /// plugins; `touched_keys` is None unless `observe_touched`); `collisions` are the
+    /// keys whose submitted run_spec has other dependencies than the existing task's,
+    /// `first_keys` the first touched key of each task group. `observe` returning true
+    /// says the spans extension saw only those first tasks: the engine then gives the
+    /// others their group's span annotation. With a `budget` (seconds), the transitions
+    /// stop once the call has taken that long: `pending` is then true and
+    /// `continue_graph` runs the rest. A graph still pending from before is finished
+    /// first.
     #[pyo3(signature = (*, dsk, keys, ordered, client, stimulus_id, user_priority = None,
                         fifo_timeout = None, start = 0.0, submitting_task = None, actors = None,
-                        annotate = None, observe = None))]
+                        annotate = None, observe = None, observe_touched = true,
+                        budget = None))]
     #[allow(clippy::too_many_arguments)]
     fn update_graph<'py>(
         &self,
@@ -236,8 +242,14 @@ impl Engine {
         actors: Option<&Bound<'py, PyAny>>,
         annotate: Option<&Bound<'py, PyAny>>,
         observe: Option<&Bound<'py, PyAny>>,
+        observe_touched: bool,
+        budget: Option<f64>,
     ) -> PyResult<Bound<'py, PyTuple>> {
+        let started = Instant::now();
         let mut b = self.batch(stimulus_id)?;
+        // graphs transition in the order they came
+        let r = b.st.finish_pending_graph(&mut b.out);
+        b.check(py, r)?;
         // fifo_timeout arrives as a number or a string ("100 ms")
         let fifo_timeout: f64 = match fifo_timeout {
             Some(f) if !f.is_none() => py
@@ -319,7 +331,11 @@ impl Engine {
         let recs = b.st.graph_recommendations(&key_ids, &generated.touched);
         let collisions = key_of(&b.st, &generated.collisions)?;
         if let Some(observe) = observe {
-            let touched = key_of(&b.st, &generated.touched)?;
+            // a list of every key only for those who read it (`update_graph` plugins)
+            let touched = match observe_touched {
+                true => key_of(&b.st, &generated.touched)?.into_any(),
+                false => py.None().into_bound(py),
+            };
             let mut seen = hashbrown::HashSet::new();
             let firsts: Vec<TaskId> = (generated.touched.iter().copied())
                 .filter(|t| seen.insert(b.st.ts(*t).group))
@@ -332,12 +348,36 @@ impl Engine {
                 spread_span_annotations(py, &mut b.st, &generated.touched, &firsts)?;
             }
         }
-        let r = b.st.transitions_loop(recs, &mut b.out, &b.sid);
-        b.check(py, r)?;
-        for &t in &generated.touched {
-            b.st.report_if_done(t, c, &mut b.out);
-        }
-        b.finish_with(py, (generated.new.len(), collisions))
+        let deadline = budget.map(|b| started + Duration::from_secs_f64(b.max(0.0)));
+        let r =
+            b.st.graph_transitions(recs, generated.touched, c, deadline, &mut b.out, &b.sid);
+        let done = b.check(py, r)?;
+        b.finish_with(py, (generated.new.len(), collisions, !done))
+    }
+
+    /// Runs the pending graph's transitions for up to `budget` seconds (all of them
+    /// without): `(pending, client_msgs, worker_msgs)`, under the graph's stimulus id.
+    #[pyo3(signature = (budget = None))]
+    fn continue_graph<'py>(
+        &self,
+        py: Python<'py>,
+        budget: Option<f64>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let deadline = budget.map(|b| Instant::now() + Duration::from_secs_f64(b.max(0.0)));
+        let sid = match self.read()?.pending_graph_stimulus() {
+            Some(sid) => sid.clone_ref(py),
+            None => py.None(),
+        };
+        let mut b = self.batch(sid.bind(py))?;
+        let r = b.st.continue_graph(deadline, &mut b.out);
+        let done = b.check(py, r)?;
+        b.finish_with(py, !done)
+    }
+
+    /// Whether a submitted graph's transitions are still to run (`continue_graph`).
+    #[getter]
+    fn graph_pending(&self) -> PyResult<bool> {
+        Ok(self.read()?.pending_graph_stimulus().is_some())
     }
 
     /// `SchedulerState.new_task`: a task without dependencies in its group and prefix

@@ -346,6 +346,13 @@ impl Engine {
         Ok((tasks, workers))
     }
 
+    /// `(len(queued), len(unrunnable))`, without building either: distributed asks
+    /// whether they are empty every 250 ms (`check_idle`).
+    fn waiting_counts(&self) -> PyResult<(usize, usize)> {
+        let st = self.read()?;
+        Ok((st.queued().len(), st.unrunnable().len()))
+    }
+
     /// Scheduler-wide containers, as lists of keys / addresses in iteration order.
     #[pyo3(signature = (only = None))]
     fn containers<'py>(&self, py: Python<'py>, only: Option<&str>) -> PyResult<Bound<'py, PyDict>> {
