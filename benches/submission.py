@@ -2,7 +2,8 @@
 engine, taking a graph through `dask.order` and `_create_taskstate_from_graph` (what
 `update-graph` runs once the graph is deserialised and materialised). Each engine orders
 as its scheduler does: dask's `order` on pure Python, `dask_rsched.order` (Rust) on the
-engine; the two are timed apart.
+engine, whose reading of the graph the engine's state creation then uses, as in
+`update_graph`; the two are timed apart.
 
     python benches/submission.py [--tasks 200000] [--workloads tree array] [--quick]
 
@@ -90,16 +91,22 @@ async def measure(engine: str, workload: str, n: int) -> dict:
         s.client_desires_keys(keys=[], client="bench-client")
         dsk, wanted = build(workload, n)
         import dask_rsched
+        from dask_rsched import _order
 
-        order = dask_rsched.order if engine == "rust" else dask.order.order
+        # as in `update_graph`: on the engine, the order's reading of the graph goes to
+        # the state creation
+        seen: dict = {}
+        token = _order.ENGINE_ORDER.set(seen if engine == "rust" else None)
         t = time.perf_counter()
-        ordered = order(dsk)
+        ordered = dask_rsched.order(dsk, _seen=seen) if engine == "rust" else dask.order.order(dsk)
         order_s = time.perf_counter() - t
         gc.collect()
         before, heap_before = rss(), heap_in_use()
         t = time.perf_counter()
         submit(s, dsk, wanted, {}, ordered, "bench-graph")
         submit_s = time.perf_counter() - t
+        _order.ENGINE_ORDER.reset(token)
+        seen.clear()
         gc.collect()
         # the graph and its order existed before: neither is counted
         heap_after = heap_in_use()

@@ -1,6 +1,8 @@
-"""A large graph's transitions run in steps on the engine, with the event loop running
-between them (`distributed.scheduler.rsched-graph-step`): the state they reach is the
-one a single step reaches, other stimuli may come in between, and nothing is lost."""
+"""Graph submission on the engine: a large graph's transitions run in steps, with the
+event loop running between them (`distributed.scheduler.rsched-graph-step`): the state
+they reach is the one a single step reaches, other stimuli may come in between, and
+nothing is lost. The graph is read once, by the Rust order, and that reading gives the
+state reading it again gives."""
 
 from __future__ import annotations
 
@@ -54,10 +56,15 @@ def counting_steps(s: Scheduler) -> list:
     return calls
 
 
-async def submitted_state(step: str | None) -> tuple[dict, list, list, int]:
-    """A tree submitted to a scheduler without workers, with `step`: each task's state
-    and priority, the queue's order, the transitions, and how many steps it took."""
-    dsk, root = tree(3000)
+async def submitted_state(
+    step: str | None, dsk: dict | None = None, root: str | None = None, then: dict | None = None
+) -> tuple[dict, list, list, int]:
+    """A tree submitted to a scheduler without workers, with `step`, and then the graph
+    `then` (whose tasks may name the tree's): each task's state, priority and
+    dependents (in order), the queue's order, the transitions, and how many steps it
+    took."""
+    if dsk is None:
+        dsk, root = tree(3000)
     with dask.config.set({"distributed.scheduler.rsched-graph-step": step}):
         async with Scheduler(dashboard_address=":0", port=0) as s:
             steps = counting_steps(s)
@@ -65,10 +72,19 @@ async def submitted_state(step: str | None) -> tuple[dict, list, list, int]:
                 fut = c.get(dsk, root, sync=False)
                 while len(s.tasks) < len(dsk) or s._rsched_engine.graph_pending:
                     await asyncio.sleep(0.01)
-                tasks = {k: (ts.state, ts.priority[0::2]) for k, ts in s.tasks.items()}
+                if then:
+                    more = c.get(then, list(then), sync=False)
+                    while len(s.tasks) < len(dsk) + len(then) or s._rsched_engine.graph_pending:
+                        await asyncio.sleep(0.01)
+                tasks = {
+                    k: (ts.state, ts.priority[0::2], [d.key for d in ts.dependents])
+                    for k, ts in s.tasks.items()
+                }
                 queued = [ts.key for ts in s.queued.sorted()]
                 log = [(key, start, finish) for key, start, finish, *_ in s.transition_log]
                 del fut
+                if then:
+                    del more
     return tasks, queued, log, len(steps)
 
 
@@ -81,6 +97,30 @@ async def test_stepped_graph_reaches_the_state_of_one_step():
     assert tasks == one_tasks
     assert queued == one_queued
     assert log == one_log
+
+
+@gen_test(timeout=120)
+async def test_the_orders_reading_gives_the_state_of_reading_again(monkeypatch):
+    """The same graph, its keys read by the Rust order and handed to the engine, or
+    read again by the engine: the same tasks, priorities, dependents, queue and
+    transitions."""
+    from dask_rsched import _order
+
+    dsk, root = tree(1000, fan_in=3)
+    read_paths: list = []
+    graph_read = _order.graph_read
+    monkeypatch.setattr(
+        _order, "graph_read", lambda *a: read_paths.append(graph_read(*a)) or read_paths[-1]
+    )
+    # then a graph whose tasks name the tree's tasks (keys it does not hold)
+    then = {
+        f"then-{i}": Task(f"then-{i}", add, TaskRef(f"leaf-{i}"), TaskRef(f"sum-1-{i}"))
+        for i in range(40)
+    }
+    read = await submitted_state(None, dsk, root, then)
+    assert len(read_paths) == 2 and all(r is not None for r in read_paths)
+    monkeypatch.setattr(_order, "graph_read", lambda *a: None)
+    assert await submitted_state(None, dsk, root, then) == read
 
 
 @gen_cluster(

@@ -95,6 +95,7 @@ class Engine:
         | None = None,
         observe_touched: bool = True,
         budget: float | None = None,
+        read: ReadGraph | None = None,
     ) -> tuple[tuple[int, list[Hashable], bool], _Msgs, _Msgs]:
         """``((new_tasks, collisions, pending), client_msgs, worker_msgs)``"""
     def continue_graph(self, budget: float | None = None) -> tuple[bool, _Msgs, _Msgs]: ...
@@ -450,8 +451,16 @@ class TaskIter:
     def __next__(self) -> Any: ...
 
 def order_graph(
-    dsk: dict[Any, Any], return_stats: bool = False, external: list[Any] | None = None
+    dsk: dict[Any, Any],
+    return_stats: bool = False,
+    external: list[Any] | None = None,
+    read: list[ReadGraph] | None = None,
 ) -> dict[Any, Any] | None: ...
+
+@final
+class ReadGraph:
+    """What `order_graph` read of a graph, for `Engine.update_graph` of that graph."""
+
 def encode_batch(msg: Any) -> bytes | None: ...
 def pickle_trace(obj: Any) -> tuple[bytes | None, bool, list[type]]: ...
 def pyset_order(ops: list[tuple[int, int]]) -> list[tuple[int, ...]]: ...

@@ -100,10 +100,11 @@ def order(
     graph = dsk if type(dsk) is dict else dict(dsk)
     if set_layout_matches():
         external: list[Any] = []
-        result = _core.order_graph(graph, return_stats, external)
+        read: list[Any] | None = None if _seen is None else []
+        result = _core.order_graph(graph, return_stats, external, read)
         if result is not None:
             if _seen is not None:
-                _seen.update(graph=graph, external=external)
+                _seen.update(graph=graph, external=external, read=read[0] if read else None)
             return result
     return _dask_order(graph, return_stats=return_stats)
 
@@ -117,6 +118,14 @@ def lost_keys(seen: dict[str, Any] | None, dsk: Any, keys: Any, tasks: Any) -> s
     if not all(k in tasks for k in seen["external"]):
         return None
     return {k for k in keys if k not in dsk and k not in tasks}
+
+
+def graph_read(seen: dict[str, Any] | None, dsk: Any) -> Any:
+    """What the Rust order read of `dsk` (a `ReadGraph`, for `Engine.update_graph`), or
+    None if it did not order this graph."""
+    if not seen or seen.get("graph") is not dsk:
+        return None
+    return seen.get("read")
 
 
 def _dask_order(dsk: Any, dependencies: Any = None, **kwargs: Any) -> Any:

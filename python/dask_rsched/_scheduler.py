@@ -567,6 +567,7 @@ class EngineSchedulerMixin:
             observe=observe,
             observe_touched=bool(graph_plugins),
             budget=_GRAPH_STEP.get(),
+            read=_order.graph_read(_order.ENGINE_ORDER.get(), dsk),
         )
         self._rsched_note_graph_step(perf_counter() - began)
         if failure:

@@ -56,6 +56,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TaskGroupHandle>()?;
     m.add_class::<handles::TaskPrefixHandle>()?;
     m.add_class::<wire::WireStream>()?;
+    m.add_class::<order::ReadGraph>()?;
     m.add_function(wrap_pyfunction!(order::order_graph, m)?)?;
     m.add_function(wrap_pyfunction!(order::pyset_order, m)?)?;
     m.add_function(wrap_pyfunction!(wire_encode::encode_batch_py, m)?)?;

@@ -3,6 +3,7 @@
 //! `dask.order.order` returns. `None` tells the caller to use dask's own.
 
 use crate::bindings::key_index::KeyIndex;
+use crate::bindings::naming::data_producer;
 use crate::core::order::{order, OrderGraph};
 use crate::core::pyset::PySet;
 use hashbrown::HashMap;
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFrozenSet, PyInt, PyList, PyString, PyTuple, PyType};
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 /// Reads a frozenset's hash table in place (CPython's `PySetObject` and `setentry`
 /// layout of the default build, 3.10 to 3.13): iteration order, element hashes, mask
@@ -267,12 +269,38 @@ fn key_names<'a>(keys: &'a [Bound<'_, PyAny>]) -> PyResult<Option<Vec<Cow<'a, st
     Ok(Some(names))
 }
 
-/// The graph's keys, each key's `istask`, and its `dependencies` frozenset.
+/// The graph's keys, each key's `istask`, its `dependencies` frozenset, and (when kept
+/// for `update_graph`) its value and `data_producer`.
 type ReadKeys<'py> = (
     Vec<Bound<'py, PyAny>>,
     Vec<bool>,
     Vec<Bound<'py, PyFrozenSet>>,
+    Option<(Vec<Bound<'py, PyAny>>, Vec<bool>)>,
 );
+
+/// What `order_graph` read from a graph, kept for the engine's `update_graph` of the
+/// same graph: the graph is read once, in the offload thread where distributed runs the
+/// order, and not again on the event loop. Taken (once) by `update_graph`.
+#[pyclass(frozen, module = "dask_rsched._core")]
+pub struct ReadGraph(pub(crate) Mutex<Option<GraphRead>>);
+
+pub(crate) struct GraphRead {
+    /// The dict read, and the order's result for it (`update_graph` checks both).
+    pub dsk: Py<PyDict>,
+    pub ordered: Py<PyDict>,
+    /// `dsk`'s keys, then the keys its tasks name without holding them.
+    pub n_real: usize,
+    pub keys: Vec<Py<PyAny>>,
+    pub hashes: Vec<i64>,
+    pub index: KeyIndex,
+    /// Each of `dsk`'s tasks' dependencies (indices into `keys`), in iteration order.
+    pub dep_offsets: Vec<u32>,
+    pub dep_ids: Vec<u32>,
+    pub specs: Vec<Py<PyAny>>,
+    pub data_producer: Vec<bool>,
+    /// The order's priority of each of `dsk`'s keys.
+    pub priorities: Vec<i64>,
+}
 
 /// Every `YIELD_EVERY` entries the reading and the result building let go of the GIL
 /// for a moment: `order` runs in distributed's offload thread, and the event loop's
@@ -287,12 +315,17 @@ fn let_others_run(py: Python<'_>, i: usize) {
 }
 
 /// `None` if a value is not a `GraphNode` with a frozenset of dependencies.
-fn read_keys<'py>(dsk: &Bound<'py, PyDict>, types: &DaskTypes) -> PyResult<Option<ReadKeys<'py>>> {
+fn read_keys<'py>(
+    dsk: &Bound<'py, PyDict>,
+    types: &DaskTypes,
+    keep: bool,
+) -> PyResult<Option<ReadKeys<'py>>> {
     let py = dsk.py();
     let n = dsk.len();
     let mut keys = Vec::with_capacity(n);
     let mut is_task = Vec::with_capacity(n);
     let mut dep_sets = Vec::with_capacity(n);
+    let mut kept = keep.then(|| (Vec::with_capacity(n), Vec::with_capacity(n)));
     let mut seen_types = HashMap::new();
     for (i, (key, value)) in dsk.iter().enumerate() {
         let_others_run(py, i);
@@ -310,25 +343,32 @@ fn read_keys<'py>(dsk: &Bound<'py, PyDict>, types: &DaskTypes) -> PyResult<Optio
         is_task.push(kind.task);
         dep_sets.push(deps.cast_into::<PyFrozenSet>()?);
         keys.push(key);
+        if let Some((specs, producers)) = &mut kept {
+            producers.push(data_producer(&value));
+            specs.push(value);
+        }
     }
-    Ok(Some((keys, is_task, dep_sets)))
+    Ok(Some((keys, is_task, dep_sets, kept)))
 }
 
 /// `dask.order.order(dsk, return_stats=...)` for a dict of `GraphNode`s, or `None` when
 /// the graph has something the Rust order does not reproduce (dask's then runs, and
 /// raises its own error for a cyclic graph). `external`, if given, receives the keys the
-/// graph names as dependencies but does not hold.
+/// graph names as dependencies but does not hold. `read`, if given, receives a
+/// `ReadGraph` of what was read (without `return_stats`), for `Engine.update_graph`.
 #[pyfunction]
-#[pyo3(signature = (dsk, return_stats = false, external = None))]
+#[pyo3(signature = (dsk, return_stats = false, external = None, read = None))]
 pub fn order_graph<'py>(
     dsk: &Bound<'py, PyDict>,
     return_stats: bool,
     external: Option<&Bound<'py, PyList>>,
+    read: Option<&Bound<'py, PyList>>,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     let py = dsk.py();
     let types = dask_types(py)?;
     let gc = GcPause::new(py);
-    let Some((mut keys, mut is_task, dep_sets)) = read_keys(dsk, types)? else {
+    let keep = read.is_some() && !return_stats;
+    let Some((mut keys, mut is_task, dep_sets, kept)) = read_keys(dsk, types, keep)? else {
         return Ok(None);
     };
     let n_real = keys.len();
@@ -434,6 +474,10 @@ pub fn order_graph<'py>(
     for a in assigned {
         by_key[a.key as usize] = Some(a);
     }
+    let priorities: Option<Vec<i64>> = match kept {
+        Some(_) => by_key.iter().map(|a| a.as_ref().map(|a| a.priority)).collect(),
+        None => None,
+    };
     let result = PyDict::new(py);
     let order_tuple = types.order_tuple.bind(py);
     for (i, a) in by_key.into_iter().flatten().enumerate() {
@@ -453,6 +497,31 @@ pub fn order_graph<'py>(
         }
     }
     drop(gc);
+    if let (Some(read), Some((specs, data_producer)), Some(priorities)) = (read, kept, priorities) {
+        let OrderGraph {
+            hashes,
+            dep_offsets,
+            dep_ids,
+            names,
+            ..
+        } = graph;
+        // the names borrow the keys
+        drop(names);
+        let graph_read = GraphRead {
+            dsk: dsk.clone().unbind(),
+            ordered: result.clone().unbind(),
+            n_real,
+            keys: keys.into_iter().map(Bound::unbind).collect(),
+            hashes,
+            index,
+            dep_offsets,
+            dep_ids,
+            specs: specs.into_iter().map(Bound::unbind).collect(),
+            data_producer,
+            priorities,
+        };
+        read.append(ReadGraph(Mutex::new(Some(graph_read))))?;
+    }
     Ok(Some(result))
 }
 

@@ -143,7 +143,16 @@ impl Engine {
     /// The live task of `key` (`SchedulerState.tasks.get(key)`), keys compared as a
     /// dict compares them: equal hash, then identity or `==`.
     pub(crate) fn tid(&self, st: &State, key: &Bound<'_, PyAny>) -> PyResult<Option<TaskId>> {
-        let h = key.hash()? as i64;
+        self.tid_hashed(st, key, key.hash()? as i64)
+    }
+
+    /// `tid` of a key whose hash is known.
+    pub(crate) fn tid_hashed(
+        &self,
+        st: &State,
+        key: &Bound<'_, PyAny>,
+        h: i64,
+    ) -> PyResult<Option<TaskId>> {
         let mut err = None;
         let found = st.find_task(h, |k| dict_key_eq(k.bind(key.py()), key, &mut err));
         match err {

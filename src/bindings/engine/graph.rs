@@ -4,6 +4,7 @@
 use crate::bindings::handles;
 use crate::bindings::key_index::KeyIndex;
 use crate::bindings::naming::{data_producer, Namer};
+use crate::bindings::order::{GraphRead, ReadGraph};
 use crate::bindings::shared::{byte_count, worker_of, Engine, State, View};
 use crate::cell::StateCell;
 use crate::core::graph::{first_lost_dependency, GeneratedTasks, GraphTask, KeyRef};
@@ -18,8 +19,15 @@ use std::time::{Duration, Instant};
 /// A submitted graph's entries, as the core takes them.
 type Graph = Vec<GraphTask<Py<PyAny>>>;
 
-/// The graph, the wanted keys, and each entry's internal priority (`ordered`'s value).
-type ResolvedGraph<'py> = (Graph, Vec<KeyRef>, Vec<Option<Bound<'py, PyAny>>>);
+/// The graph, the wanted keys, and each entry's internal priority.
+type ResolvedGraph<'py> = (Graph, Vec<KeyRef>, EntryPriorities<'py>);
+
+/// Each graph entry's internal priority: `ordered`'s value, or the Rust order's own
+/// (a `ReadGraph`), by entry.
+enum EntryPriorities<'py> {
+    Dict(Vec<Option<Bound<'py, PyAny>>>),
+    Read(Vec<i64>),
+}
 
 fn py_num(v: &Bound<'_, PyAny>) -> PyResult<Num> {
     if let Ok(i) = v.extract::<i64>() {
@@ -99,7 +107,7 @@ impl Engine {
         generated: &GeneratedTasks,
         user_priority: Option<&Bound<'py, PyAny>>,
         ordered: &Bound<'py, PyDict>,
-        entry_priorities: &[Option<Bound<'py, PyAny>>],
+        entry_priorities: &EntryPriorities<'py>,
     ) -> PyResult<Vec<(Num, Option<i64>)>> {
         let touched = &generated.touched;
         let mut prios = Vec::with_capacity(touched.len());
@@ -126,13 +134,16 @@ impl Engine {
                 },
                 None => user,
             };
-            let internal = match entry {
-                Some(i) => entry_priorities[*i as usize].as_ref().cloned(),
-                None => ordered.get_item(key)?,
-            };
-            let internal = match internal {
-                Some(v) => Some(v.extract::<i64>()?),
-                None => None,
+            let internal = match (entry, entry_priorities) {
+                (Some(i), EntryPriorities::Read(p)) => p.get(*i as usize).copied(),
+                (Some(i), EntryPriorities::Dict(p)) => match &p[*i as usize] {
+                    Some(v) => Some(v.extract::<i64>()?),
+                    None => None,
+                },
+                (None, _) => match ordered.get_item(key)? {
+                    Some(v) => Some(v.extract::<i64>()?),
+                    None => None,
+                },
             };
             prios.push((user, internal));
         }
@@ -201,8 +212,110 @@ impl Engine {
                 key: Some(known.names[i].clone().unbind()),
             });
         }
-        let entry_priorities = known.entry_values(ordered)?;
+        let entry_priorities = EntryPriorities::Dict(known.entry_values(ordered)?);
         Ok((graph, key_refs, entry_priorities))
+    }
+
+    /// `resolve_graph` of a graph the Rust order read (`ReadGraph`): its keys, hashes,
+    /// dependencies, values and priorities as read there; only what depends on the
+    /// state (which keys are tasks already) and the new tasks' names are looked up here.
+    fn resolve_read_graph<'py>(
+        &self,
+        py: Python<'py>,
+        st: &State,
+        read: GraphRead,
+        keys: &Bound<'py, PyAny>,
+    ) -> PyResult<ResolvedGraph<'py>> {
+        let GraphRead {
+            n_real,
+            keys: key_objects,
+            hashes,
+            index,
+            dep_offsets,
+            dep_ids,
+            specs,
+            data_producer,
+            priorities,
+            ..
+        } = read;
+        let mut known = GraphKeys {
+            names: key_objects.into_iter().map(|k| k.into_bound(py)).collect(),
+            hashes,
+            index,
+        };
+        let n_named = known.names.len();
+        // a key only named is an existing task's, or an entry of its own
+        let mut named = Vec::with_capacity(n_named - n_real);
+        for j in n_real..n_named {
+            named.push(self.tid_hashed(st, &known.names[j], known.hashes[j])?);
+        }
+        let refer = |j: usize| match named.get(j.wrapping_sub(n_real)) {
+            Some(Some(t)) if j >= n_real => KeyRef::Existing(*t),
+            _ => KeyRef::Graph(j),
+        };
+        let mut namer = Namer::default();
+        let mut graph = Vec::with_capacity(n_named);
+        for (i, spec) in specs.into_iter().enumerate() {
+            let k = &known.names[i];
+            let existing = self.tid_hashed(st, k, known.hashes[i])?;
+            let (group, prefix) = match existing {
+                Some(_) => Default::default(),
+                None => namer.group_and_prefix(self, k)?,
+            };
+            let deps = &dep_ids[dep_offsets[i] as usize..dep_offsets[i + 1] as usize];
+            graph.push(GraphTask {
+                hash: known.hashes[i],
+                group,
+                prefix,
+                run_spec: Some(spec),
+                data_producer: data_producer[i],
+                dependencies: deps.iter().map(|&j| refer(j as usize)).collect(),
+                existing,
+                in_dsk: true,
+                key: Some(k.clone().unbind()),
+            });
+        }
+        let wanted = py.import("builtins")?.getattr("set")?.call1((keys,))?;
+        let mut key_refs = Vec::new();
+        for k in wanted.try_iter()? {
+            key_refs.push(match known.resolve(self, st, &k?)? {
+                KeyRef::Graph(j) => refer(j),
+                existing => existing,
+            });
+        }
+        for j in n_real..known.names.len() {
+            // an existing task's entry stays unused: every reference names the task
+            let existing = named.get(j - n_real).copied().flatten();
+            let (group, prefix) = match existing {
+                Some(_) => Default::default(),
+                None => namer.group_and_prefix(self, &known.names[j])?,
+            };
+            graph.push(GraphTask {
+                hash: known.hashes[j],
+                group,
+                prefix,
+                run_spec: None,
+                data_producer: false,
+                dependencies: Vec::new(),
+                existing,
+                in_dsk: false,
+                key: Some(known.names[j].clone().unbind()),
+            });
+        }
+        Ok((graph, key_refs, EntryPriorities::Read(priorities)))
+    }
+
+    /// What the Rust order read of this very graph (`dsk` and its order `ordered`,
+    /// unchanged in size), taken from `read`; `None` if it read another.
+    fn take_read(
+        read: Option<&Bound<'_, PyAny>>,
+        dsk: &Bound<'_, PyDict>,
+        ordered: &Bound<'_, PyDict>,
+    ) -> Option<GraphRead> {
+        let read = read?.cast::<ReadGraph>().ok()?;
+        let taken = crate::bindings::shared::locked(&read.get().0).take()?;
+        (taken.dsk.is(dsk) && taken.ordered.is(ordered) && dsk.len() == taken.n_real)
+            .then_some(taken)
     }
 }
 
@@ -221,11 +334,12 @@ impl Engine {
     /// others their group's span annotation. With a `budget` (seconds), the transitions
     /// stop once the call has taken that long: `pending` is then true and
     /// `continue_graph` runs the rest. A graph still pending from before is finished
-    /// first.
+    /// first. `read`: what the Rust order read of `dsk` (`ReadGraph`), used instead of
+    /// reading the graph again.
     #[pyo3(signature = (*, dsk, keys, ordered, client, stimulus_id, user_priority = None,
                         fifo_timeout = None, start = 0.0, submitting_task = None, actors = None,
                         annotate = None, observe = None, observe_touched = true,
-                        budget = None))]
+                        budget = None, read = None))]
     #[allow(clippy::too_many_arguments)]
     fn update_graph<'py>(
         &self,
@@ -244,6 +358,7 @@ impl Engine {
         observe: Option<&Bound<'py, PyAny>>,
         observe_touched: bool,
         budget: Option<f64>,
+        read: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let started = Instant::now();
         let mut b = self.batch(stimulus_id)?;
@@ -259,8 +374,10 @@ impl Engine {
                 .extract()?,
             _ => 0.0,
         };
-        let (mut graph, key_refs, entry_priorities) =
-            self.resolve_graph(py, &b.st, dsk, keys, ordered)?;
+        let (mut graph, key_refs, entry_priorities) = match Self::take_read(read, dsk, ordered) {
+            Some(read) => self.resolve_read_graph(py, &b.st, read, keys)?,
+            None => self.resolve_graph(py, &b.st, dsk, keys, ordered)?,
+        };
         // distributed cancels a graph whose keys depend on data it no longer has
         // (`_find_lost_dependencies`); here that is a KeyError before any state changes
         if let Some(i) = first_lost_dependency(&key_refs, &graph) {
