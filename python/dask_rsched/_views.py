@@ -10,6 +10,7 @@ hot path never does). The writes distributed's own worker lifecycle makes
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import ItemsView, Iterator, Mapping, Sequence, ValuesView
 from typing import Any
@@ -140,16 +141,17 @@ class WorkersView(Mapping):
 class QueuedView:
     """`SchedulerState.queued` (a HeapSet ordered by priority), read-only and live: its
     length and truth come from the engine without building the queue (distributed's
-    `check_idle` asks every 250 ms), its tasks only when iterated."""
+    `check_idle` asks every 250 ms); iterating makes a handle per task as it goes
+    (`adaptive_target` takes the first 100)."""
 
     __slots__ = ("_engine",)
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    def _tasks(self) -> list[Any]:
+    def _iter(self) -> Iterator[Any]:
         task = self._engine.get_task
-        return [task(k) for k in self._engine.containers("queued")["queued"]]
+        return (task(k) for k in self._engine.containers("queued")["queued"])
 
     def __len__(self) -> int:
         return self._engine.waiting_counts()[0]
@@ -158,22 +160,21 @@ class QueuedView:
         return len(self) > 0
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._tasks())
+        return self._iter()
 
     def __contains__(self, ts: object) -> bool:
-        return bool(self) and ts in set(self._tasks())
+        return bool(self) and any(ts is t or ts == t for t in self._iter())
 
     def peek(self) -> Any:
-        tasks = self._tasks()
-        if not tasks:
-            raise KeyError("peek into empty heap")
-        return tasks[0]
+        for ts in self._iter():
+            return ts
+        raise KeyError("peek into empty heap")
 
     def peekn(self, n: int) -> Iterator[Any]:
-        return iter(self._tasks()[:n])
+        return itertools.islice(self._iter(), n)
 
     def sorted(self) -> Iterator[Any]:
-        return iter(self._tasks())
+        return self._iter()
 
     def __repr__(self) -> str:
         return f"<QueuedView: {len(self)} items>"
@@ -181,7 +182,8 @@ class QueuedView:
 
 class UnrunnableView(Mapping):
     """`SchedulerState.unrunnable` (task -> `monotonic()` when it became unrunnable),
-    read-only and live, its length from the engine without building it."""
+    read-only and live, its length from the engine without building it; `keys()`
+    iterates lazily, `items()` and `values()` build the dict once."""
 
     __slots__ = ("_engine",)
 
@@ -202,13 +204,30 @@ class UnrunnableView(Mapping):
         return self._engine.waiting_counts()[1]
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._dict())
+        if not len(self):
+            return iter(())
+        task = self._engine.get_task
+        return (task(k) for k in self._engine.containers("unrunnable")["unrunnable"])
 
     def __getitem__(self, ts: Any) -> float:
         return self._dict()[ts]
 
     def __contains__(self, ts: object) -> bool:
         return bool(len(self)) and ts in self._dict()
+
+    def items(self) -> ItemsView[Any, float]:
+        return self._dict().items()
+
+    def values(self) -> ValuesView[float]:
+        return self._dict().values()
+
+    def get(self, ts: Any, default: Any = None) -> Any:
+        return self._dict().get(ts, default)
+
+    def __eq__(self, other: object) -> bool:
+        return self._dict() == (dict(other) if isinstance(other, Mapping) else other)
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return repr(self._dict())
