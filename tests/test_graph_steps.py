@@ -254,3 +254,29 @@ async def test_unrunnable_view_reads_as_distributed_dict():
                 s._check_no_workers()
                 assert len(s.unrunnable) == 50
                 del futs
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("", 1)],
+    config={"distributed.scheduler.worker-saturation": 1.0},
+)
+async def test_data_producers_as_read_by_the_order(c, s, a):
+    """A task that produces data is root-ish (queued behind a busy worker) whatever
+    its group's size; the order's reading tells it from its type's property."""
+    from distributed.utils_test import slowinc
+
+    busy = c.submit(slowinc, 1, delay=1.0, key="busy")
+    while not a.state.executing:
+        await asyncio.sleep(0.01)
+    dsk = {
+        "producer": Task("producer", inc, 1, _data_producer=True),
+        "plain": Task("plain", inc, 2),
+    }
+    futs = c.get(dsk, list(dsk), sync=False)
+    while len(s.tasks) < 3:
+        await asyncio.sleep(0.01)
+    assert s.tasks["producer"].state == "queued"
+    assert s.tasks["plain"].state == "processing"
+    assert await c.gather(futs) == [2, 3]
+    await busy

@@ -70,6 +70,9 @@ mod raw_set {
 struct DaskTypes {
     graph_node: Py<PyType>,
     data_node: Py<PyType>,
+    /// The `data_producer` properties of `GraphNode` (False), `DataNode` (True) and
+    /// `Task` (its `_data_producer`).
+    producer_properties: [Py<PyAny>; 3],
     order_tuple: Py<PyAny>,
     /// `frozenset().__sizeof__()`: a frozenset's size beyond it is its table.
     frozenset_base_size: usize,
@@ -85,9 +88,13 @@ fn dask_types(py: Python<'_>) -> PyResult<&DaskTypes> {
         let base: usize = PyFrozenSet::empty(py)?
             .call_method0(intern!(py, "__sizeof__"))?
             .extract()?;
+        let producer = |name: &str| -> PyResult<Py<PyAny>> {
+            Ok(spec.getattr(name)?.getattr("data_producer")?.unbind())
+        };
         Ok(DaskTypes {
             graph_node: spec.getattr("GraphNode")?.cast_into::<PyType>()?.unbind(),
             data_node: spec.getattr("DataNode")?.cast_into::<PyType>()?.unbind(),
+            producer_properties: [producer("GraphNode")?, producer("DataNode")?, producer("Task")?],
             order_tuple: py.import("dask.order")?.getattr("Order")?.unbind(),
             frozenset_base_size: base,
             raw_sets: raw_layout_matches(py)?,
@@ -156,6 +163,29 @@ struct Kind {
     task: bool,
     /// Its `dependencies` is `GraphNode`'s property, which returns `_dependencies`.
     plain_dependencies: bool,
+    producer: Producer,
+}
+
+/// How a value's `data_producer` is read: dask's own properties answer without a call.
+#[derive(Clone, Copy)]
+enum Producer {
+    Always(bool),
+    /// `Task`'s property: the `_data_producer` attribute.
+    Slot,
+    Property,
+}
+
+impl Producer {
+    fn of(self, value: &Bound<'_, PyAny>) -> bool {
+        match self {
+            Producer::Always(v) => v,
+            Producer::Slot => value
+                .getattr(intern!(value.py(), "_data_producer"))
+                .and_then(|v| v.is_truthy())
+                .unwrap_or(false),
+            Producer::Property => data_producer(value),
+        }
+    }
 }
 
 /// `None` for a value that is not a `GraphNode`.
@@ -173,9 +203,21 @@ fn classify(
     let graph_node = types.graph_node.bind(py);
     let c = if ty.is_subclass(graph_node)? {
         let name = intern!(py, "dependencies");
+        let property = ty.getattr(intern!(py, "data_producer"))?;
+        let [node, data, task] = &types.producer_properties;
+        let producer = if property.is(node.bind(py)) {
+            Producer::Always(false)
+        } else if property.is(data.bind(py)) {
+            Producer::Always(true)
+        } else if property.is(task.bind(py)) {
+            Producer::Slot
+        } else {
+            Producer::Property
+        };
         Some(Kind {
             task: !ty.is_subclass(types.data_node.bind(py))?,
             plain_dependencies: ty.getattr(name)?.is(&graph_node.getattr(name)?),
+            producer,
         })
     } else {
         None
@@ -344,7 +386,7 @@ fn read_keys<'py>(
         dep_sets.push(deps.cast_into::<PyFrozenSet>()?);
         keys.push(key);
         if let Some((specs, producers)) = &mut kept {
-            producers.push(data_producer(&value));
+            producers.push(kind.producer.of(&value));
             specs.push(value);
         }
     }
