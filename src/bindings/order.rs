@@ -94,7 +94,11 @@ fn dask_types(py: Python<'_>) -> PyResult<&DaskTypes> {
         Ok(DaskTypes {
             graph_node: spec.getattr("GraphNode")?.cast_into::<PyType>()?.unbind(),
             data_node: spec.getattr("DataNode")?.cast_into::<PyType>()?.unbind(),
-            producer_properties: [producer("GraphNode")?, producer("DataNode")?, producer("Task")?],
+            producer_properties: [
+                producer("GraphNode")?,
+                producer("DataNode")?,
+                producer("Task")?,
+            ],
             order_tuple: py.import("dask.order")?.getattr("Order")?.unbind(),
             frozenset_base_size: base,
             raw_sets: raw_layout_matches(py)?,
@@ -517,7 +521,10 @@ pub fn order_graph<'py>(
         by_key[a.key as usize] = Some(a);
     }
     let priorities: Option<Vec<i64>> = match kept {
-        Some(_) => by_key.iter().map(|a| a.as_ref().map(|a| a.priority)).collect(),
+        Some(_) => by_key
+            .iter()
+            .map(|a| a.as_ref().map(|a| a.priority))
+            .collect(),
         None => None,
     };
     let result = PyDict::new(py);
