@@ -7,6 +7,7 @@ state reading it again gives."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import dask
 import dask_rsched
@@ -206,54 +207,55 @@ async def test_a_direct_create_taskstate_call_runs_every_transition():
                     await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def mapped_without_workers(n: int, saturation: float):
+    """A scheduler without workers holding `n` mapped tasks (queued, or unrunnable with
+    queuing off): `(scheduler, futures)`."""
+    with dask.config.set({"distributed.scheduler.worker-saturation": saturation}):
+        async with Scheduler(dashboard_address=":0", port=0) as s:
+            async with Client(s.address, asynchronous=True) as c:
+                futs = c.map(inc, range(n))
+                while len(s.tasks) < n or len(s.queued) + len(s.unrunnable) < n:
+                    await asyncio.sleep(0.01)
+                yield s, futs
+
+
 @gen_test()
 async def test_queue_and_unrunnable_answer_without_a_handle_per_task():
     """`check_idle` (every 250 ms) and `adaptive_target` ask whether the queue is empty
     and take its first 100 tasks: that makes no handle for the others."""
-    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-        async with Scheduler(dashboard_address=":0", port=0) as s:
-            async with Client(s.address, asynchronous=True) as c:
-                futs = c.map(inc, range(3000))
-                while len(s.tasks) < 3000:
-                    await asyncio.sleep(0.01)
-                engine = s._rsched_engine
-                engine.release_handles()
-                before = engine.handle_counts()["tasks"]
-                assert s.queued and len(s.queued) == 3000 and not s.unrunnable
-                assert s.check_idle() is None
-                target = s.adaptive_target()
-                assert target >= 1
-                assert engine.handle_counts()["tasks"] - before <= 100
-                first = list(s.queued.peekn(5))
-                assert [ts.key for ts in first] == [ts.key for ts in s.queued.sorted()][:5]
-                assert first[0] in s.queued and s.queued.peek() is first[0]
-                assert dict(s.unrunnable) == {} and s.unrunnable == {}
-                del futs
+    async with mapped_without_workers(3000, saturation=1.0) as (s, _):
+        engine = s._rsched_engine
+        engine.release_handles()
+        before = engine.handle_counts()["tasks"]
+        assert s.queued and len(s.queued) == 3000 and not s.unrunnable
+        assert s.check_idle() is None
+        target = s.adaptive_target()
+        assert target >= 1
+        assert engine.handle_counts()["tasks"] - before <= 100
+        first = list(s.queued.peekn(5))
+        assert [ts.key for ts in first] == [ts.key for ts in s.queued.sorted()][:5]
+        assert first[0] in s.queued and s.queued.peek() is first[0]
+        assert dict(s.unrunnable) == {} and s.unrunnable == {}
 
 
 @gen_test()
 async def test_unrunnable_view_reads_as_distributed_dict():
-    with dask.config.set({"distributed.scheduler.worker-saturation": float("inf")}):
-        async with Scheduler(dashboard_address=":0", port=0) as s:
-            async with Client(s.address, asynchronous=True) as c:
-                futs = c.map(inc, range(50))
-                while len(s.unrunnable) < 50:
-                    await asyncio.sleep(0.01)
-                view = s.unrunnable
-                tasks = [s.tasks[f.key] for f in futs]
-                assert set(view.keys()) == set(tasks) == set(view)
-                assert view.keys() == set(tasks)
-                items = list(view.items())
-                assert [ts for ts, _ in items] == list(view) and len(items) == 50
-                assert list(view.values()) == [since for _, since in items]
-                assert all(view[ts] == since and ts in view for ts, since in items)
-                assert view.get(items[0][0]) == items[0][1] and view.get("nope", 1) == 1
-                assert view == dict(items) and not s.queued
-                # distributed's no-workers check reads it through `items()`
-                s.no_workers_timeout = 3600
-                s._check_no_workers()
-                assert len(s.unrunnable) == 50
-                del futs
+    async with mapped_without_workers(50, saturation=float("inf")) as (s, futs):
+        view = s.unrunnable
+        tasks = [s.tasks[f.key] for f in futs]
+        assert set(view.keys()) == set(tasks) == set(view)
+        assert view.keys() == set(tasks)
+        items = list(view.items())
+        assert [ts for ts, _ in items] == list(view) and len(items) == 50
+        assert list(view.values()) == [since for _, since in items]
+        assert all(view[ts] == since and ts in view for ts, since in items)
+        assert view.get(items[0][0]) == items[0][1] and view.get("nope", 1) == 1
+        assert view == dict(items) and not s.queued
+        # distributed's no-workers check reads it through `items()`
+        s.no_workers_timeout = 3600
+        s._check_no_workers()
+        assert len(s.unrunnable) == 50
 
 
 @gen_cluster(

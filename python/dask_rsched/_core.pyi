@@ -455,11 +455,15 @@ def order_graph(
     return_stats: bool = False,
     external: list[Any] | None = None,
     read: list[ReadGraph] | None = None,
+    tasks: int = 0,
 ) -> dict[Any, Any] | None: ...
 
 @final
 class ReadGraph:
     """What `order_graph` read of a graph, for `Engine.update_graph` of that graph."""
+
+    @property
+    def nbytes(self) -> int: ...
 
 def encode_batch(msg: Any) -> bytes | None: ...
 def pickle_trace(obj: Any) -> tuple[bytes | None, bool, list[type]]: ...

@@ -101,7 +101,8 @@ def order(
     if set_layout_matches():
         external: list[Any] = []
         read: list[Any] | None = None if _seen is None else []
-        result = _core.order_graph(graph, return_stats, external, read)
+        tasks = 0 if _seen is None else _seen.get("tasks", 0)
+        result = _core.order_graph(graph, return_stats, external, read, tasks)
         if result is not None:
             if _seen is not None:
                 _seen.update(graph=graph, external=external, read=read[0] if read else None)

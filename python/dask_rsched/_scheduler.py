@@ -455,7 +455,8 @@ class EngineSchedulerMixin:
 
     async def update_graph(self, *args: Any, **kwargs: Any) -> None:
         # the graph's `dask.order.order` runs in Rust (same priorities)
-        token = _order.ENGINE_ORDER.set({})
+        # the order makes the task arena for the tasks there are and the graph's
+        token = _order.ENGINE_ORDER.set({"tasks": len(self._rsched_engine)})
         step = _GRAPH_STEP.set(_graph_step())
         try:
             await super().update_graph(*args, **kwargs)  # type: ignore[misc]

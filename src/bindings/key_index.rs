@@ -12,6 +12,11 @@ impl KeyIndex {
         KeyIndex(hashbrown::HashTable::with_capacity(n))
     }
 
+    /// Bytes of its table.
+    pub(crate) fn allocation_size(&self) -> usize {
+        self.0.allocation_size()
+    }
+
     /// Adds a key known to be absent.
     pub(crate) fn insert_new(&mut self, h: i64, id: u32, hashes: &[i64]) {
         self.0

@@ -179,7 +179,7 @@ pub(crate) fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
 
 /// Whether `key_split_group` names this str key with `key_split(key)`: not "(...",
 /// not 32 hex digits, not "<...".
-fn group_is_prefix(key: &str) -> bool {
+pub(crate) fn group_is_prefix(key: &str) -> bool {
     !(key.starts_with('(') || key.starts_with('<') || is_hex32(key))
 }
 
@@ -189,7 +189,7 @@ fn group_is_prefix(key: &str) -> bool {
 /// with a letter), then each following word made only of letters, up to the first one
 /// that is not or that looks like a hex token (8 letters starting with a-f); a 32-digit
 /// hex name is "data".
-fn ascii_key_split(key: &str) -> Option<String> {
+pub(crate) fn ascii_key_split(key: &str) -> Option<String> {
     if !key.is_ascii() {
         return None;
     }

@@ -3,7 +3,7 @@
 //! `dask.order.order` returns. `None` tells the caller to use dask's own.
 
 use crate::bindings::key_index::KeyIndex;
-use crate::bindings::naming::data_producer;
+use crate::bindings::naming::{ascii_key_split, data_producer, group_is_prefix};
 use crate::core::order::{order, OrderGraph};
 use crate::core::pyset::PySet;
 use hashbrown::HashMap;
@@ -346,6 +346,79 @@ pub(crate) struct GraphRead {
     pub data_producer: Vec<bool>,
     /// The order's priority of each of `dsk`'s keys.
     pub priorities: Vec<i64>,
+    /// A plain ASCII str key's group and prefix name (`name_table[str_names[i]]`, the
+    /// engine's `group_and_prefix` of it), `u32::MAX` for a key the engine names itself.
+    pub str_names: Vec<u32>,
+    pub name_table: Vec<String>,
+    /// An empty task arena of the graph's size, its memory touched here (with the GIL
+    /// released) so that the page faults of a large graph's records do not happen on
+    /// the event loop (`SchedulerState::offer_task_arena`).
+    pub arena: TaskArena,
+}
+
+#[pymethods]
+impl ReadGraph {
+    /// The bytes it holds (its vectors, index and arena), 0 once taken: what a memory
+    /// measurement of the state creation that takes it must not count as the state's
+    /// (`benches/submission.py`).
+    #[getter]
+    fn nbytes(&self) -> usize {
+        use std::mem::size_of;
+        let Some(g) = &*crate::bindings::shared::locked(&self.0) else {
+            return 0;
+        };
+        g.keys.capacity() * size_of::<Py<PyAny>>()
+            + g.hashes.capacity() * 8
+            + g.index.allocation_size()
+            + (g.dep_offsets.capacity() + g.dep_ids.capacity() + g.str_names.capacity()) * 4
+            + g.specs.capacity() * size_of::<Py<PyAny>>()
+            + g.data_producer.capacity()
+            + g.priorities.capacity() * 8
+            + g.name_table.iter().map(|n| n.capacity() + size_of::<String>()).sum::<usize>()
+            + g.arena.capacity() * size_of::<Option<crate::core::entities::Task<Py<PyAny>>>>()
+    }
+}
+
+pub(crate) type TaskArena = Vec<Option<crate::core::entities::Task<Py<PyAny>>>>;
+
+/// `group_and_prefix`'s names of the plain ASCII str keys among `names[..n_real]`
+/// (`str(key)` of each key): a name id per key, and the names.
+fn str_key_names(
+    py: Python<'_>,
+    keys: &[Bound<'_, PyAny>],
+    names: &[Cow<'_, str>],
+    n_real: usize,
+) -> (Vec<u32>, Vec<String>) {
+    let mut ids = Vec::with_capacity(n_real);
+    let mut table: Vec<String> = Vec::new();
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for (i, (key, name)) in keys.iter().zip(names).take(n_real).enumerate() {
+        let_others_run(py, i);
+        let split = match key.is_exact_instance_of::<PyString>() && group_is_prefix(name) {
+            true => ascii_key_split(name),
+            false => None,
+        };
+        let id = match split {
+            // consecutive keys mostly share their names
+            Some(n) if table.last().is_some_and(|last| *last == n) => table.len() as u32 - 1,
+            Some(n) => *seen.entry(n).or_insert_with_key(|n| {
+                table.push(n.clone());
+                table.len() as u32 - 1
+            }),
+            None => u32::MAX,
+        };
+        ids.push(id);
+    }
+    (ids, table)
+}
+
+/// An arena of room for `n` tasks, every page written once.
+fn touched_arena(n: usize) -> TaskArena {
+    let mut arena: TaskArena = Vec::with_capacity(n);
+    // SAFETY: writes zero bytes into the vector's own unused capacity; its length
+    // stays 0, so nothing reads them as tasks.
+    unsafe { std::ptr::write_bytes(arena.as_mut_ptr(), 0, arena.capacity()) };
+    arena
 }
 
 /// Every `YIELD_EVERY` entries the reading and the result building let go of the GIL
@@ -401,14 +474,16 @@ fn read_keys<'py>(
 /// the graph has something the Rust order does not reproduce (dask's then runs, and
 /// raises its own error for a cyclic graph). `external`, if given, receives the keys the
 /// graph names as dependencies but does not hold. `read`, if given, receives a
-/// `ReadGraph` of what was read (without `return_stats`), for `Engine.update_graph`.
+/// `ReadGraph` of what was read (without `return_stats`), for `Engine.update_graph`,
+/// with a task arena for `tasks` existing tasks and the graph's.
 #[pyfunction]
-#[pyo3(signature = (dsk, return_stats = false, external = None, read = None))]
+#[pyo3(signature = (dsk, return_stats = false, external = None, read = None, tasks = 0))]
 pub fn order_graph<'py>(
     dsk: &Bound<'py, PyDict>,
     return_stats: bool,
     external: Option<&Bound<'py, PyList>>,
     read: Option<&Bound<'py, PyList>>,
+    tasks: usize,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     let py = dsk.py();
     let types = dask_types(py)?;
@@ -554,8 +629,11 @@ pub fn order_graph<'py>(
             names,
             ..
         } = graph;
+        let (str_names, name_table) = str_key_names(py, &keys, &names, n_real);
         // the names borrow the keys
         drop(names);
+        let room = tasks + keys.len();
+        let arena = py.detach(|| touched_arena(room));
         let graph_read = GraphRead {
             dsk: dsk.clone().unbind(),
             ordered: result.clone().unbind(),
@@ -568,6 +646,9 @@ pub fn order_graph<'py>(
             specs: specs.into_iter().map(Bound::unbind).collect(),
             data_producer,
             priorities,
+            str_names,
+            name_table,
+            arena,
         };
         read.append(ReadGraph(Mutex::new(Some(graph_read))))?;
     }

@@ -541,6 +541,18 @@ impl<P: Clone> SchedulerState<P> {
         (self.keys).reserve(need, |t| key_hash(tasks, t));
     }
 
+    /// A task arena with room made elsewhere (`fresh`: empty, its pages already
+    /// touched): taken, with the tasks moved into it, if this one lacks the room for
+    /// `n` more tasks and `fresh` has it. Task ids stay the same (positions).
+    pub fn offer_task_arena(&mut self, mut fresh: Vec<Option<Task<P>>>, n: usize) {
+        let need = n.saturating_sub(self.free_tasks.len());
+        let lacks = self.tasks.capacity() - self.tasks.len() < need;
+        if lacks && fresh.is_empty() && fresh.capacity() >= self.tasks.len() + need {
+            fresh.append(&mut self.tasks);
+            self.tasks = fresh;
+        }
+    }
+
     pub(crate) fn free_task_slot(&mut self, t: TaskId) {
         if let Some(ts) = &self.tasks[t.idx()] {
             // normally gone since its transition to forgotten

@@ -14,6 +14,7 @@ use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// A submitted graph's entries, as the core takes them.
@@ -222,7 +223,7 @@ impl Engine {
     fn resolve_read_graph<'py>(
         &self,
         py: Python<'py>,
-        st: &State,
+        st: &mut State,
         read: GraphRead,
         keys: &Bound<'py, PyAny>,
     ) -> PyResult<ResolvedGraph<'py>> {
@@ -236,6 +237,9 @@ impl Engine {
             specs,
             data_producer,
             priorities,
+            str_names,
+            name_table,
+            arena,
             ..
         } = read;
         let mut known = GraphKeys {
@@ -253,14 +257,29 @@ impl Engine {
             Some(Some(t)) if j >= n_real => KeyRef::Existing(*t),
             _ => KeyRef::Graph(j),
         };
+        st.offer_task_arena(arena, n_named);
         let mut namer = Namer::default();
+        // the names the order gave plain str keys, shared by the keys of one name
+        let mut shared: Vec<Option<(Rc<str>, Rc<str>)>> = vec![None; name_table.len()];
         let mut graph = Vec::with_capacity(n_named);
         for (i, spec) in specs.into_iter().enumerate() {
             let k = &known.names[i];
             let existing = self.tid_hashed(st, k, known.hashes[i])?;
-            let (group, prefix) = match existing {
-                Some(_) => Default::default(),
-                None => namer.group_and_prefix(self, k)?,
+            let (group, prefix) = match (existing, str_names.get(i).copied()) {
+                (Some(_), _) => Default::default(),
+                (None, Some(n)) if n != u32::MAX => {
+                    let names = shared[n as usize].get_or_insert_with(|| {
+                        let prefix: Rc<str> = name_table[n as usize].as_str().into();
+                        // the group is the same name, escaped as `group_and_prefix` does
+                        let group = match prefix.starts_with('\0') {
+                            true => format!("\0{prefix}").into(),
+                            false => prefix.clone(),
+                        };
+                        (group, prefix)
+                    });
+                    names.clone()
+                }
+                (None, _) => namer.group_and_prefix(self, k)?,
             };
             let deps = &dep_ids[dep_offsets[i] as usize..dep_offsets[i + 1] as usize];
             graph.push(GraphTask {
@@ -375,7 +394,7 @@ impl Engine {
             _ => 0.0,
         };
         let (mut graph, key_refs, entry_priorities) = match Self::take_read(read, dsk, ordered) {
-            Some(read) => self.resolve_read_graph(py, &b.st, read, keys)?,
+            Some(read) => self.resolve_read_graph(py, &mut b.st, read, keys)?,
             None => self.resolve_graph(py, &b.st, dsk, keys, ordered)?,
         };
         // distributed cancels a graph whose keys depend on data it no longer has
