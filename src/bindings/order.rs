@@ -374,7 +374,10 @@ impl ReadGraph {
             + g.specs.capacity() * size_of::<Py<PyAny>>()
             + g.data_producer.capacity()
             + g.priorities.capacity() * 8
-            + g.name_table.iter().map(|n| n.capacity() + size_of::<String>()).sum::<usize>()
+            + g.name_table
+                .iter()
+                .map(|n| n.capacity() + size_of::<String>())
+                .sum::<usize>()
             + g.arena.capacity() * size_of::<Option<crate::core::entities::Task<Py<PyAny>>>>()
     }
 }
