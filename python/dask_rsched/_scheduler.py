@@ -457,7 +457,8 @@ class EngineSchedulerMixin:
         # the graph's `dask.order.order` runs in Rust (same priorities)
         # the order makes the task arena for the tasks there are and the graph's
         token = _order.ENGINE_ORDER.set({"tasks": len(self._rsched_engine)})
-        step = _GRAPH_STEP.set(_graph_step())
+        budget = _graph_step()
+        step = _GRAPH_STEP.set(budget)
         try:
             await super().update_graph(*args, **kwargs)  # type: ignore[misc]
         finally:
@@ -468,7 +469,7 @@ class EngineSchedulerMixin:
         while engine.graph_pending:
             await asyncio.sleep(0)
             began = perf_counter()
-            self._rsched_run(engine.continue_graph, _graph_step())
+            self._rsched_run(engine.continue_graph, budget)
             self._rsched_note_graph_step(perf_counter() - began)
 
     def _rsched_note_graph_step(self, seconds: float) -> None:

@@ -43,17 +43,11 @@ impl Engine {
                 key_split.bind(py).call1((key,))?.extract()?
             };
             (first, Some(prefix))
-        } else if let Some(name) = (key.cast::<PyString>().ok())
+        } else if let Some(names) = (key.cast::<PyString>().ok())
             .and_then(|s| s.to_str().ok())
-            .filter(|s| group_is_prefix(s))
-            .and_then(ascii_key_split)
+            .and_then(plain_str_names)
         {
-            // the group is the same str: escaped as below, without a Python string
-            let group = match name.starts_with('\0') {
-                true => format!("\0{name}"),
-                false => name.clone(),
-            };
-            return Ok((group, name));
+            return Ok(names);
         } else {
             let group = key_split_group.bind(py).call1((key,))?;
             let prefix = match key.cast::<PyString>() {
@@ -177,9 +171,25 @@ pub(crate) fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
         .unwrap_or(false)
 }
 
+/// `(group, prefix)` of a str key named in Rust: one that `key_split_group` hands to
+/// `key_split` and that is plain ASCII. The group is the same name, escaped as
+/// `group_and_prefix` escapes a group name starting with "\0". `None`: the engine's
+/// `group_and_prefix` names it.
+pub(crate) fn plain_str_names(key: &str) -> Option<(String, String)> {
+    if !group_is_prefix(key) {
+        return None;
+    }
+    let name = ascii_key_split(key)?;
+    let group = match name.starts_with('\0') {
+        true => format!("\0{name}"),
+        false => name.clone(),
+    };
+    Some((group, name))
+}
+
 /// Whether `key_split_group` names this str key with `key_split(key)`: not "(...",
 /// not 32 hex digits, not "<...".
-pub(crate) fn group_is_prefix(key: &str) -> bool {
+fn group_is_prefix(key: &str) -> bool {
     !(key.starts_with('(') || key.starts_with('<') || is_hex32(key))
 }
 
@@ -189,7 +199,7 @@ pub(crate) fn group_is_prefix(key: &str) -> bool {
 /// with a letter), then each following word made only of letters, up to the first one
 /// that is not or that looks like a hex token (8 letters starting with a-f); a 32-digit
 /// hex name is "data".
-pub(crate) fn ascii_key_split(key: &str) -> Option<String> {
+fn ascii_key_split(key: &str) -> Option<String> {
     if !key.is_ascii() {
         return None;
     }

@@ -341,9 +341,11 @@ impl<P: Clone> SchedulerState<P> {
             }
         }
         let PendingGraph {
-            touched, client, ..
-        } = self.pending_graph.as_ref().expect("still pending");
-        let (touched, client) = (touched.clone(), *client);
+            touched,
+            client,
+            held,
+            ..
+        } = self.pending_graph.take().expect("still pending");
         // a client gone meanwhile is left out, as distributed's `report` finds no comm
         let client = self.clients[client.idx()].alive.then_some(client);
         for t in touched {
@@ -354,7 +356,7 @@ impl<P: Clone> SchedulerState<P> {
                 self.report_on_key(t, client, out);
             }
         }
-        self.drop_pending_graph();
+        self.free_held(held);
         Ok(true)
     }
 
@@ -366,9 +368,13 @@ impl<P: Clone> SchedulerState<P> {
     /// Ends the pending graph; the slots it held are free again.
     fn drop_pending_graph(&mut self) {
         if let Some(pending) = self.pending_graph.take() {
-            for t in pending.held {
-                self.free_task_slot(t);
-            }
+            self.free_held(pending.held);
+        }
+    }
+
+    fn free_held(&mut self, held: Vec<TaskId>) {
+        for t in held {
+            self.free_task_slot(t);
         }
     }
 

@@ -269,11 +269,11 @@ impl Engine {
                 (Some(_), _) => Default::default(),
                 (None, Some(n)) if n != u32::MAX => {
                     let names = shared[n as usize].get_or_insert_with(|| {
-                        let prefix: Rc<str> = name_table[n as usize].as_str().into();
-                        // the group is the same name, escaped as `group_and_prefix` does
-                        let group = match prefix.starts_with('\0') {
-                            true => format!("\0{prefix}").into(),
-                            false => prefix.clone(),
+                        let (group, prefix) = &name_table[n as usize];
+                        let prefix: Rc<str> = prefix.as_str().into();
+                        let group = match **group == *prefix {
+                            true => prefix.clone(),
+                            false => group.as_str().into(),
                         };
                         (group, prefix)
                     });
