@@ -6,6 +6,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple};
+use std::borrow::Cow;
 use std::rc::Rc;
 
 static KEY_SPLIT: PyOnceLock<(Py<PyAny>, Py<PyAny>)> = PyOnceLock::new();
@@ -43,11 +44,11 @@ impl Engine {
                 key_split.bind(py).call1((key,))?.extract()?
             };
             (first, Some(prefix))
-        } else if let Some(names) = (key.cast::<PyString>().ok())
+        } else if let Some(name) = (key.cast::<PyString>().ok())
             .and_then(|s| s.to_str().ok())
-            .and_then(plain_str_names)
+            .and_then(plain_str_name)
         {
-            return Ok(names);
+            return Ok((escaped_group_name(&name).into_owned(), name));
         } else {
             let group = key_split_group.bind(py).call1((key,))?;
             let prefix = match key.cast::<PyString>() {
@@ -61,8 +62,7 @@ impl Engine {
             None => key_split.bind(py).call1((key,))?.extract()?,
         };
         let group = match group.extract::<String>() {
-            Ok(name) if name.starts_with('\0') => format!("\0{name}"),
-            Ok(name) => name,
+            Ok(name) => escaped_group_name(&name).into_owned(),
             Err(_) => {
                 let names = self.other_group_names.bind(py);
                 match names.get_item(&group)? {
@@ -171,20 +171,23 @@ pub(crate) fn data_producer(spec: &Bound<'_, PyAny>) -> bool {
         .unwrap_or(false)
 }
 
-/// `(group, prefix)` of a str key named in Rust: one that `key_split_group` hands to
-/// `key_split` and that is plain ASCII. The group is the same name, escaped as
-/// `group_and_prefix` escapes a group name starting with "\0". `None`: the engine's
-/// `group_and_prefix` names it.
-pub(crate) fn plain_str_names(key: &str) -> Option<(String, String)> {
+/// The prefix name of a str key named in Rust: one that `key_split_group` hands to
+/// `key_split` and that is plain ASCII; its group is the same name
+/// (`escaped_group_name`). `None`: the engine's `group_and_prefix` names it.
+pub(crate) fn plain_str_name(key: &str) -> Option<String> {
     if !group_is_prefix(key) {
         return None;
     }
-    let name = ascii_key_split(key)?;
-    let group = match name.starts_with('\0') {
-        true => format!("\0{name}"),
-        false => name.clone(),
-    };
-    Some((group, name))
+    ascii_key_split(key)
+}
+
+/// A str group name as the core keeps it: one starting with "\0" gets another "\0" in
+/// front (names of other objects are "\0" and a number).
+pub(crate) fn escaped_group_name(name: &str) -> Cow<'_, str> {
+    match name.starts_with('\0') {
+        true => Cow::Owned(format!("\0{name}")),
+        false => Cow::Borrowed(name),
+    }
 }
 
 /// Whether `key_split_group` names this str key with `key_split(key)`: not "(...",

@@ -3,7 +3,7 @@
 //! `dask.order.order` returns. `None` tells the caller to use dask's own.
 
 use crate::bindings::key_index::KeyIndex;
-use crate::bindings::naming::{data_producer, plain_str_names};
+use crate::bindings::naming::{data_producer, plain_str_name};
 use crate::core::order::{order, OrderGraph};
 use crate::core::pyset::PySet;
 use hashbrown::HashMap;
@@ -346,10 +346,10 @@ pub(crate) struct GraphRead {
     pub data_producer: Vec<bool>,
     /// The order's priority of each of `dsk`'s keys.
     pub priorities: Vec<i64>,
-    /// A plain str key's `(group, prefix)` (`name_table[str_names[i]]`, as
-    /// `plain_str_names` gives them), `u32::MAX` for a key the engine names itself.
+    /// A plain str key's prefix name (`name_table[str_names[i]]`, `plain_str_name`; its
+    /// group is the same name), `u32::MAX` for a key the engine names itself.
     pub str_names: Vec<u32>,
-    pub name_table: Vec<(String, String)>,
+    pub name_table: Vec<String>,
     /// An empty task arena of the graph's size, its memory touched here (with the GIL
     /// released) so that the page faults of a large graph's records do not happen on
     /// the event loop (`SchedulerState::offer_task_arena`).
@@ -376,7 +376,7 @@ impl ReadGraph {
             + g.priorities.capacity() * 8
             + g.name_table
                 .iter()
-                .map(|(g, p)| g.capacity() + p.capacity() + 2 * size_of::<String>())
+                .map(|n| n.capacity() + size_of::<String>())
                 .sum::<usize>()
             + g.arena.capacity() * size_of::<Option<crate::core::entities::Task<Py<PyAny>>>>()
     }
@@ -384,21 +384,21 @@ impl ReadGraph {
 
 pub(crate) type TaskArena = Vec<Option<crate::core::entities::Task<Py<PyAny>>>>;
 
-/// `plain_str_names` of the exact str keys among `keys[..n_real]` (`names`: `str(key)`
+/// `plain_str_name` of the exact str keys among `keys[..n_real]` (`names`: `str(key)`
 /// of each): a name id per key, and the names.
 fn str_key_names(
     py: Python<'_>,
     keys: &[Bound<'_, PyAny>],
     names: &[Cow<'_, str>],
     n_real: usize,
-) -> (Vec<u32>, Vec<(String, String)>) {
+) -> (Vec<u32>, Vec<String>) {
     let mut ids = Vec::with_capacity(n_real);
-    let mut table: Vec<(String, String)> = Vec::new();
-    let mut seen: HashMap<(String, String), u32> = HashMap::new();
+    let mut table: Vec<String> = Vec::new();
+    let mut seen: HashMap<String, u32> = HashMap::new();
     for (i, (key, name)) in keys.iter().zip(names).take(n_real).enumerate() {
         let_others_run(py, i);
         let split = match key.is_exact_instance_of::<PyString>() {
-            true => plain_str_names(name),
+            true => plain_str_name(name),
             false => None,
         };
         let id = match split {

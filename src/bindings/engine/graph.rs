@@ -3,7 +3,7 @@
 
 use crate::bindings::handles;
 use crate::bindings::key_index::KeyIndex;
-use crate::bindings::naming::{data_producer, Namer};
+use crate::bindings::naming::{data_producer, escaped_group_name, Namer};
 use crate::bindings::order::{GraphRead, ReadGraph};
 use crate::bindings::shared::{byte_count, worker_of, Engine, State, View};
 use crate::cell::StateCell;
@@ -14,6 +14,7 @@ use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -269,11 +270,10 @@ impl Engine {
                 (Some(_), _) => Default::default(),
                 (None, Some(n)) if n != u32::MAX => {
                     let names = shared[n as usize].get_or_insert_with(|| {
-                        let (group, prefix) = &name_table[n as usize];
-                        let prefix: Rc<str> = prefix.as_str().into();
-                        let group = match **group == *prefix {
-                            true => prefix.clone(),
-                            false => group.as_str().into(),
+                        let prefix: Rc<str> = name_table[n as usize].as_str().into();
+                        let group = match escaped_group_name(&prefix) {
+                            Cow::Borrowed(_) => prefix.clone(),
+                            Cow::Owned(escaped) => escaped.into(),
                         };
                         (group, prefix)
                     });
