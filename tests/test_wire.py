@@ -219,12 +219,15 @@ def test_encoder_pickles_run_specs_as_distributed():
         Task("a", operator.add, TaskRef("y"), 1),
         Task("b", operator.add, "__main__", 1),  # names __main__: cloudpickle
         Task("c", operator.add, "__main__" + "x" * 2000, 1),  # long
-        Task("d", lambda x: x, 1),  # pickle fails: distributed's path
+        Task("d", lambda x: x, 1),  # pickle fails: cloudpickle, the lambda kept
         Task("e", main_fn, TaskRef("y")),
     ]
     for spec in specs:
         msg = [{"op": "compute-task", "run_spec": ToPickle(spec)}]
-        assert encode_batch(msg) == distributed_bytes(msg)
+        if spec.key == "d":
+            assert run_spec_back(spec)({}) == 1
+        else:
+            assert encode_batch(msg) == distributed_bytes(msg)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:
         for spec in specs:
@@ -359,9 +362,36 @@ def test_pickle_trace_matches_pickle():
         assert out is None or out == pickle.dumps(big, protocol=5)
 
 
-def test_encoder_skips_the_failing_pickles_of_main_functions():
+def main_function(source: str, name: str, **globals_):
+    """A function as a client's `__main__` function is on the scheduler: loaded from
+    cloudpickle's by-value pickle."""
+    import cloudpickle
+
+    ns = {"__name__": "__main__", **globals_}
+    exec(source, ns)
+    return cloudpickle.loads(cloudpickle.dumps(ns[name]))
+
+
+def run_spec_back(spec):
+    """The run_spec as a worker loads it from the engine's encoding of a compute-task."""
+    from dask_rsched._core import encode_batch
+    from distributed.protocol import loads
+    from distributed.protocol.serialize import ToPickle
+
+    wire = encode_batch([{"op": "compute-task", "run_spec": ToPickle(spec)}])
+    (n,) = struct.unpack_from("<Q", wire, 8)
+    lengths = struct.unpack_from(f"<{n}Q", wire, 16)
+    frames, at = [], 16 + 8 * n
+    for length in lengths:
+        frames.append(wire[at : at + length])
+        at += length
+    return loads(frames)[0]["run_spec"]
+
+
+def test_main_functions_are_pickled_once():
     """A run_spec whose function pickle cannot find (a client's `__main__` function
-    on the scheduler) is cloudpickled at once, to distributed's bytes."""
+    on the scheduler) is what cloudpickle writes, with the function loaded from its
+    own cloudpickle bytes, kept from one task to the next."""
     import operator
 
     import cloudpickle
@@ -369,15 +399,75 @@ def test_encoder_skips_the_failing_pickles_of_main_functions():
     from dask_rsched._core import encode_batch, pickle_trace
     from distributed.protocol.serialize import ToPickle
 
-    ns = {"__name__": "__main__"}
-    exec("def inc(x):\n    return x + 1\n", ns)
-    inc = cloudpickle.loads(cloudpickle.dumps(ns["inc"]))
+    inc = main_function("def inc(x):\n    return x + ONE\n", "inc", ONE=1)
     spec = Task(("inc", 1), inc, TaskRef(("x", 1)), operator.add)
     out, fails, types = pickle_trace(spec)
     assert out is None and fails
     assert Task in types and type(inc) in types
-    msg = [{"op": "compute-task", "run_spec": ToPickle(spec)}]
-    assert encode_batch(msg) == distributed_bytes(msg)
+    own = cloudpickle.dumps(inc, protocol=5)
+    for i in range(3):
+        spec = Task(("inc", i), inc, TaskRef(("x", i)))
+        assert own in encode_batch([{"op": "compute-task", "run_spec": ToPickle(spec)}])
+        back = run_spec_back(spec)
+        assert back.key == ("inc", i) and back({("x", i): 41}) == 42
+    # the same function twice in a run_spec is one function on the worker
+    back = run_spec_back(Task("t", operator.is_, inc, inc))
+    assert back({}) is True
+
+
+def test_main_functions_kept_see_their_changes():
+    """What cloudpickle would write differently makes the function pickled again:
+    its globals' values, defaults, closure, code, `__dict__`, `sys.modules`."""
+    from dask._task_spec import Task
+
+    f = main_function("def f(x=1):\n    return x + ONE\n", "f", ONE=1)
+    assert run_spec_back(Task("t", f))({}) == 2
+    f.__globals__["ONE"] = 10
+    assert run_spec_back(Task("t", f))({}) == 11
+    f.__defaults__ = (5,)
+    assert run_spec_back(Task("t", f))({}) == 15
+    f.__code__ = main_function("def g(x=1):\n    return x * ONE\n", "g").__code__
+    assert run_spec_back(Task("t", f))({}) == 50
+    f.tag = "t"
+    assert run_spec_back(Task("t", f)).func.tag == "t"
+    adder = main_function(
+        "def make(n):\n    def add(x):\n        return x + n\n    return add\n", "make"
+    )(3)
+    assert run_spec_back(Task("t", adder, 1))({}) == 4
+    adder.__closure__[0].cell_contents = 7
+    assert run_spec_back(Task("t", adder, 1))({}) == 8
+    sys.modules["_dask_rsched_test_new_module"] = sys  # cloudpickle lists submodules
+    try:
+        assert run_spec_back(Task("t", adder, 1))({}) == 8
+    finally:
+        del sys.modules["_dask_rsched_test_new_module"]
+
+
+def test_main_functions_cloudpickle_writes_its_way():
+    """A function capturing something mutable (or not pickled by reference), two
+    functions written by value in one run_spec (cloudpickle gives them one globals
+    dict), a `__main__` class: cloudpickle's own bytes, as distributed writes them."""
+    from dask._task_spec import Task
+    from distributed.protocol.serialize import ToPickle
+
+    from dask_rsched._core import encode_batch
+
+    uses_list = main_function("def f(x):\n    return x + len(ITEMS)\n", "f", ITEMS=[1])
+    a = main_function("def a(x):\n    return x\n", "a")
+    b = main_function("def b(x):\n    return x\n", "b")
+    helper = main_function("def h(x):\n    return a(x)\n", "h", a=a)
+    kw = main_function("def k(*, x=1):\n    return x\n", "k")
+    cls = main_function("class C:\n    pass\n", "C")
+    for spec in [
+        Task("t", uses_list, 1),
+        Task("t", a, Task("u", b, 1)),
+        Task("t", helper, 1),
+        Task("t", kw),
+        Task("t", a, cls()),
+        Task("t", a, cls),
+    ]:
+        msg = [{"op": "compute-task", "run_spec": ToPickle(spec)}]
+        assert encode_batch(msg) == distributed_bytes(msg), spec
 
 
 def test_encoder_leaves_the_rest_to_distributed():
@@ -395,11 +485,12 @@ def test_encoder_leaves_the_rest_to_distributed():
         bytearray(b"x"),
         Serialize(1),
         ToPickle(np.arange(100_000)),  # out-of-band buffers
-        ToPickle(lambda: asyncio),  # cloudpickle: still bytes, encoded
     ]:
         out = encode_batch([{"op": "x", "v": odd}])
         if out is not None:
             assert out == distributed_bytes([{"op": "x", "v": odd}])
+    # cloudpickle's: still bytes, encoded, the lambda loaded from its own pickle
+    assert run_spec_back(lambda: asyncio)() is asyncio
 
 
 def framed(frames: list[bytes]) -> bytes:

@@ -5,6 +5,7 @@
 //! `crate::cell::StateCell`), `naming`, `messages`, `handles`, `engine` (`Engine`'s
 //! methods).
 
+mod by_value;
 mod engine;
 mod handles;
 mod key_index;

@@ -23,6 +23,8 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::by_value;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -421,10 +423,22 @@ struct Pickler<'py> {
     depth: usize,
     /// The type of each object `_pickle` asks a `reducer_override` about, in order.
     overridable: Vec<Bound<'py, PyType>>,
+    /// Set when functions are written by value (`dumps_by_value`).
+    by_value: Option<ByValue<'py>>,
+}
+
+/// `dumps_by_value`'s part of a trace: cloudpickle's parts, and the one function
+/// written by value so far.
+struct ByValue<'py> {
+    cloud: &'py by_value::Cloud,
+    function: Option<Bound<'py, PyAny>>,
 }
 
 /// The trace of `pickle.dumps(obj, protocol=5)`.
-fn trace<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Trace<'py>> {
+fn trace<'py>(
+    obj: &Bound<'py, PyAny>,
+    by_value: Option<&'py by_value::Cloud>,
+) -> PyResult<Trace<'py>> {
     let py = obj.py();
     let m = modules(py)?;
     if !m.extension_registry.bind(py).is_empty() {
@@ -439,6 +453,10 @@ fn trace<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Trace<'py>> {
         known: known(py)?,
         depth: 0,
         overridable: Vec::new(),
+        by_value: by_value.map(|cloud| ByValue {
+            cloud,
+            function: None,
+        }),
     };
     // PROTO 5, then one frame (its header written once its length is known)
     p.out.extend([PROTO, 5, FRAME, 0, 0, 0, 0, 0, 0, 0, 0]);
@@ -546,6 +564,16 @@ impl<'py> Pickler<'py> {
         }
         // here `_pickle` would ask a `reducer_override`
         self.overridable.push(ty.clone());
+        if let Some(bv) = &self.by_value {
+            // what cloudpickle's pickler reduces its own way is left to it
+            let cloud = bv.cloud;
+            if cloud.dispatch_table.bind(py).contains(&ty)?
+                || (obj.is_instance_of::<PyType>()
+                    && cloud.builtin_type_names.bind(py).contains(obj)?)
+            {
+                return Ok(Err(Unsupported));
+            }
+        }
         if ty.is(py.get_type::<PyType>()) {
             // `save_type`: the three singleton types are reduced specially
             let t = obj.cast::<PyType>()?;
@@ -558,7 +586,11 @@ impl<'py> Pickler<'py> {
             return self.save_global(obj, None);
         }
         if ty.is(self.modules.function_type.bind(py)) {
-            return self.save_global(obj, None);
+            let saved = self.save_global(obj, None)?;
+            if saved == Err(Stop::GlobalFails) && self.by_value.is_some() {
+                return self.save_by_value(obj);
+            }
+            return Ok(saved);
         }
         if self.modules.dispatch_table.bind(py).contains(&ty)? {
             return Ok(Err(Unsupported));
@@ -791,8 +823,12 @@ impl<'py> Pickler<'py> {
         let Some(module_name) = obj.getattr_opt(intern!(py, "__module__"))? else {
             return Ok(Err(Unsupported));
         };
-        if module_name.cast_exact::<PyString>().is_err() {
+        let Ok(module_str) = module_name.cast_exact::<PyString>() else {
             return Ok(Err(Unsupported));
+        };
+        // cloudpickle writes what `__main__` names by value, whether or not it resolves
+        if self.by_value.is_some() && module_str.to_str().is_ok_and(|m| m == "__main__") {
+            return Ok(Err(Stop::GlobalFails));
         }
         let Some(module) = self.modules.sys_modules.bind(py).get_item(&module_name)? else {
             return Ok(Err(Unsupported));
@@ -818,6 +854,31 @@ impl<'py> Pickler<'py> {
         save!(self, &global_name);
         self.out.push(STACK_GLOBAL);
         self.memo_put(obj);
+        Ok(Ok(()))
+    }
+
+    /// A function cloudpickle writes by value, as `pickle.loads(<its bytes>)`; only
+    /// one per pickle (cloudpickle gives the functions of one pickle that share their
+    /// globals one globals dict: that is left to it).
+    fn save_by_value(&mut self, function: &Bound<'py, PyAny>) -> PyResult<Out> {
+        let py = self.py;
+        let Some(bv) = &self.by_value else {
+            return Ok(Err(Stop::GlobalFails));
+        };
+        let cloud = bv.cloud;
+        if bv.function.is_some() {
+            return Ok(Err(Stop::GlobalFails));
+        }
+        let Some(pickled) = by_value::pickled(function)? else {
+            return Ok(Err(Stop::GlobalFails));
+        };
+        if let Some(bv) = &mut self.by_value {
+            bv.function = Some(function.clone());
+        }
+        save!(self, cloud.loads.bind(py));
+        save!(self, pickled.as_any());
+        self.out.extend([TUPLE1, REDUCE]);
+        self.memo_put(function);
         Ok(Ok(()))
     }
 
@@ -891,11 +952,24 @@ pub(crate) enum Dumped<'py> {
 
 /// `pickle.dumps(obj, protocol=5)` as far as the trace goes.
 pub(crate) fn dumps<'py>(obj: &Bound<'py, PyAny>) -> Dumped<'py> {
-    match trace(obj) {
+    match trace(obj, None) {
         Ok((Ok(bytes), _)) => Dumped::Bytes(bytes),
         Ok((Err(Stop::GlobalFails), types)) => Dumped::GlobalFails(types),
         _ => Dumped::Unknown,
     }
+}
+
+/// What `cloudpickle.dumps(obj, protocol=5)` would write, with the one function it
+/// writes by value loaded from that function's own kept pickle (`by_value`), when
+/// everything else in `obj` is what pickle writes the same way; else `None`.
+pub(crate) fn dumps_by_value(obj: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
+    let Some(cloud) = by_value::cloud(obj.py()) else {
+        return Ok(None);
+    };
+    Ok(match trace(obj, Some(cloud))? {
+        (Ok(bytes), _) => Some(bytes),
+        (Err(_), _) => None,
+    })
 }
 
 /// The trace for tests: `(bytes or None, global fails, names of the types offered to
@@ -906,7 +980,7 @@ pub(crate) fn dumps<'py>(obj: &Bound<'py, PyAny>) -> Dumped<'py> {
 pub(crate) fn trace_py<'py>(
     obj: &Bound<'py, PyAny>,
 ) -> PyResult<(Option<Bound<'py, PyBytes>>, bool, Vec<Bound<'py, PyType>>)> {
-    let (out, types) = trace(obj)?;
+    let (out, types) = trace(obj, None)?;
     Ok(match out {
         Ok(b) => (Some(PyBytes::new(obj.py(), &b)), false, types),
         Err(stop) => (None, stop == Stop::GlobalFails, types),

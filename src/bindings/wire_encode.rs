@@ -319,7 +319,12 @@ impl<'py> Encoder<'py> {
             }
         }
         if use_cloudpickle {
-            pickled = from_python(p.cloudpickle_dumps.bind(py), true)?;
+            // cloudpickle's bytes, but with the function it writes by value pickled
+            // once, not for every task; else cloudpickle itself
+            pickled = match pickler::dumps_by_value(&data)? {
+                Some(b) => Some((b, false)),
+                None => from_python(p.cloudpickle_dumps.bind(py), true)?,
+            };
         }
         if pickled.is_none() {
             pickled = from_python(p.dumps.bind(py), false)?;
