@@ -56,6 +56,52 @@ async def test_worker_streams_are_the_engines(c, s, a, b):
 @gen_cluster(client=True, config={"distributed.scheduler.rsched-wire": False})
 async def test_switched_off_keeps_distributeds_comms(c, s, a, b):
     assert comm_types(s) == {"TCP"}
+    assert type(s.client_comms[c.id]).__name__ == "BatchedSend"
+    assert await c.submit(inc, 1) == 2
+
+
+@gen_cluster(client=True)
+async def test_client_streams_are_the_engines(c, s, a, b):
+    """A client's stream is read and written by the engine: its messages in both
+    directions (graphs with pickled frames, releases, reports, errors) as on
+    distributed's comm, and a client leaving or vanishing is removed."""
+    from distributed import Client
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    bcomm = s.client_comms[c.id]
+    assert type(bcomm).__name__ == "WireBatchedSend"
+    assert type(bcomm.comm).__name__ == "WireComm"
+    assert bcomm.interval == 0.002  # add_client's 2 ms, in seconds
+    futs = c.map(inc, range(300))
+    assert await c.gather(futs) == list(range(1, 301))
+    with pytest.raises(ZeroDivisionError):
+        await c.submit(div, 1, 0)
+    big = c.submit(len, b"x" * 3_000_000)  # a graph larger than the offload threshold
+    assert await big == 3_000_000
+    del futs, big
+    while any(k.startswith("inc-") for k in s.tasks):
+        await asyncio.sleep(0.01)
+    assert bcomm.message_count > 300 and bcomm.recent_message_log
+    s.validate_state()
+
+    async with Client(s.address, asynchronous=True) as c2:
+        assert await c2.submit(inc, 10) == 11
+        assert c2.id in s.clients
+    while c2.id in s.clients:
+        await asyncio.sleep(0.01)
+
+    removed: list = []
+
+    class Removed(SchedulerPlugin):
+        def remove_client(self, scheduler, client):
+            removed.append(client)
+
+    s.add_plugin(Removed())
+    async with Client(s.address, asynchronous=True) as c3:
+        assert await c3.submit(inc, 20) == 21
+        s.client_comms[c3.id].comm.abort()  # the connection drops (the client reconnects)
+        while c3.id not in removed:
+            await asyncio.sleep(0.01)
     assert await c.submit(inc, 1) == 2
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import dask.config
 from dask.utils import parse_timedelta
 from distributed import scheduler as _dsched
+from distributed.batched import BatchedSend
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.scheduler import Computation
 from distributed.shuffle._core import _BARRIER_PREFIX as _SHUFFLE_BARRIER_PREFIX
@@ -697,9 +698,30 @@ class EngineSchedulerMixin:
         `_wire.handle_client_stream`: runs of `client-releases-keys` in one engine
         call; any other stream by distributed's own."""
         if extra is not None and list(extra) == ["client"]:
-            await _wire.handle_client_stream(self, comm, extra)
+            wire = self._rsched_client_wire(comm, extra["client"])
+            await _wire.handle_client_stream(self, wire or comm, extra)
             return
         await super().handle_stream(comm, extra)  # type: ignore[misc]
+
+    def _rsched_client_wire(self, comm: Any, client: str) -> Any:
+        """The client's comm read and written by the engine (`_wire.WireComm`), its
+        `BatchedSend` (just started by `add_client`) replaced by a `WireBatchedSend`
+        with what it buffered; None (distributed's comm and BatchedSend) for a comm
+        that is not plain TCP or a BatchedSend that is not `add_client`'s."""
+        bcomm = self.client_comms.get(client)
+        if type(bcomm) is not BatchedSend or bcomm.comm is not comm or bcomm.batch_count:
+            return None
+        wire = _wire.takeover(comm)
+        if wire is None:
+            return None
+        new = _wire.WireBatchedSend(bcomm)
+        # the old one's writer ends when it runs: nothing left to write, asked to stop
+        bcomm.buffer = []
+        bcomm.please_stop = True
+        bcomm.waker.set()
+        self.client_comms[client] = new
+        new.start(wire)
+        return wire
 
     def _rsched_batch_releases(self) -> bool:
         """Whether a client stream's `client-releases-keys` messages may go to the

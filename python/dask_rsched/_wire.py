@@ -65,9 +65,9 @@ def takeover(comm: Comm) -> WireComm | None:
 
 
 class WireComm(TCP):
-    """The worker's comm once the engine reads and writes its socket. A `TCP` for
-    whoever checks (distributed's test utilities wrap TCP comms), with none of TCP's
-    state: every method a comm has is its own."""
+    """A worker's or client's comm once the engine reads and writes its socket. A
+    `TCP` for whoever checks (distributed's test utilities wrap TCP comms), with none
+    of TCP's state: every method a comm has is its own."""
 
     def __init__(self, tcp: TCP, pending: bytes) -> None:
         Comm.__init__(self, deserialize=tcp.deserialize)
@@ -87,6 +87,9 @@ class WireComm(TCP):
         self._reader: Callable[[], bool] | None = None
         self._unawaited = 0
         self._writing = False
+        # `read`'s batches not yet returned, and its wait for the socket
+        self._batches: deque = deque()
+        self._read_waiter: asyncio.Future | None = None
 
     def __repr__(self) -> str:
         return f"<WireComm {self.name}: {self.local_address} -> {self.peer_address}>"
@@ -157,7 +160,34 @@ class WireComm(TCP):
             raise CommClosedError("aborted stream on truncated data") from None
 
     async def read(self, deserializers=None):
-        raise NotImplementedError("a WireComm is read with read_batches")
+        """The next batch, as `TCP.read` gives it: for a client's stream (a worker's
+        is read by `WorkerStream`)."""
+        batches = self._batches
+        while not batches:
+            read = self.read_now()
+            if read is None:
+                raise CommClosedError(f"{self!r} closed")
+            if read:
+                batches.extend(read)
+                break
+            # wait for the selector to say the socket is readable
+            self._read_waiter = waiter = self._loop.create_future()
+            self._poll(self._wake_reader)
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
+        batch = batches.popleft()
+        if type(batch) is list:
+            return await self.decode(batch)  # frames: distributed decodes them
+        return list(batch) if type(batch) is tuple else batch
+
+    def _wake_reader(self) -> bool:
+        waiter = self._read_waiter
+        if waiter is None or waiter.done():
+            return False
+        waiter.set_result(None)
+        return True
 
     # Writing: distributed's frames, written by the engine.
 
