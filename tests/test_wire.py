@@ -494,9 +494,8 @@ def test_main_functions_cloudpickle_writes_its_way():
     functions written by value in one run_spec (cloudpickle gives them one globals
     dict), a `__main__` class: cloudpickle's own bytes, as distributed writes them."""
     from dask._task_spec import Task
-    from distributed.protocol.serialize import ToPickle
-
     from dask_rsched._core import encode_batch
+    from distributed.protocol.serialize import ToPickle
 
     uses_list = main_function("def f(x):\n    return x + len(ITEMS)\n", "f", ITEMS=[1])
     a = main_function("def a(x):\n    return x\n", "a")
