@@ -220,15 +220,24 @@ fn known(py: Python<'_>) -> PyResult<&Known> {
     })
 }
 
+/// How `Known::reduce` says a graph node reduces.
+enum Reduced<'py> {
+    /// A first object of its type: the reduce value, checked against the method's.
+    Tuple(Bound<'py, PyTuple>),
+    /// As its type's first object showed: written without making the value
+    /// (`Pickler::save_known`).
+    Known(Arc<NodeReduction>),
+}
+
 impl Known {
-    /// The reduce value `obj.__reduce_ex__(5)` returns, built from its slots, when `obj`
-    /// is one of dask's graph nodes whose type's first object gave the same; `None`
-    /// to call `__reduce_ex__`.
+    /// How `obj.__reduce_ex__(5)` reduces `obj`, from its slots, when `obj` is one of
+    /// dask's graph nodes whose type's first object gave the same; `None` to call
+    /// `__reduce_ex__`.
     fn reduce<'py>(
         &self,
         obj: &Bound<'py, PyAny>,
         ty: &Bound<'py, PyType>,
-    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    ) -> PyResult<Option<Reduced<'py>>> {
         let py = obj.py();
         if self.task_getstate.is_none() && self.reducers.is_empty() {
             return Ok(None);
@@ -261,11 +270,11 @@ impl Known {
         };
         if let Some(verdict) = verdict {
             // the verdict holds while the type still reduces by the method it was for
-            return match (&*verdict, kind) {
-                (NodeReduction::State(_), None) => self.build(obj, ty, &verdict),
-                (NodeReduction::Reduce(i), Some(j)) if *i == j => self.build(obj, ty, &verdict),
-                _ => Ok(None),
-            };
+            return Ok(match (&*verdict, kind) {
+                (NodeReduction::State(_), None) => Some(Reduced::Known(verdict)),
+                (NodeReduction::Reduce(i), Some(j)) if *i == j => Some(Reduced::Known(verdict)),
+                _ => None,
+            });
         }
         // a first object of the type: our tuple must be the one the method returns
         let verdict = match kind {
@@ -291,14 +300,14 @@ impl Known {
             return self.settle(ty, NodeReduction::Call);
         }
         self.settle(ty, verdict)?;
-        Ok(Some(ours))
+        Ok(Some(Reduced::Tuple(ours)))
     }
 
     fn settle<'py>(
         &self,
         ty: &Bound<'py, PyType>,
         verdict: NodeReduction,
-    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    ) -> PyResult<Option<Reduced<'py>>> {
         let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
         types.insert(
             ty.as_ptr() as usize,
@@ -415,6 +424,8 @@ struct Pickler<'py> {
     out: Vec<u8>,
     /// Object address -> memo index.
     memo: hashbrown::HashMap<usize, u32>,
+    /// The next memo index (`_pickle` memoizes tuples `Known` never makes, too).
+    memo_next: u32,
     /// What the memo names, alive until the end (as `_pickle`'s memo holds them), so
     /// that no address is reused by another object meanwhile.
     alive: Vec<Bound<'py, PyAny>>,
@@ -448,6 +459,7 @@ fn trace<'py>(
         py,
         out: Vec::with_capacity(192),
         memo: hashbrown::HashMap::with_capacity(32),
+        memo_next: 0,
         alive: Vec::new(),
         modules: m,
         known: known(py)?,
@@ -491,10 +503,102 @@ impl<'py> Pickler<'py> {
     }
 
     fn memo_put(&mut self, obj: &Bound<'py, PyAny>) {
-        let idx = self.memo.len() as u32;
-        self.memo.insert(obj.as_ptr() as usize, idx);
+        self.memo.insert(obj.as_ptr() as usize, self.memo_next);
+        self.memo_next += 1;
         self.alive.push(obj.clone());
         self.out.push(MEMOIZE);
+    }
+
+    /// `save_tuple` of a tuple made only for the reduction (no other object is it, so
+    /// its memo entry is never read): the items, TUPLE1-3 or MARK ... TUPLE, MEMOIZE.
+    fn save_fresh_tuple(&mut self, items: &[Bound<'py, PyAny>]) -> PyResult<Out> {
+        if self.depth >= MAX_DEPTH {
+            return Ok(Err(Unsupported));
+        }
+        let n = items.len();
+        if n == 0 {
+            self.out.push(EMPTY_TUPLE);
+            return Ok(Ok(()));
+        }
+        self.depth += 1;
+        if n > 3 {
+            self.out.push(MARK);
+        }
+        for item in items {
+            if let Err(stop) = self.save(item)? {
+                self.depth -= 1;
+                return Ok(Err(stop));
+            }
+        }
+        self.depth -= 1;
+        self.out
+            .push(if n > 3 { TUPLE } else { TUPLE1 + (n as u8 - 1) });
+        self.memo_next += 1;
+        self.out.push(MEMOIZE);
+        Ok(Ok(()))
+    }
+
+    /// What `save_reduce` writes for the reduce value `verdict` gives `obj` (one of
+    /// dask's graph nodes), without making its tuples; `None` when a slot or attribute
+    /// is missing (the method raises: `_pickle` is left to say how).
+    fn save_known(
+        &mut self,
+        obj: &Bound<'py, PyAny>,
+        ty: &Bound<'py, PyType>,
+        verdict: &NodeReduction,
+    ) -> PyResult<Option<Out>> {
+        let py = self.py;
+        let values = |names: &[Py<PyString>]| -> Option<Vec<Bound<'py, PyAny>>> {
+            names.iter().map(|n| obj.getattr(n.bind(py)).ok()).collect()
+        };
+        Ok(Some(match verdict {
+            NodeReduction::Call => return Ok(None),
+            NodeReduction::State(slots) => {
+                // (copyreg.__newobj__, (cls,), (slots' values...), None, None)
+                let Some(state) = values(slots) else {
+                    return Ok(None);
+                };
+                if !obj.getattr(intern!(py, "__class__"))?.is(ty) {
+                    return Ok(Some(Err(Unsupported)));
+                }
+                if let Err(stop) = self.save(ty.as_any())? {
+                    return Ok(Some(Err(stop)));
+                }
+                self.out.extend([EMPTY_TUPLE, NEWOBJ]);
+                if let Some(idx) = self.memoized(obj) {
+                    self.out.push(POP);
+                    self.memo_get(idx);
+                    return Ok(Some(Ok(())));
+                }
+                self.memo_put(obj);
+                if let Err(stop) = self.save_fresh_tuple(&state)? {
+                    return Ok(Some(Err(stop)));
+                }
+                self.out.push(BUILD);
+                Ok(())
+            }
+            NodeReduction::Reduce(i) => {
+                // (cls, (attrs' values...))
+                let r = &self.known.reducers[*i];
+                let Some(args) = values(&r.attrs) else {
+                    return Ok(None);
+                };
+                if let Err(stop) = self.save(r.callable.bind(py))? {
+                    return Ok(Some(Err(stop)));
+                }
+                if let Err(stop) = self.save_fresh_tuple(&args)? {
+                    return Ok(Some(Err(stop)));
+                }
+                self.out.push(REDUCE);
+                if let Some(idx) = self.memoized(obj) {
+                    self.out.push(POP);
+                    self.memo_get(idx);
+                    return Ok(Some(Ok(())));
+                }
+                self.memo_put(obj);
+                Ok(())
+            }
+        }))
     }
 
     /// `save`: atoms, then the memo, then str and bytes, containers, globals and
@@ -598,8 +702,14 @@ impl<'py> Pickler<'py> {
         if obj.is_instance_of::<PyType>() {
             return self.save_global(obj, None);
         }
-        if let Some(rv) = self.known.reduce(obj, &ty)? {
-            return self.save_reduce(&rv, obj);
+        match self.known.reduce(obj, &ty)? {
+            Some(Reduced::Tuple(rv)) => return self.save_reduce(&rv, obj),
+            Some(Reduced::Known(verdict)) => {
+                if let Some(out) = self.save_known(obj, &ty, &verdict)? {
+                    return Ok(out);
+                }
+            }
+            None => {}
         }
         let Ok(reduced) = obj
             .getattr(intern!(py, "__reduce_ex__"))
