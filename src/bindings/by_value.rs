@@ -92,8 +92,11 @@ struct Kept {
     pickled: Py<PyBytes>,
 }
 
-/// Functions kept at most; the oldest goes first.
+/// Functions kept at most; the oldest goes first. (Each is held, with what it
+/// captured, until then.)
 const KEPT_MAX: usize = 32;
+/// Longer pickles are not kept.
+const KEPT_BYTES_MAX: usize = 64 * 1024;
 
 static KEPT: PyOnceLock<Mutex<Vec<Kept>>> = PyOnceLock::new();
 
@@ -146,6 +149,10 @@ pub(crate) fn pickled<'py>(function: &Bound<'py, PyAny>) -> PyResult<Option<Boun
     let Ok(pickled) = pickled.cast_into_exact::<PyBytes>() else {
         return Ok(None);
     };
+    // (a pickle this long is left to cloudpickle whole: the trace writes no such bytes)
+    if pickled.as_bytes().len() >= KEPT_BYTES_MAX {
+        return Ok(None);
+    }
     let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
     kept.retain(|k| !k.function.bind(py).is(function));
     if kept.len() >= KEPT_MAX {
