@@ -503,7 +503,9 @@ def test_main_functions_cloudpickle_writes_its_way():
     helper = main_function("def h(x):\n    return a(x)\n", "h", a=a)
     kw = main_function("def k(*, x=1):\n    return x\n", "k")
     cls = main_function("class C:\n    pass\n", "C")
+    big = main_function("def f():\n    return BIG\n", "f", BIG=b"x" * 100_000)
     for spec in [
+        Task("t", big),
         Task("t", uses_list, 1),
         Task("t", a, Task("u", b, 1)),
         Task("t", helper, 1),
