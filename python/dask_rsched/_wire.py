@@ -1,4 +1,4 @@
-"""A worker's stream on the engine's own socket reading and writing.
+"""Worker and client streams on the engine's own socket reading and writing.
 
 After a worker registers, distributed's `handle_worker` reads its stream with
 `Server.handle_stream` (tornado's IOStream, msgpack, one handler call per message) and
@@ -6,9 +6,12 @@ writes to it with a `BatchedSend` over the same comm. On the engine, a plain TCP
 (`distributed.comm.tcp.TCP`; not TLS, inproc, ws or ucx, which keep distributed's path)
 is taken from tornado once the handshake is done: `WireComm` reads and writes the
 socket through `_core.WireStream` (distributed's framing, plain msgpack decoded in
-Rust), and the scheduler's `BatchedSend` for the worker writes through it unchanged.
-What goes on the wire is what distributed sends: the frames come from distributed's own
-`to_frames` and `_add_frames_header`.
+Rust), and a `WireBatchedSend` (distributed's `BatchedSend` with its buffer and
+counters) writes the batches. A client's stream (`add_client`) is taken over the same
+way. What goes on the wire is what distributed sends (the engine's encoding is
+distributed's `dumps` byte for byte), except for a task function cloudpickle writes by
+value: the run_spec's pickle loads it from its own cloudpickle bytes, pickled once
+(`bindings/by_value.rs`).
 
 `distributed.scheduler.rsched-wire: false` in the Dask config turns this off.
 """
