@@ -199,6 +199,55 @@ def test_malformed_frame_closes_that_worker_only(garbage):
     run()
 
 
+@pytest.mark.parametrize("wire", [True, False], ids=["engine", "distributed"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        struct.pack("<QQ", 16, 2**40),
+        struct.pack("<QQQ", 17, 1, 1) + b"\xc1",
+        struct.pack("<QQQQ", 26, 2, 1, 1) + b"\x92x",
+    ],
+    ids=["header", "msgpack", "frames"],
+)
+def test_malformed_frame_closes_that_client_only(garbage, wire):
+    """A client's garbled stream ends that client, on the engine's comm as on
+    distributed's: the scheduler removes it and keeps everything else."""
+    from distributed import versions
+
+    if not wire and len(garbage) == 16:
+        pytest.skip("distributed's comm waits for the lengths of 2**40 frames")
+
+    @gen_cluster(
+        client=True,
+        nthreads=[("127.0.0.1", 1)],
+        config={"distributed.scheduler.rsched-wire": wire},
+    )
+    async def run(c, s, a):
+        x = c.submit(inc, 1, key="x")
+        assert await x == 2
+        comm = await connect(s.address)
+        await comm.write(
+            {
+                "op": "register-client",
+                "client": "bad-client",
+                "reply": False,
+                "versions": versions.get_versions(),
+            }
+        )
+        assert (await comm.read())[0]["op"] == "stream-start"  # a batch
+        bcomm = s.client_comms["bad-client"]
+        assert type(bcomm.comm).__name__ == ("WireComm" if wire else "TCP")
+        await comm.stream.write(garbage)
+        while "bad-client" in s.clients:
+            await asyncio.sleep(0.01)
+        assert set(s.clients) == {c.id, "fire-and-forget"}
+        assert await c.submit(inc, 41) == 42 and await x == 2
+        s.validate_state()
+        comm.abort()
+
+    run()
+
+
 def distributed_bytes(msg) -> bytes:
     from distributed import protocol
     from distributed.comm.tcp import _add_frames_header
