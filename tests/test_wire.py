@@ -513,7 +513,11 @@ def test_main_functions_are_pickled_once():
 def test_main_functions_kept_see_their_changes():
     """What cloudpickle would write differently makes the function pickled again:
     its globals' values, defaults, closure, code, `__dict__`, `sys.modules`."""
+    import types
+
     from dask._task_spec import Task
+    from dask_rsched._core import encode_batch
+    from distributed.protocol.serialize import ToPickle
 
     f = main_function("def f(x=1):\n    return x + ONE\n", "f", ONE=1)
     assert run_spec_back(Task("t", f))({}) == 2
@@ -531,6 +535,18 @@ def test_main_functions_kept_see_their_changes():
     assert run_spec_back(Task("t", adder, 1))({}) == 4
     adder.__closure__[0].cell_contents = 7
     assert run_spec_back(Task("t", adder, 1))({}) == 8
+    # a global pickled by reference that no longer resolves is pickled by value
+    helpers = types.ModuleType("_dask_rsched_test_helpers")
+    exec("def helper():\n    return 1\n", helpers.__dict__)
+    sys.modules[helpers.__name__] = helpers
+    try:
+        uses = main_function("def u():\n    return helper()\n", "u", helper=helpers.helper)
+        assert run_spec_back(Task("t", uses))({}) == 1
+        helpers.helper = lambda: 2
+        msg = [{"op": "compute-task", "run_spec": ToPickle(Task("t", uses))}]
+        assert encode_batch(msg) == distributed_bytes(msg)
+    finally:
+        del sys.modules[helpers.__name__]
     sys.modules["_dask_rsched_test_new_module"] = sys  # cloudpickle lists submodules
     try:
         assert run_spec_back(Task("t", adder, 1))({}) == 8

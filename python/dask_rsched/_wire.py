@@ -165,6 +165,9 @@ class WireComm(TCP):
     async def read(self, deserializers=None):
         """The next batch, as `TCP.read` gives it: for a client's stream (a worker's
         is read by `WorkerStream`)."""
+        if self._closed:
+            # as `TCP.read`: what was read but not yet returned is dropped
+            raise CommClosedError(f"{self!r} closed")
         batches = self._batches
         while not batches:
             read = self.read_now()

@@ -89,7 +89,8 @@ struct Kept {
     names: Vec<Py<PyString>>,
     state: Vec<Py<PyAny>>,
     modules: usize,
-    pickled: Py<PyBytes>,
+    /// `None`: a pickle too long to keep.
+    pickled: Option<Py<PyBytes>>,
 }
 
 /// Functions kept at most; the oldest goes first. (Each is held, with what it
@@ -116,24 +117,24 @@ pub(crate) fn pickled<'py>(function: &Bound<'py, PyAny>) -> PyResult<Option<Boun
             .map(|k| {
                 (
                     k.names.iter().map(|n| n.clone_ref(py)).collect::<Vec<_>>(),
-                    k.state.iter().map(|s| s.clone_ref(py)).collect::<Vec<_>>(),
+                    k.state
+                        .iter()
+                        .map(|s| s.bind(py).clone())
+                        .collect::<Vec<_>>(),
                     k.modules,
-                    k.pickled.clone_ref(py),
+                    k.pickled.as_ref().map(|p| p.clone_ref(py)),
                 )
             })
     };
     let modules = cloud.sys_modules.bind(py).len();
     if let Some((names, state, kept_modules, pickled)) = earlier {
+        // the same objects, each still immutable or resolving by reference
         let unchanged = kept_modules == modules
             && capture(cloud, function, &names).is_ok_and(|now| {
-                now.is_some_and(|now| {
-                    now.len() == state.len()
-                        && now.iter().zip(&state).all(|(a, b)| a.is(b.bind(py)))
-                        && empty_dicts(&now)
-                })
+                now.is_some_and(|now| same(&now, &state) && keepable(cloud, &now).unwrap_or(false))
             });
         if unchanged {
-            return Ok(Some(pickled.into_bound(py)));
+            return Ok(pickled.map(|p| p.into_bound(py)));
         }
     }
     // (re)pickle, and keep the bytes if the function is one to keep; anything raising
@@ -149,23 +150,42 @@ pub(crate) fn pickled<'py>(function: &Bound<'py, PyAny>) -> PyResult<Option<Boun
     let Ok(pickled) = pickled.cast_into_exact::<PyBytes>() else {
         return Ok(None);
     };
-    // (a pickle this long is left to cloudpickle whole: the trace writes no such bytes)
-    if pickled.as_bytes().len() >= KEPT_BYTES_MAX {
+    // the capture must still hold after cloudpickle ran (Python code: another thread
+    // may have changed a global meanwhile)
+    let now = capture(cloud, function, &names).ok().flatten();
+    if !now.is_some_and(|now| same(&now, &state)) {
         return Ok(None);
     }
-    let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-    kept.retain(|k| !k.function.bind(py).is(function));
-    if kept.len() >= KEPT_MAX {
-        kept.remove(0);
-    }
-    kept.push(Kept {
+    // A pickle this long is left to cloudpickle whole (the trace writes no such bytes);
+    // that is kept too, so that it is not pickled twice for every task.
+    let pickled = (pickled.as_bytes().len() < KEPT_BYTES_MAX).then_some(pickled);
+    let entry = Kept {
         function: function.clone().unbind(),
         names,
         state: state.into_iter().map(Bound::unbind).collect(),
         modules,
-        pickled: pickled.clone().unbind(),
-    });
-    Ok(Some(pickled))
+        pickled: pickled.as_ref().map(|p| p.clone().unbind()),
+    };
+    // what leaves the cache is dropped after the lock is released (dropping a function
+    // may run Python code)
+    let mut dropped = Vec::new();
+    {
+        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = kept.iter().position(|k| k.function.bind(py).is(function)) {
+            dropped.push(kept.remove(i));
+        }
+        if kept.len() >= KEPT_MAX {
+            dropped.push(kept.remove(0));
+        }
+        kept.push(entry);
+    }
+    drop(dropped);
+    Ok(pickled)
+}
+
+/// The same objects, and the annotations and `__dict__` still empty.
+fn same(now: &[Bound<'_, PyAny>], kept: &[Bound<'_, PyAny>]) -> bool {
+    now.len() == kept.len() && now.iter().zip(kept).all(|(a, b)| a.is(b)) && empty_dicts(now)
 }
 
 /// The global names `function`'s code uses and its capture, if it is one to keep.
