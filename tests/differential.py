@@ -129,12 +129,15 @@ def task_snapshot(tasks: Any, orders: dict | None = None) -> dict:
             "dependents": keys(ts.dependents),
             "priority": ts.priority,
             "retries": ts.retries,
+            # as sets: a set the engine's handle makes again from the restrictions'
+            # order may iterate in another order when two addresses share a slot (the
+            # order that decides, `valid_workers`', is compared through the messages)
             "host_restrictions": None
             if ts.host_restrictions is None
-            else list(ts.host_restrictions),
+            else sorted(ts.host_restrictions),
             "worker_restrictions": None
             if ts.worker_restrictions is None
-            else list(ts.worker_restrictions),
+            else sorted(ts.worker_restrictions),
             "resource_restrictions": None
             if ts.resource_restrictions is None
             else [(k, float(v)) for k, v in ts.resource_restrictions.items()],

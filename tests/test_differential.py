@@ -422,5 +422,34 @@ def test_smoke_tree_reduction() -> None:
         m.teardown()
 
 
+def test_restricted_tie_follows_the_restrictions_set() -> None:
+    """Two idle workers a task is restricted to tie; distributed takes the first of its
+    sets (restrictions, valid addresses, valid workers) in their iteration order. With
+    addresses that share a slot the order depends on how each set was built, so the
+    engine must keep the restrictions set's own order (a regression: it rebuilt it)."""
+    addresses = [f"tcp://10.0.0.{i}:1234" for i in range(1, 250)]
+    pair = next(
+        (a, b)
+        for a in addresses
+        for b in addresses
+        if a != b and list({a: 0, b: 0}) != list({a, b}) != list(set(list({a, b})))
+    )
+    names = [f"Worker-{i}-id" for i in range(100)]
+    ids = next((x, y) for x in names for y in names if x != y and hash(x) % 8 == hash(y) % 8)
+    for restriction in (list(pair), list(reversed(pair))):
+        m = Differential()
+        try:
+            for addr, server_id in zip(pair, ids):
+                m.both("add_worker", addr, server_id, 1, m.sid("add-worker"), {})
+            dsk = {"t": Task("t", inc)}
+            annotations = {"workers": {"t": restriction}}
+            m.both(
+                "update_graph", dsk, {"t"}, dask.order.order(dsk), "c1", m.sid("ug"), annotations
+            )
+            m.same_state()
+        finally:
+            m.teardown()
+
+
 if __name__ == "__main__":
     pytest.main([__file__, "-x", "-q"])

@@ -17,6 +17,13 @@ fn str_vec(py: Python<'_>, value: Option<Bound<'_, PyAny>>) -> PyResult<Option<V
     let Some(v) = value.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
+    // The set's own iteration order, which `valid_workers` iterates: a set built again
+    // from it may iterate in another order (two addresses in one slot).
+    if let Ok(set) = v.cast_exact::<PySet>() {
+        return Ok(Some(
+            set.iter().map(|a| a.extract()).collect::<PyResult<_>>()?,
+        ));
+    }
     let set = PySet::new(py, v.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
     Ok(Some(
         set.iter().map(|a| a.extract()).collect::<PyResult<_>>()?,
