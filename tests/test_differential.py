@@ -439,7 +439,7 @@ def test_restricted_tie_follows_the_restrictions_set() -> None:
     for restriction in (list(pair), list(reversed(pair))):
         m = Differential()
         try:
-            for addr, server_id in zip(pair, ids):
+            for addr, server_id in zip(pair, ids, strict=True):
                 m.both("add_worker", addr, server_id, 1, m.sid("add-worker"), {})
             dsk = {"t": Task("t", inc)}
             annotations = {"workers": {"t": restriction}}
