@@ -21,6 +21,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyComplex, PyDict, PyFloat, PyInt, PyString, PyTuple, PyType};
 
+use super::pickler::{look_up_global, modules, Lookup};
+
 /// What the pickler and this module read from cloudpickle and the interpreter.
 pub(crate) struct Cloud {
     /// `cloudpickle.dumps`
@@ -35,9 +37,7 @@ pub(crate) struct Cloud {
     pub(crate) loads: Py<PyAny>,
     /// Stands for a global or cell that has no value.
     missing: Py<PyAny>,
-    sys_modules: Py<PyDict>,
     module_type: Py<PyType>,
-    function_type: Py<PyType>,
     builtin_function_type: Py<PyType>,
 }
 
@@ -67,13 +67,7 @@ pub(crate) fn cloud(py: Python<'_>) -> Option<&Cloud> {
                         .unbind(),
                     loads: py.import("pickle")?.getattr("loads")?.unbind(),
                     missing: py.get_type::<PyAny>().call0()?.unbind(),
-                    sys_modules: py
-                        .import("sys")?
-                        .getattr("modules")?
-                        .cast_into::<PyDict>()?
-                        .unbind(),
                     module_type: ty("ModuleType")?,
-                    function_type: ty("FunctionType")?,
                     builtin_function_type: ty("BuiltinFunctionType")?,
                 })
             };
@@ -126,7 +120,7 @@ pub(crate) fn pickled<'py>(function: &Bound<'py, PyAny>) -> PyResult<Option<Boun
                 )
             })
     };
-    let modules = cloud.sys_modules.bind(py).len();
+    let modules = modules(py)?.sys_modules.bind(py).len();
     if let Some((names, state, kept_modules, pickled)) = earlier {
         // the same objects, each still immutable or resolving by reference
         let unchanged = kept_modules == modules
@@ -195,7 +189,7 @@ fn examine<'py>(
     function: &Bound<'py, PyAny>,
 ) -> PyResult<Option<(Vec<Py<PyString>>, Vec<Bound<'py, PyAny>>)>> {
     let py = function.py();
-    if !function.get_type().is(cloud.function_type.bind(py)) {
+    if !function.get_type().is(modules(py)?.function_type.bind(py)) {
         return Ok(None);
     }
     let code = function.getattr(intern!(py, "__code__"))?;
@@ -236,7 +230,7 @@ fn capture<'py>(
     names: &[Py<PyString>],
 ) -> PyResult<Option<Vec<Bound<'py, PyAny>>>> {
     let py = function.py();
-    if !function.get_type().is(cloud.function_type.bind(py)) {
+    if !function.get_type().is(modules(py)?.function_type.bind(py)) {
         return Ok(None);
     }
     let attrs = [
@@ -333,21 +327,21 @@ fn immutable(cloud: &Cloud, value: &Bound<'_, PyAny>, depth: usize) -> PyResult<
     let ty = value.get_type();
     if ty.is(cloud.module_type.bind(py)) {
         let name = value.getattr(intern!(py, "__name__"))?;
-        return cloud.sys_modules.bind(py).contains(name);
+        return modules(py)?.sys_modules.bind(py).contains(name);
     }
-    if ty.is(cloud.function_type.bind(py))
+    if ty.is(modules(py)?.function_type.bind(py))
         || ty.is(cloud.builtin_function_type.bind(py))
         || (value.is_instance_of::<PyType>()
             && !cloud.builtin_type_names.bind(py).contains(value)?)
     {
-        return by_reference(cloud, value);
+        return by_reference(value);
     }
     Ok(false)
 }
 
 /// `module.qualname` outside `__main__` gives back `value` (as cloudpickle and pickle
 /// look it up).
-fn by_reference(cloud: &Cloud, value: &Bound<'_, PyAny>) -> PyResult<bool> {
+fn by_reference(value: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = value.py();
     let (Some(module), Some(qualname)) = (
         value.getattr_opt(intern!(py, "__module__"))?,
@@ -355,24 +349,16 @@ fn by_reference(cloud: &Cloud, value: &Bound<'_, PyAny>) -> PyResult<bool> {
     ) else {
         return Ok(false);
     };
-    let (Ok(module), Ok(qualname)) = (module.cast::<PyString>(), qualname.cast::<PyString>())
+    let (Ok(module_str), Ok(qualname)) = (module.cast::<PyString>(), qualname.cast::<PyString>())
     else {
         return Ok(false);
     };
-    if module.to_str()? == "__main__" {
+    if module_str.to_str()? == "__main__" {
         return Ok(false);
     }
-    let Some(mut found) = cloud.sys_modules.bind(py).get_item(module)? else {
-        return Ok(false);
-    };
-    for part in qualname.to_str()?.split('.') {
-        if part == "<locals>" {
-            return Ok(false);
-        }
-        match found.getattr_opt(part)? {
-            Some(next) => found = next,
-            None => return Ok(false),
-        }
-    }
-    Ok(found.is(value))
+    let path = qualname.to_str()?;
+    Ok(matches!(
+        look_up_global(modules(py)?, value, &module, qualname, path)?,
+        Lookup::Found
+    ))
 }

@@ -97,21 +97,21 @@ type Out = Result<(), Stop>;
 /// have offered a `reducer_override` on the way.
 type Trace<'py> = (Result<Vec<u8>, Stop>, Vec<Bound<'py, PyType>>);
 
-struct Modules {
+pub(crate) struct Modules {
     /// `copyreg.dispatch_table`
     dispatch_table: Py<PyDict>,
     /// `copyreg._extension_registry`
     extension_registry: Py<PyDict>,
-    sys_modules: Py<PyDict>,
+    pub(crate) sys_modules: Py<PyDict>,
     /// `types.FunctionType`
-    function_type: Py<PyType>,
+    pub(crate) function_type: Py<PyType>,
     /// `pickle.PickleBuffer`
     pickle_buffer_type: Py<PyType>,
 }
 
 static MODULES: PyOnceLock<Modules> = PyOnceLock::new();
 
-fn modules(py: Python<'_>) -> PyResult<&Modules> {
+pub(crate) fn modules(py: Python<'_>) -> PyResult<&Modules> {
     MODULES.get_or_try_init(py, || -> PyResult<_> {
         let copyreg = py.import("copyreg")?;
         Ok(Modules {
@@ -388,6 +388,46 @@ fn dotted_path(qualname: &Bound<'_, PyString>, path: &str) -> Arc<[Py<PyString>]
         .collect();
     paths.insert(key, (qualname.clone().unbind(), Arc::clone(&parts)));
     parts
+}
+
+/// Where `save_global`'s lookup of a global leads.
+pub(crate) enum Lookup {
+    /// The module is not in `sys.modules` (`_pickle` would import it).
+    NoModule,
+    /// `_pickle` raises `PicklingError`: a name missing, `<locals>`, another object.
+    Fails,
+    /// `module.qualname` is the object.
+    Found,
+}
+
+/// `_pickle`'s `save_global` lookup of `obj` as `module_name.qualname` (`path` its
+/// text): `sys.modules`, `get_dotted_path`, `get_deep_attribute` and the identity check.
+pub(crate) fn look_up_global(
+    modules: &Modules,
+    obj: &Bound<'_, PyAny>,
+    module_name: &Bound<'_, PyAny>,
+    qualname: &Bound<'_, PyString>,
+    path: &str,
+) -> PyResult<Lookup> {
+    let py = obj.py();
+    let Some(mut found) = modules.sys_modules.bind(py).get_item(module_name)? else {
+        return Ok(Lookup::NoModule);
+    };
+    for part in dotted_path(qualname, path).iter() {
+        let part = part.bind(py);
+        if part.to_str()? == "<locals>" {
+            return Ok(Lookup::Fails);
+        }
+        match found.getattr_opt(part)? {
+            Some(next) => found = next,
+            None => return Ok(Lookup::Fails),
+        }
+    }
+    Ok(if found.is(obj) {
+        Lookup::Found
+    } else {
+        Lookup::Fails
+    })
 }
 
 /// Tuples of the same length whose items are the same objects (tuples compared the
@@ -940,25 +980,10 @@ impl<'py> Pickler<'py> {
         if self.by_value.is_some() && module_str.to_str().is_ok_and(|m| m == "__main__") {
             return Ok(Err(Stop::GlobalFails));
         }
-        let Some(module) = self.modules.sys_modules.bind(py).get_item(&module_name)? else {
-            return Ok(Err(Unsupported));
-        };
-        // `get_dotted_path`, `get_deep_attribute` and the identity check: each failure
-        // is `_pickle`'s PicklingError
-        let parts = dotted_path(qualname, path);
-        let mut found = module;
-        for part in parts.iter() {
-            let part = part.bind(py);
-            if part.to_str()? == "<locals>" {
-                return Ok(Err(Stop::GlobalFails));
-            }
-            match found.getattr_opt(part)? {
-                Some(next) => found = next,
-                None => return Ok(Err(Stop::GlobalFails)),
-            }
-        }
-        if !found.is(obj) {
-            return Ok(Err(Stop::GlobalFails));
+        match look_up_global(self.modules, obj, &module_name, qualname, path)? {
+            Lookup::NoModule => return Ok(Err(Unsupported)),
+            Lookup::Fails => return Ok(Err(Stop::GlobalFails)),
+            Lookup::Found => {}
         }
         save!(self, &module_name);
         save!(self, &global_name);
