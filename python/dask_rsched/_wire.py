@@ -186,7 +186,7 @@ class WireComm(TCP):
         batch = batches.popleft()
         if type(batch) is list:
             return await self.decode(batch)  # frames: distributed decodes them
-        return list(batch) if type(batch) is tuple else batch
+        return batch  # (a batch of messages is a tuple, as distributed's `loads` gives)
 
     def _wake_reader(self) -> bool:
         waiter = self._read_waiter
