@@ -210,6 +210,20 @@ def test_malformed_stream_messages(msgs: list[dict]) -> None:
                 # a float size is kept as an int, and a size beyond int64 as the nearest
                 # int64, on the engine (documented): the tasks' nbytes differ from here on
                 in_step = False
+            duration = msg.get("compute_duration")
+            if (
+                msg.get("op") == "long-running"
+                and duration is not None
+                and not isinstance(duration, (int, float))
+                and err_py is None
+                and isinstance(err_rs, ValueError)
+            ):
+                # distributed keeps a duration that is not a number as the prefix's
+                # average (and fails on the next one); the engine refuses it, its state
+                # unchanged (documented)
+                in_step = False
+                rs.validate()
+                continue
             if err_py is None:
                 assert err_rs is None, (
                     f"{what}: the engine refused ({err_rs!r}), distributed did not"

@@ -607,13 +607,27 @@ def framed(frames: list[bytes]) -> bytes:
     return struct.pack("<Q", len(body)) + body
 
 
-def read_back(data: bytes) -> list:
+def read_back(data: bytes, finished_runs: bool = False, runs: list | None = None) -> list:
     """What `WireStream.read_batches` makes of `data` arriving on a socket, with the
-    batches it hands back as frames decoded by distributed's `loads`."""
+    batches it hands back as frames decoded by distributed's `loads` (and each
+    `FinishedRun` as its messages, counted in `runs`)."""
     import socket
 
-    from dask_rsched._core import WireStream
+    from dask_rsched._core import FinishedRun, WireStream
     from distributed.protocol import loads
+
+    def flat(batch):
+        if type(batch) is not tuple:
+            return batch
+        out = []
+        for m in batch:
+            if type(m) is FinishedRun:
+                if runs is not None:
+                    runs.append(len(m))
+                out += m.messages()
+            else:
+                out.append(m)
+        return tuple(out)
 
     a, b = socket.socketpair()
     try:
@@ -622,8 +636,8 @@ def read_back(data: bytes) -> list:
         b.close()
         stream = WireStream(a.fileno())
         out: list = []
-        while (batches := stream.read_batches()) is not None:
-            out += [loads(x, deserialize=False) if type(x) is list else x for x in batches]
+        while (batches := stream.read_batches(finished_runs)) is not None:
+            out += [loads(x, deserialize=False) if type(x) is list else flat(x) for x in batches]
         return out
     finally:
         a.close()
@@ -667,6 +681,83 @@ def test_decoder_gives_what_distributeds_loads_gives(value, garbage):
             assert read_back(framed([odd])) == [expected]
 
 
+def finished_report(**fields) -> dict:
+    """A `task-finished` message as distributed's worker sends it."""
+    from distributed.worker_state_machine import TaskFinishedMsg
+
+    args = dict(
+        key=("x", 1),
+        run_id=7,
+        nbytes=28,
+        type=b"\x80\x05int",
+        typename="int",
+        metadata={},
+        thread=140000,
+        startstops=[{"action": "compute", "start": 1.5, "stop": 2.25}],
+        stimulus_id="task-finished-1.0",
+    )
+    args.update(fields)
+    return TaskFinishedMsg(**args).to_dict()
+
+
+_numbers = st.floats(allow_nan=False) | st.integers(-(2**63), 2**64 - 1)
+_reports = st.builds(
+    finished_report,
+    key=st.text(max_size=8) | st.tuples(st.text(max_size=5), st.integers(0, 9)),
+    run_id=st.integers(-(2**63), 2**64 - 1),
+    nbytes=st.integers(-(2**63), 2**64 - 1),
+    type=st.none() | st.binary(max_size=8),
+    metadata=st.dictionaries(st.text(max_size=4), st.integers(-(2**63), 2**63 - 1), max_size=2),
+    thread=st.none() | st.integers(0, 2**40),
+    startstops=st.lists(
+        st.fixed_dictionaries(
+            {"action": st.text(max_size=8), "start": _numbers, "stop": _numbers},
+            optional={"source": st.text(max_size=5)},
+        ),
+        max_size=3,
+    ),
+)
+# the same, a field dropped, added or of another type
+_odd_reports = _reports.flatmap(
+    lambda d: st.sampled_from(sorted(d)).flatmap(
+        lambda k: (
+            st.sampled_from([{f: v for f, v in d.items() if f != k}, {**d, "worker": "tcp://w"}])
+            | msgpack_values.map(lambda v: {**d, k: v})
+        )
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_reports | _odd_reports | msgpack_values, max_size=6))
+def test_finished_runs_give_distributeds_messages(batch):
+    """A batch read with its `task-finished` runs parsed gives, run by run, the messages
+    distributed's `loads` gives."""
+    import msgpack
+    from distributed.protocol import loads
+
+    frame = msgpack.dumps(batch, use_bin_type=True)
+    runs: list = []
+    assert read_back(framed([frame]), True, runs) == [loads([frame], deserialize=False)]
+    # the reports as workers send them are parsed (a run per stretch of them)
+    plain = [m for m in batch if type(m) is dict and m.get("op") == "task-finished"]
+    assert sum(runs) <= len(plain)
+
+
+def test_workers_reports_are_parsed():
+    import msgpack
+
+    batch = [finished_report(), finished_report(key="y", metadata={"a": 1}), {"op": "x"}]
+    batch.append(
+        finished_report(startstops=[{"action": "transfer", "start": 1, "stop": 2, "source": "w"}])
+    )
+    runs: list = []
+    frame = msgpack.dumps(batch, use_bin_type=True)
+    [got] = read_back(framed([frame]), True, runs)
+    assert runs == [2, 1]
+    assert len(got) == 4
+
+
 def test_deep_nesting_goes_to_distributeds_decoding():
     """Nesting deeper than msgpack-python allows is not decoded in Rust (no stack
     overflow): distributed's `loads` raises what it raises."""
@@ -708,3 +799,110 @@ async def test_client_releases_run_in_one_engine_call(c, s, a, b):
     assert len(calls) < 50
     released = {sid for *_, sid, _ in s.transition_log if sid.startswith("client-releases-keys-")}
     assert len(released) > 1
+
+
+@gen_cluster(
+    client=True,
+    nthreads=[("", 1)] * 2,
+    worker_kwargs={"resources": {"R": 2}},
+    scheduler_kwargs={"validate": False},
+)
+async def test_messages_are_written_as_distributeds_dicts(c, s, a, b):
+    """A run's messages reach the streams as the engine's `Messages` (`task-finished`
+    runs: without validation); what the engine writes for them is byte for byte what
+    distributed writes for their dicts, and the stream counts each message."""
+    import dask
+    from dask_rsched._core import Messages, encode_batch
+    from dask_rsched._wire import WireComm, as_dicts
+    from distributed.utils_test import slowinc
+
+    seen: list = []
+    write_now = WireComm.write_now
+
+    def spy(self, msg, serializers=None, on_error="message"):
+        if type(msg) is list and any(type(m) is Messages for m in msg):
+            seen.append(len(as_dicts(msg)))
+            assert encode_batch(msg) == distributed_bytes(as_dicts(msg))
+        return write_now(self, msg, serializers, on_error)
+
+    counts = {w: bs.message_count for w, bs in s.stream_comms.items()}
+    WireComm.write_now = spy
+    try:
+        with dask.annotate(resources={"R": 1}, retries=2):
+            xs = c.map(slowinc, range(20), delay=0.01, key=[("x", i) for i in range(20)])
+        with dask.annotate(priority=-3):
+            total = c.submit(sum, xs, key="total")
+        assert await total == sum(range(1, 21))
+        ys = c.map(inc, range(30), workers=[a.address], allow_other_workers=True)
+        await c.gather(ys)
+    finally:
+        WireComm.write_now = write_now
+    assert seen, "no run of messages went through the engine's writer"
+    kinds = {
+        m["op"]
+        for bs in s.stream_comms.values()
+        for p in bs.recent_message_log
+        if type(p) is list
+        for m in as_dicts(p)
+    }
+    assert "compute-task" in kinds
+    sent = sum(bs.message_count - counts.get(w, 0) for w, bs in s.stream_comms.items())
+    assert sent >= 51
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], scheduler_kwargs={"validate": False})
+async def test_frozen_stream_gets_dicts(c, s, a):
+    """A stream a test wrapped (`freeze_batched_send`) gets distributed's dicts."""
+    from distributed.utils_test import freeze_batched_send
+
+    await c.submit(inc, 0)
+    with freeze_batched_send(s.stream_comms[a.address]) as locked:
+        futs = c.map(inc, range(1, 10))
+        peer, msgs = await locked.write_queue.get()
+        assert all(type(m) is dict for m in msgs), msgs
+    assert await c.gather(futs) == list(range(2, 11))
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], scheduler_kwargs={"validate": False})
+async def test_parsed_reports_reach_the_engine_and_plugins(c, s, a):
+    """Workers' `task-finished` reports reach the engine parsed, a run per call; a
+    plugin watching transitions to memory gets the fields distributed gives it."""
+    from dask_rsched._core import FinishedRun
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    kinds: list = []
+    handle = s._rsched_task_finished_batch
+
+    def spy(worker, msgs):
+        kinds.append(type(msgs))
+        handle(worker, msgs)
+
+    s._rsched_task_finished_batch = spy
+    assert await c.gather(c.map(inc, range(20))) == list(range(1, 21))
+    assert FinishedRun in kinds
+
+    seen: list = []
+
+    class Memory(SchedulerPlugin):
+        def transition(self, key, start, finish, *args, stimulus_id, **kwargs):
+            if finish == "memory":
+                seen.append(kwargs)
+
+    s.add_plugin(Memory(), name="memory-watch")
+    kinds.clear()
+    assert await c.submit(inc, 100, key="watched") == 101
+    assert FinishedRun in kinds
+    [fields] = seen
+    assert set(fields) == {
+        "nbytes",
+        "type",
+        "typename",
+        "metadata",
+        "thread",
+        "startstops",
+        "status",
+        "worker",
+    }
+    assert fields["typename"] == "int" and fields["worker"] == a.address
+    assert fields["status"] == "OK" and type(fields["nbytes"]) is int
+    assert fields["startstops"][0]["action"] == "compute"

@@ -32,7 +32,7 @@ from distributed.shuffle._scheduler_plugin import ShuffleSchedulerPlugin as _Shu
 from distributed.utils import log_errors
 
 from dask_rsched import _monitoring, _order, _views, _wire
-from dask_rsched._core import ClientState, Engine, __version__
+from dask_rsched._core import ClientState, Engine, Messages, __version__
 
 # the messages distributed's scheduler logs go to its logger, as on pure Python
 logger = logging.getLogger("distributed.scheduler")
@@ -63,6 +63,9 @@ _ENGINE_ATTRIBUTES = (
 )
 
 _SHUFFLE_FINISHES = ["released", "erred", "forgotten"]
+
+_SEND_ALL = _dsched.Scheduler.send_all
+_WireBatchedSend = _wire.WireBatchedSend
 
 # `_generate_taskstates`' warning for a resubmitted key whose run_spec has other
 # dependencies (distributed's wording)
@@ -733,12 +736,25 @@ class EngineSchedulerMixin:
         """`client_releases_keys(keys, client, stimulus_id)` for each of `runs`, in one
         call into the engine; the messages of those handled are sent before an error
         that stopped the run is raised."""
-        self._rsched_send_run(*self._rsched_engine.client_releases_keys_batch(runs))
+        direct = self._rsched_direct_send()
+        self._rsched_send_run(*self._rsched_engine.client_releases_keys_batch(runs, direct))
+
+    def _rsched_direct_send(self) -> bool:
+        """Whether a run's messages may reach `send_all` as `Messages` (each
+        destination's messages in one item, which a `WireBatchedSend` buffers and the
+        engine writes without making their dicts): `send_all` is distributed's."""
+        return type(self).send_all is _SEND_ALL and "send_all" not in self.__dict__
 
     def _rsched_send_run(self, client_msgs: dict, worker_msgs: dict, error: Any) -> None:
-        """A run of stimuli's messages sent, then the error that stopped it raised."""
+        """A run of stimuli's messages sent, then the error that stopped it raised.
+        A destination whose stream is not a `WireBatchedSend` gets the dicts of its
+        `Messages`."""
         if client_msgs or worker_msgs:
             sending = perf_counter()
+            for msgs, comms in ((client_msgs, self.client_comms), (worker_msgs, self.stream_comms)):
+                for dest, run in msgs.items():
+                    if type(run[0]) is Messages and type(comms.get(dest)) is not _WireBatchedSend:
+                        msgs[dest] = run[0].messages()
             self.send_all(client_msgs, worker_msgs)
             self._rsched_send_seconds += perf_counter() - sending
         if error is not None:
@@ -772,7 +788,8 @@ class EngineSchedulerMixin:
         """`handle_task_finished(worker=worker, **msg)` for each message, in one call
         into the engine; the messages of those handled are sent before an error that
         stopped the run is raised."""
-        self._rsched_send_run(*self._rsched_engine.handle_task_finished_batch(worker, msgs))
+        direct = self._rsched_direct_send()
+        self._rsched_send_run(*self._rsched_engine.handle_task_finished_batch(worker, msgs, direct))
 
     def handle_task_erred(self, key: Any, stimulus_id: str, **msg: Any) -> None:
         if self._rsched_replaced("stimulus_task_erred"):

@@ -35,7 +35,7 @@ from distributed.comm.utils import from_frames, to_frames
 from distributed.sizeof import safe_sizeof
 from distributed.utils import iscoroutinefunction
 
-from dask_rsched._core import WireStream
+from dask_rsched._core import FinishedRun, Messages, WireStream
 
 # The lines distributed logs on these paths, on the loggers it logs them on.
 core_logger = logging.getLogger("distributed.core")
@@ -65,6 +65,13 @@ def takeover(comm: Comm) -> WireComm | None:
     stream.io_loop.remove_handler(stream.socket)
     stream._state = None
     return WireComm(comm, pending)
+
+
+def as_dicts(msgs: Any) -> Any:
+    """A batch of messages, each engine `Messages` in it as its messages' dicts."""
+    if type(msgs) is not list or not any(type(m) is Messages for m in msgs):
+        return msgs
+    return [d for m in msgs for d in (m.messages() if type(m) is Messages else (m,))]
 
 
 class WireComm(TCP):
@@ -140,13 +147,14 @@ class WireComm(TCP):
             self._reading = False
             self._loop.remove_reader(self._fd)
 
-    def read_now(self) -> list | None:
+    def read_now(self, finished_runs: bool = False) -> list | None:
         """The batches that arrived (perhaps none), each decoded (a tuple of messages
         or one message) or as the list of frames distributed's decoding must read;
-        `None` once the peer closed the connection."""
+        `None` once the peer closed the connection. With `finished_runs`, a batch's
+        consecutive `task-finished` messages are one `FinishedRun` item."""
         if self._closed:
             return None
-        batches = self._wire.read_batches()
+        batches = self._wire.read_batches(finished_runs)
         if batches is None:
             self.abort()
         return batches
@@ -232,6 +240,7 @@ class WireComm(TCP):
                 nbytes, pending = written
                 self._watch_writes(pending)
                 return nbytes
+        msg = as_dicts(msg)
         try:
             frames = protocol.dumps(
                 msg,
@@ -340,7 +349,8 @@ class WireBatchedSend(BatchedSend):
     def send(self, *msgs: Any) -> None:
         if self.comm is not None and self.comm.closed():
             raise CommClosedError(f"Comm {self.comm!r} already closed.")
-        self.message_count += len(msgs)
+        # the engine's `Messages`: the messages of a run, to this stream, in one item
+        self.message_count += len(msgs[0]) if msgs and type(msgs[0]) is Messages else len(msgs)
         self.buffer.extend(msgs)
         if self._handle is None:
             self._schedule()
@@ -364,7 +374,7 @@ class WireBatchedSend(BatchedSend):
         self.next_deadline = time() + self.interval
         if type(self.comm) is not WireComm or not self.comm.small(payload):
             # a large batch, or a comm a test wrapped: the comm's own `write`
-            self._writing = asyncio.ensure_future(self._write_async(payload))
+            self._writing = asyncio.ensure_future(self._write_async(as_dicts(payload)))
             return
         try:
             nbytes = self.comm.write_now(payload, serializers=self.serializers, on_error="raise")
@@ -410,7 +420,9 @@ class WireBatchedSend(BatchedSend):
             try:
                 if self.buffer:
                     self.buffer, payload = [], self.buffer
-                    await self.comm.write(payload, serializers=self.serializers, on_error="raise")
+                    await self.comm.write(
+                        as_dicts(payload), serializers=self.serializers, on_error="raise"
+                    )
             except CommClosedError:
                 pass
             await self.comm.close()
@@ -480,6 +492,19 @@ class WorkerStream:
             while i < n:
                 msg = msgs[i]
                 i += 1
+                if type(msg) is FinishedRun:
+                    if self.batch_finished:
+                        if finished:
+                            scheduler._rsched_task_finished_batch(self.worker, finished)
+                            finished = []
+                        scheduler._rsched_task_finished_batch(self.worker, msg)
+                        continue
+                    # the messages one by one, as dicts
+                    i -= 1
+                    msgs = (*msgs[:i], *msg.messages(), *msgs[i + 1 :])
+                    batches[0] = msgs
+                    n = len(msgs)
+                    continue
                 if msg == "OK":
                     i = n
                     break
@@ -529,7 +554,7 @@ class WorkerStream:
         if wake is None:
             return False
         try:
-            step = self._handle() if self._add(self.comm.read_now()) else _CLOSE
+            step = self._handle() if self._add(self.comm.read_now(True)) else _CLOSE
         except BaseException as e:  # raised by the coroutine, as handle_stream raises
             self.error = e
             step = e
@@ -569,7 +594,7 @@ class WorkerStream:
                     core_logger.info("Connection to %s has been closed.", comm.peer_address)
                     return
                 continue
-            if self.eof or not self._add(comm.read_now()):
+            if self.eof or not self._add(comm.read_now(True)):
                 core_logger.info("Connection to %s has been closed.", comm.peer_address)
                 return
             if self.batches:

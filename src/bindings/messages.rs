@@ -1,11 +1,12 @@
 //! Core messages -> distributed's message dicts.
 
+use super::outgoing::{ComputeTask, Messages, Outgoing};
 use crate::core::messages::{ClientMsg, Outbox, WorkerMsg};
 use crate::core::state::SchedulerState;
 use crate::core::types::{Num, Priority, TaskStateState};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{IntoPyDict, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3::{intern, IntoPyObjectExt};
 
 type State = SchedulerState<Py<PyAny>>;
@@ -55,64 +56,7 @@ pub fn worker_msg<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     match m {
-        WorkerMsg::ComputeTask {
-            task,
-            run_id,
-            priority,
-            stimulus_time,
-            who_has,
-            nbytes,
-        } => {
-            let ts = s.ts(*task);
-            d.set_item(intern!(py, "op"), intern!(py, "compute-task"))?;
-            d.set_item(intern!(py, "key"), ts.key.bind(py))?;
-            d.set_item(intern!(py, "run_id"), *run_id)?;
-            d.set_item(intern!(py, "priority"), priority_to_py(py, priority)?)?;
-            d.set_item(
-                intern!(py, "stimulus_id"),
-                format!("compute-task-{stimulus_time}"),
-            )?;
-            let wh = PyDict::new(py);
-            for (dep, workers) in who_has {
-                let addrs = PyTuple::new(py, workers.iter().map(|w| s.ws(*w).address.as_str()))?;
-                wh.set_item(s.ts(*dep).key.bind(py), addrs)?;
-            }
-            d.set_item(intern!(py, "who_has"), wh)?;
-            let nb = PyDict::new(py);
-            for (dep, n) in nbytes {
-                nb.set_item(s.ts(*dep).key.bind(py), *n)?;
-            }
-            d.set_item(intern!(py, "nbytes"), nb)?;
-            d.set_item(
-                intern!(py, "run_spec"),
-                to_pickle(py)?.call1((opt(py, &ts.run_spec),))?,
-            )?;
-            match ts.resource_restrictions() {
-                Some(rr) => {
-                    let r = PyDict::new(py);
-                    for (k, v) in rr {
-                        r.set_item(k, *v)?;
-                    }
-                    d.set_item(intern!(py, "resource_restrictions"), r)?;
-                }
-                None => d.set_item(intern!(py, "resource_restrictions"), py.None())?,
-            }
-            d.set_item(intern!(py, "actor"), ts.actor)?;
-            let span_annotation =
-                (s.group(ts.group).span_annotation.as_ref()).filter(|_| ts.span_annotation_pending);
-            match (&ts.annotations, span_annotation) {
-                (Some(a), _) if a.bind(py).is_truthy()? => {
-                    d.set_item(intern!(py, "annotations"), a.bind(py))?
-                }
-                // the task's pending annotations dict, as it would be
-                (_, Some(ann)) => d.set_item(
-                    intern!(py, "annotations"),
-                    [(intern!(py, "span"), ann.bind(py))].into_py_dict(py)?,
-                )?,
-                _ => d.set_item(intern!(py, "annotations"), PyDict::new(py))?,
-            }
-            d.set_item(intern!(py, "span_id"), opt(py, &s.group(ts.group).span_id))?;
-        }
+        WorkerMsg::ComputeTask { .. } => return ComputeTask::new(py, s, m)?.to_dict(py),
         WorkerMsg::FreeKeys { key, stimulus_id } => {
             d.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
             d.set_item(intern!(py, "keys"), PyList::new(py, [key.bind(py)])?)?;
@@ -244,6 +188,88 @@ pub fn outbox_into_py<'py>(
         }
     }
     Ok(())
+}
+
+/// The messages of a run of stimuli on their way to the streams, per destination in
+/// the order first met: as `Outgoing`s (one `Messages` per destination) when the
+/// scheduler hands them to streams the engine writes, else as distributed's dicts.
+pub(crate) struct RunOut<'py> {
+    py: Python<'py>,
+    client_msgs: Bound<'py, PyDict>,
+    worker_msgs: Bound<'py, PyDict>,
+    direct: Option<Direct>,
+}
+
+#[derive(Default)]
+struct Direct {
+    clients: Vec<(Py<PyAny>, Vec<Outgoing>)>,
+    client_index: hashbrown::HashMap<crate::core::types::ClientId, usize>,
+    workers: Vec<(String, Vec<Outgoing>)>,
+    worker_index: hashbrown::HashMap<String, usize>,
+}
+
+impl<'py> RunOut<'py> {
+    pub(crate) fn new(py: Python<'py>, direct: bool) -> Self {
+        Self {
+            py,
+            client_msgs: PyDict::new(py),
+            worker_msgs: PyDict::new(py),
+            direct: direct.then(Direct::default),
+        }
+    }
+
+    /// A stimulus's messages, after those of the stimuli before it.
+    pub(crate) fn add(&mut self, s: &State, out: &Outbox<Py<PyAny>>) -> PyResult<()> {
+        let py = self.py;
+        let Some(d) = &mut self.direct else {
+            return outbox_into_py(py, s, out, &self.client_msgs, &self.worker_msgs);
+        };
+        for (c, msgs) in out.client_msgs.iter() {
+            if *c == s.fire_and_forget() {
+                continue;
+            }
+            let i = *d.client_index.entry(*c).or_insert_with(|| {
+                d.clients
+                    .push((s.client(*c).client_key.clone_ref(py), Vec::new()));
+                d.clients.len() - 1
+            });
+            for m in msgs {
+                d.clients[i].1.push(Outgoing::to_client(py, s, m)?);
+            }
+        }
+        for (w, msgs) in out.worker_msgs.iter() {
+            let address = &s.ws(*w).address;
+            let i = match d.worker_index.get(address) {
+                Some(i) => *i,
+                None => {
+                    d.workers.push((address.clone(), Vec::new()));
+                    d.worker_index.insert(address.clone(), d.workers.len() - 1);
+                    d.workers.len() - 1
+                }
+            };
+            for m in msgs {
+                d.workers[i].1.push(Outgoing::to_worker(py, s, m)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// `(client_msgs, worker_msgs)`: `{destination: [msg, ...]}`, or `{destination:
+    /// [Messages]}` when direct.
+    pub(crate) fn into_py(self) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+        let py = self.py;
+        if let Some(d) = self.direct {
+            for (client, items) in d.clients {
+                let m = Bound::new(py, Messages { items })?;
+                self.client_msgs.set_item(client, PyList::new(py, [m])?)?;
+            }
+            for (address, items) in d.workers {
+                let m = Bound::new(py, Messages { items })?;
+                self.worker_msgs.set_item(address, PyList::new(py, [m])?)?;
+            }
+        }
+        Ok((self.client_msgs, self.worker_msgs))
+    }
 }
 
 /// A task state as an interned Python string (handles and the transition replay read

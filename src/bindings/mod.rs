@@ -8,10 +8,12 @@
 mod by_value;
 mod engine;
 mod handles;
+mod incoming;
 mod key_index;
 mod messages;
 mod naming;
 mod order;
+mod outgoing;
 mod pickler;
 mod shared;
 mod wire;
@@ -57,6 +59,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TaskGroupHandle>()?;
     m.add_class::<handles::TaskPrefixHandle>()?;
     m.add_class::<wire::WireStream>()?;
+    m.add_class::<outgoing::Messages>()?;
+    m.add_class::<incoming::FinishedRun>()?;
     m.add_class::<order::ReadGraph>()?;
     m.add_function(wrap_pyfunction!(order::order_graph, m)?)?;
     m.add_function(wrap_pyfunction!(order::pyset_order, m)?)?;

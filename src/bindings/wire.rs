@@ -11,6 +11,8 @@
 //! `msgpack.loads(use_list=False, raw=False, strict_map_key=False)` gives; any other
 //! batch goes back to Python as its frames, for distributed's own `from_frames`.
 
+use super::incoming::{Finished, FinishedRun};
+use crate::core::messages::StartStop;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
@@ -93,8 +95,15 @@ impl WireStream {
     /// Reads what the socket has, and returns the complete batches in it: each one
     /// decoded (a tuple of messages, or the single message) or, when it needs
     /// distributed's decoding, as its list of frames. `None` once the peer closed the
-    /// connection (or it failed) and every complete batch was returned.
-    fn read_batches<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+    /// connection (or it failed) and every complete batch was returned. With
+    /// `finished_runs`, a batch's consecutive `task-finished` messages (those of
+    /// distributed's workers) are one `FinishedRun` item of its tuple.
+    #[pyo3(signature = (finished_runs=false))]
+    fn read_batches<'py>(
+        &self,
+        py: Python<'py>,
+        finished_runs: bool,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
         let mut guard = self.lock();
         let b = &mut *guard;
         if b.detached {
@@ -144,7 +153,7 @@ impl WireStream {
                 }
             };
             let batch = &b.rbuf[b.rpos..b.rpos + end];
-            out.append(decode_batch(py, batch, &mut b.keys)?)?;
+            out.append(decode_batch(py, batch, &mut b.keys, finished_runs)?)?;
             b.rpos += end;
         }
         if b.rpos == b.rend {
@@ -291,6 +300,7 @@ fn decode_batch<'py>(
     py: Python<'py>,
     batch: &[u8],
     keys: &mut HashMap<Box<[u8]>, Py<PyString>>,
+    finished_runs: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let nframes = read_u64(batch, 8).unwrap_or(0) as usize;
     let mut start = 16 + 8 * nframes;
@@ -302,7 +312,12 @@ fn decode_batch<'py>(
             depth: 0,
             keys,
         };
-        if let Some(v) = d.value(py)? {
+        let v = if finished_runs {
+            d.batch_with_runs(py)?
+        } else {
+            d.value(py)?
+        };
+        if let Some(v) = v {
             if d.pos == frame.len() {
                 return Ok(v);
             }
@@ -315,6 +330,22 @@ fn decode_batch<'py>(
         start += len;
     }
     Ok(frames.into_any())
+}
+
+/// One message's msgpack (a `Finished`'s bytes) as distributed's decoding gives it.
+pub(crate) fn decode_message<'py>(py: Python<'py>, raw: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let mut keys = HashMap::new();
+    let mut d = Decoder {
+        b: raw,
+        pos: 0,
+        // inside its batch's array
+        depth: 1,
+        keys: &mut keys,
+    };
+    match d.value(py)? {
+        Some(v) if d.pos == raw.len() => Ok(v),
+        _ => Err(PyValueError::new_err("a message that does not decode")),
+    }
 }
 
 /// msgpack to Python objects; `None` for anything distributed decodes differently.
@@ -485,6 +516,275 @@ impl<'a> Decoder<'a> {
         }
         self.depth -= 1;
         Ok(Some(d.into_any()))
+    }
+}
+
+impl<'a> Decoder<'a> {
+    /// A batch (an array of messages) with each run of `task-finished` messages as a
+    /// `FinishedRun`; anything else as `value` gives it.
+    fn batch_with_runs<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let n = match self.b.first() {
+            Some(&t @ 0x90..=0x9f) => {
+                self.pos = 1;
+                usize::from(t & 0x0f)
+            }
+            Some(0xdc | 0xdd) => {
+                let t = self.b[0];
+                self.pos = 1;
+                match self.uint(2 << (t - 0xdc)) {
+                    Some(n) => n as usize,
+                    None => return Ok(None),
+                }
+            }
+            _ => return self.value(py),
+        };
+        if n > self.b.len() - self.pos {
+            return Ok(None);
+        }
+        self.depth = 1;
+        let mut items: Vec<Bound<'py, PyAny>> = Vec::new();
+        let mut run: Vec<Finished> = Vec::new();
+        for _ in 0..n {
+            if let Some(f) = self.finished(py)? {
+                run.push(f);
+                continue;
+            }
+            if !run.is_empty() {
+                let r = FinishedRun {
+                    items: std::mem::take(&mut run),
+                };
+                items.push(Bound::new(py, r)?.into_any());
+            }
+            match self.value(py)? {
+                Some(v) => items.push(v),
+                None => return Ok(None),
+            }
+        }
+        if !run.is_empty() {
+            items.push(Bound::new(py, FinishedRun { items: run })?.into_any());
+        }
+        self.depth = 0;
+        Ok(Some(PyTuple::new(py, items)?.into_any()))
+    }
+
+    /// A `task-finished` message with `TaskFinishedMsg`'s eleven fields, each once and
+    /// of its declared type, parsed; else None, the position unchanged.
+    fn finished(&mut self, py: Python<'_>) -> PyResult<Option<Finished>> {
+        let (start, depth) = (self.pos, self.depth);
+        let r = self.finished_fields(py, start)?;
+        if r.is_none() {
+            self.pos = start;
+        }
+        self.depth = depth;
+        Ok(r)
+    }
+
+    fn finished_fields(&mut self, py: Python<'_>, start: usize) -> PyResult<Option<Finished>> {
+        if self.take(1) != Some(&[0x8b][..]) {
+            return Ok(None);
+        }
+        let (mut key, mut sid, mut run_id, mut nbytes) = (None, None, None, None);
+        let (mut type_, mut typename, mut metadata, mut startstops) = (None, None, None, None);
+        let mut seen = 0u16;
+        // the fields' values sit in the batch's array and the message's map
+        self.depth = 2;
+        for _ in 0..11 {
+            let Some(name) = self.short_str() else {
+                return Ok(None);
+            };
+            let bit = match name {
+                b"op" => {
+                    if self.short_str() != Some(b"task-finished") {
+                        return Ok(None);
+                    }
+                    0
+                }
+                b"key" => {
+                    key = self.value(py)?.map(Bound::unbind);
+                    1
+                }
+                b"run_id" => {
+                    run_id = self.int();
+                    2
+                }
+                b"nbytes" => {
+                    nbytes = self.int();
+                    3
+                }
+                b"type" => {
+                    type_ = match self.b.get(self.pos) {
+                        Some(0xc0) => {
+                            self.pos += 1;
+                            Some(None)
+                        }
+                        Some(0xc4..=0xc6) => self.value(py)?.map(|v| Some(v.unbind())),
+                        _ => None,
+                    };
+                    4
+                }
+                b"typename" => {
+                    typename = self.short_str().and_then(|s| std::str::from_utf8(s).ok());
+                    5
+                }
+                b"metadata" => {
+                    metadata = match self.b.get(self.pos) {
+                        Some(0x80) => {
+                            self.pos += 1;
+                            Some(None)
+                        }
+                        Some(0x81..=0x8f | 0xde | 0xdf) => {
+                            self.value(py)?.map(|v| Some(v.unbind()))
+                        }
+                        _ => None,
+                    };
+                    6
+                }
+                b"thread" => {
+                    if self.b.get(self.pos) == Some(&0xc0) {
+                        self.pos += 1;
+                    } else if self.int().is_none() {
+                        return Ok(None);
+                    }
+                    7
+                }
+                b"startstops" => {
+                    startstops = self.startstops();
+                    8
+                }
+                b"status" => {
+                    if self.short_str().is_none() {
+                        return Ok(None);
+                    }
+                    9
+                }
+                b"stimulus_id" => {
+                    if !matches!(self.b.get(self.pos), Some(0xa0..=0xbf | 0xd9..=0xdb)) {
+                        return Ok(None);
+                    }
+                    sid = self.value(py)?.map(Bound::unbind);
+                    10
+                }
+                _ => return Ok(None),
+            };
+            if seen & (1 << bit) != 0 {
+                return Ok(None);
+            }
+            seen |= 1 << bit;
+        }
+        let (Some(key), Some(stimulus_id), Some(run_id), Some(nbytes)) = (key, sid, run_id, nbytes)
+        else {
+            return Ok(None);
+        };
+        let (Some(type_), Some(typename), Some(metadata), Some(startstops)) =
+            (type_, typename, metadata, startstops)
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Finished {
+            raw: self.b[start..self.pos].into(),
+            key,
+            stimulus_id,
+            run_id,
+            nbytes,
+            type_,
+            typename: typename.to_owned(),
+            metadata,
+            startstops,
+        }))
+    }
+
+    /// A str's bytes (up to 2^16 long).
+    fn short_str(&mut self) -> Option<&'a [u8]> {
+        let n = match *self.b.get(self.pos)? {
+            t @ 0xa0..=0xbf => {
+                self.pos += 1;
+                usize::from(t & 0x1f)
+            }
+            0xd9 => {
+                self.pos += 1;
+                self.uint(1)? as usize
+            }
+            0xda => {
+                self.pos += 1;
+                self.uint(2)? as usize
+            }
+            _ => return None,
+        };
+        self.take(n)
+    }
+
+    /// An int that fits an i64.
+    fn int(&mut self) -> Option<i64> {
+        let t = *self.b.get(self.pos)?;
+        self.pos += 1;
+        match t {
+            0x00..=0x7f => Some(i64::from(t)),
+            0xe0..=0xff => Some(i64::from(t as i8)),
+            0xcc..=0xcf => i64::try_from(self.uint(1 << (t - 0xcc))?).ok(),
+            0xd0..=0xd3 => {
+                let n = 1usize << (t - 0xd0);
+                let x = self.uint(n)?;
+                let shift = 64 - 8 * n as u32;
+                Some(((x << shift) as i64) >> shift)
+            }
+            _ => None,
+        }
+    }
+
+    /// A number as `float()` reads it: an int or a float.
+    fn number(&mut self) -> Option<f64> {
+        match *self.b.get(self.pos)? {
+            0xca => {
+                self.pos += 1;
+                Some(f64::from(f32::from_bits(self.uint(4)? as u32)))
+            }
+            0xcb => {
+                self.pos += 1;
+                Some(f64::from_bits(self.uint(8)?))
+            }
+            _ => self.int().map(|i| i as f64),
+        }
+    }
+
+    /// `[{"action": str, "start": number, "stop": number[, "source": str]}, ...]`
+    fn startstops(&mut self) -> Option<Vec<StartStop>> {
+        let n = match *self.b.get(self.pos)? {
+            t @ 0x90..=0x9f => {
+                self.pos += 1;
+                usize::from(t & 0x0f)
+            }
+            _ => return None,
+        };
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let fields = match *self.b.get(self.pos)? {
+                0x83 => 3,
+                0x84 => 4,
+                _ => return None,
+            };
+            self.pos += 1;
+            let (mut action, mut start, mut stop, mut source) = (None, None, None, false);
+            for _ in 0..fields {
+                match self.short_str()? {
+                    b"action" if action.is_none() => {
+                        action = Some(std::str::from_utf8(self.short_str()?).ok()?.to_owned());
+                    }
+                    b"start" if start.is_none() => start = Some(self.number()?),
+                    b"stop" if stop.is_none() => stop = Some(self.number()?),
+                    b"source" if !source => {
+                        self.short_str()?;
+                        source = true;
+                    }
+                    _ => return None,
+                }
+            }
+            out.push(StartStop {
+                action: action?,
+                start: start?,
+                stop: stop?,
+            });
+        }
+        Some(out)
     }
 }
 

@@ -7,7 +7,9 @@
 //! distributed's `dumps` serializes the batch.
 
 use super::messages::to_pickle;
+use super::outgoing::{Annotations, ComputeTask, Messages, Outgoing};
 use super::pickler;
+use crate::core::types::Num;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -260,11 +262,18 @@ impl<'py> Encoder<'py> {
         Ok(Ok(()))
     }
 
-    /// `create_pickled_sub_frames`: the pickle in a sub-header, no buffers.
+    /// `create_pickled_sub_frames` of a `ToPickle`: the pickle in a sub-header, no
+    /// buffers.
     fn pickled(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
+        let data = o.getattr(intern!(self.py, "data"))?;
+        self.pickled_data(&data)
+    }
+
+    /// `pickled` of `ToPickle(data)`.
+    fn pickled_data(&mut self, data: &Bound<'py, PyAny>) -> PyResult<Enc> {
         let py = self.py;
         let p = pickling(py)?;
-        let data = o.getattr(intern!(py, "data"))?;
+        let data = data.clone();
         // distributed's `dumps`, step by step: `pickle.dumps` (the trace's bytes when it
         // has them: the same bytes); cloudpickle instead if the bytes name `__main__`
         // (unless they are long and `_always_use_pickle_for` says so). If pickle fails
@@ -353,8 +362,180 @@ impl<'py> Encoder<'py> {
     }
 }
 
+impl<'py> Encoder<'py> {
+    /// A list of messages, each `Messages` in it as the messages it holds.
+    fn batch(&mut self, msgs: &Bound<'py, PyList>) -> PyResult<Enc> {
+        let mut count = 0;
+        for m in msgs.iter() {
+            count += m.cast::<Messages>().map_or(1, |m| m.get().items.len());
+        }
+        if count > MAX_LEN {
+            return Ok(Err(Unsupported));
+        }
+        head(&mut self.out, count, 0x90, 15, None, 0xdc, 0xdd);
+        // (an error ends the encoder: the depth need not come back down)
+        self.depth += 1;
+        for m in msgs.iter() {
+            let Ok(m) = m.cast::<Messages>() else {
+                if self.value(&m)?.is_err() {
+                    return Ok(Err(Unsupported));
+                }
+                continue;
+            };
+            for o in &m.get().items {
+                if self.outgoing(o)?.is_err() {
+                    return Ok(Err(Unsupported));
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(Ok(()))
+    }
+
+    /// What `value` writes for the message's dict.
+    fn outgoing(&mut self, m: &Outgoing) -> PyResult<Enc> {
+        if let Outgoing::Dict(d) = m {
+            return self.value(d.bind(self.py).as_any());
+        }
+        // the dict's own level, as `value` counts it
+        if self.depth >= super::wire::MAX_DEPTH {
+            return Ok(Err(Unsupported));
+        }
+        self.depth += 1;
+        let r = self.outgoing_at_depth(m);
+        self.depth -= 1;
+        r
+    }
+
+    fn outgoing_at_depth(&mut self, m: &Outgoing) -> PyResult<Enc> {
+        let py = self.py;
+        match m {
+            Outgoing::Dict(d) => self.value(d.bind(py).as_any()),
+            Outgoing::KeyInMemory {
+                key,
+                type_,
+                with_type,
+            } => {
+                self.out.push(if *with_type { 0x83 } else { 0x82 });
+                pack_str(&mut self.out, "op");
+                pack_str(&mut self.out, "key-in-memory");
+                pack_str(&mut self.out, "key");
+                if self.value(key.bind(py))?.is_err() {
+                    return Ok(Err(Unsupported));
+                }
+                if *with_type {
+                    pack_str(&mut self.out, "type");
+                    return self.optional(type_.as_ref());
+                }
+                Ok(Ok(()))
+            }
+            Outgoing::ComputeTask(c) => self.compute_task(c),
+        }
+    }
+
+    fn optional(&mut self, o: Option<&Py<PyAny>>) -> PyResult<Enc> {
+        match o {
+            Some(o) => self.value(o.bind(self.py)),
+            None => {
+                self.out.push(0xc0);
+                Ok(Ok(()))
+            }
+        }
+    }
+
+    /// `ComputeTask::to_dict`'s dict, key by key.
+    fn compute_task(&mut self, c: &ComputeTask) -> PyResult<Enc> {
+        let py = self.py;
+        let out = &mut self.out;
+        out.push(0x8c);
+        pack_str(out, "op");
+        pack_str(out, "compute-task");
+        pack_str(out, "key");
+        if self.value(c.key.bind(py))?.is_err() {
+            return Ok(Err(Unsupported));
+        }
+        let out = &mut self.out;
+        pack_str(out, "run_id");
+        pack_int(out, c.run_id);
+        pack_str(out, "priority");
+        out.push(0x93);
+        for i in 0..3 {
+            match c.priority.get(i) {
+                Num::Int(v) => pack_int(out, v),
+                Num::Float(f) => {
+                    out.push(0xcb);
+                    out.extend(f.to_be_bytes());
+                }
+            }
+        }
+        pack_str(out, "stimulus_id");
+        pack_str(out, &c.stimulus_id);
+        pack_str(out, "who_has");
+        head(out, c.who_has.len(), 0x80, 15, None, 0xde, 0xdf);
+        for (dep, addrs) in &c.who_has {
+            if self.value(dep.bind(py))?.is_err() {
+                return Ok(Err(Unsupported));
+            }
+            head(&mut self.out, addrs.len(), 0x90, 15, None, 0xdc, 0xdd);
+            for a in addrs {
+                pack_str(&mut self.out, a);
+            }
+        }
+        pack_str(&mut self.out, "nbytes");
+        head(&mut self.out, c.nbytes.len(), 0x80, 15, None, 0xde, 0xdf);
+        for (dep, n) in &c.nbytes {
+            if self.value(dep.bind(py))?.is_err() {
+                return Ok(Err(Unsupported));
+            }
+            pack_int(&mut self.out, *n);
+        }
+        pack_str(&mut self.out, "run_spec");
+        let run_spec = match &c.run_spec {
+            Some(r) => r.bind(py).clone(),
+            None => py.None().into_bound(py),
+        };
+        if self.pickled_data(&run_spec)?.is_err() {
+            return Ok(Err(Unsupported));
+        }
+        let out = &mut self.out;
+        pack_str(out, "resource_restrictions");
+        match &c.resource_restrictions {
+            Some(rr) => {
+                head(out, rr.len(), 0x80, 15, None, 0xde, 0xdf);
+                for (k, v) in rr {
+                    pack_str(out, k);
+                    out.push(0xcb);
+                    out.extend(v.to_be_bytes());
+                }
+            }
+            None => out.push(0xc0),
+        }
+        pack_str(out, "actor");
+        out.push(if c.actor { 0xc3 } else { 0xc2 });
+        pack_str(out, "annotations");
+        match &c.annotations {
+            Annotations::Task(a) => {
+                if self.value(a.bind(py))?.is_err() {
+                    return Ok(Err(Unsupported));
+                }
+            }
+            Annotations::Span(ann) => {
+                out.push(0x81);
+                pack_str(out, "span");
+                if self.value(ann.bind(py))?.is_err() {
+                    return Ok(Err(Unsupported));
+                }
+            }
+            Annotations::Empty => out.push(0x80),
+        }
+        pack_str(&mut self.out, "span_id");
+        self.optional(c.span_id.as_ref())
+    }
+}
+
 /// The wire bytes of `msg` (header, prelude, frames), or `None` when distributed's
-/// `dumps` must serialize it.
+/// `dumps` must serialize it. In a list of messages, a `Messages` stands for the
+/// messages it holds.
 pub(crate) fn encode_batch(py: Python<'_>, msg: &Bound<'_, PyAny>) -> PyResult<Option<Vec<u8>>> {
     let mut enc = Encoder {
         py,
@@ -363,7 +544,11 @@ pub(crate) fn encode_batch(py: Python<'_>, msg: &Bound<'_, PyAny>) -> PyResult<O
         to_pickle: to_pickle(py)?.clone(),
         depth: 0,
     };
-    if enc.value(msg)?.is_err() {
+    let r = match msg.cast_exact::<PyList>() {
+        Ok(msgs) => enc.batch(msgs)?,
+        Err(_) => enc.value(msg)?,
+    };
+    if r.is_err() {
         return Ok(None);
     }
     let nframes = 1 + enc.frames.len();

@@ -2,7 +2,7 @@
 //! outbox and the stimulus id; it ends in one place (`Drop`), which clears what failed
 //! transitions left, frees the tasks the stimulus forgot and lets dead groups go.
 
-use crate::bindings::messages::{outbox_into_py, outbox_to_py, py_state};
+use crate::bindings::messages::{outbox_to_py, py_state, RunOut};
 use crate::bindings::shared::{Engine, State};
 use crate::cell::StateMut;
 use crate::core::messages::Outbox;
@@ -85,17 +85,16 @@ impl Batch<'_> {
         outbox_to_py(py, &self.st, &self.out)
     }
 
-    /// Ends the stimulus, its messages appended to `client_msgs` and `worker_msgs`
-    /// (a run of stimuli sent together).
-    pub(crate) fn finish_into<'py>(
+    /// Ends the stimulus, its messages added to those of a run of stimuli sent
+    /// together.
+    pub(crate) fn finish_into(
         mut self,
-        py: Python<'py>,
+        py: Python<'_>,
         r: CoreResult<()>,
-        client_msgs: &Bound<'py, PyDict>,
-        worker_msgs: &Bound<'py, PyDict>,
+        run: &mut RunOut<'_>,
     ) -> PyResult<()> {
         self.check(py, r)?;
-        outbox_into_py(py, &self.st, &self.out, client_msgs, worker_msgs)
+        run.add(&self.st, &self.out)
     }
 
     /// Ends the stimulus with `(result, client_msgs, worker_msgs)`.
@@ -193,23 +192,25 @@ impl Engine {
     }
 }
 
-/// A run of stimuli sent together (a stream's run of messages): `stimulus(item,
-/// client_msgs, worker_msgs)` for each item, each appending its messages, until one
-/// raises. `(client_msgs, worker_msgs, error)`: the messages of those handled, and the
-/// exception that stopped the run (or None).
+/// A run of stimuli sent together (a stream's run of messages): `stimulus(item, run)`
+/// for each item, each adding its messages, until one raises. `(client_msgs,
+/// worker_msgs, error)`: the messages of those handled (as `Messages` when `direct`:
+/// the scheduler hands them to streams the engine writes), and the exception that
+/// stopped the run (or None).
 pub(crate) fn stimuli_run<'py, T>(
     py: Python<'py>,
     items: impl IntoIterator<Item = T>,
-    mut stimulus: impl FnMut(T, &Bound<'py, PyDict>, &Bound<'py, PyDict>) -> PyResult<()>,
+    direct: bool,
+    mut stimulus: impl FnMut(T, &mut RunOut<'py>) -> PyResult<()>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let client_msgs = PyDict::new(py);
-    let worker_msgs = PyDict::new(py);
+    let mut run = RunOut::new(py, direct);
     let mut error = py.None().into_bound(py);
     for item in items {
-        if let Err(e) = stimulus(item, &client_msgs, &worker_msgs) {
+        if let Err(e) = stimulus(item, &mut run) {
             error = e.into_value(py).into_bound(py).into_any();
             break;
         }
     }
+    let (client_msgs, worker_msgs) = run.into_py()?;
     PyTuple::new(py, [client_msgs.into_any(), worker_msgs.into_any(), error])
 }

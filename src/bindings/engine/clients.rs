@@ -83,13 +83,15 @@ impl Engine {
     /// `client_releases_keys(keys, client, stimulus_id)` for each `(keys, client,
     /// stimulus_id)` of a client stream's run of `client-releases-keys` messages, each
     /// its own stimulus, in one call: `(client_msgs, worker_msgs, error)`, the messages
-    /// of those handled before an error that stopped the run.
+    /// of those handled before an error that stopped the run (as `Messages` when
+    /// `direct`).
     fn client_releases_keys_batch<'py>(
         &self,
         py: Python<'py>,
         runs: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+        direct: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
-        stimuli_run(py, runs, |(keys, client, stimulus_id), cm, wm| {
+        stimuli_run(py, runs, direct, |(keys, client, stimulus_id), run| {
             let mut b = self.batch(&stimulus_id)?;
             // as distributed: the keys listed, then the client looked up
             let keys = PyList::new(py, keys.try_iter()?.collect::<PyResult<Vec<_>>>()?)?;
@@ -100,7 +102,7 @@ impl Engine {
             let mut recs = Recs::new();
             b.st.client_releases_keys_inner(&ids, c, &mut recs);
             let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
-            b.finish_into(py, r, cm, wm)
+            b.finish_into(py, r, run)
         })
     }
 

@@ -2,6 +2,8 @@
 //! asked for by name; retries; filling queue slots.
 
 use super::batch::{stimuli_run, Batch};
+use crate::bindings::incoming::{Finished, FinishedRun};
+use crate::bindings::messages::RunOut;
 use crate::bindings::shared::{address_of, byte_count, parse_state, run_id_of, Engine};
 use crate::core::messages::StartStop;
 use crate::core::state::Recs;
@@ -115,26 +117,98 @@ fn finished_args(
     })
 }
 
+/// A `task-finished` report: its dict (without `op`, `key` and `stimulus_id`), or
+/// the fields the engine parsed from the stream.
+#[derive(Clone, Copy)]
+enum Report<'a, 'py> {
+    Dict(&'a Bound<'py, PyDict>),
+    Parsed(&'a Finished),
+}
+
+impl<'py> Report<'_, 'py> {
+    fn run_id(self) -> PyResult<Option<i64>> {
+        match self {
+            Self::Dict(msg) => Ok(run_id_of(&field(msg, intern!(msg.py(), "run_id"))?)),
+            Self::Parsed(f) => Ok(Some(f.run_id)),
+        }
+    }
+
+    /// What a plugin's `transition` gets, as from the dict.
+    fn plugin_fields(self, py: Python<'py>, worker: &Bound<'py, PyAny>) -> PyResult<Py<PyAny>> {
+        match self {
+            Self::Dict(msg) => plugin_fields(msg, &[("worker", worker)]),
+            Self::Parsed(f) => {
+                let msg = f.to_dict(py)?;
+                for name in [
+                    intern!(py, "op"),
+                    intern!(py, "key"),
+                    intern!(py, "stimulus_id"),
+                ] {
+                    msg.del_item(name)?;
+                }
+                plugin_fields(&msg, &[("worker", worker)])
+            }
+        }
+    }
+
+    fn merge_metadata(self, py: Python<'py>, md: &mut Option<Py<PyAny>>) -> PyResult<()> {
+        match self {
+            Self::Dict(msg) => merge_metadata(py, md, msg),
+            Self::Parsed(f) => {
+                let Some(m) = f
+                    .metadata
+                    .as_ref()
+                    .filter(|m| m.bind(py).is_truthy().unwrap_or(false))
+                else {
+                    return Ok(());
+                };
+                let md = md.get_or_insert_with(|| PyDict::new(py).into_any().unbind());
+                md.bind(py).call_method1(intern!(py, "update"), (m,))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn finished_args(
+        self,
+        py: Python<'py>,
+        worker_addr: &str,
+    ) -> PyResult<TransitionArgs<Py<PyAny>>> {
+        match self {
+            Self::Dict(msg) => finished_args(py, worker_addr, msg),
+            Self::Parsed(f) => Ok(TransitionArgs::Finished {
+                worker: worker_addr.to_owned(),
+                nbytes: f.nbytes,
+                type_: f.type_.as_ref().map(|t| t.clone_ref(py)),
+                typename: f.typename.clone(),
+                startstops: f.startstops.clone(),
+            }),
+        }
+    }
+}
+
 impl Engine {
     /// `stimulus_task_finished` in `b`: the recommendations it leaves.
-    fn task_finished(
+    fn task_finished<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         b: &mut Batch<'_>,
-        key: &Bound<'_, PyAny>,
-        worker: &Bound<'_, PyAny>,
+        key: &Bound<'py, PyAny>,
+        worker: &Bound<'py, PyAny>,
         worker_addr: &str,
-        msg: &Bound<'_, PyDict>,
+        report: Report<'_, 'py>,
     ) -> PyResult<Recs> {
         let t = self.tid(&b.st, key)?;
-        let run_id = run_id_of(&field(msg, intern!(msg.py(), "run_id"))?);
+        let run_id = report.run_id()?;
         if let Some(t) = t.filter(|_| b.st.observes(TaskStateState::Memory)) {
-            let fields = plugin_fields(msg, &[("worker", worker)])?;
+            let fields = report.plugin_fields(py, worker)?;
             b.st.set_own_transition(t, TaskStateState::Memory, fields);
         }
         let mut prepare_err = None;
         let prepare = |md: &mut Option<Py<PyAny>>| {
-            let r = merge_metadata(py, md, msg).and_then(|()| finished_args(py, worker_addr, msg));
+            let r = report
+                .merge_metadata(py, md)
+                .and_then(|()| report.finished_args(py, worker_addr));
             r.map_err(|e| prepare_err = Some(e)).ok()
         };
         let key_p = key.clone().unbind();
@@ -195,7 +269,14 @@ impl Engine {
         if b.st.worker_id(&addr).is_none() {
             return b.finish(py, Ok(()));
         }
-        let recs = self.task_finished(py, &mut b, key, worker, &addr, &msg_dict(py, msg))?;
+        let recs = self.task_finished(
+            py,
+            &mut b,
+            key,
+            worker,
+            &addr,
+            Report::Dict(&msg_dict(py, msg)),
+        )?;
         let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
         b.finish(py, r)
     }
@@ -205,27 +286,42 @@ impl Engine {
     /// order. Returns `(client_msgs, worker_msgs, error)`: the messages of every
     /// message handled, and the exception that stopped the run (the messages after it
     /// are not handled, as distributed's stream loop stops at a handler's exception).
-    /// Each message is a dict the caller owns; its `key` and `stimulus_id` are taken
-    /// out of it.
+    /// `msgs` is a list of dicts the caller owns (their `key` and `stimulus_id` are
+    /// taken out of them) or a `FinishedRun`. With `direct`, each destination's
+    /// messages are one `Messages`.
     fn handle_task_finished_batch<'py>(
         &self,
         py: Python<'py>,
         worker: &Bound<'py, PyAny>,
-        msgs: Vec<Bound<'py, PyDict>>,
+        msgs: &Bound<'py, PyAny>,
+        direct: bool,
     ) -> PyResult<Bound<'py, PyTuple>> {
         let addr = address_of(worker);
-        stimuli_run(py, msgs, |msg, cm, wm| {
+        let one = |key: &Bound<'py, PyAny>,
+                   sid: &Bound<'py, PyAny>,
+                   report: Report<'_, 'py>,
+                   run: &mut RunOut<'py>| {
+            let mut b = self.batch(sid)?;
+            if b.st.worker_id(&addr).is_none() {
+                return b.finish_into(py, Ok(()), run);
+            }
+            let recs = self.task_finished(py, &mut b, key, worker, &addr, report)?;
+            let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
+            b.finish_into(py, r, run)
+        };
+        if let Ok(finished) = msgs.cast::<FinishedRun>() {
+            return stimuli_run(py, &finished.get().items, direct, |f, run| {
+                let report = Report::Parsed(f);
+                one(f.key.bind(py), f.stimulus_id.bind(py), report, run)
+            });
+        }
+        let msgs: Vec<Bound<'py, PyDict>> = msgs.extract()?;
+        stimuli_run(py, msgs, direct, |msg, run| {
             let key = field(&msg, intern!(py, "key"))?;
             let sid = field(&msg, intern!(py, "stimulus_id"))?;
             msg.del_item(intern!(py, "key"))?;
             msg.del_item(intern!(py, "stimulus_id"))?;
-            let mut b = self.batch(&sid)?;
-            if b.st.worker_id(&addr).is_none() {
-                return b.finish_into(py, Ok(()), cm, wm);
-            }
-            let recs = self.task_finished(py, &mut b, &key, worker, &addr, &msg)?;
-            let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
-            b.finish_into(py, r, cm, wm)
+            one(&key, &sid, Report::Dict(&msg), run)
         })
     }
 
@@ -242,7 +338,14 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(stimulus_id)?;
         let addr = address_of(worker);
-        let recs = self.task_finished(py, &mut b, key, worker, &addr, &msg_dict(py, msg))?;
+        let recs = self.task_finished(
+            py,
+            &mut b,
+            key,
+            worker,
+            &addr,
+            Report::Dict(&msg_dict(py, msg)),
+        )?;
         let recs = b.recs_py(py, &recs)?;
         b.finish_with(py, recs)
     }
