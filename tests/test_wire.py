@@ -858,7 +858,7 @@ async def test_frozen_stream_gets_dicts(c, s, a):
     await c.submit(inc, 0)
     with freeze_batched_send(s.stream_comms[a.address]) as locked:
         futs = c.map(inc, range(1, 10))
-        peer, msgs = await locked.write_queue.get()
+        _, msgs = await locked.write_queue.get()
         assert all(type(m) is dict for m in msgs), msgs
     assert await c.gather(futs) == list(range(2, 11))
 
