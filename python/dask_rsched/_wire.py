@@ -327,6 +327,12 @@ class WireComm(TCP):
         return self._closed
 
 
+def _few_messages(payload: list) -> bool:
+    """A batch that is one engine `Messages` of few messages: small (`sizeof` counts
+    each as 1 KiB) without asking `sizeof`."""
+    return len(payload) == 1 and type(payload[0]) is Messages and len(payload[0]) < 1024
+
+
 class WireBatchedSend(BatchedSend):
     """distributed's `BatchedSend` (its buffer, interval, counters and message log) for
     a WireComm: a batch is written by a callback the event loop runs at the batch's
@@ -372,12 +378,13 @@ class WireBatchedSend(BatchedSend):
         payload, self.buffer = self.buffer, []
         self.batch_count += 1
         self.next_deadline = time() + self.interval
-        if type(self.comm) is not WireComm or not self.comm.small(payload):
+        comm = self.comm
+        if type(comm) is not WireComm or not (_few_messages(payload) or comm.small(payload)):
             # a large batch, or a comm a test wrapped: the comm's own `write`
             self._writing = asyncio.ensure_future(self._write_async(as_dicts(payload)))
             return
         try:
-            nbytes = self.comm.write_now(payload, serializers=self.serializers, on_error="raise")
+            nbytes = comm.write_now(payload, serializers=self.serializers, on_error="raise")
         except Exception as e:
             self._write_failed(e)
             return
