@@ -57,11 +57,7 @@ pub fn worker_msg<'py>(
     let d = PyDict::new(py);
     match m {
         WorkerMsg::ComputeTask { .. } => return ComputeTask::new(py, s, m)?.to_dict(py),
-        WorkerMsg::FreeKeys { key, stimulus_id } => {
-            d.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
-            d.set_item(intern!(py, "keys"), PyList::new(py, [key.bind(py)])?)?;
-            d.set_item(intern!(py, "stimulus_id"), stimulus_id.bind(py))?;
-        }
+        WorkerMsg::FreeKeys { .. } => return Outgoing::to_worker(py, s, m)?.to_dict(py),
         WorkerMsg::RemoveReplicas { keys, stimulus_id } => {
             d.set_item(intern!(py, "op"), intern!(py, "remove-replicas"))?;
             d.set_item(

@@ -1,5 +1,5 @@
 //! Messages on their way to a stream without becoming Python dicts: what a
-//! `compute-task` or a `key-in-memory` says, taken from the state when it is sent (as
+//! `compute-task`, `free-keys` or `key-in-memory` says, taken from the state when it is sent (as
 //! distributed builds its dict then), written by the engine's wire encoder when the
 //! batch goes out (`wire_encode`), and made into distributed's dicts only when
 //! something else asks for them (a comm the engine does not write, a log, a test).
@@ -146,6 +146,11 @@ pub(crate) enum Outgoing {
         type_: Option<Py<PyAny>>,
         with_type: bool,
     },
+    /// `{"op": "free-keys", "keys": [key], "stimulus_id": stimulus_id}`
+    FreeKeys {
+        key: Py<PyAny>,
+        stimulus_id: Py<PyAny>,
+    },
     /// any other message, as distributed's dict
     Dict(Py<PyDict>),
 }
@@ -156,6 +161,10 @@ impl Outgoing {
             WorkerMsg::ComputeTask { .. } => {
                 Self::ComputeTask(Box::new(ComputeTask::new(py, s, m)?))
             }
+            WorkerMsg::FreeKeys { key, stimulus_id } => Self::FreeKeys {
+                key: key.clone_ref(py),
+                stimulus_id: stimulus_id.clone_ref(py),
+            },
             _ => Self::Dict(super::messages::worker_msg(py, s, m)?.unbind()),
         })
     }
@@ -190,6 +199,13 @@ impl Outgoing {
                 if *with_type {
                     d.set_item(intern!(py, "type"), type_.as_ref().map(|t| t.bind(py)))?;
                 }
+                Ok(d)
+            }
+            Self::FreeKeys { key, stimulus_id } => {
+                let d = PyDict::new(py);
+                d.set_item(intern!(py, "op"), intern!(py, "free-keys"))?;
+                d.set_item(intern!(py, "keys"), PyList::new(py, [key.bind(py)])?)?;
+                d.set_item(intern!(py, "stimulus_id"), stimulus_id.bind(py))?;
                 Ok(d)
             }
             Self::Dict(d) => Ok(d.bind(py).clone()),

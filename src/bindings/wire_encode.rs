@@ -429,6 +429,25 @@ impl<'py> Encoder<'py> {
                 }
                 Ok(Ok(()))
             }
+            Outgoing::FreeKeys { key, stimulus_id } => {
+                self.out.push(0x83);
+                pack_str(&mut self.out, "op");
+                pack_str(&mut self.out, "free-keys");
+                pack_str(&mut self.out, "keys");
+                // the list's own level, as `value` counts it
+                if self.depth >= super::wire::MAX_DEPTH {
+                    return Ok(Err(Unsupported));
+                }
+                self.out.push(0x91);
+                self.depth += 1;
+                let r = self.value(key.bind(py))?;
+                self.depth -= 1;
+                if r.is_err() {
+                    return Ok(r);
+                }
+                pack_str(&mut self.out, "stimulus_id");
+                self.value(stimulus_id.bind(py))
+            }
             Outgoing::ComputeTask(c) => self.compute_task(c),
         }
     }
