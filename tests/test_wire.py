@@ -758,6 +758,20 @@ def test_workers_reports_are_parsed():
     assert len(got) == 4
 
 
+@pytest.mark.parametrize("field", [b"\xa2OK", b"\xa1w"], ids=["status", "source"])
+def test_reports_with_invalid_utf8_go_to_distributeds_decoding(field):
+    import msgpack
+    from distributed.protocol import loads
+
+    report = finished_report(startstops=[{"action": "a", "start": 1, "stop": 2, "source": "w"}])
+    frame = msgpack.dumps([report], use_bin_type=True)
+    frame = frame.replace(field, field[:1] + b"\xff" * (len(field) - 1))
+    with pytest.raises(Exception) as expected:
+        loads([frame], deserialize=False)
+    with pytest.raises(expected.type):
+        read_back(framed([frame]), True)
+
+
 def test_deep_nesting_goes_to_distributeds_decoding():
     """Nesting deeper than msgpack-python allows is not decoded in Rust (no stack
     overflow): distributed's `loads` raises what it raises."""

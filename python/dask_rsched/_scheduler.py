@@ -747,14 +747,16 @@ class EngineSchedulerMixin:
 
     def _rsched_send_run(self, client_msgs: dict, worker_msgs: dict, error: Any) -> None:
         """A run of stimuli's messages sent, then the error that stopped it raised.
-        A destination whose stream is not a `WireBatchedSend` gets the dicts of its
-        `Messages`."""
+        A destination whose stream is not a `WireBatchedSend` (or whose `send` something
+        replaced) gets the dicts of its `Messages`."""
         if client_msgs or worker_msgs:
             sending = perf_counter()
             for msgs, comms in ((client_msgs, self.client_comms), (worker_msgs, self.stream_comms)):
                 for dest, run in msgs.items():
-                    if type(run[0]) is Messages and type(comms.get(dest)) is not _WireBatchedSend:
-                        msgs[dest] = run[0].messages()
+                    if type(run[0]) is Messages:
+                        bcomm = comms.get(dest)
+                        if type(bcomm) is not _WireBatchedSend or "send" in bcomm.__dict__:
+                            msgs[dest] = run[0].messages()
             self.send_all(client_msgs, worker_msgs)
             self._rsched_send_seconds += perf_counter() - sending
         if error is not None:

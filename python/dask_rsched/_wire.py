@@ -327,10 +327,13 @@ class WireComm(TCP):
         return self._closed
 
 
-def _few_messages(payload: list) -> bool:
-    """A batch that is one engine `Messages` of few messages: small (`sizeof` counts
-    each as 1 KiB) without asking `sizeof`."""
-    return len(payload) == 1 and type(payload[0]) is Messages and len(payload[0]) < 1024
+def _few_messages(comm: WireComm, payload: list) -> bool:
+    """A batch that is one engine `Messages` that `comm.small` would accept (its `sizeof`
+    is about 1 KiB per message), without asking `sizeof`."""
+    if len(payload) != 1 or type(payload[0]) is not Messages:
+        return False
+    threshold = comm_utils.OFFLOAD_THRESHOLD
+    return not (threshold and comm.allow_offload) or payload[0].__sizeof__() <= threshold
 
 
 class WireBatchedSend(BatchedSend):
@@ -356,7 +359,11 @@ class WireBatchedSend(BatchedSend):
         if self.comm is not None and self.comm.closed():
             raise CommClosedError(f"Comm {self.comm!r} already closed.")
         # the engine's `Messages`: the messages of a run, to this stream, in one item
-        self.message_count += len(msgs[0]) if msgs and type(msgs[0]) is Messages else len(msgs)
+        n = len(msgs)
+        for m in msgs:
+            if type(m) is Messages:
+                n += len(m) - 1
+        self.message_count += n
         self.buffer.extend(msgs)
         if self._handle is None:
             self._schedule()
@@ -379,7 +386,7 @@ class WireBatchedSend(BatchedSend):
         self.batch_count += 1
         self.next_deadline = time() + self.interval
         comm = self.comm
-        if type(comm) is not WireComm or not (_few_messages(payload) or comm.small(payload)):
+        if type(comm) is not WireComm or not (_few_messages(comm, payload) or comm.small(payload)):
             # a large batch, or a comm a test wrapped: the comm's own `write`
             self._writing = asyncio.ensure_future(self._write_async(as_dicts(payload)))
             return

@@ -67,7 +67,7 @@ impl ComputeTask {
             key: ts.key.clone_ref(py),
             run_id: *run_id,
             priority: *priority,
-            stimulus_id: format!("compute-task-{stimulus_time}"),
+            stimulus_id: compute_task_stimulus_id(*stimulus_time),
             who_has: who_has
                 .iter()
                 .map(|(dep, workers)| {
@@ -134,6 +134,15 @@ impl ComputeTask {
             self.span_id.as_ref().map(|i| i.bind(py)),
         )?;
         Ok(d)
+    }
+}
+
+/// `f"compute-task-{time}"`: a whole float as Python writes it (`1.0`, not `1`).
+fn compute_task_stimulus_id(time: f64) -> String {
+    if time.is_finite() && time.fract() == 0.0 && time.abs() < 1e16 {
+        format!("compute-task-{time:.1}")
+    } else {
+        format!("compute-task-{time}")
     }
 }
 
@@ -245,5 +254,20 @@ impl Messages {
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!("Messages({})", self.messages(py)?.repr()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::compute_task_stimulus_id;
+
+    #[test]
+    fn stimulus_ids_write_floats_as_python_does() {
+        assert_eq!(compute_task_stimulus_id(1733.0), "compute-task-1733.0");
+        assert_eq!(compute_task_stimulus_id(1733.25), "compute-task-1733.25");
+        assert_eq!(
+            compute_task_stimulus_id(1764927000.123456),
+            "compute-task-1764927000.123456"
+        );
     }
 }

@@ -652,7 +652,11 @@ impl<'a> Decoder<'a> {
                     8
                 }
                 b"status" => {
-                    if self.short_str().is_none() {
+                    if self
+                        .short_str()
+                        .and_then(|s| std::str::from_utf8(s).ok())
+                        .is_none()
+                    {
                         return Ok(None);
                     }
                     9
@@ -772,7 +776,7 @@ impl<'a> Decoder<'a> {
                     b"start" if start.is_none() => start = Some(self.number()?),
                     b"stop" if stop.is_none() => stop = Some(self.number()?),
                     b"source" if !source => {
-                        self.short_str()?;
+                        std::str::from_utf8(self.short_str()?).ok()?;
                         source = true;
                     }
                     _ => return None,

@@ -434,22 +434,26 @@ impl<'py> Encoder<'py> {
                 pack_str(&mut self.out, "op");
                 pack_str(&mut self.out, "free-keys");
                 pack_str(&mut self.out, "keys");
-                // the list's own level, as `value` counts it
-                if self.depth >= super::wire::MAX_DEPTH {
-                    return Ok(Err(Unsupported));
-                }
                 self.out.push(0x91);
-                self.depth += 1;
-                let r = self.value(key.bind(py))?;
-                self.depth -= 1;
-                if r.is_err() {
-                    return Ok(r);
+                if self.nested(key.bind(py))?.is_err() {
+                    return Ok(Err(Unsupported));
                 }
                 pack_str(&mut self.out, "stimulus_id");
                 self.value(stimulus_id.bind(py))
             }
             Outgoing::ComputeTask(c) => self.compute_task(c),
         }
+    }
+
+    /// `value` of something inside one more container level than the message's.
+    fn nested(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
+        if self.depth >= super::wire::MAX_DEPTH {
+            return Ok(Err(Unsupported));
+        }
+        self.depth += 1;
+        let r = self.value(o);
+        self.depth -= 1;
+        r
     }
 
     fn optional(&mut self, o: Option<&Py<PyAny>>) -> PyResult<Enc> {
@@ -492,7 +496,7 @@ impl<'py> Encoder<'py> {
         pack_str(out, "who_has");
         head(out, c.who_has.len(), 0x80, 15, None, 0xde, 0xdf);
         for (dep, addrs) in &c.who_has {
-            if self.value(dep.bind(py))?.is_err() {
+            if self.nested(dep.bind(py))?.is_err() {
                 return Ok(Err(Unsupported));
             }
             head(&mut self.out, addrs.len(), 0x90, 15, None, 0xdc, 0xdd);
@@ -503,7 +507,7 @@ impl<'py> Encoder<'py> {
         pack_str(&mut self.out, "nbytes");
         head(&mut self.out, c.nbytes.len(), 0x80, 15, None, 0xde, 0xdf);
         for (dep, n) in &c.nbytes {
-            if self.value(dep.bind(py))?.is_err() {
+            if self.nested(dep.bind(py))?.is_err() {
                 return Ok(Err(Unsupported));
             }
             pack_int(&mut self.out, *n);
@@ -541,7 +545,7 @@ impl<'py> Encoder<'py> {
             Annotations::Span(ann) => {
                 out.push(0x81);
                 pack_str(out, "span");
-                if self.value(ann.bind(py))?.is_err() {
+                if self.nested(ann.bind(py))?.is_err() {
                     return Ok(Err(Unsupported));
                 }
             }
