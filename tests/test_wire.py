@@ -831,16 +831,16 @@ async def test_messages_are_written_as_distributeds_dicts(c, s, a, b):
     from distributed.utils_test import slowinc
 
     seen: list = []
-    write_now = WireComm.write_now
+    write_encoded = WireComm.write_encoded
 
-    def spy(self, msg, serializers=None, on_error="message"):
+    def spy(self, msg, max_size=None):
         if type(msg) is list and any(type(m) is Messages for m in msg):
             seen.append(len(as_dicts(msg)))
             assert encode_batch(msg) == distributed_bytes(as_dicts(msg))
-        return write_now(self, msg, serializers, on_error)
+        return write_encoded(self, msg, max_size)
 
     counts = {w: bs.message_count for w, bs in s.stream_comms.items()}
-    WireComm.write_now = spy
+    WireComm.write_encoded = spy
     try:
         with dask.annotate(resources={"R": 1}, retries=2):
             xs = c.map(slowinc, range(20), delay=0.01, key=[("x", i) for i in range(20)])
@@ -853,7 +853,7 @@ async def test_messages_are_written_as_distributeds_dicts(c, s, a, b):
         while s.tasks:
             await asyncio.sleep(0.01)
     finally:
-        WireComm.write_now = write_now
+        WireComm.write_encoded = write_encoded
     assert seen, "no run of messages went through the engine's writer"
     kinds = {
         m["op"]
@@ -923,3 +923,31 @@ async def test_parsed_reports_reach_the_engine_and_plugins(c, s, a):
     assert fields["typename"] == "int" and fields["worker"] == a.address
     assert fields["status"] == "OK" and type(fields["nbytes"]) is int
     assert fields["startstops"][0]["action"] == "compute"
+
+
+@gen_cluster(client=True, nthreads=[("", 1)], scheduler_kwargs={"validate": False})
+async def test_batches_past_the_offload_threshold_go_to_the_comms_write(c, s, a):
+    """A batch whose bytes pass the offload threshold goes through the comm's async
+    `write` (distributed's offloaded `to_frames`), as its dicts."""
+    from dask_rsched._wire import WireBatchedSend
+    from distributed.comm import utils as comm_utils
+
+    calls: list = []
+    write_async = WireBatchedSend._write_async
+
+    async def spy(self, payload):
+        calls.append(payload)
+        await write_async(self, payload)
+
+    threshold = comm_utils.OFFLOAD_THRESHOLD
+    comm_utils.OFFLOAD_THRESHOLD = 200
+    s.stream_comms[a.address].comm.allow_offload = True  # (off on this test's listener)
+    WireBatchedSend._write_async = spy
+    try:
+        futs = c.map(inc, range(50), key=[f"k-{'x' * 150}-{i}" for i in range(50)])
+        assert await c.gather(futs) == list(range(1, 51))
+    finally:
+        WireBatchedSend._write_async = write_async
+        comm_utils.OFFLOAD_THRESHOLD = threshold
+    assert calls
+    assert all(type(m) is dict for p in calls for m in p)

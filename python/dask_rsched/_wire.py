@@ -232,14 +232,12 @@ class WireComm(TCP):
     def write_now(self, msg, serializers=None, on_error="message") -> int:
         """`write` for a message `small` accepts, done before returning. The engine
         encodes what the scheduler's own messages hold; distributed's `dumps` the rest."""
-        if self._closed:
-            raise CommClosedError(f"{self!r} closed")
         if serializers is None:
-            written = self._engine_write(self._wire.write_batch, msg)
-            if written is not None:
-                nbytes, pending = written
-                self._watch_writes(pending)
+            nbytes = self.write_encoded(msg)
+            if nbytes is not None:
                 return nbytes
+        elif self._closed:
+            raise CommClosedError(f"{self!r} closed")
         msg = as_dicts(msg)
         try:
             frames = protocol.dumps(
@@ -255,6 +253,20 @@ class WireComm(TCP):
             raise
         return self._write_frames(frames)
 
+    def write_encoded(self, msgs, max_size: int | None = None) -> int | None:
+        """`msgs` encoded by the engine and written before returning (what the socket
+        does not take, when it becomes writable): the bytes written, or None (nothing
+        written) for what only distributed's `dumps` serializes or, with `max_size`,
+        what would be more bytes."""
+        if self._closed:
+            raise CommClosedError(f"{self!r} closed")
+        written = self._engine_write(self._wire.write_batch, msgs, max_size)
+        if written is None:
+            return None
+        nbytes, pending = written
+        self._watch_writes(pending)
+        return nbytes
+
     def _write_frames(self, frames: list) -> int:
         frames, _, nbytes = _add_frames_header(frames)
         data = frames[0] if len(frames) == 1 else b"".join(frames)
@@ -263,11 +275,11 @@ class WireComm(TCP):
         self._watch_writes(self._engine_write(self._wire.write, bytes(data)))
         return nbytes
 
-    def _engine_write(self, write, data):
-        """`write(data)` on the engine's socket writer; a socket error ends the comm,
+    def _engine_write(self, write, *args):
+        """`write(*args)` on the engine's socket writer; a socket error ends the comm,
         as a failed write ends a TCP comm."""
         try:
-            return write(data)
+            return write(*args)
         except OSError as e:
             self.abort()
             raise CommClosedError(f"{self!r}: {e}") from e
@@ -327,15 +339,6 @@ class WireComm(TCP):
         return self._closed
 
 
-def _few_messages(comm: WireComm, payload: list) -> bool:
-    """A batch that is one engine `Messages` that `comm.small` would accept (its `sizeof`
-    is about 1 KiB per message), without asking `sizeof`."""
-    if len(payload) != 1 or type(payload[0]) is not Messages:
-        return False
-    threshold = comm_utils.OFFLOAD_THRESHOLD
-    return not (threshold and comm.allow_offload) or payload[0].__sizeof__() <= threshold
-
-
 class WireBatchedSend(BatchedSend):
     """distributed's `BatchedSend` (its buffer, interval, counters and message log) for
     a WireComm: a batch is written by a callback the event loop runs at the batch's
@@ -386,7 +389,22 @@ class WireBatchedSend(BatchedSend):
         self.batch_count += 1
         self.next_deadline = time() + self.interval
         comm = self.comm
-        if type(comm) is not WireComm or not (_few_messages(comm, payload) or comm.small(payload)):
+        if type(comm) is WireComm and self.serializers is None:
+            # the engine's encoding on the event loop, unless it cannot take the batch
+            # or the batch's bytes pass the offload threshold: then as distributed
+            # decides (its `sizeof`, which only sees a `ToPickle`'s wrapper, not the
+            # run_spec, would call nearly every batch small)
+            threshold = comm_utils.OFFLOAD_THRESHOLD
+            limit = threshold if threshold and comm.allow_offload else None
+            try:
+                nbytes = comm.write_encoded(payload, limit)
+            except Exception as e:
+                self._write_failed(e)
+                return
+            if nbytes is not None:
+                self._written(payload, nbytes)
+                return
+        if type(comm) is not WireComm or not comm.small(payload):
             # a large batch, or a comm a test wrapped: the comm's own `write`
             self._writing = asyncio.ensure_future(self._write_async(as_dicts(payload)))
             return

@@ -180,11 +180,20 @@ impl WireStream {
 
     /// Encodes `payload` as distributed's `dumps` and TCP framing would, queues it and
     /// writes what the socket takes: `(nbytes, bytes remain)`, or `None` (nothing
-    /// queued) when the payload holds what only distributed's `dumps` serializes.
-    fn write_batch(&self, payload: &Bound<'_, PyAny>) -> PyResult<Option<(usize, bool)>> {
+    /// queued) when the payload holds what only distributed's `dumps` serializes, or
+    /// its bytes would be more than `max_size`.
+    #[pyo3(signature = (payload, max_size=None))]
+    fn write_batch(
+        &self,
+        payload: &Bound<'_, PyAny>,
+        max_size: Option<usize>,
+    ) -> PyResult<Option<(usize, bool)>> {
         let Some(wire) = super::wire_encode::encode_batch(payload.py(), payload)? else {
             return Ok(None);
         };
+        if max_size.is_some_and(|m| wire.len() > m) {
+            return Ok(None);
+        }
         let mut b = self.lock();
         b.wbuf.extend_from_slice(&wire);
         Ok(Some((wire.len(), self.flush_locked(&mut b)?)))
