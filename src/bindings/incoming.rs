@@ -3,6 +3,7 @@
 //! and the message's bytes, which give distributed's dict when something asks for it
 //! (a plugin watching transitions to memory, a handler someone replaced, validation).
 
+use super::messages::{dict_list, AsDict};
 use crate::core::messages::StartStop;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
@@ -24,9 +25,9 @@ pub(crate) struct Finished {
     pub startstops: Vec<StartStop>,
 }
 
-impl Finished {
+impl AsDict for Finished {
     /// The message as distributed's decoding gives it.
-    pub(crate) fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let msg = super::wire::decode_message(py, &self.raw)?;
         Ok(msg.cast_into::<PyDict>()?)
     }
@@ -42,11 +43,7 @@ pub(crate) struct FinishedRun {
 impl FinishedRun {
     /// The messages as distributed's dicts, a new list each time.
     fn messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let l = PyList::empty(py);
-        for m in &self.items {
-            l.append(m.to_dict(py)?)?;
-        }
-        Ok(l)
+        dict_list(py, &self.items)
     }
 
     fn __len__(&self) -> usize {

@@ -268,6 +268,24 @@ impl<'py> RunOut<'py> {
     }
 }
 
+/// A message kept in another form than its dict (`Outgoing`, `Finished`).
+pub(crate) trait AsDict {
+    /// distributed's dict of the message.
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>>;
+}
+
+/// The messages' dicts, in a new list.
+pub(crate) fn dict_list<'py, T: AsDict>(
+    py: Python<'py>,
+    items: &[T],
+) -> PyResult<Bound<'py, PyList>> {
+    let l = PyList::empty(py);
+    for m in items {
+        l.append(m.to_dict(py)?)?;
+    }
+    Ok(l)
+}
+
 /// A task state as an interned Python string (handles and the transition replay read
 /// states per task; interning saves building a new string each time).
 pub fn py_state<'py>(py: Python<'py>, state: TaskStateState) -> &'py Bound<'py, PyString> {

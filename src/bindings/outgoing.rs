@@ -4,7 +4,7 @@
 //! batch goes out (`wire_encode`), and made into distributed's dicts only when
 //! something else asks for them (a comm the engine does not write, a log, a test).
 
-use super::messages::{priority_to_py, to_pickle};
+use super::messages::{dict_list, priority_to_py, to_pickle, AsDict};
 use crate::core::messages::{ClientMsg, WorkerMsg};
 use crate::core::state::SchedulerState;
 use crate::core::types::Priority;
@@ -192,9 +192,10 @@ impl Outgoing {
             _ => Self::Dict(super::messages::client_msg(py, s, m)?.unbind()),
         })
     }
+}
 
-    /// distributed's dict.
-    pub(crate) fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+impl AsDict for Outgoing {
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         match self {
             Self::ComputeTask(c) => c.to_dict(py),
             Self::KeyInMemory {
@@ -234,11 +235,7 @@ pub(crate) struct Messages {
 impl Messages {
     /// The messages as distributed's dicts, a new list each time.
     fn messages<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let l = PyList::empty(py);
-        for m in &self.items {
-            l.append(m.to_dict(py)?)?;
-        }
-        Ok(l)
+        dict_list(py, &self.items)
     }
 
     fn __len__(&self) -> usize {

@@ -3,7 +3,7 @@
 
 use super::batch::{stimuli_run, Batch};
 use crate::bindings::incoming::{Finished, FinishedRun};
-use crate::bindings::messages::RunOut;
+use crate::bindings::messages::{AsDict, RunOut};
 use crate::bindings::shared::{address_of, byte_count, parse_state, run_id_of, Engine};
 use crate::core::messages::StartStop;
 use crate::core::state::Recs;
@@ -269,14 +269,8 @@ impl Engine {
         if b.st.worker_id(&addr).is_none() {
             return b.finish(py, Ok(()));
         }
-        let recs = self.task_finished(
-            py,
-            &mut b,
-            key,
-            worker,
-            &addr,
-            Report::Dict(&msg_dict(py, msg)),
-        )?;
+        let msg = msg_dict(py, msg);
+        let recs = self.task_finished(py, &mut b, key, worker, &addr, Report::Dict(&msg))?;
         let r = b.st.transitions_then_fill_queue(recs, &mut b.out, &b.sid);
         b.finish(py, r)
     }
@@ -338,14 +332,8 @@ impl Engine {
     ) -> PyResult<Bound<'py, PyTuple>> {
         let mut b = self.batch(stimulus_id)?;
         let addr = address_of(worker);
-        let recs = self.task_finished(
-            py,
-            &mut b,
-            key,
-            worker,
-            &addr,
-            Report::Dict(&msg_dict(py, msg)),
-        )?;
+        let msg = msg_dict(py, msg);
+        let recs = self.task_finished(py, &mut b, key, worker, &addr, Report::Dict(&msg))?;
         let recs = b.recs_py(py, &recs)?;
         b.finish_with(py, recs)
     }
