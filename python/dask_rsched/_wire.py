@@ -229,14 +229,10 @@ class WireComm(TCP):
         size = safe_sizeof(msg, default_size=-1)
         return size != -1 and size <= threshold
 
-    def write_now(self, msg, serializers=None, on_error="message") -> int:
-        """`write` for a message `small` accepts, done before returning. The engine
-        encodes what the scheduler's own messages hold; distributed's `dumps` the rest."""
-        if serializers is None:
-            nbytes = self.write_encoded(msg)
-            if nbytes is not None:
-                return nbytes
-        elif self._closed:
+    def write_dumped(self, msg, serializers=None, on_error="message") -> int:
+        """`write` done before returning, through distributed's `dumps`: for a batch
+        the engine does not encode that `small` accepts."""
+        if self._closed:
             raise CommClosedError(f"{self!r} closed")
         msg = as_dicts(msg)
         try:
@@ -409,7 +405,7 @@ class WireBatchedSend(BatchedSend):
             self._writing = asyncio.ensure_future(self._write_async(as_dicts(payload)))
             return
         try:
-            nbytes = comm.write_now(payload, serializers=self.serializers, on_error="raise")
+            nbytes = comm.write_dumped(payload, serializers=self.serializers, on_error="raise")
         except Exception as e:
             self._write_failed(e)
             return
