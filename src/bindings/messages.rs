@@ -82,17 +82,7 @@ pub fn client_msg<'py>(
 ) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     match m {
-        ClientMsg::KeyInMemory {
-            key,
-            type_,
-            with_type,
-        } => {
-            d.set_item(intern!(py, "op"), intern!(py, "key-in-memory"))?;
-            d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
-            if *with_type {
-                d.set_item(intern!(py, "type"), opt(py, type_))?;
-            }
-        }
+        ClientMsg::KeyInMemory { .. } => return Outgoing::to_client(py, s, m)?.to_dict(py),
         ClientMsg::KeyInMemoryWorkers { key, workers } => {
             d.set_item(intern!(py, "op"), intern!(py, "key-in-memory"))?;
             d.set_item(intern!(py, "key"), s.ts(*key).key.bind(py))?;
@@ -143,61 +133,18 @@ pub fn outbox_to_py<'py>(
     s: &State,
     out: &Outbox<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let cm = PyDict::new(py);
-    let wm = PyDict::new(py);
-    outbox_into_py(py, s, out, &cm, &wm)?;
+    let mut run = RunOut::new(py, false);
+    run.add(s, out)?;
+    let (cm, wm) = run.into_py()?;
     PyTuple::new(py, [cm.into_any(), wm.into_any()])
 }
 
-/// The `Outbox`'s messages appended to `cm` (`{client: [msg, ...]}`) and `wm`
-/// (`{worker address: [msg, ...]}`), after what they hold.
-pub fn outbox_into_py<'py>(
-    py: Python<'py>,
-    s: &State,
-    out: &Outbox<Py<PyAny>>,
-    cm: &Bound<'py, PyDict>,
-    wm: &Bound<'py, PyDict>,
-) -> PyResult<()> {
-    let list_for =
-        |d: &Bound<'py, PyDict>, dest: Bound<'py, PyAny>| -> PyResult<Bound<'py, PyList>> {
-            if let Some(l) = d.get_item(&dest)? {
-                return Ok(l.cast_into::<PyList>()?);
-            }
-            let l = PyList::empty(py);
-            d.set_item(dest, &l)?;
-            Ok(l)
-        };
-    for (c, msgs) in out.client_msgs.iter() {
-        // the fire-and-forget client has no comm: send_all drops these
-        if *c == s.fire_and_forget() {
-            continue;
-        }
-        let l = list_for(cm, s.client(*c).client_key.bind(py).clone().into_any())?;
-        for m in msgs {
-            l.append(client_msg(py, s, m)?)?;
-        }
-    }
-    for (w, msgs) in out.worker_msgs.iter() {
-        let l = list_for(wm, PyString::new(py, s.ws(*w).address.as_str()).into_any())?;
-        for m in msgs {
-            l.append(worker_msg(py, s, m)?)?;
-        }
-    }
-    Ok(())
-}
-
-/// The messages of a run of stimuli on their way to the streams, per destination in
-/// the order first met: as `Outgoing`s (one `Messages` per destination) when the
-/// scheduler hands them to streams the engine writes, else as distributed's dicts.
+/// The messages of one or more stimuli on their way to the streams, per destination
+/// in the order first met: distributed's dicts, or, when the scheduler hands them to
+/// streams the engine writes (`direct`), one `Messages` per destination.
 pub(crate) struct RunOut<'py> {
     py: Python<'py>,
-    client_msgs: Bound<'py, PyDict>,
-    worker_msgs: Bound<'py, PyDict>,
-    direct: Option<Direct>,
-}
-
-#[derive(Default)]
-struct Direct {
+    direct: bool,
     clients: Vec<(Py<PyAny>, Vec<Outgoing>)>,
     client_index: hashbrown::HashMap<crate::core::types::ClientId, usize>,
     workers: Vec<(String, Vec<Outgoing>)>,
@@ -208,43 +155,44 @@ impl<'py> RunOut<'py> {
     pub(crate) fn new(py: Python<'py>, direct: bool) -> Self {
         Self {
             py,
-            client_msgs: PyDict::new(py),
-            worker_msgs: PyDict::new(py),
-            direct: direct.then(Direct::default),
+            direct,
+            clients: Vec::new(),
+            client_index: hashbrown::HashMap::new(),
+            workers: Vec::new(),
+            worker_index: hashbrown::HashMap::new(),
         }
     }
 
     /// A stimulus's messages, after those of the stimuli before it.
     pub(crate) fn add(&mut self, s: &State, out: &Outbox<Py<PyAny>>) -> PyResult<()> {
         let py = self.py;
-        let Some(d) = &mut self.direct else {
-            return outbox_into_py(py, s, out, &self.client_msgs, &self.worker_msgs);
-        };
         for (c, msgs) in out.client_msgs.iter() {
+            // the fire-and-forget client has no comm: send_all drops these
             if *c == s.fire_and_forget() {
                 continue;
             }
-            let i = *d.client_index.entry(*c).or_insert_with(|| {
-                d.clients
-                    .push((s.client(*c).client_key.clone_ref(py), Vec::new()));
-                d.clients.len() - 1
+            let clients = &mut self.clients;
+            let i = *self.client_index.entry(*c).or_insert_with(|| {
+                clients.push((s.client(*c).client_key.clone_ref(py), Vec::new()));
+                clients.len() - 1
             });
             for m in msgs {
-                d.clients[i].1.push(Outgoing::to_client(py, s, m)?);
+                self.clients[i].1.push(Outgoing::to_client(py, s, m)?);
             }
         }
         for (w, msgs) in out.worker_msgs.iter() {
             let address = &s.ws(*w).address;
-            let i = match d.worker_index.get(address) {
+            let i = match self.worker_index.get(address) {
                 Some(i) => *i,
                 None => {
-                    d.workers.push((address.clone(), Vec::new()));
-                    d.worker_index.insert(address.clone(), d.workers.len() - 1);
-                    d.workers.len() - 1
+                    self.workers.push((address.clone(), Vec::new()));
+                    self.worker_index
+                        .insert(address.clone(), self.workers.len() - 1);
+                    self.workers.len() - 1
                 }
             };
             for m in msgs {
-                d.workers[i].1.push(Outgoing::to_worker(py, s, m)?);
+                self.workers[i].1.push(Outgoing::to_worker(py, s, m)?);
             }
         }
         Ok(())
@@ -254,17 +202,23 @@ impl<'py> RunOut<'py> {
     /// [Messages]}` when direct.
     pub(crate) fn into_py(self) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
         let py = self.py;
-        if let Some(d) = self.direct {
-            for (client, items) in d.clients {
-                let m = Bound::new(py, Messages { items })?;
-                self.client_msgs.set_item(client, PyList::new(py, [m])?)?;
+        let direct = self.direct;
+        let msgs = |items: Vec<Outgoing>| -> PyResult<Bound<'py, PyList>> {
+            if direct {
+                PyList::new(py, [Bound::new(py, Messages { items })?])
+            } else {
+                dict_list(py, &items)
             }
-            for (address, items) in d.workers {
-                let m = Bound::new(py, Messages { items })?;
-                self.worker_msgs.set_item(address, PyList::new(py, [m])?)?;
-            }
+        };
+        let client_msgs = PyDict::new(py);
+        for (client, items) in self.clients {
+            client_msgs.set_item(client, msgs(items)?)?;
         }
-        Ok((self.client_msgs, self.worker_msgs))
+        let worker_msgs = PyDict::new(py);
+        for (address, items) in self.workers {
+            worker_msgs.set_item(address, msgs(items)?)?;
+        }
+        Ok((client_msgs, worker_msgs))
     }
 }
 

@@ -378,6 +378,22 @@ impl<'a> Decoder<'a> {
         Some(s.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
     }
 
+    /// A big-endian int of `n` bytes, sign-extended.
+    fn signed(&mut self, n: usize) -> Option<i64> {
+        let x = self.uint(n)?;
+        let shift = 64 - 8 * n as u32;
+        Some(((x << shift) as i64) >> shift)
+    }
+
+    /// The float32 (`0xca`) or float64 (`0xcb`) after tag `t`.
+    fn float(&mut self, t: u8) -> Option<f64> {
+        if t == 0xca {
+            Some(f64::from(f32::from_bits(self.uint(4)? as u32)))
+        } else {
+            Some(f64::from_bits(self.uint(8)?))
+        }
+    }
+
     fn value<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(t) = self.take(1).map(|s| s[0]) else {
             return Ok(None);
@@ -400,31 +416,18 @@ impl<'a> Decoder<'a> {
                 };
                 PyBytes::new(py, s).into_any()
             }
-            0xca => match self.uint(4) {
-                Some(x) => f64::from(f32::from_bits(x as u32))
-                    .into_pyobject(py)?
-                    .into_any(),
-                None => return Ok(None),
-            },
-            0xcb => match self.uint(8) {
-                Some(x) => f64::from_bits(x).into_pyobject(py)?.into_any(),
+            0xca | 0xcb => match self.float(t) {
+                Some(x) => x.into_pyobject(py)?.into_any(),
                 None => return Ok(None),
             },
             0xcc..=0xcf => match self.uint(1 << (t - 0xcc)) {
                 Some(x) => x.into_pyobject(py)?.into_any(),
                 None => return Ok(None),
             },
-            0xd0..=0xd3 => {
-                let n = 1usize << (t - 0xd0);
-                let Some(x) = self.uint(n) else {
-                    return Ok(None);
-                };
-                // Sign-extend from n bytes.
-                let shift = 64 - 8 * n as u32;
-                (((x << shift) as i64) >> shift)
-                    .into_pyobject(py)?
-                    .into_any()
-            }
+            0xd0..=0xd3 => match self.signed(1 << (t - 0xd0)) {
+                Some(x) => x.into_pyobject(py)?.into_any(),
+                None => return Ok(None),
+            },
             0xd9..=0xdb => match self.uint(1 << (t - 0xd9)) {
                 Some(n) => return self.str(py, n as usize),
                 None => return Ok(None),
@@ -734,12 +737,7 @@ impl<'a> Decoder<'a> {
             0x00..=0x7f => Some(i64::from(t)),
             0xe0..=0xff => Some(i64::from(t as i8)),
             0xcc..=0xcf => i64::try_from(self.uint(1 << (t - 0xcc))?).ok(),
-            0xd0..=0xd3 => {
-                let n = 1usize << (t - 0xd0);
-                let x = self.uint(n)?;
-                let shift = 64 - 8 * n as u32;
-                Some(((x << shift) as i64) >> shift)
-            }
+            0xd0..=0xd3 => self.signed(1 << (t - 0xd0)),
             _ => None,
         }
     }
@@ -747,13 +745,9 @@ impl<'a> Decoder<'a> {
     /// A number as `float()` reads it: an int or a float.
     fn number(&mut self) -> Option<f64> {
         match *self.b.get(self.pos)? {
-            0xca => {
+            t @ (0xca | 0xcb) => {
                 self.pos += 1;
-                Some(f64::from(f32::from_bits(self.uint(4)? as u32)))
-            }
-            0xcb => {
-                self.pos += 1;
-                Some(f64::from_bits(self.uint(8)?))
+                self.float(t)
             }
             _ => self.int().map(|i| i as f64),
         }

@@ -148,6 +148,12 @@ fn pack_bin(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+/// A float as msgpack-python packs Python's (float64).
+fn pack_f64(out: &mut Vec<u8>, v: f64) {
+    out.push(0xcb);
+    out.extend(v.to_be_bytes());
+}
+
 fn pack_uint(out: &mut Vec<u8>, v: u64) {
     if v <= 0x7f {
         out.push(v as u8);
@@ -185,14 +191,20 @@ fn pack_int(out: &mut Vec<u8>, v: i64) {
 }
 
 impl<'py> Encoder<'py> {
-    fn value(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
+    /// `encode` one nesting level deeper: msgpack-python refuses deeper than its
+    /// limit (cycles too).
+    fn deeper(&mut self, encode: impl FnOnce(&mut Self) -> PyResult<Enc>) -> PyResult<Enc> {
         if self.depth >= super::wire::MAX_DEPTH {
             return Ok(Err(Unsupported));
         }
         self.depth += 1;
-        let r = self.value_at_depth(o);
+        let r = encode(self);
         self.depth -= 1;
         r
+    }
+
+    fn value(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
+        self.deeper(|e| e.value_at_depth(o))
     }
 
     fn value_at_depth(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
@@ -247,8 +259,7 @@ impl<'py> Encoder<'py> {
                 return Ok(Err(Unsupported));
             }
         } else if let Ok(f) = o.cast_exact::<PyFloat>() {
-            self.out.push(0xcb);
-            self.out.extend(f.value().to_be_bytes());
+            pack_f64(&mut self.out, f.value());
         } else if let Ok(b) = o.cast_exact::<PyBytes>() {
             if b.as_bytes().len() > MAX_LEN {
                 return Ok(Err(Unsupported));
@@ -398,13 +409,7 @@ impl<'py> Encoder<'py> {
             return self.value(d.bind(self.py).as_any());
         }
         // the dict's own level, as `value` counts it
-        if self.depth >= super::wire::MAX_DEPTH {
-            return Ok(Err(Unsupported));
-        }
-        self.depth += 1;
-        let r = self.outgoing_at_depth(m);
-        self.depth -= 1;
-        r
+        self.deeper(|e| e.outgoing_at_depth(m))
     }
 
     fn outgoing_at_depth(&mut self, m: &Outgoing) -> PyResult<Enc> {
@@ -447,13 +452,7 @@ impl<'py> Encoder<'py> {
 
     /// `value` of something inside one more container level than the message's.
     fn nested(&mut self, o: &Bound<'py, PyAny>) -> PyResult<Enc> {
-        if self.depth >= super::wire::MAX_DEPTH {
-            return Ok(Err(Unsupported));
-        }
-        self.depth += 1;
-        let r = self.value(o);
-        self.depth -= 1;
-        r
+        self.deeper(|e| e.value(o))
     }
 
     fn optional(&mut self, o: Option<&Py<PyAny>>) -> PyResult<Enc> {
@@ -485,10 +484,7 @@ impl<'py> Encoder<'py> {
         for i in 0..3 {
             match c.priority.get(i) {
                 Num::Int(v) => pack_int(out, v),
-                Num::Float(f) => {
-                    out.push(0xcb);
-                    out.extend(f.to_be_bytes());
-                }
+                Num::Float(f) => pack_f64(out, f),
             }
         }
         pack_str(out, "stimulus_id");
@@ -527,8 +523,7 @@ impl<'py> Encoder<'py> {
                 head(out, rr.len(), 0x80, 15, None, 0xde, 0xdf);
                 for (k, v) in rr {
                     pack_str(out, k);
-                    out.push(0xcb);
-                    out.extend(v.to_be_bytes());
+                    pack_f64(out, *v);
                 }
             }
             None => out.push(0xc0),

@@ -70,13 +70,12 @@ fn msg_dict<'py>(py: Python<'py>, msg: Option<&Bound<'py, PyDict>>) -> Bound<'py
     msg.cloned().unwrap_or_else(|| PyDict::new(py))
 }
 
-/// `ts.metadata.update(msg["metadata"])` when the report has metadata.
+/// `ts.metadata.update(metadata)` when the report has metadata (non-empty).
 fn merge_metadata(
     py: Python<'_>,
     md: &mut Option<Py<PyAny>>,
-    msg: &Bound<'_, PyDict>,
+    metadata: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
-    let metadata = opt_field(msg, intern!(py, "metadata"))?;
     let Some(m) = metadata.filter(|m| m.bind(py).is_truthy().unwrap_or(false)) else {
         return Ok(());
     };
@@ -153,19 +152,11 @@ impl<'py> Report<'_, 'py> {
 
     fn merge_metadata(self, py: Python<'py>, md: &mut Option<Py<PyAny>>) -> PyResult<()> {
         match self {
-            Self::Dict(msg) => merge_metadata(py, md, msg),
-            Self::Parsed(f) => {
-                let Some(m) = f
-                    .metadata
-                    .as_ref()
-                    .filter(|m| m.bind(py).is_truthy().unwrap_or(false))
-                else {
-                    return Ok(());
-                };
-                let md = md.get_or_insert_with(|| PyDict::new(py).into_any().unbind());
-                md.bind(py).call_method1(intern!(py, "update"), (m,))?;
-                Ok(())
+            Self::Dict(msg) => {
+                let metadata = opt_field(msg, intern!(py, "metadata"))?;
+                merge_metadata(py, md, metadata.as_ref())
             }
+            Self::Parsed(f) => merge_metadata(py, md, f.metadata.as_ref()),
         }
     }
 
