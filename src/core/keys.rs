@@ -82,9 +82,12 @@ impl KeyTable {
         self.order.iter().copied().filter(|t| *t != GONE)
     }
 
-    pub fn reserve(&mut self, additional: usize, hash_of: impl Fn(TaskId) -> i64) {
+    /// Room for `additional` more tasks, in slots below `slots`.
+    pub fn reserve(&mut self, additional: usize, slots: usize, hash_of: impl Fn(TaskId) -> i64) {
         self.table.reserve(additional, |&t| mix(hash_of(t)));
         self.order.reserve(additional);
+        self.position
+            .reserve(slots.saturating_sub(self.position.len()));
     }
 }
 

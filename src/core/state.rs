@@ -533,12 +533,13 @@ impl<P: Clone> SchedulerState<P> {
     /// the task arena would leave up to half of it (hundreds of bytes per task) unused.
     pub(crate) fn reserve_tasks(&mut self, n: usize) {
         let need = n.saturating_sub(self.free_tasks.len());
-        if need <= self.tasks.capacity() - self.tasks.len() || need < self.tasks.len() / 2 {
+        if need < self.tasks.len() / 2 {
             return;
         }
+        // the arena may have its room already (`offer_task_arena`); the key table not
         self.tasks.reserve_exact(need);
         let tasks = &self.tasks;
-        (self.keys).reserve(need, |t| key_hash(tasks, t));
+        (self.keys).reserve(n, self.tasks.len() + need, |t| key_hash(tasks, t));
     }
 
     /// A task arena with room made elsewhere (`fresh`: empty, its pages already

@@ -259,13 +259,24 @@ impl Engine {
             _ => KeyRef::Graph(j),
         };
         st.offer_task_arena(arena, n_named);
+        // the wanted keys first: then each key object moves into its entry (no reference
+        // count touched per key: in a large graph each key is a cache miss)
+        let wanted = py.import("builtins")?.getattr("set")?.call1((keys,))?;
+        let mut key_refs = Vec::new();
+        for k in wanted.try_iter()? {
+            key_refs.push(match known.resolve(self, st, &k?)? {
+                KeyRef::Graph(j) => refer(j),
+                existing => existing,
+            });
+        }
         let mut namer = Namer::default();
         // the names the order gave plain str keys, shared by the keys of one name
         let mut shared: Vec<Option<(Rc<str>, Rc<str>)>> = vec![None; name_table.len()];
-        let mut graph = Vec::with_capacity(n_named);
+        let mut graph = Vec::with_capacity(known.names.len());
+        let mut names = std::mem::take(&mut known.names).into_iter();
         for (i, spec) in specs.into_iter().enumerate() {
-            let k = &known.names[i];
-            let existing = self.tid_hashed(st, k, known.hashes[i])?;
+            let k = names.next().expect("a key for each entry");
+            let existing = self.tid_hashed(st, &k, known.hashes[i])?;
             let (group, prefix) = match (existing, str_names.get(i).copied()) {
                 (Some(_), _) => Default::default(),
                 (None, Some(n)) if n != u32::MAX => {
@@ -279,7 +290,7 @@ impl Engine {
                     });
                     names.clone()
                 }
-                (None, _) => namer.group_and_prefix(self, k)?,
+                (None, _) => namer.group_and_prefix(self, &k)?,
             };
             let deps = &dep_ids[dep_offsets[i] as usize..dep_offsets[i + 1] as usize];
             graph.push(GraphTask {
@@ -291,23 +302,15 @@ impl Engine {
                 dependencies: deps.iter().map(|&j| refer(j as usize)).collect(),
                 existing,
                 in_dsk: true,
-                key: Some(k.clone().unbind()),
+                key: Some(k.unbind()),
             });
         }
-        let wanted = py.import("builtins")?.getattr("set")?.call1((keys,))?;
-        let mut key_refs = Vec::new();
-        for k in wanted.try_iter()? {
-            key_refs.push(match known.resolve(self, st, &k?)? {
-                KeyRef::Graph(j) => refer(j),
-                existing => existing,
-            });
-        }
-        for j in n_real..known.names.len() {
+        for (j, k) in (graph.len()..).zip(names) {
             // an existing task's entry stays unused: every reference names the task
             let existing = named.get(j - n_real).copied().flatten();
             let (group, prefix) = match existing {
                 Some(_) => Default::default(),
-                None => namer.group_and_prefix(self, &known.names[j])?,
+                None => namer.group_and_prefix(self, &k)?,
             };
             graph.push(GraphTask {
                 hash: known.hashes[j],
@@ -318,7 +321,7 @@ impl Engine {
                 dependencies: Vec::new(),
                 existing,
                 in_dsk: false,
-                key: Some(known.names[j].clone().unbind()),
+                key: Some(k.unbind()),
             });
         }
         Ok((graph, key_refs, EntryPriorities::Read(priorities)))
