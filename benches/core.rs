@@ -78,7 +78,7 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
     }
     let mut dsk = dsk.to_vec();
     let g = s
-        .generate_taskstates(&[KeyRef::Graph(root)], &mut dsk)
+        .generate_taskstates(&[KeyRef::Graph(root)], &mut dsk, &[])
         .unwrap();
     let prios: Vec<(Num, Option<i64>)> = (0..g.touched.len())
         .map(|i| (Num::Int(0), Some(i as i64)))
@@ -88,7 +88,7 @@ fn run(n_workers: usize, dsk: &[GraphTask<u64>], root: usize) -> usize {
     let c = s.add_client(u64::MAX - 1, 1);
     let mut out = Outbox::default();
     s.client_desires_keys(&[root_id], c, &mut out);
-    let recs = s.graph_recommendations(&[root_id], &g.touched);
+    let recs = s.graph_recommendations(&[root_id], &g);
     let sid = 0u64;
     s.transitions_loop(recs, &mut out, &sid).unwrap();
     let mut pending = Vec::new();

@@ -473,6 +473,7 @@ def order_graph(
     external: list[Any] | None = None,
     read: list[ReadGraph] | None = None,
     tasks: int = 0,
+    wanted: Any = None,
 ) -> dict[Any, Any] | None: ...
 
 @final

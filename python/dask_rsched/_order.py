@@ -102,7 +102,8 @@ def order(
         external: list[Any] = []
         read: list[Any] | None = None if _seen is None else []
         tasks = 0 if _seen is None else _seen.get("tasks", 0)
-        result = _core.order_graph(graph, return_stats, external, read, tasks)
+        wanted = None if _seen is None else _seen.get("keys")
+        result = _core.order_graph(graph, return_stats, external, read, tasks, wanted)
         if result is not None:
             if _seen is not None:
                 _seen.update(graph=graph, external=external, read=read[0] if read else None)

@@ -460,7 +460,9 @@ class EngineSchedulerMixin:
     async def update_graph(self, *args: Any, **kwargs: Any) -> None:
         # the graph's `dask.order.order` runs in Rust (same priorities)
         # the order makes the task arena for the tasks there are and the graph's
-        token = _order.ENGINE_ORDER.set({"tasks": len(self._rsched_engine)})
+        # (the keys it is wanted for: the order's thread also walks the graph from them)
+        seen = {"tasks": len(self._rsched_engine), "keys": kwargs.get("keys")}
+        token = _order.ENGINE_ORDER.set(seen)
         budget = _graph_step()
         step = _GRAPH_STEP.set(budget)
         try:

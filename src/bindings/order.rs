@@ -354,6 +354,10 @@ pub(crate) struct GraphRead {
     /// released) so that the page faults of a large graph's records do not happen on
     /// the event loop (`SchedulerState::offer_task_arena`).
     pub arena: TaskArena,
+    /// The entries in the order `generate_taskstates` will reach them from the wanted
+    /// keys (empty if they were not given): its walk fetches the entries ahead from
+    /// memory, which the dict's order (a culled graph's is a set's) does not follow.
+    pub visit: Vec<u32>,
 }
 
 #[pymethods]
@@ -379,6 +383,7 @@ impl ReadGraph {
                 .map(|n| n.capacity() + size_of::<String>())
                 .sum::<usize>()
             + g.arena.capacity() * size_of::<Option<crate::core::entities::Task<Py<PyAny>>>>()
+            + g.visit.capacity() * 4
     }
 }
 
@@ -422,6 +427,34 @@ fn touched_arena(n: usize) -> TaskArena {
     // stays 0, so nothing reads them as tasks.
     unsafe { std::ptr::write_bytes(arena.as_mut_ptr(), 0, arena.capacity()) };
     arena
+}
+
+/// The entries a walk from `roots` reaches, in `generate_taskstates`'s order (a stack:
+/// the last root first, then each entry's dependencies, the last first). Only the
+/// graph's own entries (below `n_real`) have dependencies.
+fn creation_walk(
+    roots: &[u32],
+    dep_offsets: &[u32],
+    dep_ids: &[u32],
+    n_real: usize,
+    n: usize,
+) -> Vec<u32> {
+    let mut seen = vec![false; n];
+    let mut stack = roots.to_vec();
+    let mut visit = Vec::with_capacity(n);
+    while let Some(i) = stack.pop() {
+        let iu = i as usize;
+        if std::mem::replace(&mut seen[iu], true) {
+            continue;
+        }
+        visit.push(i);
+        if iu < n_real {
+            stack.extend_from_slice(
+                &dep_ids[dep_offsets[iu] as usize..dep_offsets[iu + 1] as usize],
+            );
+        }
+    }
+    visit
 }
 
 /// Every `YIELD_EVERY` entries the reading and the result building let go of the GIL
@@ -478,15 +511,19 @@ fn read_keys<'py>(
 /// raises its own error for a cyclic graph). `external`, if given, receives the keys the
 /// graph names as dependencies but does not hold. `read`, if given, receives a
 /// `ReadGraph` of what was read (without `return_stats`), for `Engine.update_graph`,
-/// with a task arena for `tasks` existing tasks and the graph's.
+/// with a task arena for `tasks` existing tasks and the graph's, and (given the keys
+/// the graph is `wanted` for) the order in which the state creation will reach its
+/// entries.
 #[pyfunction]
-#[pyo3(signature = (dsk, return_stats = false, external = None, read = None, tasks = 0))]
+#[pyo3(signature = (dsk, return_stats = false, external = None, read = None, tasks = 0,
+                    wanted = None))]
 pub fn order_graph<'py>(
     dsk: &Bound<'py, PyDict>,
     return_stats: bool,
     external: Option<&Bound<'py, PyList>>,
     read: Option<&Bound<'py, PyList>>,
     tasks: usize,
+    wanted: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Option<Bound<'py, PyDict>>> {
     let py = dsk.py();
     let types = dask_types(py)?;
@@ -636,7 +673,22 @@ pub fn order_graph<'py>(
         // the names borrow the keys
         drop(names);
         let room = tasks + keys.len();
-        let arena = py.detach(|| touched_arena(room));
+        // the wanted keys' entries, in the order `update_graph` walks from them
+        let mut roots = Vec::new();
+        if let Some(wanted) = wanted.filter(|w| !w.is_none()) {
+            let wanted = py.import("builtins")?.getattr("set")?.call1((wanted,))?;
+            for k in wanted.try_iter()? {
+                let k = k?;
+                if let Some(i) = index.find(k.hash()? as i64, &k, &keys, &hashes)? {
+                    roots.push(i);
+                }
+            }
+        }
+        let n_keys = keys.len();
+        let (arena, visit) = py.detach(|| {
+            let visit = creation_walk(&roots, &dep_offsets, &dep_ids, n_real, n_keys);
+            (touched_arena(room), visit)
+        });
         let graph_read = GraphRead {
             dsk: dsk.clone().unbind(),
             ordered: result.clone().unbind(),
@@ -652,6 +704,7 @@ pub fn order_graph<'py>(
             str_names,
             name_table,
             arena,
+            visit,
         };
         read.append(ReadGraph(Mutex::new(Some(graph_read))))?;
     }

@@ -25,6 +25,32 @@ pub struct PendingGraph<P> {
     pub(super) held: Vec<TaskId>,
 }
 
+/// How many entries ahead of the walk their memory is fetched.
+const AHEAD: usize = 16;
+
+/// Asks the CPU to bring `p`'s cache line in; never faults, whatever `p` is.
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint: it reads nothing and faults on no address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// `prefetch` of `items[i]`, both cache lines of a large one.
+#[inline(always)]
+pub(crate) fn prefetch_slot<T>(items: &[T], i: usize) {
+    let p = items.as_ptr().wrapping_add(i).cast::<u8>();
+    prefetch(p);
+    if std::mem::size_of::<T>() > 64 {
+        prefetch(p.wrapping_add(64));
+    }
+}
+
 /// A reference from a submitted graph to a key.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub enum KeyRef {
@@ -71,6 +97,11 @@ pub struct GeneratedTasks {
 /// the submitted graph nor a known task (an entry only named, with no task), walked as
 /// distributed walks it.
 pub fn first_lost_dependency<P>(keys: &[KeyRef], graph: &[GraphTask<P>]) -> Option<usize> {
+    // only an entry named, with no task, can be lost: without one, no walk (a read in
+    // memory order, where the walk would miss the cache at each entry)
+    if graph.iter().all(|g| g.in_dsk || g.existing.is_some()) {
+        return None;
+    }
     let mut seen = vec![false; graph.len()];
     let mut work: Vec<KeyRef> = keys.to_vec();
     while let Some(k) = work.pop() {
@@ -104,11 +135,15 @@ impl GeneratedTasks {
 impl<P: Clone> SchedulerState<P> {
     /// `Scheduler._generate_taskstates`. `keys` in `set(keys)` iteration order. The
     /// tasks take their keys and run_specs from `dsk` (moved, not copied: that is a
-    /// reference count on a cold object each).
+    /// reference count on a cold object each). `visit`: the entries in the order this
+    /// walk will reach them, if known (`creation_walk` in the order's thread), only to
+    /// fetch the entries ahead from memory: a large graph's dict order (a culled graph's
+    /// is a set's) is not the walk's, and each entry would be a cache miss.
     pub fn generate_taskstates(
         &mut self,
         keys: &[KeyRef],
         dsk: &mut [GraphTask<P>],
+        visit: &[u32],
     ) -> CoreResult<GeneratedTasks> {
         self.reserve_tasks(dsk.len());
         let mut out = GeneratedTasks {
@@ -124,6 +159,7 @@ impl<P: Clone> SchedulerState<P> {
         let mut stack: Vec<KeyRef> = keys.to_vec();
         // a group's entries share their name: its id is looked up once per run of them
         let mut last_group: Option<(Rc<str>, GroupId)> = None;
+        let mut reached = 0;
         while let Some(k) = stack.pop() {
             match k {
                 KeyRef::Existing(t) => {
@@ -137,6 +173,18 @@ impl<P: Clone> SchedulerState<P> {
                     if touched_graph[i] {
                         continue;
                     }
+                    if let Some(&j) = visit.get(reached + AHEAD) {
+                        prefetch_slot(dsk, j as usize);
+                        prefetch_slot(&out.graph_ids, j as usize);
+                        prefetch_slot(&touched_graph, j as usize);
+                    }
+                    if let Some(g) = visit
+                        .get(reached + AHEAD / 2)
+                        .and_then(|&j| dsk.get(j as usize))
+                    {
+                        prefetch(g.dependencies.as_ptr());
+                    }
+                    reached += 1;
                     let g = &mut dsk[i];
                     let submitted_spec = g.run_spec.is_some();
                     let t = match out.graph_ids[i] {
@@ -197,22 +245,55 @@ impl<P: Clone> SchedulerState<P> {
                 }
             }
         }
+        let graph_id = |ids: &[Option<TaskId>], d: &KeyRef| match d {
+            KeyRef::Existing(x) => Some(*x),
+            KeyRef::Graph(j) => ids[*j],
+        };
         for (i, g) in dsk.iter().enumerate() {
+            // the tasks are in the walk's order, the entries in the dict's: the records
+            // of the entries ahead are fetched from memory now
+            if let Some(ahead) = dsk.get(i + AHEAD) {
+                for d in &ahead.dependencies {
+                    if let KeyRef::Graph(j) = d {
+                        prefetch_slot(&out.graph_ids, *j);
+                    }
+                }
+            }
+            if let Some(near) = dsk.get(i + AHEAD / 2) {
+                let ids = &out.graph_ids;
+                if let Some(t) = ids[i + AHEAD / 2] {
+                    self.prefetch_edges(t);
+                }
+                for d in &near.dependencies {
+                    if let Some(dt) = graph_id(ids, d) {
+                        self.prefetch_edges(dt);
+                    }
+                }
+            }
             let Some(t) = out.graph_ids[i] else { continue };
             if collisions[i] || !g.in_dsk {
                 continue;
             }
             for d in &g.dependencies {
-                let dt = match d {
-                    KeyRef::Existing(x) => Some(*x),
-                    KeyRef::Graph(j) => out.graph_ids[*j],
-                };
+                let dt = graph_id(&out.graph_ids, d);
                 // `self.tasks[dep]` raises KeyError for a dependency never created
                 let dt = dt.ok_or_else(|| CoreError::UnknownKey(format!("dependency {d:?}")))?;
                 self.add_dependency(t, dt);
             }
         }
         Ok(out)
+    }
+
+    /// Fetches into the cache what `add_dependency` reads and writes of task `t`.
+    /// Computed from the slot's address, without reading it (a read would wait for
+    /// the memory); a niche-optimised `Option` holds the record at its start.
+    fn prefetch_edges(&self, t: TaskId) {
+        use crate::core::entities::Task;
+        let slot = self.tasks.as_ptr().wrapping_add(t.idx()).cast::<u8>();
+        prefetch(slot.wrapping_add(std::mem::offset_of!(Task<P>, dependencies)));
+        prefetch(slot.wrapping_add(std::mem::offset_of!(Task<P>, dependents)));
+        // and whatever line tells `Some` from `None`
+        prefetch(slot.wrapping_add(std::mem::size_of::<Option<Task<P>>>() - 1));
     }
 
     /// `Scheduler._set_priorities`. `prios[i]` is `(annotated user priority,
@@ -257,7 +338,8 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     /// The recommendations of `_create_taskstate_from_graph` after state creation.
-    pub fn graph_recommendations(&mut self, keys: &[TaskId], touched: &[TaskId]) -> Recs {
+    pub fn graph_recommendations(&mut self, keys: &[TaskId], generated: &GeneratedTasks) -> Recs {
+        let touched = &generated.touched;
         let mut recs = Recs::new();
         let mut released: Vec<TaskId> = keys
             .iter()
@@ -269,6 +351,11 @@ impl<P: Clone> SchedulerState<P> {
         });
         for t in released {
             recs.insert(t, S::Waiting);
+        }
+        if generated.new.len() == touched.len() {
+            // every touched task is new, and so is each of their dependencies (touched
+            // too): none has an exception to blame
+            return recs;
         }
         for &t in touched {
             let deps: SmallVec<[TaskId; 8]> = self.ts(t).dependencies.iter().collect();

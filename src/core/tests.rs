@@ -37,6 +37,27 @@ fn worker(s: &mut St, i: usize, nthreads: i64) -> WorkerId {
 
 /// A tree reduction: `n` leaves, fan-in 4, submitted as one graph.
 fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
+    let (mut dsk, root) = tree_graph(n);
+    let g = s
+        .generate_taskstates(&[KeyRef::Graph(root)], &mut dsk, &[])
+        .unwrap();
+    let prios: Vec<(Num, Option<i64>)> = (0..g.touched.len())
+        .map(|i| (Num::Int(0), Some(i as i64)))
+        .collect();
+    s.set_priorities(&g.touched, &prios, None, false, 0.0, 1.0);
+    let root_id = g.graph_ids[root].unwrap();
+    let c = s.add_client("client".into(), fnv("client"));
+    let mut out = Outbox::default();
+    s.client_desires_keys(&[root_id], c, &mut out);
+    let recs = s.graph_recommendations(&[root_id], &g);
+    s.transitions_loop(recs, &mut out, &"ug".to_string())
+        .unwrap();
+    s.validate_state().unwrap();
+    (root_id, out)
+}
+
+/// The graph entries of a tree reduction (`n` leaves, fan-in 4) and its root's entry.
+fn tree_graph(n: usize) -> (Vec<GraphTask<String>>, usize) {
     let mut dsk = Vec::new();
     let mut layer: Vec<usize> = Vec::new();
     for i in 0..n {
@@ -75,21 +96,36 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
         layer = next;
         lvl += 1;
     }
-    let root = KeyRef::Graph(layer[0]);
-    let g = s.generate_taskstates(&[root], &mut dsk).unwrap();
-    let prios: Vec<(Num, Option<i64>)> = (0..g.touched.len())
-        .map(|i| (Num::Int(0), Some(i as i64)))
-        .collect();
-    s.set_priorities(&g.touched, &prios, None, false, 0.0, 1.0);
-    let root_id = g.graph_ids[layer[0]].unwrap();
-    let c = s.add_client("client".into(), fnv("client"));
-    let mut out = Outbox::default();
-    s.client_desires_keys(&[root_id], c, &mut out);
-    let recs = s.graph_recommendations(&[root_id], &g.touched);
-    s.transitions_loop(recs, &mut out, &"ug".to_string())
-        .unwrap();
-    s.validate_state().unwrap();
-    (root_id, out)
+    (dsk, layer[0])
+}
+
+#[test]
+fn the_walk_order_given_only_fetches_ahead() {
+    // `visit` is a hint for the memory: right, wrong or out of range, the tasks, their
+    // order and their edges are the same
+    let created = |visit: &[u32]| {
+        let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
+        let (mut dsk, root) = tree_graph(300);
+        let g = s
+            .generate_taskstates(&[KeyRef::Graph(root)], &mut dsk, visit)
+            .unwrap();
+        let edges: Vec<(Vec<TaskId>, Vec<TaskId>)> = (g.touched.iter())
+            .map(|t| {
+                let ts = s.ts(*t);
+                (
+                    ts.dependencies.iter().collect(),
+                    ts.dependents.iter().collect(),
+                )
+            })
+            .collect();
+        (g.touched, g.new, g.graph_ids, edges)
+    };
+    let plain = created(&[]);
+    let n = plain.2.len() as u32;
+    let backwards: Vec<u32> = (0..n).rev().collect();
+    let wild: Vec<u32> = (0..n).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+    assert_eq!(created(&backwards), plain);
+    assert_eq!(created(&wild), plain);
 }
 
 fn drain_compute(out: &Outbox<String>) -> Vec<(WorkerId, TaskId, i64)> {
@@ -305,7 +341,7 @@ fn discarded_submission_leaves_nothing() {
         })
         .collect();
     let g = s
-        .generate_taskstates(&[KeyRef::Graph(1)], &mut dsk)
+        .generate_taskstates(&[KeyRef::Graph(1)], &mut dsk, &[])
         .unwrap();
     assert_eq!(g.new.len(), 2);
     let mut out = Outbox::default();

@@ -7,7 +7,7 @@ use crate::bindings::naming::{data_producer, escaped_group_name, Namer};
 use crate::bindings::order::{GraphRead, ReadGraph};
 use crate::bindings::shared::{byte_count, worker_of, Engine, State, View};
 use crate::cell::StateCell;
-use crate::core::graph::{first_lost_dependency, GeneratedTasks, GraphTask, KeyRef};
+use crate::core::graph::{first_lost_dependency, prefetch_slot, GeneratedTasks, GraphTask, KeyRef};
 use crate::core::replicas::ScatteredKey;
 use crate::core::types::*;
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 type Graph = Vec<GraphTask<Py<PyAny>>>;
 
 /// The graph, the wanted keys, and each entry's internal priority.
-type ResolvedGraph<'py> = (Graph, Vec<KeyRef>, EntryPriorities<'py>);
+/// The entries, the wanted keys, the entries' priorities and the order the state
+/// creation will reach the entries in (empty if not known).
+type ResolvedGraph<'py> = (Graph, Vec<KeyRef>, EntryPriorities<'py>, Vec<u32>);
 
 /// Each graph entry's internal priority: `ordered`'s value, or the Rust order's own
 /// (a `ReadGraph`), by entry.
@@ -113,15 +115,30 @@ impl Engine {
     ) -> PyResult<Vec<(Num, Option<i64>)>> {
         let touched = &generated.touched;
         let mut prios = Vec::with_capacity(touched.len());
-        for (t, entry) in touched.iter().zip(&generated.touched_entries) {
+        if touched.is_empty() {
+            return Ok(prios);
+        }
+        // a user priority other than a dict is the same for every task
+        let by_key = user_priority.filter(|up| up.is_instance_of::<PyDict>());
+        let same = match user_priority {
+            Some(up) if by_key.is_none() && !up.is_none() => py_num(up)?,
+            _ => Num::Int(0),
+        };
+        let entries = &generated.touched_entries;
+        for (n, (t, entry)) in touched.iter().zip(entries).enumerate() {
+            // the entries are in the dict's order, the tasks in the walk's
+            if let (Some(Some(i)), EntryPriorities::Read(p)) =
+                (entries.get(n + 16), entry_priorities)
+            {
+                prefetch_slot(p, *i as usize);
+            }
             let key = st.ts(*t).key.bind(py);
-            let user = match user_priority {
-                Some(up) if up.is_instance_of::<PyDict>() => match up.get_item(key) {
+            let user = match by_key {
+                Some(up) => match up.get_item(key) {
                     Ok(v) => py_num(&v)?,
                     Err(_) => Num::Int(0),
                 },
-                Some(up) if !up.is_none() => py_num(up)?,
-                _ => Num::Int(0),
+                None => same,
             };
             let user = match &st.ts(*t).annotations {
                 Some(a) => match a.bind(py).get_item(intern!(py, "priority")) {
@@ -215,7 +232,7 @@ impl Engine {
             });
         }
         let entry_priorities = EntryPriorities::Dict(known.entry_values(ordered)?);
-        Ok((graph, key_refs, entry_priorities))
+        Ok((graph, key_refs, entry_priorities, Vec::new()))
     }
 
     /// `resolve_graph` of a graph the Rust order read (`ReadGraph`): its keys, hashes,
@@ -241,6 +258,7 @@ impl Engine {
             str_names,
             name_table,
             arena,
+            visit,
             ..
         } = read;
         let mut known = GraphKeys {
@@ -324,7 +342,7 @@ impl Engine {
                 key: Some(k.unbind()),
             });
         }
-        Ok((graph, key_refs, EntryPriorities::Read(priorities)))
+        Ok((graph, key_refs, EntryPriorities::Read(priorities), visit))
     }
 
     /// What the Rust order read of this very graph (`dsk` and its order `ordered`,
@@ -396,10 +414,11 @@ impl Engine {
                 .extract()?,
             _ => 0.0,
         };
-        let (mut graph, key_refs, entry_priorities) = match Self::take_read(read, dsk, ordered) {
-            Some(read) => self.resolve_read_graph(py, &mut b.st, read, keys)?,
-            None => self.resolve_graph(py, &b.st, dsk, keys, ordered)?,
-        };
+        let (mut graph, key_refs, entry_priorities, visit) =
+            match Self::take_read(read, dsk, ordered) {
+                Some(read) => self.resolve_read_graph(py, &mut b.st, read, keys)?,
+                None => self.resolve_graph(py, &b.st, dsk, keys, ordered)?,
+            };
         // distributed cancels a graph whose keys depend on data it no longer has
         // (`_find_lost_dependencies`); here that is a KeyError before any state changes
         if let Some(i) = first_lost_dependency(&key_refs, &graph) {
@@ -407,7 +426,7 @@ impl Engine {
                 graph[i].key.as_ref().map(|k| k.clone_ref(py)),
             ));
         }
-        let r = b.st.generate_taskstates(&key_refs, &mut graph);
+        let r = b.st.generate_taskstates(&key_refs, &mut graph, &visit);
         let generated = b.check(py, r)?;
         let key_of =
             |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
@@ -467,7 +486,7 @@ impl Engine {
                 return Err(e);
             }
         };
-        let recs = b.st.graph_recommendations(&key_ids, &generated.touched);
+        let recs = b.st.graph_recommendations(&key_ids, &generated);
         let collisions = key_of(&b.st, &generated.collisions)?;
         if let Some(observe) = observe {
             // a list of every key only for those who read it (`update_graph` plugins)
@@ -625,9 +644,19 @@ fn spread_span_annotations(
         of_group.insert(g, ann);
     }
     let mut pending = Vec::new();
+    // a group's tasks come in runs: its entry is looked up once per run
+    let mut last = None;
     for &t in touched {
         let ts = st.ts(t);
-        let Some(ann) = of_group.get(&ts.group) else {
+        let ann = match last {
+            Some((g, ann)) if g == ts.group => ann,
+            _ => {
+                let ann = of_group.get(&ts.group);
+                last = Some((ts.group, ann));
+                ann
+            }
+        };
+        let Some(ann) = ann else {
             continue;
         };
         let Some(a) = &ts.annotations else {
