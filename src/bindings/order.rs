@@ -4,8 +4,10 @@
 
 use crate::bindings::key_index::KeyIndex;
 use crate::bindings::naming::{data_producer, plain_str_name};
+use crate::core::graph::GraphTask;
 use crate::core::order::{order, OrderGraph};
 use crate::core::pyset::PySet;
+use crate::core::types::Num;
 use hashbrown::HashMap;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -358,6 +360,9 @@ pub(crate) struct GraphRead {
     /// keys (empty if they were not given): its walk fetches the entries ahead from
     /// memory, which the dict's order (a culled graph's is a set's) does not follow.
     pub visit: Vec<u32>,
+    /// Room for the graph's entries and their priorities (`Engine.update_graph`).
+    pub entries: Room<GraphTask<Py<PyAny>>>,
+    pub priority_room: Room<(Num, Option<i64>)>,
 }
 
 #[pymethods]
@@ -384,6 +389,8 @@ impl ReadGraph {
                 .sum::<usize>()
             + g.arena.capacity() * size_of::<Option<crate::core::entities::Task<Py<PyAny>>>>()
             + g.visit.capacity() * 4
+            + g.entries.capacity() * size_of::<GraphTask<Py<PyAny>>>()
+            + g.priority_room.capacity() * size_of::<(Num, Option<i64>)>()
     }
 }
 
@@ -421,6 +428,36 @@ fn str_key_names(
 }
 
 /// An arena of room for `n` tasks, every page written once.
+/// An empty vector whose capacity's pages were touched (on the order's thread, with the
+/// GIL released), for a large vector the state creation fills on the event loop.
+pub(crate) struct Room<T>(Vec<T>);
+
+// SAFETY: a `Room` holds no `T` (it is empty, and gives its vector out only by value):
+// only memory crosses threads, never a value of `T` (an `Rc`, say).
+unsafe impl<T> Send for Room<T> {}
+// SAFETY: as above; `&Room` gives access to nothing.
+unsafe impl<T> Sync for Room<T> {}
+
+impl<T> Room<T> {
+    pub(crate) fn touched(n: usize) -> Self {
+        let mut v: Vec<T> = Vec::with_capacity(n);
+        // SAFETY: zero bytes written into the vector's own unused capacity; its length
+        // stays 0, so nothing reads them as values.
+        unsafe {
+            std::ptr::write_bytes(v.as_mut_ptr().cast::<u8>(), 0, n * std::mem::size_of::<T>())
+        };
+        Room(v)
+    }
+
+    pub(crate) fn take(self) -> Vec<T> {
+        self.0
+    }
+
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
 fn touched_arena(n: usize) -> TaskArena {
     let mut arena: TaskArena = Vec::with_capacity(n);
     // SAFETY: writes zero bytes into the vector's own unused capacity; its length
@@ -685,9 +722,16 @@ pub fn order_graph<'py>(
             }
         }
         let n_keys = keys.len();
-        let (arena, visit) = py.detach(|| {
+        let (arena, visit, entries, priority_room) = py.detach(|| {
             let visit = creation_walk(&roots, &dep_offsets, &dep_ids, n_real, n_keys);
-            (touched_arena(room), visit)
+            // the entries' and the priorities' vectors too: a large graph's page faults
+            // would otherwise be a sizeable part of the event loop's step
+            (
+                touched_arena(room),
+                visit,
+                Room::touched(n_keys),
+                Room::touched(n_keys),
+            )
         });
         let graph_read = GraphRead {
             dsk: dsk.clone().unbind(),
@@ -705,6 +749,8 @@ pub fn order_graph<'py>(
             name_table,
             arena,
             visit,
+            entries,
+            priority_room,
         };
         read.append(ReadGraph(Mutex::new(Some(graph_read))))?;
     }

@@ -22,9 +22,17 @@ use std::time::{Duration, Instant};
 type Graph = Vec<GraphTask<Py<PyAny>>>;
 
 /// The graph, the wanted keys, and each entry's internal priority.
-/// The entries, the wanted keys, the entries' priorities and the order the state
-/// creation will reach the entries in (empty if not known).
-type ResolvedGraph<'py> = (Graph, Vec<KeyRef>, EntryPriorities<'py>, Vec<u32>);
+/// The entries, the wanted keys, the entries' priorities and what the order's thread
+/// prepared for the state creation.
+type ResolvedGraph<'py> = (Graph, Vec<KeyRef>, EntryPriorities<'py>, FromOrderThread);
+
+/// From the order's thread (empty without it): the order in which the state creation
+/// will reach the entries, and room for the touched tasks' priorities.
+#[derive(Default)]
+struct FromOrderThread {
+    visit: Vec<u32>,
+    priority_room: Vec<(Num, Option<i64>)>,
+}
 
 /// Each graph entry's internal priority: `ordered`'s value, or the Rust order's own
 /// (a `ReadGraph`), by entry.
@@ -103,7 +111,8 @@ impl<'py> GraphKeys<'py> {
 
 impl Engine {
     /// `(user priority, internal priority)` of each touched task, as `_set_priorities`
-    /// reads them.
+    /// reads them, in `room` (a vector the order's thread made, or an empty one).
+    #[allow(clippy::too_many_arguments)]
     fn priorities<'py>(
         &self,
         py: Python<'py>,
@@ -112,9 +121,11 @@ impl Engine {
         user_priority: Option<&Bound<'py, PyAny>>,
         ordered: &Bound<'py, PyDict>,
         entry_priorities: &EntryPriorities<'py>,
+        room: Vec<(Num, Option<i64>)>,
     ) -> PyResult<Vec<(Num, Option<i64>)>> {
         let touched = &generated.touched;
-        let mut prios = Vec::with_capacity(touched.len());
+        let mut prios = room;
+        prios.reserve(touched.len());
         if touched.is_empty() {
             return Ok(prios);
         }
@@ -232,7 +243,12 @@ impl Engine {
             });
         }
         let entry_priorities = EntryPriorities::Dict(known.entry_values(ordered)?);
-        Ok((graph, key_refs, entry_priorities, Vec::new()))
+        Ok((
+            graph,
+            key_refs,
+            entry_priorities,
+            FromOrderThread::default(),
+        ))
     }
 
     /// `resolve_graph` of a graph the Rust order read (`ReadGraph`): its keys, hashes,
@@ -259,6 +275,8 @@ impl Engine {
             name_table,
             arena,
             visit,
+            entries,
+            priority_room,
             ..
         } = read;
         let mut known = GraphKeys {
@@ -290,7 +308,8 @@ impl Engine {
         let mut namer = Namer::default();
         // the names the order gave plain str keys, shared by the keys of one name
         let mut shared: Vec<Option<(Rc<str>, Rc<str>)>> = vec![None; name_table.len()];
-        let mut graph = Vec::with_capacity(known.names.len());
+        let mut graph = entries.take();
+        graph.reserve(known.names.len());
         let mut names = std::mem::take(&mut known.names).into_iter();
         for (i, spec) in specs.into_iter().enumerate() {
             let k = names.next().expect("a key for each entry");
@@ -342,7 +361,16 @@ impl Engine {
                 key: Some(k.unbind()),
             });
         }
-        Ok((graph, key_refs, EntryPriorities::Read(priorities), visit))
+        let from_thread = FromOrderThread {
+            visit,
+            priority_room: priority_room.take(),
+        };
+        Ok((
+            graph,
+            key_refs,
+            EntryPriorities::Read(priorities),
+            from_thread,
+        ))
     }
 
     /// What the Rust order read of this very graph (`dsk` and its order `ordered`,
@@ -414,7 +442,7 @@ impl Engine {
                 .extract()?,
             _ => 0.0,
         };
-        let (mut graph, key_refs, entry_priorities, visit) =
+        let (mut graph, key_refs, entry_priorities, mut from_thread) =
             match Self::take_read(read, dsk, ordered) {
                 Some(read) => self.resolve_read_graph(py, &mut b.st, read, keys)?,
                 None => self.resolve_graph(py, &b.st, dsk, keys, ordered)?,
@@ -426,7 +454,8 @@ impl Engine {
                 graph[i].key.as_ref().map(|k| k.clone_ref(py)),
             ));
         }
-        let r = b.st.generate_taskstates(&key_refs, &mut graph, &visit);
+        let r =
+            b.st.generate_taskstates(&key_refs, &mut graph, &from_thread.visit);
         let generated = b.check(py, r)?;
         let key_of =
             |st: &State, ts: &[TaskId]| PyList::new(py, ts.iter().map(|t| st.ts(*t).key.bind(py)));
@@ -443,6 +472,7 @@ impl Engine {
                 user_priority,
                 ordered,
                 &entry_priorities,
+                std::mem::take(&mut from_thread.priority_room),
             )?;
             let submitting = match submitting_task {
                 Some(k) if k.is_truthy()? => Some(self.tid(&b.st, k)?),
