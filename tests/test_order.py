@@ -307,3 +307,14 @@ def test_lost_dependencies_as_distributed_finds_them(case):
             _order.ENGINE_ORDER.reset(token)
         assert seen["graph"] is dsk
     assert answers["rust"] == answers["python"]
+
+
+@pytest.mark.parametrize("keys", [["c"], ["c", "a"], ["nowhere"], [["unhashable"]], None])
+def test_wanted_keys_only_hint_the_state_creation(keys):
+    """The submitted keys reach the order's thread (the walk it prepares for the state
+    creation): whatever they are, the order and what it read are the same."""
+    dsk = {"a": Task("a", _f), "b": Task("b", _f, TaskRef("a")), "c": Task("c", _f, TaskRef("b"))}
+    plain = _order.order(dsk)
+    seen: dict = {"keys": keys}
+    assert _order.order(dsk, _seen=seen) == plain == dask.order.order(dsk)
+    assert seen["graph"] is dsk and seen["read"].nbytes > 0

@@ -466,6 +466,28 @@ fn touched_arena(n: usize) -> TaskArena {
     arena
 }
 
+/// The entries of the keys of `set(wanted)` the graph holds, in that set's order.
+fn wanted_entries(
+    wanted: &Bound<'_, PyAny>,
+    index: &KeyIndex,
+    keys: &[Bound<'_, PyAny>],
+    hashes: &[i64],
+) -> PyResult<Vec<u32>> {
+    let wanted = wanted
+        .py()
+        .import("builtins")?
+        .getattr("set")?
+        .call1((wanted,))?;
+    let mut roots = Vec::new();
+    for k in wanted.try_iter()? {
+        let k = k?;
+        if let Some(i) = index.find(k.hash()? as i64, &k, keys, hashes)? {
+            roots.push(i);
+        }
+    }
+    Ok(roots)
+}
+
 /// The entries a walk from `roots` reaches, in `generate_taskstates`'s order (a stack:
 /// the last root first, then each entry's dependencies, the last first). Only the
 /// graph's own entries (below `n_real`) have dependencies.
@@ -710,17 +732,12 @@ pub fn order_graph<'py>(
         // the names borrow the keys
         drop(names);
         let room = tasks + keys.len();
-        // the wanted keys' entries, in the order `update_graph` walks from them
-        let mut roots = Vec::new();
-        if let Some(wanted) = wanted.filter(|w| !w.is_none()) {
-            let wanted = py.import("builtins")?.getattr("set")?.call1((wanted,))?;
-            for k in wanted.try_iter()? {
-                let k = k?;
-                if let Some(i) = index.find(k.hash()? as i64, &k, &keys, &hashes)? {
-                    roots.push(i);
-                }
-            }
-        }
+        // the wanted keys' entries, in the order `update_graph` walks from them (only a
+        // hint: keys it cannot read give no walk, and `update_graph` reports them)
+        let roots = match wanted.filter(|w| !w.is_none()) {
+            Some(wanted) => wanted_entries(wanted, &index, &keys, &hashes).unwrap_or_default(),
+            None => Vec::new(),
+        };
         let n_keys = keys.len();
         let (arena, visit, entries, priority_room) = py.detach(|| {
             let visit = creation_walk(&roots, &dep_offsets, &dep_ids, n_real, n_keys);
