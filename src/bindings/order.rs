@@ -443,9 +443,7 @@ impl<T> Room<T> {
         let mut v: Vec<T> = Vec::with_capacity(n);
         // SAFETY: zero bytes written into the vector's own unused capacity; its length
         // stays 0, so nothing reads them as values.
-        unsafe {
-            std::ptr::write_bytes(v.as_mut_ptr().cast::<u8>(), 0, n * std::mem::size_of::<T>())
-        };
+        unsafe { std::ptr::write_bytes(v.as_mut_ptr(), 0, v.capacity()) };
         Room(v)
     }
 
@@ -456,14 +454,6 @@ impl<T> Room<T> {
     fn capacity(&self) -> usize {
         self.0.capacity()
     }
-}
-
-fn touched_arena(n: usize) -> TaskArena {
-    let mut arena: TaskArena = Vec::with_capacity(n);
-    // SAFETY: writes zero bytes into the vector's own unused capacity; its length
-    // stays 0, so nothing reads them as tasks.
-    unsafe { std::ptr::write_bytes(arena.as_mut_ptr(), 0, arena.capacity()) };
-    arena
 }
 
 /// The entries of the keys of `set(wanted)` the graph holds, in that set's order.
@@ -744,7 +734,7 @@ pub fn order_graph<'py>(
             // the entries' and the priorities' vectors too: a large graph's page faults
             // would otherwise be a sizeable part of the event loop's step
             (
-                touched_arena(room),
+                Room::touched(room).take(),
                 visit,
                 Room::touched(n_keys),
                 Room::touched(n_keys),
