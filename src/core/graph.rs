@@ -26,7 +26,7 @@ pub struct PendingGraph<P> {
 }
 
 /// How many entries ahead of the walk their memory is fetched.
-const AHEAD: usize = 16;
+pub(crate) const AHEAD: usize = 16;
 
 /// Asks the CPU to bring `p`'s cache line in; never faults, whatever `p` is.
 #[inline(always)]

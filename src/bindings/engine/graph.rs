@@ -7,7 +7,9 @@ use crate::bindings::naming::{data_producer, escaped_group_name, Namer};
 use crate::bindings::order::{GraphRead, ReadGraph};
 use crate::bindings::shared::{byte_count, worker_of, Engine, State, View};
 use crate::cell::StateCell;
-use crate::core::graph::{first_lost_dependency, prefetch_slot, GeneratedTasks, GraphTask, KeyRef};
+use crate::core::graph::{
+    first_lost_dependency, prefetch_slot, GeneratedTasks, GraphTask, KeyRef, AHEAD,
+};
 use crate::core::replicas::ScatteredKey;
 use crate::core::types::*;
 use pyo3::exceptions::{PyKeyError, PyTypeError, PyValueError};
@@ -139,7 +141,7 @@ impl Engine {
         for (n, (t, entry)) in touched.iter().zip(entries).enumerate() {
             // the entries are in the dict's order, the tasks in the walk's
             if let (Some(Some(i)), EntryPriorities::Read(p)) =
-                (entries.get(n + 16), entry_priorities)
+                (entries.get(n + AHEAD), entry_priorities)
             {
                 prefetch_slot(p, *i as usize);
             }
