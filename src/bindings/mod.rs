@@ -8,6 +8,7 @@
 mod by_value;
 mod engine;
 mod handles;
+mod held;
 mod incoming;
 mod key_index;
 mod messages;

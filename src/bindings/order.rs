@@ -2,6 +2,7 @@
 //! core's `OrderGraph`, runs `core::order` without the GIL, and builds the dict
 //! `dask.order.order` returns. `None` tells the caller to use dask's own.
 
+use crate::bindings::held::Held;
 use crate::bindings::key_index::KeyIndex;
 use crate::bindings::naming::{data_producer, plain_str_name};
 use crate::core::graph::GraphTask;
@@ -323,7 +324,7 @@ type ReadKeys<'py> = (
     Vec<Bound<'py, PyAny>>,
     Vec<bool>,
     Vec<Bound<'py, PyFrozenSet>>,
-    Option<(Vec<Bound<'py, PyAny>>, Vec<bool>)>,
+    Option<(Vec<Held>, Vec<bool>)>,
 );
 
 /// What `order_graph` read from a graph, kept for the engine's `update_graph` of the
@@ -344,7 +345,7 @@ pub(crate) struct GraphRead {
     /// Each of `dsk`'s tasks' dependencies (indices into `keys`), in iteration order.
     pub dep_offsets: Vec<u32>,
     pub dep_ids: Vec<u32>,
-    pub specs: Vec<Py<PyAny>>,
+    pub specs: Vec<Held>,
     pub data_producer: Vec<bool>,
     /// The order's priority of each of `dsk`'s keys.
     pub priorities: Vec<i64>,
@@ -380,7 +381,7 @@ impl ReadGraph {
             + g.hashes.capacity() * 8
             + g.index.allocation_size()
             + (g.dep_offsets.capacity() + g.dep_ids.capacity() + g.str_names.capacity()) * 4
-            + g.specs.capacity() * size_of::<Py<PyAny>>()
+            + g.specs.capacity() * size_of::<Held>()
             + g.data_producer.capacity()
             + g.priorities.capacity() * 8
             + g.name_table
@@ -549,7 +550,8 @@ fn read_keys<'py>(
         keys.push(key);
         if let Some((specs, producers)) = &mut kept {
             producers.push(kind.producer.of(&value));
-            specs.push(value);
+            // the engine holds it from here on
+            specs.push(Held::new(value));
         }
     }
     Ok(Some((keys, is_task, dep_sets, kept)))
@@ -749,7 +751,7 @@ pub fn order_graph<'py>(
             index,
             dep_offsets,
             dep_ids,
-            specs: specs.into_iter().map(Bound::unbind).collect(),
+            specs,
             data_producer,
             priorities,
             str_names,

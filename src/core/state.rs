@@ -241,6 +241,24 @@ pub struct SchedulerState<P> {
     /// Builds the MemoryError payload of `_add_to_processing`'s safety check:
     /// (key, ndep_bytes, worker address, memory_limit, has_dependents).
     pub memory_error: Option<MemoryErrorFactory<P>>,
+    /// Told of the run_spec of each task record the state lets go of, before it is
+    /// dropped (the binding puts it back in Python's cyclic GC).
+    pub run_spec_released: Option<fn(&P)>,
+}
+
+impl<P> Drop for SchedulerState<P> {
+    fn drop(&mut self) {
+        if let Some(released) = self.run_spec_released {
+            for spec in self
+                .tasks
+                .iter()
+                .flatten()
+                .filter_map(|ts| ts.run_spec.as_ref())
+            {
+                released(spec);
+            }
+        }
+    }
 }
 
 pub type MemoryErrorFactory<P> = Box<dyn Fn(&P, i64, &str, i64, bool) -> P + Send + Sync>;
@@ -303,6 +321,7 @@ impl<P: Clone> SchedulerState<P> {
             aliases: HashMap::new(),
             actor_lost_exception: None,
             memory_error: None,
+            run_spec_released: None,
         };
         s.fire_and_forget = s.add_client(fire_and_forget_key, fire_and_forget_hash);
         s
@@ -555,11 +574,13 @@ impl<P: Clone> SchedulerState<P> {
     }
 
     pub(crate) fn free_task_slot(&mut self, t: TaskId) {
-        if let Some(ts) = &self.tasks[t.idx()] {
+        if let Some(ts) = self.tasks[t.idx()].take() {
             // normally gone since its transition to forgotten
             self.keys.remove(t, ts.hash);
+            if let (Some(released), Some(spec)) = (self.run_spec_released, &ts.run_spec) {
+                released(spec);
+            }
         }
-        self.tasks[t.idx()] = None;
         self.free_tasks.push(t);
     }
 

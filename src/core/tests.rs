@@ -352,6 +352,46 @@ fn discarded_submission_leaves_nothing() {
     s.validate_state().unwrap();
 }
 
+thread_local! {
+    static RELEASED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn note_released(spec: &String) {
+    RELEASED.with(|r| r.borrow_mut().push(spec.clone()));
+}
+
+#[test]
+fn freed_records_and_a_dropped_state_let_go_of_their_run_specs() {
+    let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
+    s.run_spec_released = Some(note_released);
+    let mut dsk: Vec<GraphTask<String>> = ["a", "b"]
+        .iter()
+        .map(|k| GraphTask {
+            hash: fnv(k),
+            group: (*k).into(),
+            prefix: (*k).into(),
+            run_spec: Some(format!("spec-{k}")),
+            data_producer: false,
+            dependencies: vec![],
+            existing: None,
+            in_dsk: true,
+            key: Some((*k).into()),
+        })
+        .collect();
+    let g = s
+        .generate_taskstates(&[KeyRef::Graph(0), KeyRef::Graph(1)], &mut dsk, &[])
+        .unwrap();
+    let (first, second) = (&g.new[0], &g.new[1]);
+    let specs = [first, second].map(|t| s.ts(*t).run_spec.clone().unwrap());
+    let mut out = Outbox::default();
+    s.discard_new_tasks(&[*first], &mut out, &"gone".to_string())
+        .unwrap();
+    s.flush();
+    assert_eq!(RELEASED.with(|r| r.take()), specs[..1]);
+    drop(s);
+    assert_eq!(RELEASED.with(|r| r.take()), specs[1..]);
+}
+
 #[test]
 fn validate_refuses_to_forget_a_wanted_task() {
     let config = Config {

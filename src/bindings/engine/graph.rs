@@ -2,6 +2,7 @@
 //! `new_task`, and scattered data (`update_data`).
 
 use crate::bindings::handles;
+use crate::bindings::held::Entries;
 use crate::bindings::key_index::KeyIndex;
 use crate::bindings::naming::{data_producer, escaped_group_name, Namer};
 use crate::bindings::order::{GraphRead, ReadGraph};
@@ -20,10 +21,10 @@ use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// A submitted graph's entries, as the core takes them.
-type Graph = Vec<GraphTask<Py<PyAny>>>;
+/// A submitted graph's entries, as the core takes them (the run_specs no task takes are
+/// released with them).
+type Graph = Entries;
 
-/// The graph, the wanted keys, and each entry's internal priority.
 /// The entries, the wanted keys, the entries' priorities and what the order's thread
 /// prepared for the state creation.
 type ResolvedGraph<'py> = (Graph, Vec<KeyRef>, EntryPriorities<'py>, FromOrderThread);
@@ -195,7 +196,7 @@ impl Engine {
     ) -> PyResult<ResolvedGraph<'py>> {
         let mut known = GraphKeys::new(dsk)?;
         let mut namer = Namer::default();
-        let mut graph = Vec::with_capacity(dsk.len());
+        let mut graph = Entries(Vec::with_capacity(dsk.len()));
         for (i, (k, spec)) in dsk.iter().enumerate() {
             let existing = self.tid(st, &k)?;
             // only a new task is named
@@ -310,7 +311,7 @@ impl Engine {
         let mut namer = Namer::default();
         // the names the order gave plain str keys, shared by the keys of one name
         let mut shared: Vec<Option<(Rc<str>, Rc<str>)>> = vec![None; name_table.len()];
-        let mut graph = entries.take();
+        let mut graph = Entries(entries.take());
         graph.reserve(known.names.len());
         let mut names = std::mem::take(&mut known.names).into_iter();
         for (i, spec) in specs.into_iter().enumerate() {
@@ -336,7 +337,7 @@ impl Engine {
                 hash: known.hashes[i],
                 group,
                 prefix,
-                run_spec: Some(spec),
+                run_spec: Some(spec.into_inner()),
                 data_producer: data_producer[i],
                 dependencies: deps.iter().map(|&j| refer(j as usize)).collect(),
                 existing,

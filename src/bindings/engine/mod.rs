@@ -140,6 +140,7 @@ impl Engine {
         let actor_lost = payloads(py)?.call_method0("actor_lost")?.unbind();
         state.set_payload_factories(actor_lost, Box::new(memory_error_payload));
         state.enable_stealing(work_stealing);
+        state.run_spec_released = Some(crate::bindings::held::release);
         let clients = PyDict::new(py);
         clients.set_item(ff, 0u32)?;
         let new_dict = |d: Option<Bound<'_, PyDict>>| d.unwrap_or_else(|| PyDict::new(py)).unbind();
