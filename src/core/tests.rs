@@ -356,14 +356,10 @@ thread_local! {
     static RELEASED: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-fn note_released(spec: &String) {
-    RELEASED.with(|r| r.borrow_mut().push(spec.clone()));
-}
-
 #[test]
 fn freed_records_and_a_dropped_state_let_go_of_their_run_specs() {
     let mut s = St::new(Config::default(), "fire-and-forget".into(), 1);
-    s.run_spec_released = Some(note_released);
+    s.run_spec_released = Some(|spec| RELEASED.with(|r| r.borrow_mut().push(spec.clone())));
     let mut dsk: Vec<GraphTask<String>> = ["a", "b"]
         .iter()
         .map(|k| GraphTask {
