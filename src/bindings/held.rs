@@ -1,32 +1,31 @@
 //! The run_specs the engine holds, kept out of Python's cyclic garbage collector.
 //!
 //! A full collection visits every object the collector tracks. With a large graph held,
-//! most of them are the graph's own run_specs: a dask `Task` and the `TaskRef`s, tuples
-//! and frozensets in it, two or more objects per task, and the pause grows with them.
+//! most of them are the graph's own run_specs: a dask `Task` and the `TaskRef`s, tuples,
+//! frozensets and nested tasks in it, two or more objects per task, and the pause grows
+//! with them.
 //!
 //! The engine holds each run_spec the order read for as long as its task lives, so no
-//! cycle through it can become garbage meanwhile. So `hold` takes it out of the
-//! collector's lists when the order reads it for the engine, and `release` puts it back
-//! when the engine lets go of it (before dropping its reference): a cycle through it, if
-//! one was ever made, is then collected as before. Every holder of a held run_spec
-//! releases it: the order's reading (`Held`), the state creation's entries (`Entries`)
-//! and the task records (`SchedulerState::run_spec_released`).
-//!
-//! The parts of a run_spec that cannot be in a cycle are untracked for good, as CPython
-//! itself untracks tuples whose items are all untracked: tuples, frozensets and dask's
-//! own task-spec nodes (no `__dict__`; dask sets their references once) whose every
-//! reference is to an untracked object.
+//! cycle through it, or through the parts it holds, can become garbage meanwhile. So
+//! `hold` takes it and its parts (the tuples, frozensets and dask task-spec nodes below
+//! it, which dask never changes once made) out of the collector's lists when the order
+//! reads it for the engine, and `release` puts them back when the engine lets go of it,
+//! before dropping its reference: a cycle through one, if one was ever made, is then
+//! collected as before. Every holder of a held run_spec releases it: the order's reading
+//! (`Held`), the state creation's entries (`Entries`) and the task records
+//! (`SchedulerState::run_spec_released`). A part someone took out of a held run_spec
+//! (dask does not) stays untracked, which only matters if it ends up in a cycle.
 
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use std::os::raw::{c_int, c_void};
 
-/// How deep below a run_spec its parts are looked at (`Task` → args tuple → `TaskRef` →
-/// tuple key), and how many parts at most per run_spec: a run_spec holding a large
-/// structure leaves it tracked rather than walk it.
-const DEPTH: u8 = 4;
-const PARTS: u32 = 64;
+/// How deep below a run_spec its parts are walked (`Task` → args tuple → nested `Task`
+/// → dependencies frozenset → tuple key), and how many references at most per walk: a
+/// run_spec holding a large structure leaves the rest of it tracked.
+const DEPTH: u8 = 6;
+const PARTS: u32 = 256;
 
 /// `dask._task_spec`'s node types without an instance `__dict__` (as addresses: types
 /// live as long as the module), or none if it cannot be imported (nothing is held).
@@ -100,75 +99,79 @@ unsafe fn for_each_referent(
     traverse(obj, visit, &mut v as *mut Visit<'_> as *mut c_void) == 0
 }
 
-/// Untracks `obj` if it can hold no cycle (see the module's doc), its parts first: true
-/// if it is untracked now.
+/// A kind of object the walk goes through: a non-empty tuple (the empty one is a
+/// static singleton, never tracked), a frozenset or one of dask's nodes.
 ///
 /// # Safety
 /// `obj` is a live object and the GIL is held.
-unsafe fn close(obj: *mut ffi::PyObject, types: &[usize], depth: u8, parts: &mut u32) -> bool {
-    if ffi::PyObject_GC_IsTracked(obj) == 0 {
-        return true;
-    }
-    let closable = ffi::PyTuple_CheckExact(obj) != 0
+unsafe fn walked(obj: *mut ffi::PyObject, types: &[usize]) -> bool {
+    (ffi::PyTuple_CheckExact(obj) != 0 && ffi::PyTuple_Size(obj) > 0)
         || ffi::PyFrozenSet_CheckExact(obj) != 0
-        || is_node(obj, types);
-    if depth == 0 || !closable {
-        return false;
-    }
-    let mut all = true;
-    // every part as far as the budget goes: a tracked one leaves the others closable
-    let whole = for_each_referent(obj, &mut |r| {
-        all &= visit_part(r, types, depth - 1, parts);
-        *parts > 0
-    });
-    if all && whole {
-        ffi::PyObject_GC_UnTrack(obj.cast());
-    }
-    all && whole
+        || is_node(obj, types)
 }
 
-/// `close` of one referent, within the budget of `parts` (false once it is spent).
+/// Untracks (`track` false) or tracks again (`track` true) `obj`, then the walked kinds
+/// below it in the other state, within the depth and the budget of `parts`.
 ///
 /// # Safety
-/// As `close`.
-unsafe fn visit_part(obj: *mut ffi::PyObject, types: &[usize], depth: u8, parts: &mut u32) -> bool {
-    if *parts == 0 {
-        return false;
+/// `obj` is a live object of a walked kind (or a run_spec), in the other state than
+/// `track` asks for, and the GIL is held.
+unsafe fn set_tree(
+    obj: *mut ffi::PyObject,
+    track: bool,
+    types: &[usize],
+    depth: u8,
+    parts: &mut u32,
+) {
+    if track {
+        ffi::PyObject_GC_Track(obj.cast());
+    } else {
+        ffi::PyObject_GC_UnTrack(obj.cast());
     }
-    *parts -= 1;
-    close(obj, types, depth, parts)
+    if depth == 0 {
+        return;
+    }
+    for_each_referent(obj, &mut |r| {
+        if *parts == 0 {
+            return false;
+        }
+        *parts -= 1;
+        // a part in the state asked for already was done by another walk (a part
+        // shared by two run_specs) or needs nothing
+        if (ffi::PyObject_GC_IsTracked(r) != 0) != track && walked(r, types) {
+            set_tree(r, track, types, depth - 1, parts);
+        }
+        true
+    });
 }
 
-/// Takes a run_spec the engine is going to hold out of the collector's lists (a dask
-/// task-spec node only; anything else stays as it is).
+/// Takes a run_spec the engine is going to hold, and its parts, out of the collector's
+/// lists (a dask task-spec node only; anything else stays as it is).
 pub(crate) fn hold(spec: &Bound<'_, PyAny>) {
     let types = node_types(spec.py());
     let p = spec.as_ptr();
     // SAFETY: `spec` is alive and the GIL is held (the `Bound`).
     unsafe {
-        if ffi::PyObject_GC_IsTracked(p) == 0 || !is_node(p, types) {
-            return;
+        if ffi::PyObject_GC_IsTracked(p) != 0 && is_node(p, types) {
+            let mut parts = PARTS;
+            set_tree(p, false, types, DEPTH, &mut parts);
         }
-        let mut parts = PARTS;
-        for_each_referent(p, &mut |r| {
-            visit_part(r, types, DEPTH - 1, &mut parts);
-            parts > 0
-        });
-        ffi::PyObject_GC_UnTrack(p.cast());
     }
 }
 
-/// Puts a run_spec the engine lets go of back in the collector's lists, if `hold` took
-/// it out (call it before dropping the reference).
+/// Puts a run_spec the engine lets go of, and its parts, back in the collector's lists
+/// if `hold` took them out (call it before dropping the reference).
 pub(crate) fn release(spec: &Py<PyAny>) {
-    // never from a collection's traversal nor at shutdown: the object then stays
-    // untracked, which only matters if it is in a cycle
+    // never from a collection's traversal nor at shutdown: the objects then stay
+    // untracked, which only matters if they are in a cycle
     Python::try_attach(|py| {
         let p = spec.as_ptr();
+        let types = node_types(py);
         // SAFETY: `spec` is alive and the GIL is held.
         unsafe {
-            if ffi::PyObject_GC_IsTracked(p) == 0 && is_node(p, node_types(py)) {
-                ffi::PyObject_GC_Track(p.cast());
+            if ffi::PyObject_GC_IsTracked(p) == 0 && is_node(p, types) {
+                let mut parts = PARTS;
+                set_tree(p, true, types, DEPTH, &mut parts);
             }
         }
     });
