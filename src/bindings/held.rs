@@ -99,16 +99,22 @@ unsafe fn for_each_referent(
     traverse(obj, visit, &mut v as *mut Visit<'_> as *mut c_void) == 0
 }
 
-/// A kind of object the walk goes through: a non-empty tuple (the empty one is a
-/// static singleton, never tracked), a frozenset or one of dask's nodes.
+/// A kind of object the walk goes through: a tuple, a frozenset or one of dask's nodes,
+/// not a static or immortal one (the empty tuple, constants of frozen modules: never
+/// tracked, whatever refers to them).
 ///
 /// # Safety
 /// `obj` is a live object and the GIL is held.
 unsafe fn walked(obj: *mut ffi::PyObject, types: &[usize]) -> bool {
-    (ffi::PyTuple_CheckExact(obj) != 0 && ffi::PyTuple_Size(obj) > 0)
+    let kind = (ffi::PyTuple_CheckExact(obj) != 0 && ffi::PyTuple_Size(obj) > 0)
         || ffi::PyFrozenSet_CheckExact(obj) != 0
-        || is_node(obj, types)
+        || is_node(obj, types);
+    kind && ffi::Py_REFCNT(obj) < IMMORTAL_REFCNT
 }
+
+/// At least this reference count marks a static or immortal object (CPython 3.11 gives
+/// them 999,999,999, 3.12 on about 2**32).
+const IMMORTAL_REFCNT: ffi::Py_ssize_t = 1 << 29;
 
 /// Untracks (`track` false) or tracks again (`track` true) `obj`, then the walked kinds
 /// below it in the other state, within the depth and the budget of `parts`.
@@ -166,7 +172,10 @@ pub(crate) fn release(spec: &Py<PyAny>) {
     // untracked, which only matters if they are in a cycle
     Python::try_attach(|py| {
         let p = spec.as_ptr();
-        let types = node_types(py);
+        // nothing was held if the types were never read
+        let Some(types) = NODE_TYPES.get(py) else {
+            return;
+        };
         // SAFETY: `spec` is alive and the GIL is held.
         unsafe {
             if ffi::PyObject_GC_IsTracked(p) == 0 && is_node(p, types) {
