@@ -56,23 +56,34 @@ fn submit_tree(s: &mut St, n: usize) -> (TaskId, Outbox<String>) {
     (root_id, out)
 }
 
+/// A graph entry of a key the submitted dict holds, with run_spec `spec`.
+fn entry(
+    key: String,
+    group: &str,
+    prefix: &str,
+    spec: &str,
+    dependencies: Vec<KeyRef>,
+) -> GraphTask<String> {
+    GraphTask {
+        hash: fnv(&key),
+        group: group.into(),
+        prefix: prefix.into(),
+        run_spec: Some(spec.into()),
+        data_producer: false,
+        dependencies,
+        existing: None,
+        in_dsk: true,
+        key: Some(key),
+    }
+}
+
 /// The graph entries of a tree reduction (`n` leaves, fan-in 4) and its root's entry.
 fn tree_graph(n: usize) -> (Vec<GraphTask<String>>, usize) {
     let mut dsk = Vec::new();
     let mut layer: Vec<usize> = Vec::new();
     for i in 0..n {
         let key = format!("leaf-{i}");
-        dsk.push(GraphTask {
-            hash: fnv(&key),
-            group: "leaf".into(),
-            prefix: "leaf".into(),
-            run_spec: Some("spec".into()),
-            data_producer: false,
-            dependencies: vec![],
-            existing: None,
-            in_dsk: true,
-            key: Some(key),
-        });
+        dsk.push(entry(key, "leaf", "leaf", "spec", vec![]));
         layer.push(dsk.len() - 1);
     }
     let mut lvl = 0;
@@ -80,17 +91,8 @@ fn tree_graph(n: usize) -> (Vec<GraphTask<String>>, usize) {
         let mut next = Vec::new();
         for (j, chunk) in layer.chunks(4).enumerate() {
             let key = format!("sum-{lvl}-{j}");
-            dsk.push(GraphTask {
-                hash: fnv(&key),
-                group: format!("sum-{lvl}").into(),
-                prefix: "sum".into(),
-                run_spec: Some("spec".into()),
-                data_producer: false,
-                dependencies: chunk.iter().map(|i| KeyRef::Graph(*i)).collect(),
-                existing: None,
-                in_dsk: true,
-                key: Some(key),
-            });
+            let deps = chunk.iter().map(|i| KeyRef::Graph(*i)).collect();
+            dsk.push(entry(key, &format!("sum-{lvl}"), "sum", "spec", deps));
             next.push(dsk.len() - 1);
         }
         layer = next;
@@ -324,20 +326,13 @@ fn discarded_submission_leaves_nothing() {
     let mut dsk: Vec<GraphTask<String>> = ["a", "b"]
         .iter()
         .enumerate()
-        .map(|(i, k)| GraphTask {
-            hash: fnv(k),
-            group: (*k).into(),
-            prefix: (*k).into(),
-            run_spec: Some("spec".into()),
-            data_producer: false,
-            dependencies: if i == 1 {
+        .map(|(i, k)| {
+            let deps = if i == 1 {
                 vec![KeyRef::Graph(0)]
             } else {
                 vec![]
-            },
-            existing: None,
-            in_dsk: true,
-            key: Some((*k).into()),
+            };
+            entry(k.to_string(), k, k, "spec", deps)
         })
         .collect();
     let g = s
@@ -362,17 +357,7 @@ fn freed_records_and_a_dropped_state_let_go_of_their_run_specs() {
     s.run_spec_released = Some(|spec| RELEASED.with(|r| r.borrow_mut().push(spec.clone())));
     let mut dsk: Vec<GraphTask<String>> = ["a", "b"]
         .iter()
-        .map(|k| GraphTask {
-            hash: fnv(k),
-            group: (*k).into(),
-            prefix: (*k).into(),
-            run_spec: Some(format!("spec-{k}")),
-            data_producer: false,
-            dependencies: vec![],
-            existing: None,
-            in_dsk: true,
-            key: Some((*k).into()),
-        })
+        .map(|k| entry(k.to_string(), k, k, &format!("spec-{k}"), vec![]))
         .collect();
     let g = s
         .generate_taskstates(&[KeyRef::Graph(0), KeyRef::Graph(1)], &mut dsk, &[])
