@@ -63,14 +63,14 @@ unsafe fn is_node(obj: *mut ffi::PyObject, types: &[usize]) -> bool {
 
 /// Calls `f` on each object `obj` refers to (its type's `tp_traverse`, as
 /// `gc.get_referents`) until it returns false, its own type left out: a type lives on,
-/// in no cycle that makes the instance garbage. False if `f` stopped it.
+/// in no cycle that makes the instance garbage.
 ///
 /// # Safety
 /// `obj` is a live object and the GIL is held.
 unsafe fn for_each_referent(
     obj: *mut ffi::PyObject,
     f: &mut dyn FnMut(*mut ffi::PyObject) -> bool,
-) -> bool {
+) {
     struct Visit<'a> {
         f: &'a mut dyn FnMut(*mut ffi::PyObject) -> bool,
         own_type: *mut ffi::PyObject,
@@ -88,7 +88,7 @@ unsafe fn for_each_referent(
     let ty = ffi::Py_TYPE(obj);
     let slot = ffi::PyType_GetSlot(ty, ffi::Py_tp_traverse);
     if slot.is_null() {
-        return true;
+        return;
     }
     // SAFETY: the slot of `Py_tp_traverse` is a `traverseproc`.
     let traverse: ffi::traverseproc = std::mem::transmute(slot);
@@ -96,7 +96,7 @@ unsafe fn for_each_referent(
         f,
         own_type: ty.cast(),
     };
-    traverse(obj, visit, &mut v as *mut Visit<'_> as *mut c_void) == 0
+    traverse(obj, visit, &mut v as *mut Visit<'_> as *mut c_void);
 }
 
 /// A kind of object the walk goes through: a tuple, a frozenset or one of dask's nodes,
