@@ -428,7 +428,6 @@ fn str_key_names(
     (ids, table)
 }
 
-/// An arena of room for `n` tasks, every page written once.
 /// An empty vector whose capacity's pages were touched (on the order's thread, with the
 /// GIL released), for a large vector the state creation fills on the event loop.
 pub(crate) struct Room<T>(Vec<T>);
