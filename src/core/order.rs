@@ -18,7 +18,7 @@ use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::hash::BuildHasher;
 
 /// The graph as dask sees it after `dsk = dict(dsk)`: ids `0..n_real` are the keys of
 /// `dsk` in its order, then the keys only named as dependencies ("external" keys), in
@@ -279,39 +279,51 @@ impl DegreeBuckets {
     }
 }
 
-/// Roots (or, reversed, leaves) reachable from a key: sorted ids, shared between keys.
-#[derive(Clone)]
+/// Roots (or, reversed, leaves) reachable from a key: sorted ids. Eight bytes, so that
+/// a large graph's per-key vector stays in cache: a set of several is shared between
+/// keys by its index in a [`Reaches`] pool.
+#[derive(Clone, Copy)]
 enum Reach {
     Empty,
     One(u32),
-    Many(Rc<[u32]>),
+    Many(u32),
     /// The roots of a tree of keys, counted only (see `propagate`).
-    Tree(usize),
+    Tree(u32),
 }
 
 impl Reach {
-    fn as_slice(&self) -> &[u32] {
-        match self {
-            Reach::Empty | Reach::Tree(_) => &[],
-            Reach::One(k) => std::slice::from_ref(k),
-            Reach::Many(v) => v,
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Reach::Tree(count) => *count,
-            other => other.as_slice().len(),
-        }
-    }
-
     /// The same shared set (dask compares the frozensets' ids).
     fn same(&self, other: &Reach) -> bool {
         match (self, other) {
-            (Reach::Many(a), Reach::Many(b)) => Rc::ptr_eq(a, b),
-            (Reach::One(a), Reach::One(b)) => a == b,
+            (Reach::Many(a), Reach::Many(b)) | (Reach::One(a), Reach::One(b)) => a == b,
             (Reach::Empty, Reach::Empty) => true,
             _ => false,
+        }
+    }
+}
+
+/// Every key's [`Reach`] (`None`: not computed), and the sets they share.
+#[derive(Default)]
+struct Reaches {
+    of: Vec<Option<Reach>>,
+    sets: Vec<Box<[u32]>>,
+}
+
+impl Reaches {
+    /// The ids `of[k]` holds (none for a tree's count).
+    fn slice(&self, k: u32) -> &[u32] {
+        match &self.of[k as usize] {
+            None | Some(Reach::Empty | Reach::Tree(_)) => &[],
+            Some(Reach::One(x)) => std::slice::from_ref(x),
+            Some(Reach::Many(i)) => &self.sets[*i as usize],
+        }
+    }
+
+    /// How many ids `of[k]` stands for (0 when not computed).
+    fn len(&self, k: u32) -> usize {
+        match self.of[k as usize] {
+            Some(Reach::Tree(count)) => count as usize,
+            _ => self.slice(k).len(),
         }
     }
 }
@@ -321,7 +333,8 @@ struct Orderer<'g> {
     stats: bool,
     n: usize,
     /// `dependencies[k]` once the alias leaves and data roots are gone, when it differs
-    /// from the frozenset (`deps - removed` builds a new set).
+    /// from the frozenset (`deps - removed` builds a new set). Empty when no key left the
+    /// graph (nearly always): the frozensets' own lists are read without a look here.
     deps_now: Vec<Option<OwnedSet>>,
     /// `dependents[k]` in its set's iteration order (CSR); deleted keys have none.
     dependents_off: Vec<u32>,
@@ -340,7 +353,7 @@ struct Orderer<'g> {
     total_dependencies: Vec<u64>,
     roots_connected_len: Vec<u32>,
     max_dependents: Vec<u32>,
-    leafs_connected: Vec<Option<Reach>>,
+    leafs_connected: Reaches,
 
     leaf_nodes: Vec<bool>,
     root_nodes: Vec<bool>,
@@ -404,7 +417,7 @@ impl<'g> Orderer<'g> {
             total_dependencies: Vec::new(),
             roots_connected_len: Vec::new(),
             max_dependents: Vec::new(),
-            leafs_connected: Vec::new(),
+            leafs_connected: Reaches::default(),
             leaf_nodes: Vec::new(),
             root_nodes: Vec::new(),
             requires_data_task: HashMap::new(),
@@ -464,17 +477,17 @@ impl<'g> Orderer<'g> {
     /// `dependencies[k]` as dask's `DependenciesMapping` gives it now.
     #[inline]
     fn deps_items(&self, k: u32) -> &[u32] {
-        match &self.deps_now[k as usize] {
-            Some(s) => &s.items,
-            None => self.g.deps(k),
+        match self.deps_now.get(k as usize) {
+            Some(Some(s)) => &s.items,
+            _ => self.g.deps(k),
         }
     }
 
     #[inline]
     fn deps_of(&self, k: u32) -> SetView<'_> {
-        match &self.deps_now[k as usize] {
-            Some(s) => s.view(),
-            None => self.g.deps_view(k),
+        match self.deps_now.get(k as usize) {
+            Some(Some(s)) => s.view(),
+            _ => self.g.deps_view(k),
         }
     }
 
@@ -541,7 +554,6 @@ impl<'g> Orderer<'g> {
         let g = self.g;
         let n = self.n;
         let expected_len = n;
-        self.deps_now = vec![None; n];
 
         // dependents = reverse_dict(dependencies), and the order its dict meets keys
         self.build_dependents();
@@ -784,6 +796,7 @@ impl<'g> Orderer<'g> {
             }
         }
         if !removed.is_empty() {
+            self.deps_now = vec![None; self.n];
             for k in 0..self.n as u32 {
                 if self.in_dsk[k as usize] {
                     self.deps_now[k as usize] = Some(self.current_deps(k, &removed));
@@ -870,16 +883,16 @@ impl<'g> Orderer<'g> {
         for &k in &alive {
             // dask gives the roots themselves no roots
             if !self.deps_items(k).is_empty() {
-                roots_len[k as usize] = reach[k as usize].as_ref().map_or(0, |r| r.len()) as u32;
+                roots_len[k as usize] = reach.len(k) as u32;
             }
         }
         drop(reach);
         let mut reach = self.propagate(&alive, false, None);
         for &k in &alive {
             if self.dependents_of(k).is_empty() {
-                reach[k as usize] = Some(Reach::Empty); // nor the leaves any leaves
+                reach.of[k as usize] = Some(Reach::Empty); // nor the leaves any leaves
             } else if !self.deps_items(k).is_empty() {
-                reach[k as usize] = None; // only roots' leaves are read
+                reach.of[k as usize] = None; // only roots' leaves are read
             }
         }
         self.roots_connected_len = roots_len;
@@ -894,7 +907,7 @@ impl<'g> Orderer<'g> {
         alive: &[u32],
         up: bool,
         mut max_dependents: Option<&mut Vec<u32>>,
-    ) -> Vec<Option<Reach>> {
+    ) -> Reaches {
         let n = self.n;
         let inputs = |k: u32| -> &[u32] {
             if up {
@@ -911,6 +924,15 @@ impl<'g> Orderer<'g> {
             }
         };
         let mut reach: Vec<Option<Reach>> = vec![None; n];
+        let mut sets: Vec<Box<[u32]>> = Vec::new();
+        let len_of = |r: &Reach, sets: &[Box<[u32]>]| -> usize {
+            match r {
+                Reach::Empty => 0,
+                Reach::One(_) => 1,
+                Reach::Many(i) => sets[*i as usize].len(),
+                Reach::Tree(count) => *count as usize,
+            }
+        };
         let mut waiting = vec![0u32; n];
         let mut stack = Vec::new();
         for &k in alive {
@@ -924,7 +946,9 @@ impl<'g> Orderer<'g> {
                 stack.push(k);
             }
         }
-        let mut dedup: HashMap<Rc<[u32]>, ()> = HashMap::new();
+        // the sets made, by content
+        let hasher = hashbrown::DefaultHashBuilder::default();
+        let mut dedup: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
         // Upwards, a key whose ancestors (and itself) each have one dependent at most
         // heads a tree: its roots are its inputs' roots, disjoint, so only their number
         // is kept, until a key with more dependents needs the set itself.
@@ -952,11 +976,11 @@ impl<'g> Orderer<'g> {
                     && inputs(k).iter().all(|&c| exclusive[c as usize])
                 {
                     exclusive[k as usize] = true;
-                    let count = inputs(k)
+                    let count: usize = inputs(k)
                         .iter()
-                        .map(|&c| reach[c as usize].as_ref().expect("input done").len())
+                        .map(|&c| len_of(reach[c as usize].as_ref().expect("input done"), &sets))
                         .sum();
-                    Reach::Tree(count)
+                    Reach::Tree(count as u32)
                 } else {
                     distinct.clear();
                     for &c in inputs(k) {
@@ -970,36 +994,43 @@ impl<'g> Orderer<'g> {
                     }
                     let set = |d: u32| reach[d as usize].as_ref().expect("input done");
                     if distinct.len() == 1 && !matches!(set(distinct[0]), Reach::Tree(_)) {
-                        set(distinct[0]).clone()
+                        *set(distinct[0])
                     } else {
                         union.clear();
                         let mut largest_len = 0;
-                        let mut largest_shared: Option<&Reach> = None;
+                        let mut largest_shared: Option<Reach> = None;
                         for &d in &distinct {
                             let part: &[u32] = match set(d) {
                                 Reach::Tree(_) => {
                                     self.cone_roots(d, &mut cone);
                                     &cone
                                 }
-                                other => other.as_slice(),
+                                Reach::Empty => &[],
+                                Reach::One(x) => std::slice::from_ref(x),
+                                Reach::Many(i) => &sets[*i as usize],
                             };
                             if !matches!(set(d), Reach::Tree(_)) && part.len() > largest_len {
                                 largest_len = part.len();
-                                largest_shared = Some(set(d));
+                                largest_shared = Some(*set(d));
                             }
                             merge_sorted_into(&union, part, &mut scratch);
                             std::mem::swap(&mut union, &mut scratch);
                         }
                         match largest_shared {
-                            Some(shared) if union.len() == largest_len => shared.clone(),
+                            Some(shared) if union.len() == largest_len => shared,
                             _ => {
-                                if let Some((shared, ())) = dedup.get_key_value(union.as_slice()) {
-                                    Reach::Many(shared.clone())
-                                } else {
-                                    let shared: Rc<[u32]> = Rc::from(union.as_slice());
-                                    dedup.insert(shared.clone(), ());
-                                    Reach::Many(shared)
-                                }
+                                let h = hasher.hash_one(union.as_slice());
+                                let found = dedup
+                                    .find(h, |&i| *sets[i as usize] == *union.as_slice())
+                                    .copied();
+                                Reach::Many(found.unwrap_or_else(|| {
+                                    let i = sets.len() as u32;
+                                    sets.push(union.as_slice().into());
+                                    dedup.insert_unique(h, i, |&j| {
+                                        hasher.hash_one(&*sets[j as usize])
+                                    });
+                                    i
+                                }))
                             }
                         }
                     }
@@ -1016,7 +1047,7 @@ impl<'g> Orderer<'g> {
                 }
             }
         }
-        reach
+        Reaches { of: reach, sets }
     }
 
     /// dask's `use_longest_path`. Its loop over `root_nodes` keeps the first non-zero
@@ -1047,11 +1078,7 @@ impl<'g> Orderer<'g> {
         if (nr - nl).abs() / nr >= 0.8 {
             return true;
         }
-        let leaves_of = |r: u32| {
-            self.leafs_connected[r as usize]
-                .as_ref()
-                .map_or(0, |s| s.len())
-        };
+        let leaves_of = |r: u32| self.leafs_connected.len(r);
         let roots: Vec<u32> = match root_set {
             Some(set) => set.iter().collect(),
             None => {
@@ -1133,13 +1160,14 @@ impl<'g> Orderer<'g> {
                 self.i += 1;
             }
             if self.root_nodes[k] {
-                if let Some(leaves) = self.leafs_connected[k].clone() {
-                    for &leaf in leaves.as_slice() {
-                        if self.leaf_nodes[leaf as usize] {
-                            self.lower_leaf_degree(leaf);
-                        }
+                // lowering degrees leaves the reaches alone
+                let reaches = std::mem::take(&mut self.leafs_connected);
+                for &leaf in reaches.slice(item) {
+                    if self.leaf_nodes[leaf as usize] {
+                        self.lower_leaf_degree(leaf);
                     }
                 }
+                self.leafs_connected = reaches;
             }
             let single = self.dependents_of(item).len() == 1;
             for i in 0..self.dependents_of(item).len() {
