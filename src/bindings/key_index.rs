@@ -4,23 +4,80 @@
 use crate::core::keys::mix;
 use pyo3::prelude::*;
 
-/// Ids are positions in the caller's key and hash lists.
-pub(crate) struct KeyIndex(hashbrown::HashTable<u32>);
+/// Ids are positions in the caller's key and hash lists. An open-addressing table of
+/// one word per slot (a tag from the hash beside the id), at most half full: a lookup
+/// in a large graph costs one cache miss, which [`KeyIndex::prefetch`] can start early.
+pub(crate) struct KeyIndex {
+    /// 0: empty; else the tag (high half) and id + 1 (low half).
+    slots: Vec<u64>,
+    len: usize,
+}
 
 impl KeyIndex {
     pub(crate) fn with_capacity(n: usize) -> Self {
-        KeyIndex(hashbrown::HashTable::with_capacity(n))
+        KeyIndex {
+            slots: vec![0; (2 * n).next_power_of_two().max(8)],
+            len: 0,
+        }
     }
 
     /// Bytes of its table.
     pub(crate) fn allocation_size(&self) -> usize {
-        self.0.allocation_size()
+        self.slots.capacity() * 8
+    }
+
+    #[inline]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The slot a hash's probe starts at, and its tag.
+    #[inline]
+    fn place(&self, h: i64) -> (usize, u64) {
+        let m = mix(h);
+        (m as usize & self.mask(), m & 0xFFFF_FFFF_0000_0000)
+    }
+
+    /// Starts fetching the slot where a lookup or insertion of hash `h` begins.
+    #[inline]
+    pub(crate) fn prefetch(&self, h: i64) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (pos, _) = self.place(h);
+            // SAFETY: `pos` is within `slots`; a prefetch reads nothing and cannot fault.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(self.slots.as_ptr().add(pos) as *const i8);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = h;
     }
 
     /// Adds a key known to be absent.
     pub(crate) fn insert_new(&mut self, h: i64, id: u32, hashes: &[i64]) {
-        self.0
-            .insert_unique(mix(h), id, |&other| mix(hashes[other as usize]));
+        if 2 * (self.len + 1) > self.slots.len() {
+            self.grow(hashes);
+        }
+        let (mut pos, tag) = self.place(h);
+        while self.slots[pos] != 0 {
+            pos = (pos + 1) & self.mask();
+        }
+        self.slots[pos] = tag | (u64::from(id) + 1);
+        self.len += 1;
+    }
+
+    fn grow(&mut self, hashes: &[i64]) {
+        let size = 2 * self.slots.len();
+        let old = std::mem::replace(&mut self.slots, vec![0; size]);
+        for slot in old.into_iter().filter(|&s| s != 0) {
+            let id = (slot & 0xFFFF_FFFF) - 1;
+            let (mut pos, _) = self.place(hashes[id as usize]);
+            while self.slots[pos] != 0 {
+                pos = (pos + 1) & self.mask();
+            }
+            self.slots[pos] = slot;
+        }
     }
 
     /// The id of `key` (hash `h`).
@@ -31,13 +88,23 @@ impl KeyIndex {
         keys: &[Bound<'_, PyAny>],
         hashes: &[i64],
     ) -> PyResult<Option<u32>> {
+        let (mut pos, tag) = self.place(h);
         let mut err = None;
-        let found = self.0.find(mix(h), |&id| {
-            hashes[id as usize] == h && dict_key_eq(&keys[id as usize], key, &mut err)
-        });
-        match err {
-            Some(e) => Err(e),
-            None => Ok(found.copied()),
+        loop {
+            let slot = self.slots[pos];
+            if slot == 0 {
+                return Ok(None);
+            }
+            if slot & 0xFFFF_FFFF_0000_0000 == tag {
+                let id = ((slot & 0xFFFF_FFFF) - 1) as u32;
+                if hashes[id as usize] == h && dict_key_eq(&keys[id as usize], key, &mut err) {
+                    return Ok(Some(id));
+                }
+                if let Some(e) = err {
+                    return Err(e);
+                }
+            }
+            pos = (pos + 1) & self.mask();
         }
     }
 }

@@ -14,7 +14,6 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyFrozenSet, PyInt, PyList, PyString, PyTuple, PyType};
-use std::borrow::Cow;
 use std::sync::Mutex;
 
 /// Reads a frozenset's hash table in place (CPython's `PySetObject` and `setentry`
@@ -256,7 +255,6 @@ impl Drop for GcPause {
 /// `str(key)` for a tuple of plain ASCII strs (no quote or backslash), ints and such
 /// tuples, written as Python writes it; `None` for anything else.
 fn tuple_str(t: &Bound<'_, PyTuple>, out: &mut String) -> Option<()> {
-    use std::fmt::Write;
     out.push('(');
     let n = t.len();
     for (i, item) in t.iter().enumerate() {
@@ -275,8 +273,7 @@ fn tuple_str(t: &Bound<'_, PyTuple>, out: &mut String) -> Option<()> {
             out.push_str(s);
             out.push('\'');
         } else if item.is_exact_instance_of::<PyInt>() {
-            let v: i64 = item.extract().ok()?;
-            write!(out, "{v}").ok()?;
+            push_int(out, item.extract().ok()?);
         } else if item.is_exact_instance_of::<PyTuple>() {
             tuple_str(item.cast::<PyTuple>().ok()?, out)?;
         } else {
@@ -290,32 +287,64 @@ fn tuple_str(t: &Bound<'_, PyTuple>, out: &mut String) -> Option<()> {
     Some(())
 }
 
-/// `str(key)` of every key, borrowed from the key when it is a str; `None` if one is
-/// not valid UTF-8 (lone surrogates), which the Rust order cannot compare.
-fn key_names<'a>(keys: &'a [Bound<'_, PyAny>]) -> PyResult<Option<Vec<Cow<'a, str>>>> {
-    let mut names = Vec::with_capacity(keys.len());
-    let mut buf = String::new();
+/// `v` in decimal, as `str(int)` writes it.
+fn push_int(out: &mut String, v: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = v.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        out.push('-');
+    }
+    // ASCII digits
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+}
+
+/// `str(key)` of every key: a str key's own text, the others' written one after the
+/// other into `arena` (no allocation per key); `None` if one is not valid UTF-8 (lone
+/// surrogates), which the Rust order cannot compare.
+fn key_names<'a>(
+    keys: &'a [Bound<'_, PyAny>],
+    arena: &'a mut String,
+) -> PyResult<Option<Vec<&'a str>>> {
+    // a str key's text, or where a name was written in the arena
+    let mut spans: Vec<Result<&'a str, (usize, usize)>> = Vec::with_capacity(keys.len());
     for key in keys {
         if key.is_exact_instance_of::<PyString>() {
             match key.cast::<PyString>()?.to_str() {
-                Ok(s) => names.push(Cow::Borrowed(s)),
+                Ok(s) => spans.push(Ok(s)),
                 Err(_) => return Ok(None),
             }
             continue;
         }
+        let start = arena.len();
         if key.is_exact_instance_of::<PyTuple>() {
-            buf.clear();
-            if tuple_str(key.cast::<PyTuple>()?, &mut buf).is_some() {
-                names.push(Cow::Owned(buf.clone()));
+            if tuple_str(key.cast::<PyTuple>()?, arena).is_some() {
+                spans.push(Err((start, arena.len())));
                 continue;
             }
+            arena.truncate(start);
         }
         match key.str()?.to_str() {
-            Ok(s) => names.push(Cow::Owned(s.to_owned())),
+            Ok(s) => arena.push_str(s),
             Err(_) => return Ok(None),
         }
+        spans.push(Err((start, arena.len())));
     }
-    Ok(Some(names))
+    let arena: &'a String = arena;
+    Ok(Some(
+        spans
+            .into_iter()
+            .map(|s| s.unwrap_or_else(|(a, b)| &arena[a..b]))
+            .collect(),
+    ))
 }
 
 /// The graph's keys, each key's `istask`, its `dependencies` frozenset, and (when kept
@@ -402,7 +431,7 @@ pub(crate) type TaskArena = Vec<Option<crate::core::entities::Task<Py<PyAny>>>>;
 fn str_key_names(
     py: Python<'_>,
     keys: &[Bound<'_, PyAny>],
-    names: &[Cow<'_, str>],
+    names: &[&str],
     n_real: usize,
 ) -> (Vec<u32>, Vec<String>) {
     let mut ids = Vec::with_capacity(n_real);
@@ -512,6 +541,10 @@ fn creation_walk(
 /// whole graph.
 const YIELD_EVERY: usize = 1 << 15;
 
+/// How many lookups ahead a key index's slot is fetched: enough to cover a miss to
+/// memory, few enough that the fetched lines are still in cache when used.
+const PREFETCH_AHEAD: usize = 16;
+
 fn let_others_run(py: Python<'_>, i: usize) {
     if i % YIELD_EVERY == YIELD_EVERY - 1 {
         py.detach(|| ());
@@ -583,25 +616,30 @@ pub fn order_graph<'py>(
         return Ok(None);
     };
     let n_real = keys.len();
-    let mut index = KeyIndex::with_capacity(n_real);
     let mut hashes = Vec::with_capacity(n_real);
-    for (i, key) in keys.iter().enumerate() {
-        let h = key.hash()? as i64;
-        hashes.push(h);
-        index.insert_new(h, i as u32, &hashes);
+    for key in &keys {
+        hashes.push(key.hash()? as i64);
+    }
+    // each insertion's slot is fetched a few insertions ahead (a large graph's index
+    // is far larger than the cache)
+    let mut index = KeyIndex::with_capacity(n_real);
+    for i in 0..n_real {
+        if let Some(&ahead) = hashes.get(i + PREFETCH_AHEAD) {
+            index.prefetch(ahead);
+        }
+        index.insert_new(hashes[i], i as u32, &hashes);
     }
     let mut dep_offsets = Vec::with_capacity(n_real + 1);
     let mut dep_ids: Vec<u32> = Vec::with_capacity(n_real);
     let mut dep_masks = HashMap::new();
     let mut dep_fills = HashMap::new();
     dep_offsets.push(0u32);
-    // (borrowed key, hash): the frozenset (or `held`) keeps each key alive
-    let mut elements: Vec<(*mut pyo3::ffi::PyObject, i64)> = Vec::new();
+    // every set's (borrowed key, hash), then their lookups, each slot fetched a few
+    // lookups ahead: the frozensets (or `held`) keep the keys alive
+    let mut elements: Vec<(*mut pyo3::ffi::PyObject, i64)> = Vec::with_capacity(n_real * 2);
     let mut held: Vec<Bound<'py, PyAny>> = Vec::new();
     for (i, deps) in dep_sets.iter().enumerate() {
         let_others_run(py, i);
-        elements.clear();
-        held.clear();
         if types.raw_sets {
             // SAFETY: `deps` is a live exact frozenset (checked in `read_keys`), the
             // layout was verified at start-up, and the GIL is held throughout.
@@ -628,26 +666,33 @@ pub fn order_graph<'py>(
                 }
             }
         }
-        for (dep, h) in elements.drain(..) {
-            // SAFETY: the dependency set holds `dep` and the GIL is held.
-            let dep = unsafe { Borrowed::from_ptr(py, dep) };
-            let id = match index.find(h, &dep, &keys, &hashes)? {
-                Some(id) => id,
-                None => {
-                    // a key only named as a dependency: dask adds a DataNode for it
-                    let id = keys.len() as u32;
-                    hashes.push(h);
-                    index.insert_new(h, id, &hashes);
-                    is_task.push(false);
-                    // a reference of our own
-                    keys.push(dep.to_owned());
-                    id
-                }
-            };
-            dep_ids.push(id);
-        }
-        dep_offsets.push(dep_ids.len() as u32);
+        dep_offsets.push(elements.len() as u32);
     }
+    dep_ids.reserve(elements.len());
+    for (j, &(dep, h)) in elements.iter().enumerate() {
+        let_others_run(py, j);
+        if let Some(&(_, ahead)) = elements.get(j + PREFETCH_AHEAD) {
+            index.prefetch(ahead);
+        }
+        // SAFETY: the dependency set (or `held`) holds `dep` and the GIL is held.
+        let dep = unsafe { Borrowed::from_ptr(py, dep) };
+        let id = match index.find(h, &dep, &keys, &hashes)? {
+            Some(id) => id,
+            None => {
+                // a key only named as a dependency: dask adds a DataNode for it
+                let id = keys.len() as u32;
+                hashes.push(h);
+                index.insert_new(h, id, &hashes);
+                is_task.push(false);
+                // a reference of our own
+                keys.push(dep.to_owned());
+                id
+            }
+        };
+        dep_ids.push(id);
+    }
+    drop(elements);
+    drop(held);
     drop(dep_sets);
     // external keys have no dependencies
     for _ in n_real..keys.len() {
@@ -658,7 +703,8 @@ pub fn order_graph<'py>(
             external.append(key)?;
         }
     }
-    let Some(names) = key_names(&keys)? else {
+    let mut arena = String::with_capacity(keys.len() * 24);
+    let Some(names) = key_names(&keys, &mut arena)? else {
         return Ok(None);
     };
     let graph = OrderGraph {

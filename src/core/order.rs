@@ -15,7 +15,6 @@
 use crate::core::pyset::{grow_target, insertion_order, table_size_for, PySet};
 use hashbrown::HashMap;
 use smallvec::SmallVec;
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -38,7 +37,7 @@ pub struct OrderGraph<'a> {
     pub dep_fills: HashMap<u32, u32>,
     pub n_real: usize,
     /// `str(key)`, compared when everything else in `sort_key` ties.
-    pub names: Vec<Cow<'a, str>>,
+    pub names: Vec<&'a str>,
 }
 
 impl OrderGraph<'_> {
@@ -521,7 +520,7 @@ impl<'g> Orderer<'g> {
             .then_with(|| self.deps_items(a).len().cmp(&self.deps_items(b).len()))
             .then_with(|| self.roots_connected_len[x].cmp(&self.roots_connected_len[y]))
             .then_with(|| self.max_dependents[y].cmp(&self.max_dependents[x]))
-            .then_with(|| self.g.names[x].cmp(&self.g.names[y]))
+            .then_with(|| self.g.names[x].cmp(self.g.names[y]))
     }
 
     /// Python's `max(items, key=sort_key)`: the first of the largest.
