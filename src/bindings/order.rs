@@ -307,44 +307,52 @@ fn push_int(out: &mut String, v: i64) {
     out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
-/// `str(key)` of every key: a str key's own text, the others' written one after the
-/// other into `arena` (no allocation per key); `None` if one is not valid UTF-8 (lone
-/// surrogates), which the Rust order cannot compare.
+/// Where `str(key)` of a key is: a str key's own text, or a span of the arena.
+#[derive(Clone, Copy)]
+enum NameAt {
+    Key,
+    Arena(usize, usize),
+}
+
+/// Writes `str(key)` into `arena` unless the key is a str (its own text is its name);
+/// `None` if it is not valid UTF-8 (lone surrogates), which the Rust order cannot
+/// compare. Names are written one after the other, without an allocation per key.
+fn write_name(key: &Bound<'_, PyAny>, arena: &mut String) -> PyResult<Option<NameAt>> {
+    if key.is_exact_instance_of::<PyString>() {
+        return Ok(Some(NameAt::Key));
+    }
+    let start = arena.len();
+    if key.is_exact_instance_of::<PyTuple>() {
+        if tuple_str(key.cast::<PyTuple>()?, arena).is_some() {
+            return Ok(Some(NameAt::Arena(start, arena.len())));
+        }
+        arena.truncate(start);
+    }
+    match key.str()?.to_str() {
+        Ok(s) => arena.push_str(s),
+        Err(_) => return Ok(None),
+    }
+    Ok(Some(NameAt::Arena(start, arena.len())))
+}
+
+/// Every key's name from where [`write_name`] put it; `None` if a str key is not valid
+/// UTF-8.
 fn key_names<'a>(
     keys: &'a [Bound<'_, PyAny>],
-    arena: &'a mut String,
+    at: &[NameAt],
+    arena: &'a str,
 ) -> PyResult<Option<Vec<&'a str>>> {
-    // a str key's text, or where a name was written in the arena
-    let mut spans: Vec<Result<&'a str, (usize, usize)>> = Vec::with_capacity(keys.len());
-    for key in keys {
-        if key.is_exact_instance_of::<PyString>() {
-            match key.cast::<PyString>()?.to_str() {
-                Ok(s) => spans.push(Ok(s)),
+    let mut names = Vec::with_capacity(keys.len());
+    for (key, &at) in keys.iter().zip(at) {
+        names.push(match at {
+            NameAt::Arena(a, b) => &arena[a..b],
+            NameAt::Key => match key.cast::<PyString>()?.to_str() {
+                Ok(s) => s,
                 Err(_) => return Ok(None),
-            }
-            continue;
-        }
-        let start = arena.len();
-        if key.is_exact_instance_of::<PyTuple>() {
-            if tuple_str(key.cast::<PyTuple>()?, arena).is_some() {
-                spans.push(Err((start, arena.len())));
-                continue;
-            }
-            arena.truncate(start);
-        }
-        match key.str()?.to_str() {
-            Ok(s) => arena.push_str(s),
-            Err(_) => return Ok(None),
-        }
-        spans.push(Err((start, arena.len())));
+            },
+        });
     }
-    let arena: &'a String = arena;
-    Ok(Some(
-        spans
-            .into_iter()
-            .map(|s| s.unwrap_or_else(|(a, b)| &arena[a..b]))
-            .collect(),
-    ))
+    Ok(Some(names))
 }
 
 /// The graph's keys, each key's `istask`, its `dependencies` frozenset, and (when kept
@@ -616,9 +624,17 @@ pub fn order_graph<'py>(
         return Ok(None);
     };
     let n_real = keys.len();
+    // each key's hash and name in one pass over the keys (a tuple key's items are
+    // read once)
     let mut hashes = Vec::with_capacity(n_real);
+    let mut arena = String::with_capacity(n_real * 24);
+    let mut name_at = Vec::with_capacity(n_real);
     for key in &keys {
         hashes.push(key.hash()? as i64);
+        let Some(at) = write_name(key, &mut arena)? else {
+            return Ok(None);
+        };
+        name_at.push(at);
     }
     // each insertion's slot is fetched a few insertions ahead (a large graph's index
     // is far larger than the cache)
@@ -703,10 +719,16 @@ pub fn order_graph<'py>(
             external.append(key)?;
         }
     }
-    let mut arena = String::with_capacity(keys.len() * 24);
-    let Some(names) = key_names(&keys, &mut arena)? else {
+    for key in &keys[n_real..] {
+        let Some(at) = write_name(key, &mut arena)? else {
+            return Ok(None);
+        };
+        name_at.push(at);
+    }
+    let Some(names) = key_names(&keys, &name_at, &arena)? else {
         return Ok(None);
     };
+    drop(name_at);
     let graph = OrderGraph {
         hashes,
         is_task,
