@@ -318,3 +318,44 @@ def test_wanted_keys_only_hint_the_state_creation(keys):
     seen: dict = {"keys": keys}
     assert _order.order(dsk, _seen=seen) == plain == dask.order.order(dsk)
     assert seen["graph"] is dsk and seen["read"].nbytes > 0
+
+
+async def _bad_graph_outcome(engine: str, dsk: dict, key: str) -> tuple:
+    """What a Client sees for a bad graph, and the scheduler's tasks after it: then a
+    good graph still computes on the same scheduler."""
+    import asyncio
+
+    from distributed import Client, Worker
+    from engines import scheduler_on
+
+    async with scheduler_on(engine) as s, Worker(s.address, nthreads=1), Client(
+        s.address, asynchronous=True
+    ) as c:
+        try:
+            await asyncio.wait_for(c.get(dsk, key, sync=False), 30)
+            outcome: tuple = ("no error",)
+        except Exception as e:  # noqa: BLE001 - the error itself is compared
+            outcome = (type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        for _ in range(200):
+            if not s.tasks:
+                break
+            await asyncio.sleep(0.01)
+        left = sorted(map(str, s.tasks))
+        good = await c.get({"ok": Task("ok", sum, [1, 2])}, "ok", sync=False)
+        return outcome, left, good
+
+
+@pytest.mark.parametrize("case", ["cycle", "missing-dependency"])
+def test_bad_graph_through_a_client_as_on_pure_python(case):
+    """A cyclic graph, or one naming a key nobody has: the Client gets the error the
+    pure-Python scheduler gives, no task is left behind, and the scheduler goes on."""
+    import asyncio
+
+    if case == "cycle":
+        dsk = {"a": Task("a", _f, TaskRef("b")), "b": Task("b", _f, TaskRef("a"))}
+    else:
+        dsk = {"a": Task("a", _f, TaskRef("nowhere"))}
+    python = asyncio.run(_bad_graph_outcome("python", dsk, "a"))
+    rust = asyncio.run(_bad_graph_outcome("rust", dsk, "a"))
+    assert rust == python
+    assert python[0] != ("no error",) and python[1:] == ([], 3)
