@@ -328,13 +328,15 @@ async def _bad_graph_outcome(engine: str, dsk: dict, key: str) -> tuple:
     from distributed import Client, Worker
     from engines import scheduler_on
 
-    async with scheduler_on(engine) as s, Worker(s.address, nthreads=1), Client(
-        s.address, asynchronous=True
-    ) as c:
+    async with (
+        scheduler_on(engine) as s,
+        Worker(s.address, nthreads=1),
+        Client(s.address, asynchronous=True) as c,
+    ):
         try:
             await asyncio.wait_for(c.get(dsk, key, sync=False), 30)
             outcome: tuple = ("no error",)
-        except Exception as e:  # noqa: BLE001 - the error itself is compared
+        except Exception as e:  # the error itself is compared
             outcome = (type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         for _ in range(200):
             if not s.tasks:
