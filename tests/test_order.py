@@ -144,6 +144,24 @@ def test_external_keys_are_left_out():
     assert set(dask_rsched.order(dsk)) == {"b", "c"}
 
 
+def test_keys_told_apart_as_a_dict_tells_them():
+    """The key index: equal hashes of different keys (`hash(-1) == hash(-2)`), a
+    dependency equal to a key of another type (`1.0 == 1`), and more keys named outside
+    the graph than the index was made for (it grows)."""
+    dsk = {
+        -1: Task(-1, _f),
+        -2: Task(-2, _f, TaskRef(-1)),
+        1: Task(1, _f, TaskRef(-2)),
+        "x": Task("x", _f, TaskRef(1.0), TaskRef(-1)),
+    }
+    assert_same(dsk)
+    assert set(dask_rsched.order(dsk)) == {-1, -2, 1, "x"}
+    outside = {
+        f"y{i}": Task(f"y{i}", _f, *(TaskRef(f"out-{i}-{j}") for j in range(9))) for i in range(3)
+    }
+    assert_same(outside)
+
+
 def test_data_roots_with_several_dependents():
     dsk = {"d": DataNode("d", 1)}
     for i in range(6):
