@@ -333,7 +333,7 @@ struct Orderer<'g> {
     n: usize,
     /// `dependencies[k]` once the alias leaves and data roots are gone, when it differs
     /// from the frozenset (`deps - removed` builds a new set). Empty when no key left the
-    /// graph (nearly always): the frozensets' own lists are read without a look here.
+    /// graph (nearly always): then the frozensets' own lists are read directly.
     deps_now: Vec<Option<OwnedSet>>,
     /// `dependents[k]` in its set's iteration order (CSR); deleted keys have none.
     dependents_off: Vec<u32>,
