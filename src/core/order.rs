@@ -922,15 +922,9 @@ impl<'g> Orderer<'g> {
                 self.deps_items(k)
             }
         };
-        let mut reach: Vec<Option<Reach>> = vec![None; n];
-        let mut sets: Vec<Box<[u32]>> = Vec::new();
-        let len_of = |r: &Reach, sets: &[Box<[u32]>]| -> usize {
-            match r {
-                Reach::Empty => 0,
-                Reach::One(_) => 1,
-                Reach::Many(i) => sets[*i as usize].len(),
-                Reach::Tree(count) => *count as usize,
-            }
+        let mut reach = Reaches {
+            of: vec![None; n],
+            sets: Vec::new(),
         };
         let mut waiting = vec![0u32; n];
         let mut stack = Vec::new();
@@ -938,7 +932,7 @@ impl<'g> Orderer<'g> {
             let ins = inputs(k).len() as u32;
             waiting[k as usize] = ins;
             if ins == 0 {
-                reach[k as usize] = Some(Reach::One(k));
+                reach.of[k as usize] = Some(Reach::One(k));
                 if let Some(md) = max_dependents.as_deref_mut() {
                     md[k as usize] = self.dependents_of(k).len() as u32;
                 }
@@ -965,7 +959,7 @@ impl<'g> Orderer<'g> {
         let mut scratch: Vec<u32> = Vec::new();
         let mut cone: Vec<u32> = Vec::new();
         while let Some(k) = stack.pop() {
-            if reach[k as usize].is_none() {
+            if reach.of[k as usize].is_none() {
                 let mut md = 0;
                 if let Some(m) = max_dependents.as_deref() {
                     md = inputs(k).iter().map(|&c| m[c as usize]).max().unwrap_or(0);
@@ -977,21 +971,24 @@ impl<'g> Orderer<'g> {
                     exclusive[k as usize] = true;
                     let count: usize = inputs(k)
                         .iter()
-                        .map(|&c| len_of(reach[c as usize].as_ref().expect("input done"), &sets))
+                        .map(|&c| {
+                            assert!(reach.of[c as usize].is_some(), "input done");
+                            reach.len(c)
+                        })
                         .sum();
                     Reach::Tree(count as u32)
                 } else {
                     distinct.clear();
                     for &c in inputs(k) {
-                        let r = reach[c as usize].as_ref().expect("input done");
+                        let r = reach.of[c as usize].as_ref().expect("input done");
                         if !distinct
                             .iter()
-                            .any(|&d| reach[d as usize].as_ref().expect("input done").same(r))
+                            .any(|&d| reach.of[d as usize].as_ref().expect("input done").same(r))
                         {
                             distinct.push(c);
                         }
                     }
-                    let set = |d: u32| reach[d as usize].as_ref().expect("input done");
+                    let set = |d: u32| reach.of[d as usize].as_ref().expect("input done");
                     if distinct.len() == 1 && !matches!(set(distinct[0]), Reach::Tree(_)) {
                         *set(distinct[0])
                     } else {
@@ -1004,9 +1001,7 @@ impl<'g> Orderer<'g> {
                                     self.cone_roots(d, &mut cone);
                                     &cone
                                 }
-                                Reach::Empty => &[],
-                                Reach::One(x) => std::slice::from_ref(x),
-                                Reach::Many(i) => &sets[*i as usize],
+                                _ => reach.slice(d),
                             };
                             if !matches!(set(d), Reach::Tree(_)) && part.len() > largest_len {
                                 largest_len = part.len();
@@ -1020,9 +1015,10 @@ impl<'g> Orderer<'g> {
                             _ => {
                                 let h = hasher.hash_one(union.as_slice());
                                 let found = dedup
-                                    .find(h, |&i| *sets[i as usize] == *union.as_slice())
+                                    .find(h, |&i| *reach.sets[i as usize] == *union.as_slice())
                                     .copied();
                                 Reach::Many(found.unwrap_or_else(|| {
+                                    let sets = &mut reach.sets;
                                     let i = sets.len() as u32;
                                     sets.push(union.as_slice().into());
                                     dedup.insert_unique(h, i, |&j| {
@@ -1037,7 +1033,7 @@ impl<'g> Orderer<'g> {
                 if let Some(m) = max_dependents.as_deref_mut() {
                     m[k as usize] = md;
                 }
-                reach[k as usize] = Some(r);
+                reach.of[k as usize] = Some(r);
             }
             for &p in outputs(k) {
                 waiting[p as usize] -= 1;
@@ -1046,7 +1042,7 @@ impl<'g> Orderer<'g> {
                 }
             }
         }
-        Reaches { of: reach, sets }
+        reach
     }
 
     /// dask's `use_longest_path`. Its loop over `root_nodes` keeps the first non-zero
