@@ -13,6 +13,15 @@ pub(crate) struct KeyIndex {
     len: usize,
 }
 
+/// A slot's tag bits (from the hash); the low half is the id + 1.
+const TAG: u64 = 0xFFFF_FFFF_0000_0000;
+
+/// The id an occupied slot holds.
+#[inline]
+fn slot_id(slot: u64) -> usize {
+    ((slot & !TAG) - 1) as usize
+}
+
 impl KeyIndex {
     pub(crate) fn with_capacity(n: usize) -> Self {
         KeyIndex {
@@ -35,7 +44,16 @@ impl KeyIndex {
     #[inline]
     fn place(&self, h: i64) -> (usize, u64) {
         let m = mix(h);
-        (m as usize & self.mask(), m & 0xFFFF_FFFF_0000_0000)
+        (m as usize & self.mask(), m & TAG)
+    }
+
+    /// The first empty slot from `pos` on.
+    #[inline]
+    fn free_slot(&self, mut pos: usize) -> usize {
+        while self.slots[pos] != 0 {
+            pos = (pos + 1) & self.mask();
+        }
+        pos
     }
 
     /// Starts fetching the slot where a lookup or insertion of hash `h` begins.
@@ -59,10 +77,8 @@ impl KeyIndex {
         if 2 * (self.len + 1) > self.slots.len() {
             self.grow(hashes);
         }
-        let (mut pos, tag) = self.place(h);
-        while self.slots[pos] != 0 {
-            pos = (pos + 1) & self.mask();
-        }
+        let (pos, tag) = self.place(h);
+        let pos = self.free_slot(pos);
         self.slots[pos] = tag | (u64::from(id) + 1);
         self.len += 1;
     }
@@ -71,11 +87,8 @@ impl KeyIndex {
         let size = 2 * self.slots.len();
         let old = std::mem::replace(&mut self.slots, vec![0; size]);
         for slot in old.into_iter().filter(|&s| s != 0) {
-            let id = (slot & 0xFFFF_FFFF) - 1;
-            let (mut pos, _) = self.place(hashes[id as usize]);
-            while self.slots[pos] != 0 {
-                pos = (pos + 1) & self.mask();
-            }
+            let (pos, _) = self.place(hashes[slot_id(slot)]);
+            let pos = self.free_slot(pos);
             self.slots[pos] = slot;
         }
     }
@@ -95,10 +108,10 @@ impl KeyIndex {
             if slot == 0 {
                 return Ok(None);
             }
-            if slot & 0xFFFF_FFFF_0000_0000 == tag {
-                let id = ((slot & 0xFFFF_FFFF) - 1) as u32;
-                if hashes[id as usize] == h && dict_key_eq(&keys[id as usize], key, &mut err) {
-                    return Ok(Some(id));
+            if slot & TAG == tag {
+                let id = slot_id(slot);
+                if hashes[id] == h && dict_key_eq(&keys[id], key, &mut err) {
+                    return Ok(Some(id as u32));
                 }
                 if let Some(e) = err {
                     return Err(e);
