@@ -953,3 +953,95 @@ async def test_batches_past_the_offload_threshold_go_to_the_comms_write(c, s, a)
         comm_utils.OFFLOAD_THRESHOLD = threshold
     assert calls
     assert all(type(m) is dict for p in calls for m in p)
+
+
+async def _socket_batched_send(interval: str):
+    """A `WireBatchedSend` writing to one end of a socket pair (the other end returned
+    to read what it wrote)."""
+    import socket
+    import types
+
+    from dask_rsched._wire import WireBatchedSend, WireComm
+    from distributed.batched import BatchedSend
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    tcp = types.SimpleNamespace(
+        deserialize=False,
+        allow_offload=False,
+        name="pair",
+        local_info={},
+        remote_info={},
+        handshake_options={},
+        max_shard_size=2**30,
+        stream=types.SimpleNamespace(socket=ours),
+        abort=lambda: None,
+    )
+    bsend = WireBatchedSend(BatchedSend(interval=interval))
+    bsend.start(WireComm(tcp, b""))
+    return bsend, theirs, ours
+
+
+def _received(sock) -> bytes:
+    try:
+        return sock.recv(1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+def test_batches_due_together_are_written_by_one_loop_callback():
+    """Batches falling due in the same millisecond are written by one loop callback:
+    none before its deadline, each one once; a stream aborted meanwhile is passed by,
+    and a flush that raises is reported as a loop callback's error is, without
+    keeping the other streams of its callback from being written."""
+    asyncio.run(_batches_due_together())
+
+
+async def _batches_due_together() -> None:
+    from dask_rsched import _wire
+
+    loop = asyncio.get_running_loop()
+    pairs = [await _socket_batched_send("20ms") for _ in range(4)]
+    (a, ra, _), (b, rb, _), (c, rc, _), (d, rd, _) = pairs
+    flushes = _wire._flushes(loop)
+    for bsend, _, _ in pairs:
+        bsend.next_deadline = time.time() + 0.02
+    a.send({"op": "a"})
+    tick = a._handle
+    assert tick and tick in flushes.due and _received(ra) == b""
+    for bsend in (d, b, c):  # the same millisecond as `a`'s (`d` before `b`)
+        bsend.send({"op": "x"})
+        flushes.due[bsend._handle].remove(bsend)
+        bsend._handle = tick
+        flushes.due[tick].append(bsend)
+    c.abort()
+    errors: list = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+
+    def fail() -> None:
+        raise RuntimeError("flush failed")
+
+    d._flush = fail
+    try:
+        started = time.time()
+        while tick in flushes.due:
+            await asyncio.sleep(0.001)
+        assert time.time() - started >= 0.015
+    finally:
+        loop.set_exception_handler(None)
+    assert b"a" in _received(ra) and b"x" in _received(rb)
+    assert _received(rc) == b"" and _received(rd) == b""
+    assert [type(e["exception"]) for e in errors] == [RuntimeError]
+    assert a.batch_count == b.batch_count == 1 and c.batch_count == 0
+    # due at once: one `call_soon` for both
+    for bsend in (a, b):
+        bsend.next_deadline = None
+        bsend.send({"op": "now"})
+    assert a._handle == b._handle == 0 and flushes.due[0] == [a, b]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert a.batch_count == b.batch_count == 2
+    for _, theirs, ours in pairs:
+        theirs.close()
+        ours.close()

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from math import ceil
 from time import time
 from typing import Any
 
@@ -335,6 +336,62 @@ class WireComm(TCP):
         return self._closed
 
 
+class _Flushes:
+    """The `WireBatchedSend` writes of one event loop that fall due in the same
+    millisecond, made by one loop callback (one `call_soon` for those due now). With
+    one thread per worker nearly every write carries one message, and a timer of its
+    own made each write a loop callback and often a loop iteration of its own. A write
+    is made at most a millisecond after its batch's deadline, as a loop busy for a
+    millisecond would make it."""
+
+    __slots__ = ("due", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        # tick (the deadline in whole milliseconds of the loop's clock; 0: now) ->
+        # the streams to flush then
+        self.due: dict[int, list[WireBatchedSend]] = {}
+
+    def add(self, bsend: WireBatchedSend, delay: float) -> int:
+        """Flush `bsend` in `delay` seconds (at once if not positive); the tick that
+        will, which the stream keeps as its `_handle` (set to None, it is passed by)."""
+        loop = self.loop
+        tick = ceil((loop.time() + delay) * 1000) if delay > 0 else 0
+        streams = self.due.get(tick)
+        if streams is None:
+            self.due[tick] = streams = []
+            if tick:
+                loop.call_at(tick / 1000, self._run, tick)
+            else:
+                loop.call_soon(self._run, 0)
+        streams.append(bsend)
+        return tick
+
+    def _run(self, tick: int) -> None:
+        for bsend in self.due.pop(tick):
+            if bsend._handle != tick:
+                continue
+            try:
+                bsend._flush()
+            except Exception as e:  # reported as the loop reports a callback's error
+                self.loop.call_exception_handler(
+                    {"message": f"Exception in {bsend!r}'s flush", "exception": e}
+                )
+
+
+_FLUSHES: dict[asyncio.AbstractEventLoop, _Flushes] = {}
+
+
+def _flushes(loop: asyncio.AbstractEventLoop) -> _Flushes:
+    flushes = _FLUSHES.get(loop)
+    if flushes is None:
+        # a closed loop's entry goes with it
+        for old in [old for old in _FLUSHES if old.is_closed()]:
+            del _FLUSHES[old]
+        flushes = _FLUSHES[loop] = _Flushes(loop)
+    return flushes
+
+
 class WireBatchedSend(BatchedSend):
     """distributed's `BatchedSend` (its buffer, interval, counters and message log) for
     a WireComm: a batch is written by a callback the event loop runs at the batch's
@@ -347,7 +404,8 @@ class WireBatchedSend(BatchedSend):
         self.interval = old.interval  # seconds already (BatchedSend parsed it)
         self.buffer = old.buffer
         self.message_count = old.message_count
-        self._handle: asyncio.Handle | None = None
+        self._handle: int | None = None  # the tick of `_Flushes` that flushes it
+        self._flushes: _Flushes | None = None  # its loop's
         self._writing: asyncio.Future | None = None
 
     def start(self, comm) -> None:
@@ -370,12 +428,11 @@ class WireBatchedSend(BatchedSend):
     def _schedule(self) -> None:
         if self.comm is None or self.please_stop or not self.buffer or self._writing:
             return
-        loop = asyncio.get_running_loop()
         delay = 0.0 if self.next_deadline is None else self.next_deadline - time()
-        if delay <= 0:
-            self._handle = loop.call_soon(self._flush)
-        else:
-            self._handle = loop.call_later(delay, self._flush)
+        flushes = self._flushes
+        if flushes is None:
+            flushes = self._flushes = _flushes(asyncio.get_running_loop())
+        self._handle = flushes.add(self, delay)
 
     def _flush(self) -> None:
         self._handle = None
@@ -439,9 +496,7 @@ class WireBatchedSend(BatchedSend):
         if self.comm is None:
             return
         self.please_stop = True
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._handle = None  # (its tick's callback passes it by)
         if self._writing is not None:
             await asyncio.wait_for(asyncio.shield(self._writing), timeout)
         if not self.comm.closed():
@@ -456,9 +511,7 @@ class WireBatchedSend(BatchedSend):
             await self.comm.close()
 
     def abort(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._handle = None  # (its tick's callback passes it by)
         super().abort()
 
 
