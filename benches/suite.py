@@ -99,17 +99,20 @@ def matrix(quick: bool) -> list[dict]:
     for workload in ["tree"] if quick else ["tree", "map"]:
         for w in [10] if quick else [10, 100]:
             for threads in [1] if quick else [1, 8]:
-                for engine in ENGINES:
-                    runs.append(
-                        dict(
-                            kind="tcp",
-                            workload=workload,
-                            tasks=2_000 if quick else 20_000,
-                            workers=w,
-                            threads=threads,
-                            engine=engine,
+                # (the long mode also with the lean fake workers at 100 workers)
+                for fake_workers in ["distributed"] + ([] if quick or w < 100 else ["lean"]):
+                    for engine in ENGINES:
+                        runs.append(
+                            dict(
+                                kind="tcp",
+                                workload=workload,
+                                tasks=2_000 if quick else 20_000,
+                                workers=w,
+                                threads=threads,
+                                engine=engine,
+                                fake_workers=fake_workers,
+                            )
                         )
-                    )
     for workload in ("map", "tree"):
         for engine in ENGINES:
             runs.append(
@@ -148,7 +151,9 @@ def run_one(cfg: dict) -> dict:
 
         import tcp_e2e
 
-        opts = types.SimpleNamespace(repeat=3, profile=None)
+        opts = types.SimpleNamespace(
+            repeat=3, profile=None, fake_workers=cfg.get("fake_workers", "distributed")
+        )
         with tempfile.TemporaryDirectory() as tmp:
             row = asyncio.run(
                 tcp_e2e.run_one(
@@ -185,14 +190,27 @@ def run_one(cfg: dict) -> dict:
     )
 
 
-CONFIG_FIELDS = ("kind", "workload", "tasks", "workers", "stealing", "threads", "engine")
+CONFIG_FIELDS = (
+    "kind",
+    "workload",
+    "tasks",
+    "workers",
+    "stealing",
+    "threads",
+    "engine",
+    "fake_workers",
+)
 
 
 def cfg_of(r: dict) -> dict:
-    """The configuration a result was measured for (tasks as configured)."""
-    return {
+    """The configuration a result was measured for (tasks as configured; a TCP run
+    from before `fake_workers` had distributed's)."""
+    cfg = {
         k: r.get("configured_tasks", r.get(k)) if k == "tasks" else r.get(k) for k in CONFIG_FIELDS
     }
+    if cfg["kind"] == "tcp" and cfg["fake_workers"] is None:
+        cfg["fake_workers"] = "distributed"
+    return cfg
 
 
 def series_key(cfg: dict) -> tuple:
