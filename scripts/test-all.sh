@@ -32,6 +32,7 @@ echo "== benchmark harness (quick)"
 python benches/scheduler_only.py --quick
 python benches/submission.py --quick
 python benches/order.py --quick
+python benches/tcp_e2e.py --quick --fake-workers lean
 
 echo "== benchmark suite, both engines, every workload (quick: checks that it runs)"
 python benches/suite.py --quick --out "${TMPDIR:-/tmp}/dask-rsched-bench-quick"
