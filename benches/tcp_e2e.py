@@ -225,6 +225,15 @@ class FakeWorker:
         return Status.dont_reply
 
 
+def lean_batch(msgs: list) -> bytes:
+    """A batch of plain messages as distributed writes it on TCP: `dumps` packs it
+    into one msgpack frame, `_add_frames_header` puts the frames' prelude before it."""
+    import msgpack
+
+    frame = msgpack.packb(msgs, use_bin_type=True)
+    return struct.pack("<QQQ", 16 + len(frame), 1, len(frame)) + frame
+
+
 class LeanStream:
     """A fake worker's stream to the scheduler without distributed's comm objects:
     once the comm's handshake and the registration are done, its socket is read and
@@ -239,7 +248,7 @@ class LeanStream:
     def __init__(self, worker: FakeWorker, comm) -> None:
         import msgpack
 
-        self.packb, self.unpackb = msgpack.packb, msgpack.unpackb
+        self.unpackb = msgpack.unpackb
         self.worker = worker
         self.comm = comm  # holds the socket open
         stream = comm.stream
@@ -297,8 +306,7 @@ class LeanStream:
     def flush(self) -> None:
         self.flush_due = False
         out, self.out = self.out, []
-        frame = self.packb(out, use_bin_type=True)
-        self.wbuf += struct.pack("<QQQ", 16 + len(frame), 1, len(frame)) + frame
+        self.wbuf += lean_batch(out)
         self.next_deadline = time.time() + self.INTERVAL
         self.write()
 

@@ -1045,3 +1045,27 @@ async def _batches_due_together() -> None:
     for _, theirs, ours in pairs:
         theirs.close()
         ours.close()
+
+
+def test_lean_fake_workers_write_distributeds_bytes():
+    """`benches/tcp_e2e.py --fake-workers lean` writes a batch of answers as
+    distributed's `dumps` and TCP framing write it, and reads one as they read it."""
+    from distributed.comm.tcp import _add_frames_header
+    from distributed.protocol import dumps, loads
+    from tcp_e2e import INT_TYPE, FakeWorker, lean_batch
+
+    worker = FakeWorker("tcp://127.0.0.1:1", 1, "fake-7")
+    compute = {"op": "compute-task", "key": ("x", 1), "run_id": 3, "priority": (0, 1)}
+    answers = worker.answer([compute, {"op": "free-keys", "keys": [("y", 2)]}])
+    assert [a["op"] for a in answers] == ["task-finished"]
+    assert answers[0]["key"] == ("x", 1) and answers[0]["type"] == INT_TYPE
+    steal = worker.answer([{"op": "steal-request", "key": ("x", 1)}])
+    answers += steal
+    frames, _, _ = _add_frames_header(dumps(answers))
+    ours = lean_batch(answers)
+    assert ours == b"".join(bytes(f) for f in frames)
+    # distributed reads the answers back from the frame after the 24-byte header
+    read = loads([ours[24:]])
+    assert [(m["op"], m["key"]) for m in read] == [(a["op"], a["key"]) for a in answers]
+    assert steal[0]["state"] == "memory"
+    assert worker.answer([{"op": "close"}]) is None
