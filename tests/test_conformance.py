@@ -628,7 +628,8 @@ async def test_plugins_see_the_state_between_transitions(c, s, a, engine):
     # batch sends it on to `processing`; other tasks read as they are at that moment
     plugin = MomentRecorder(s, watch=("x", "y"))
     s.add_plugin(plugin)
-    x = c.submit(inc, 1, key="x")
+    # (x runs long enough for y's graph to arrive first, as the moments below assume)
+    x = c.submit(slowinc, 1, delay=0.5, key="x")
     y = c.submit(inc, x, key="y")
     assert await y == 3
     del x, y
