@@ -47,6 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import msgpack
 import scheduler_e2e
 from dask._task_spec import Task
 
@@ -228,8 +229,6 @@ class FakeWorker:
 def lean_batch(msgs: list) -> bytes:
     """A batch of plain messages as distributed writes it on TCP: `dumps` packs it
     into one msgpack frame, `_add_frames_header` puts the frames' prelude before it."""
-    import msgpack
-
     frame = msgpack.packb(msgs, use_bin_type=True)
     return struct.pack("<QQQ", 16 + len(frame), 1, len(frame)) + frame
 
@@ -246,9 +245,6 @@ class LeanStream:
     INTERVAL = 0.002
 
     def __init__(self, worker: FakeWorker, comm) -> None:
-        import msgpack
-
-        self.unpackb = msgpack.unpackb
         self.worker = worker
         self.comm = comm  # holds the socket open
         stream = comm.stream
@@ -285,7 +281,7 @@ class LeanStream:
             (nframes,) = struct.unpack_from("<Q", rbuf, pos + 8)
             (first,) = struct.unpack_from("<Q", rbuf, pos + 16)
             start = pos + 16 + 8 * nframes
-            msgs = self.unpackb(
+            msgs = msgpack.unpackb(
                 rbuf[start : start + first], raw=False, use_list=False, strict_map_key=False
             )
             pos += 8 + total
